@@ -1,0 +1,5 @@
+//! clawfs: version control for an AI agent's state directory.
+#![deny(missing_docs)]
+pub mod ids;
+pub mod relpath;
+pub mod store;

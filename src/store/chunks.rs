@@ -1,0 +1,364 @@
+//! The chunk store contract and its implementations.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::ids::{ChunkId, PackId};
+use crate::store::error::{IoContext, Result, StoreError};
+use crate::store::pack::{self, ChunkLoc, PackWriter, PACK_TARGET, RECORD_OVERHEAD};
+
+/// Content-addressed chunk storage.
+///
+/// Contract, for every implementation:
+/// - `put(id, data)` requires `id == ChunkId::of(data)`. It is idempotent: a chunk already
+///   present is not stored twice. When it returns the chunk is readable by `get` from any thread,
+///   and survives a crash of the process, but not necessarily of the machine.
+/// - `sync()` is a write barrier: every `put` that returned before it survives a power loss once
+///   it returns. The catalogue is flushed only after a `sync`, so no durable record refers to a
+///   chunk that is not durable.
+/// - `get(id)` returns the exact bytes that were put, or [`StoreError::MissingChunk`] when the
+///   chunk was never stored ("missing" is an error, never an empty chunk: the empty chunk is
+///   never stored), or a corruption error when the stored bytes fail their checksum.
+/// - `has(id)` is `get(id).is_ok()` without reading the bytes.
+pub trait ChunkStore: Send + Sync {
+    /// Stores a chunk; returns the bytes newly written (0 when it was already present).
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64>;
+    /// Reads a chunk back.
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
+    /// Whether a chunk is present.
+    fn has(&self, id: &ChunkId) -> Result<bool>;
+    /// Write barrier: makes every earlier `put` durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Chunks in memory: for unit tests of the layers above.
+#[derive(Default)]
+pub struct MemChunkStore {
+    chunks: RwLock<HashMap<ChunkId, Arc<Vec<u8>>>>,
+}
+
+impl ChunkStore for MemChunkStore {
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+        let mut m = self.chunks.write();
+        if m.contains_key(&id) {
+            return Ok(0);
+        }
+        m.insert(id, Arc::new(data.to_vec()));
+        Ok(data.len() as u64)
+    }
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.chunks
+            .read()
+            .get(id)
+            .map(|d| d.as_ref().clone())
+            .ok_or(StoreError::MissingChunk(*id))
+    }
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.chunks.read().contains_key(id))
+    }
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Chunks in append-only pack files, located through a sled tree.
+pub struct PackStore {
+    dir: PathBuf,
+    index: sled::Tree,
+    writer: Mutex<Option<PackWriter>>,
+    readers: RwLock<HashMap<PackId, Arc<File>>>,
+}
+
+const META_OPEN_PACK: &[u8] = b"\0open_pack";
+
+impl PackStore {
+    /// Opens the packs in `dir` with `index` as the chunk index. The pack that was open for
+    /// appending is checked record by record; a torn tail is cut off and index entries that
+    /// point into it are dropped.
+    pub fn open(dir: &Path, index: sled::Tree) -> Result<PackStore> {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        let store = PackStore {
+            dir: dir.to_path_buf(),
+            index,
+            writer: Mutex::new(None),
+            readers: RwLock::new(HashMap::new()),
+        };
+        if let Some(v) = store.index.get(META_OPEN_PACK)? {
+            let id = PackId(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::CorruptCatalog {
+                    what: "open pack".into(),
+                    detail: "bad length".into(),
+                }
+            })?));
+            if pack::pack_path(dir, id).exists() {
+                let (w, records, torn) = PackWriter::reopen(dir, id)?;
+                // A crash between appending a record and indexing it leaves an unindexed record.
+                for (cid, loc) in &records {
+                    if !store.index.contains_key(cid.0)? {
+                        store.index.insert(cid.0, bincode::serialize(loc).expect("encode"))?;
+                    }
+                }
+                if torn {
+                    // Index entries that point into the torn tail must go.
+                    store.drop_entries_beyond(id, w.len())?;
+                }
+                *store.writer.lock() = Some(w);
+            }
+        }
+        Ok(store)
+    }
+
+    fn drop_entries_beyond(&self, pack: PackId, end: u64) -> Result<()> {
+        // Only after a crash that tore the open pack (a power loss): a full scan is fine there.
+        let mut doomed = Vec::new();
+        for item in self.index.iter() {
+            let (k, v) = item?;
+            if k.len() != 32 {
+                continue;
+            }
+            if let Ok(loc) = bincode::deserialize::<ChunkLoc>(&v) {
+                if loc.pack == pack && loc.offset >= end {
+                    doomed.push(k);
+                }
+            }
+        }
+        for k in doomed {
+            self.index.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Where a chunk is, if present.
+    pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        match self.index.get(id.0)? {
+            None => Ok(None),
+            Some(v) => bincode::deserialize(&v)
+                .map(Some)
+                .map_err(|e| StoreError::CorruptCatalog {
+                    what: format!("chunk index entry {id}"),
+                    detail: e.to_string(),
+                }),
+        }
+    }
+
+    fn reader(&self, id: PackId) -> Result<Arc<File>> {
+        if let Some(f) = self.readers.read().get(&id) {
+            return Ok(f.clone());
+        }
+        let path = pack::pack_path(&self.dir, id);
+        let f = Arc::new(File::open(&path).ctx(|| format!("opening pack {}", path.display()))?);
+        let mut readers = self.readers.write();
+        if readers.len() > 512 {
+            readers.clear();
+        }
+        readers.insert(id, f.clone());
+        Ok(f)
+    }
+
+    fn next_pack_id(&self) -> Result<PackId> {
+        let mut max = 0u64;
+        for e in std::fs::read_dir(&self.dir).ctx(|| "listing packs".into())? {
+            let e = e.ctx(|| "listing packs".into())?;
+            if let Some(hexname) = e.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
+                if let Ok(n) = u64::from_str_radix(hexname, 16) {
+                    max = max.max(n);
+                }
+            }
+        }
+        Ok(PackId(max + 1))
+    }
+
+    /// Every pack file and its size: what the replicator uploads and `status` counts.
+    pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).ctx(|| "listing packs".into())? {
+            let e = e.ctx(|| "listing packs".into())?;
+            if let Some(hexname) = e.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
+                if let Ok(n) = u64::from_str_radix(hexname, 16) {
+                    out.push((PackId(n), e.metadata().map(|m| m.len()).unwrap_or(0)));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads and checks every record of every pack; returns the number of chunks checked.
+    pub fn verify_all(&self) -> Result<u64> {
+        let mut n = 0;
+        for (id, _) in self.packs()? {
+            let f = self.reader(id)?;
+            let (good, records) = pack::scan(&f, id)?;
+            let len = f.metadata().ctx(|| "stat pack".into())?.len();
+            if good != len {
+                return Err(StoreError::CorruptPack {
+                    pack: id,
+                    offset: good,
+                    detail: "record does not check out".into(),
+                });
+            }
+            for (cid, loc) in records {
+                let data = self.read_at(&cid, &loc)?;
+                if ChunkId::of(&data) != cid {
+                    return Err(StoreError::CorruptPack {
+                        pack: id,
+                        offset: loc.offset,
+                        detail: "content does not hash to its id".into(),
+                    });
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+        let f = self.reader(loc.pack)?;
+        let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
+        f.read_exact_at(&mut rec, loc.offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => StoreError::CorruptPack {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    detail: "pack is shorter than the index says".into(),
+                },
+                _ => StoreError::Io {
+                    what: format!("reading pack {}", loc.pack),
+                    source: e,
+                },
+            })?;
+        pack::decode_record(loc.pack, loc.offset, &rec, id)
+    }
+}
+
+impl ChunkStore for PackStore {
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+        if self.index.contains_key(id.0)? {
+            return Ok(0);
+        }
+        let record = pack::encode_record(&id, data);
+        let mut w = self.writer.lock();
+        // Checked again under the lock: two threads may race to store the same chunk.
+        if self.index.contains_key(id.0)? {
+            return Ok(0);
+        }
+        if w.as_ref().is_none_or(|w| w.len() >= PACK_TARGET) {
+            if let Some(old) = w.take() {
+                old.sync()?;
+            }
+            let nw = PackWriter::create(&self.dir, self.next_pack_id()?)?;
+            self.index.insert(META_OPEN_PACK, &nw.id.0.to_be_bytes())?;
+            *w = Some(nw);
+        }
+        let writer = w.as_mut().expect("just opened");
+        let offset = writer.append(&record)?;
+        let loc = ChunkLoc {
+            pack: writer.id,
+            offset,
+            stored_len: (record.len() as u64 - RECORD_OVERHEAD) as u32,
+            raw_len: data.len() as u32,
+            compressed: record.len() as u64 - RECORD_OVERHEAD < data.len() as u64,
+        };
+        // The record reached the kernel before the index names it.
+        self.index
+            .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
+        Ok(record.len() as u64)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
+        self.read_at(id, &loc)
+    }
+
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.index.contains_key(id.0)?)
+    }
+
+    fn sync(&self) -> Result<()> {
+        if let Some(w) = self.writer.lock().as_ref() {
+            w.sync()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One contract suite, run over every implementation.
+    use super::*;
+
+    fn contract(store: &dyn ChunkStore) {
+        let a = b"alpha".repeat(1000);
+        let id = ChunkId::of(&a);
+        assert!(!store.has(&id).unwrap());
+        assert!(matches!(store.get(&id), Err(StoreError::MissingChunk(_))));
+        assert!(store.put(id, &a).unwrap() > 0);
+        assert_eq!(store.put(id, &a).unwrap(), 0, "put is idempotent");
+        assert!(store.has(&id).unwrap());
+        assert_eq!(store.get(&id).unwrap(), a);
+        let tiny = b"x".to_vec();
+        let tid = ChunkId::of(&tiny);
+        store.put(tid, &tiny).unwrap();
+        assert_eq!(store.get(&tid).unwrap(), tiny);
+        store.sync().unwrap();
+        // Many chunks across threads.
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                s.spawn(move || {
+                    for i in 0..200u32 {
+                        let d = format!("{t}-{i}").repeat(50).into_bytes();
+                        store.put(ChunkId::of(&d), &d).unwrap();
+                    }
+                });
+            }
+        });
+        for t in 0..4u8 {
+            for i in 0..200u32 {
+                let d = format!("{t}-{i}").repeat(50).into_bytes();
+                assert_eq!(store.get(&ChunkId::of(&d)).unwrap(), d);
+            }
+        }
+    }
+
+    #[test]
+    fn memory_store_meets_the_contract() {
+        contract(&MemChunkStore::default());
+    }
+
+    #[test]
+    fn pack_store_meets_the_contract_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        contract(&ps);
+        drop(ps);
+        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let a = b"alpha".repeat(1000);
+        assert_eq!(ps.get(&ChunkId::of(&a)).unwrap(), a);
+        assert_eq!(ps.verify_all().unwrap(), 802);
+    }
+
+    #[test]
+    fn pack_store_reports_a_flipped_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let a = vec![7u8; 3000];
+        let id = ChunkId::of(&a);
+        ps.put(id, &a).unwrap();
+        let loc = ps.locate(&id).unwrap().unwrap();
+        let path = pack::pack_path(&dir.path().join("packs"), loc.pack);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[loc.offset as usize + 50] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        ps.readers.write().clear();
+        let err = ps.get(&id).unwrap_err();
+        assert!(matches!(err, StoreError::CorruptPack { .. }), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+}

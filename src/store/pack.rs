@@ -1,0 +1,309 @@
+//! Append-only pack files: where chunk bytes live on disk.
+//!
+//! # Data format
+//! ```text
+//! pack   := header record*
+//! header := "CLAWPACK" version:u32le reserved:u32le                      (16 bytes)
+//! record := "CHNK" flags:u8 raw_len:u32le stored_len:u32le id:[u8;32]
+//!           payload:[u8; stored_len] crc:u32le                            (49 + stored_len bytes)
+//! ```
+//! `flags & 1` means the payload is zstd-compressed; `id` is the SHA-256 of the uncompressed
+//! bytes; `crc` is CRC-32 (IEEE) of everything in the record before it. A pack is appended to until it
+//! passes [`PACK_TARGET`] bytes, then sealed (never written again) and a new one started. Packs
+//! are the unit the replicator uploads, so the local and remote layouts match.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::ids::{ChunkId, PackId};
+use crate::store::error::{IoContext, Result, StoreError};
+
+/// Magic at the start of every pack.
+pub const PACK_MAGIC: &[u8; 8] = b"CLAWPACK";
+/// Pack format version.
+pub const PACK_VERSION: u32 = 1;
+/// Length of the pack header.
+pub const HEADER_LEN: u64 = 16;
+/// Bytes of a record besides its payload.
+pub const RECORD_OVERHEAD: u64 = 4 + 1 + 4 + 4 + 32 + 4;
+/// A pack is sealed once it reaches this size.
+pub const PACK_TARGET: u64 = 8 << 20;
+const RECORD_MAGIC: &[u8; 4] = b"CHNK";
+const FLAG_ZSTD: u8 = 1;
+
+/// Where a chunk's record sits and how to decode it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkLoc {
+    /// The pack file.
+    pub pack: PackId,
+    /// Offset of the record within the pack.
+    pub offset: u64,
+    /// Length of the payload as stored.
+    pub stored_len: u32,
+    /// Length of the chunk's plaintext.
+    pub raw_len: u32,
+    /// Whether the payload is zstd-compressed.
+    pub compressed: bool,
+}
+
+/// Path of pack `id` under `dir`.
+pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
+    dir.join(format!("{id}.pack"))
+}
+
+/// Encodes one record. Compression is skipped when it saves less than 1/32 of the chunk.
+pub fn encode_record(id: &ChunkId, data: &[u8]) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(data, 1).ok();
+    let (flags, payload): (u8, &[u8]) = match &compressed {
+        Some(c) if c.len() + data.len() / 32 < data.len() => (FLAG_ZSTD, c),
+        _ => (0, data),
+    };
+    let mut rec = Vec::with_capacity(RECORD_OVERHEAD as usize + payload.len());
+    rec.extend_from_slice(RECORD_MAGIC);
+    rec.push(flags);
+    rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&id.0);
+    rec.extend_from_slice(payload);
+    let crc = crc32fast::hash(&rec);
+    rec.extend_from_slice(&crc.to_le_bytes());
+    rec
+}
+
+/// What a record's header says.
+struct RecordHeader {
+    compressed: bool,
+    raw_len: u32,
+    stored_len: u32,
+    id: ChunkId,
+}
+
+fn parse_header(buf: &[u8]) -> Option<RecordHeader> {
+    if buf.len() < 45 || &buf[..4] != RECORD_MAGIC {
+        return None;
+    }
+    Some(RecordHeader {
+        compressed: buf[4] & FLAG_ZSTD != 0,
+        raw_len: u32::from_le_bytes(buf[5..9].try_into().ok()?),
+        stored_len: u32::from_le_bytes(buf[9..13].try_into().ok()?),
+        id: ChunkId(buf[13..45].try_into().ok()?),
+    })
+}
+
+/// Decodes a whole record read from `pack` at `offset`, checking its CRC and that it holds `want`.
+pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> Result<Vec<u8>> {
+    let corrupt = |detail: &str| StoreError::CorruptPack {
+        pack,
+        offset,
+        detail: detail.to_string(),
+    };
+    let h = parse_header(rec).ok_or_else(|| corrupt("bad record header"))?;
+    let end = 45 + h.stored_len as usize;
+    if rec.len() != end + 4 {
+        return Err(corrupt("record length does not match its header"));
+    }
+    let crc = u32::from_le_bytes(rec[end..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&rec[..end]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if h.id != *want {
+        return Err(corrupt("record holds another chunk than the index says"));
+    }
+    let payload = &rec[45..end];
+    if h.compressed {
+        zstd::bulk::decompress(payload, h.raw_len as usize)
+            .ok()
+            .filter(|d| d.len() == h.raw_len as usize)
+            .ok_or_else(|| corrupt("compressed payload does not decode"))
+    } else {
+        Ok(payload.to_vec())
+    }
+}
+
+/// An open pack being appended to.
+pub struct PackWriter {
+    /// The pack's id.
+    pub id: PackId,
+    file: File,
+    len: u64,
+}
+
+impl PackWriter {
+    /// Creates pack `id` in `dir` (it must not exist).
+    pub fn create(dir: &Path, id: PackId) -> Result<PackWriter> {
+        let path = pack_path(dir, id);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .ctx(|| format!("creating pack {}", path.display()))?;
+        let mut header = Vec::with_capacity(16);
+        header.extend_from_slice(PACK_MAGIC);
+        header.extend_from_slice(&PACK_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        file.write_all(&header)
+            .ctx(|| format!("writing pack {}", path.display()))?;
+        Ok(PackWriter {
+            id,
+            file,
+            len: HEADER_LEN,
+        })
+    }
+
+    /// Reopens pack `id` for appending after a restart. Records torn by a crash at the end are
+    /// cut off; returns the locations of the intact records so the index can be checked, and
+    /// whether anything was cut.
+    pub fn reopen(dir: &Path, id: PackId) -> Result<(PackWriter, Vec<(ChunkId, ChunkLoc)>, bool)> {
+        let path = pack_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .ctx(|| format!("opening pack {}", path.display()))?;
+        let (good_len, records) = scan(&file, id)?;
+        let actual = file.metadata().ctx(|| "stat pack".into())?.len();
+        let torn = actual != good_len;
+        if torn {
+            tracing::warn!(pack = %id, actual, good_len, "cutting a torn record off the end of the open pack");
+            file.set_len(good_len).ctx(|| "truncating torn pack".into())?;
+        }
+        Ok((
+            PackWriter {
+                id,
+                file,
+                len: good_len,
+            },
+            records,
+            torn,
+        ))
+    }
+
+    /// Current length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when only the header has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == HEADER_LEN
+    }
+
+    /// Appends an encoded record with one `write` (so a crash of the process never leaves half
+    /// of it in the page cache); returns its offset.
+    pub fn append(&mut self, record: &[u8]) -> Result<u64> {
+        let off = self.len;
+        self.file
+            .write_all(record)
+            .ctx(|| format!("appending to pack {}", self.id))?;
+        self.len += record.len() as u64;
+        Ok(off)
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .ctx(|| format!("syncing pack {}", self.id))
+    }
+}
+
+/// Reads pack headers and records sequentially; returns the length up to the last intact record.
+pub fn scan(file: &File, id: PackId) -> Result<(u64, Vec<(ChunkId, ChunkLoc)>)> {
+    let len = file.metadata().ctx(|| "stat pack".into())?.len();
+    let mut header = [0u8; 16];
+    if len < HEADER_LEN {
+        return Ok((0, Vec::new()));
+    }
+    file.read_exact_at(&mut header, 0)
+        .ctx(|| "reading pack header".into())?;
+    if &header[..8] != PACK_MAGIC {
+        return Err(StoreError::CorruptPack {
+            pack: id,
+            offset: 0,
+            detail: "not a pack file".into(),
+        });
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version != PACK_VERSION {
+        return Err(StoreError::CorruptPack {
+            pack: id,
+            offset: 0,
+            detail: format!("unknown pack version {version}"),
+        });
+    }
+    let mut off = HEADER_LEN;
+    let mut out = Vec::new();
+    let mut hdr = [0u8; 45];
+    while off + RECORD_OVERHEAD <= len {
+        if file.read_exact_at(&mut hdr, off).is_err() {
+            break;
+        }
+        let Some(h) = parse_header(&hdr) else { break };
+        let rec_len = RECORD_OVERHEAD + h.stored_len as u64;
+        if off + rec_len > len {
+            break;
+        }
+        let mut rec = vec![0u8; rec_len as usize];
+        file.read_exact_at(&mut rec, off)
+            .ctx(|| "reading pack record".into())?;
+        let body = rec_len as usize - 4;
+        let crc = u32::from_le_bytes(rec[body..].try_into().expect("4 bytes"));
+        if crc32fast::hash(&rec[..body]) != crc {
+            break;
+        }
+        out.push((
+            h.id,
+            ChunkLoc {
+                pack: id,
+                offset: off,
+                stored_len: h.stored_len,
+                raw_len: h.raw_len,
+                compressed: h.compressed,
+            },
+        ));
+        off += rec_len;
+    }
+    Ok((off, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_detect_flips() {
+        let data = b"hello hello hello hello hello hello hello hello".repeat(100);
+        let id = ChunkId::of(&data);
+        let rec = encode_record(&id, &data);
+        assert!(rec.len() < data.len(), "compressible data is compressed");
+        assert_eq!(decode_record(PackId(1), 16, &rec, &id).unwrap(), data);
+        for i in [0, 5, 20, 60, rec.len() - 1] {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_record(PackId(1), 16, &bad, &id).is_err(), "flip at {i}");
+        }
+        let other = ChunkId::of(b"x");
+        assert!(decode_record(PackId(1), 16, &rec, &other).is_err());
+    }
+
+    #[test]
+    fn torn_tail_is_cut_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path(), PackId(3)).unwrap();
+        let a = vec![1u8; 5000];
+        let off = w.append(&encode_record(&ChunkId::of(&a), &a)).unwrap();
+        assert_eq!(off, HEADER_LEN);
+        let b = vec![2u8; 5000];
+        let rec_b = encode_record(&ChunkId::of(&b), &b);
+        w.append(&rec_b[..rec_b.len() / 2]).unwrap();
+        drop(w);
+        let (w, recs, torn) = PackWriter::reopen(dir.path(), PackId(3)).unwrap();
+        assert!(torn);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].0, ChunkId::of(&a));
+        assert_eq!(w.len(), HEADER_LEN + recs[0].1.stored_len as u64 + RECORD_OVERHEAD);
+    }
+}

@@ -1,0 +1,249 @@
+//! The on-disk layout of a store: one place that says what every file and key means.
+//!
+//! # Store directory
+//! ```text
+//! <store>/catalog/        sled database: the catalogue (below)
+//! <store>/packs/<16 hex>.pack   append-only chunk packs (see `pack.rs`)
+//! <store>/control.sock    the running daemon's control socket (0600)
+//! <store>/config.json     per-store settings (ignore patterns, mounted directory)
+//! ```
+//!
+//! # Catalogue
+//! Two sled trees. Everything an epoch commits lives in one tree, [`TREE_CATALOG`], so that an
+//! epoch is applied with one `sled::Batch`, which sled applies atomically: after a crash an epoch
+//! is either wholly there or wholly absent, never half-visible. Records of different kinds are
+//! told apart by a one-byte key prefix. Chunk locations live in a tree of their own,
+//! [`TREE_CHUNKS`], written as chunks are packed (an index entry for a chunk that no epoch
+//! references yet is harmless; one that an epoch references is always written before it).
+//!
+//! All integers in keys are big-endian so that sled's byte order is numeric order. Sequence
+//! numbers inside keys are stored inverted (`!seq`) so that a forward scan from `(k, !s)` finds
+//! the newest record at or before `s` first.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | [`META`] | name bytes | see the `META_*` names |
+//! | [`EPOCH`] | seq | [`crate::store::catalog::Epoch`] |
+//! | [`CHANGE`] | seq, index u32 | [`crate::store::catalog::Change`] |
+//! | [`DENTRY`] | parent path, 0, name, 0, !seq | [`crate::store::catalog::Dentry`] |
+//! | [`NODE`] | node id, !seq | [`crate::store::catalog::NodeVersion`] |
+//! | [`VERSION`] | version id | node id, seq |
+//! | [`MARK`] | name bytes | [`crate::store::catalog::Mark`] |
+//! | [`SESSION`] | session id | [`crate::store::catalog::SessionInfo`] |
+//! | [`TIME`] | time (ns since epoch), seq | empty: lets a time resolve to a seq |
+//!
+//! Values are bincode-encoded serde structs.
+
+use crate::ids::{NodeId, Seq, VersionId};
+
+/// The format version this build reads and writes. A store with another refuses to open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Sled tree holding every record an epoch commits.
+pub const TREE_CATALOG: &str = "catalog";
+/// Sled tree mapping chunk id (32 bytes) to its location in a pack.
+pub const TREE_CHUNKS: &str = "chunks";
+
+/// Prefix of store-wide values.
+pub const META: u8 = b'M';
+/// Prefix of epoch headers.
+pub const EPOCH: u8 = b'E';
+/// Prefix of the changes an epoch carries.
+pub const CHANGE: u8 = b'C';
+/// Prefix of directory entries over time.
+pub const DENTRY: u8 = b'D';
+/// Prefix of node versions over time.
+pub const NODE: u8 = b'N';
+/// Prefix of the version-id index.
+pub const VERSION: u8 = b'V';
+/// Prefix of marks.
+pub const MARK: u8 = b'A';
+/// Prefix of mount sessions.
+pub const SESSION: u8 = b'S';
+/// Prefix of the time index.
+pub const TIME: u8 = b'T';
+
+/// `META` key: the format version (u32 BE).
+pub const META_FORMAT: &[u8] = b"format";
+/// `META` key: the last committed epoch (u64 BE). Nothing with a larger seq is visible.
+pub const META_HEAD: &[u8] = b"head";
+/// `META` key: the next unused node id (u64 BE).
+pub const META_NEXT_NODE: &[u8] = b"next_node";
+
+/// Key of a `META` value.
+pub fn meta_key(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(META);
+    k.extend_from_slice(name);
+    k
+}
+
+/// Key of an epoch header.
+pub fn epoch_key(seq: Seq) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = EPOCH;
+    k[1..].copy_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Decodes the seq of an epoch key.
+pub fn epoch_key_seq(k: &[u8]) -> Option<Seq> {
+    Some(Seq(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
+/// Key of the `i`th change of epoch `seq`.
+pub fn change_key(seq: Seq, i: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = CHANGE;
+    k[1..9].copy_from_slice(&seq.0.to_be_bytes());
+    k[9..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Prefix of all changes of epoch `seq`.
+pub fn change_prefix(seq: Seq) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = CHANGE;
+    k[1..].copy_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Prefix of every entry of directory `parent` (all names, all times).
+pub fn dir_prefix(parent: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + parent.len());
+    k.push(DENTRY);
+    k.extend_from_slice(parent.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Prefix of every version of the entry `name` in `parent`.
+pub fn dentry_prefix(parent: &str, name: &str) -> Vec<u8> {
+    let mut k = dir_prefix(parent);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key of the entry `name` in `parent` as set by epoch `seq`.
+pub fn dentry_key(parent: &str, name: &str, seq: Seq) -> Vec<u8> {
+    let mut k = dentry_prefix(parent, name);
+    k.extend_from_slice(&(!seq.0).to_be_bytes());
+    k
+}
+
+/// Splits a dentry key into (name, seq), given the length of its directory prefix.
+pub fn dentry_key_parts(k: &[u8], dir_prefix_len: usize) -> Option<(&str, Seq)> {
+    let rest = k.get(dir_prefix_len..)?;
+    if rest.len() < 9 {
+        return None;
+    }
+    let (name, tail) = rest.split_at(rest.len() - 9);
+    if tail[0] != 0 {
+        return None;
+    }
+    let seq = !u64::from_be_bytes(tail[1..].try_into().ok()?);
+    Some((std::str::from_utf8(name).ok()?, Seq(seq)))
+}
+
+/// Prefix of every version of a node.
+pub fn node_prefix(node: NodeId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = NODE;
+    k[1..].copy_from_slice(&node.0.to_be_bytes());
+    k
+}
+
+/// Key of the version of `node` set by epoch `seq`.
+pub fn node_key(node: NodeId, seq: Seq) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..9].copy_from_slice(&node_prefix(node));
+    k[9..].copy_from_slice(&(!seq.0).to_be_bytes());
+    k
+}
+
+/// Decodes the seq of a node key.
+pub fn node_key_seq(k: &[u8]) -> Option<Seq> {
+    Some(Seq(!u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
+}
+
+/// Key of a version id.
+pub fn version_key(v: VersionId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = VERSION;
+    k[1..].copy_from_slice(&v.0.to_be_bytes());
+    k
+}
+
+/// Value of a version-id record.
+pub fn version_value(node: NodeId, seq: Seq) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&node.0.to_be_bytes());
+    v[8..].copy_from_slice(&seq.0.to_be_bytes());
+    v
+}
+
+/// Key of a mark.
+pub fn mark_key(name: &str) -> Vec<u8> {
+    let mut k = vec![MARK];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Key of a session record.
+pub fn session_key(id: crate::ids::SessionId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = SESSION;
+    k[1..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// Key of the time index.
+pub fn time_key(time_ns: i64, seq: Seq) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = TIME;
+    // Offset so that negative times (never expected) still sort before positive ones.
+    k[1..9].copy_from_slice(&((time_ns as u64) ^ (1 << 63)).to_be_bytes());
+    k[9..].copy_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Decodes the seq of a time key.
+pub fn time_key_seq(k: &[u8]) -> Option<Seq> {
+    Some(Seq(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn dentry_keys_round_trip(parent in "[a-z/]{0,12}", name in "[^\0/]{1,12}", seq in any::<u64>()) {
+            let k = dentry_key(&parent, &name, Seq(seq));
+            let (n, s) = dentry_key_parts(&k, dir_prefix(&parent).len()).unwrap();
+            prop_assert_eq!(n, name.as_str());
+            prop_assert_eq!(s, Seq(seq));
+        }
+
+        #[test]
+        fn newer_seqs_sort_first(node in any::<u64>(), a in any::<u64>(), b in any::<u64>()) {
+            let (ka, kb) = (node_key(NodeId(node), Seq(a)), node_key(NodeId(node), Seq(b)));
+            prop_assert_eq!(a.cmp(&b), kb.cmp(&ka));
+            prop_assert_eq!(node_key_seq(&ka), Some(Seq(a)));
+        }
+
+        #[test]
+        fn time_keys_sort_by_time(t1 in any::<i64>(), t2 in any::<i64>()) {
+            prop_assert_eq!(t1.cmp(&t2), time_key(t1, Seq(0)).cmp(&time_key(t2, Seq(0))));
+        }
+    }
+
+    #[test]
+    fn directory_prefixes_do_not_capture_subdirectories() {
+        let a = dir_prefix("a");
+        assert!(!dentry_key("a/b", "x", Seq(1)).starts_with(&a));
+        assert!(dentry_key("a", "x", Seq(1)).starts_with(&a));
+    }
+}
