@@ -1,7 +1,233 @@
-//! The version store.
+//! The version store: every moment of every file, content-addressed and catalogued.
+//!
+//! A [`Store`] is a directory holding a sled catalogue and pack files (layout in [`schema`]).
+//! Changes go in through a [`Recorder`](recorder::Recorder), which gathers the operations of
+//! one epoch in memory and commits them atomically under one sequence number. Everything else
+//! reads: any file, directory or attribute as of any committed moment ([`query`]), the history
+//! of a path ([`history`]), the difference of two moments and rollback plans ([`rollback`]).
+//! Nothing here knows about FUSE.
+
+pub mod catalog;
 pub mod chunker;
 pub mod chunks;
 pub mod content;
 pub mod error;
+pub mod history;
 pub mod pack;
+pub mod query;
+pub mod recorder;
+pub mod rollback;
 pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::ids::Seq;
+use catalog::{decode, encode, Mark};
+use chunks::{ChunkStore, PackStore};
+use content::ChunkCache;
+pub use error::{Result, StoreError};
+
+/// Decoded chunks kept in memory for readers (×64 KiB at most each).
+const CHUNK_CACHE_ENTRIES: usize = 512;
+
+/// An open version store. Cheap to share (`Arc<Store>`): every read method takes `&self` and is
+/// safe from any thread; one [`Recorder`](recorder::Recorder) at a time writes.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    cat: sled::Tree,
+    packs: Arc<PackStore>,
+    chunks: Arc<ChunkCache>,
+    head: AtomicU64,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if `dir` does not hold one yet.
+    pub fn open_or_create(dir: &Path) -> Result<Arc<Store>> {
+        Self::open_inner(dir, true)
+    }
+
+    /// Opens an existing store; a directory without a catalogue is an error.
+    pub fn open(dir: &Path) -> Result<Arc<Store>> {
+        Self::open_inner(dir, false)
+    }
+
+    fn open_inner(dir: &Path, create: bool) -> Result<Arc<Store>> {
+        use error::IoContext;
+        let cat_dir = dir.join("catalog");
+        if !cat_dir.exists() {
+            if !create {
+                return Err(StoreError::NotAStore(dir.to_path_buf()));
+            }
+            std::fs::create_dir_all(dir).ctx(|| format!("creating store {}", dir.display()))?;
+        }
+        let db = sled::Config::new()
+            .path(&cat_dir)
+            // Flushes are ours: after the packs are synced, never before (see `ChunkStore`).
+            .flush_every_ms(None)
+            .cache_capacity(32 << 20)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Io {
+                        what: format!(
+                            "store {} is in use by another process (a running `clawfs mount`?)",
+                            dir.display()
+                        ),
+                        source: io,
+                    }
+                }
+                other => StoreError::Catalog(other),
+            })?;
+        let cat = db.open_tree(schema::TREE_CATALOG)?;
+        match cat.get(schema::meta_key(schema::META_FORMAT))? {
+            None => {
+                cat.insert(
+                    schema::meta_key(schema::META_FORMAT),
+                    &schema::FORMAT_VERSION.to_be_bytes(),
+                )?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != schema::FORMAT_VERSION {
+                    return Err(StoreError::UnknownFormat {
+                        path: dir.to_path_buf(),
+                        found,
+                        expected: schema::FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        let head = read_u64(&cat, schema::META_HEAD)?.unwrap_or(0);
+        let packs = Arc::new(PackStore::open(
+            &dir.join("packs"),
+            db.open_tree(schema::TREE_CHUNKS)?,
+        )?);
+        let chunks = Arc::new(ChunkCache::new(
+            packs.clone() as Arc<dyn ChunkStore>,
+            CHUNK_CACHE_ENTRIES,
+        ));
+        Ok(Arc::new(Store {
+            dir: dir.to_path_buf(),
+            db,
+            cat,
+            packs,
+            chunks,
+            head: AtomicU64::new(head),
+        }))
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The newest committed epoch (`Seq::ZERO` when nothing was recorded yet).
+    pub fn head(&self) -> Seq {
+        Seq(self.head.load(Ordering::Acquire))
+    }
+
+    /// The chunk store behind this store, cached.
+    pub fn chunks(&self) -> &Arc<ChunkCache> {
+        &self.chunks
+    }
+
+    /// The pack files.
+    pub fn packs(&self) -> &Arc<PackStore> {
+        &self.packs
+    }
+
+    /// Makes everything committed so far durable: packs first, then the catalogue.
+    pub fn flush(&self) -> Result<()> {
+        self.packs.sync()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store takes on disk (catalogue and packs).
+    pub fn disk_usage(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()? + self.packs.packs()?.iter().map(|p| p.1).sum::<u64>())
+    }
+
+    /// Records a named mark at `seq`. Names are unique; marks are kept until removed by name.
+    pub fn add_mark(&self, mark: &Mark) -> Result<()> {
+        if mark.name.is_empty() || mark.name.contains('/') || mark.name.starts_with('.') {
+            return Err(StoreError::Mark(format!(
+                "{:?} is not a valid mark name (no '/', not empty, not starting with '.')",
+                mark.name
+            )));
+        }
+        if mark.seq > self.head() {
+            return Err(StoreError::Mark(format!(
+                "moment {} is not recorded yet",
+                mark.seq
+            )));
+        }
+        let key = schema::mark_key(&mark.name);
+        let res = self
+            .cat
+            .compare_and_swap(&key, None as Option<&[u8]>, Some(encode(mark)))?;
+        if res.is_err() {
+            return Err(StoreError::Mark(format!(
+                "a mark named {:?} exists already (remove it with `clawfs unmark {}`)",
+                mark.name, mark.name
+            )));
+        }
+        self.flush()
+    }
+
+    /// Removes a mark by name.
+    pub fn remove_mark(&self, name: &str) -> Result<Mark> {
+        match self.cat.remove(schema::mark_key(name))? {
+            None => Err(StoreError::Mark(format!("no mark named {name:?}"))),
+            Some(v) => {
+                self.flush()?;
+                decode(&v, || format!("mark {name}"))
+            }
+        }
+    }
+
+    /// A mark by name.
+    pub fn mark(&self, name: &str) -> Result<Option<Mark>> {
+        self.cat
+            .get(schema::mark_key(name))?
+            .map(|v| decode(&v, || format!("mark {name}")))
+            .transpose()
+    }
+
+    /// Every mark, oldest first.
+    pub fn marks(&self) -> Result<Vec<Mark>> {
+        let mut out = Vec::new();
+        for kv in self.cat.scan_prefix([schema::MARK]) {
+            let (k, v) = kv?;
+            out.push(decode::<Mark>(&v, || {
+                format!("mark {}", String::from_utf8_lossy(&k[1..]))
+            })?);
+        }
+        out.sort_by_key(|m| (m.seq, m.time_ns));
+        Ok(out)
+    }
+
+    fn set_head(&self, seq: Seq) {
+        self.head.store(seq.0, Ordering::Release);
+    }
+}
+
+fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
+    match tree.get(schema::meta_key(name))? {
+        None => Ok(None),
+        Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(
+            |_| StoreError::CorruptCatalog {
+                what: String::from_utf8_lossy(name).into_owned(),
+                detail: "bad length".into(),
+            },
+        )?))),
+    }
+}

@@ -1,0 +1,190 @@
+//! Writing into the real tree: how restores and rollbacks put files back.
+//!
+//! Paths are resolved under a root that is either the plain directory (offline) or
+//! `/proc/self/fd/<fd>` for the directory fd the daemon opened before mounting over it, so the
+//! daemon's own writes never loop back through its mount.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::relpath::RelPath;
+use crate::store::catalog::Meta;
+use crate::store::content::ReadAt;
+
+/// A real directory tree that restores write into.
+#[derive(Clone, Debug)]
+pub struct RealTree {
+    root: PathBuf,
+}
+
+impl RealTree {
+    /// The tree under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> RealTree {
+        RealTree { root: root.into() }
+    }
+
+    /// The real path of `p`.
+    pub fn path(&self, p: &RelPath) -> PathBuf {
+        if p.is_root() {
+            self.root.clone()
+        } else {
+            self.root.join(p.as_str())
+        }
+    }
+
+    /// Writes `content` to `path` atomically: a temp file beside it, synced, then renamed over.
+    pub fn put_file(
+        &self,
+        path: &RelPath,
+        content: &dyn ReadAt,
+        meta: &Meta,
+        xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> io::Result<()> {
+        let dest = self.path(path);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = dir.join(format!(
+            ".{}.clawfs-restore.{:08x}",
+            path.name(),
+            rand::random::<u32>()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            copy_out(content, &mut f)?;
+            f.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))?;
+            // Ownership is best effort: only root may give files away.
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid));
+            for (k, v) in xattrs {
+                set_xattr(&tmp, k, v)?;
+            }
+            f.sync_all()?;
+            set_mtime(&f, meta.mtime_ns)?;
+            if dest.is_dir() && !dest.is_symlink() {
+                fs::remove_dir(&dest)?;
+            }
+            fs::rename(&tmp, &dest)?;
+            sync_dir(&dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Makes `path` a symlink to `target`, atomically.
+    pub fn put_symlink(&self, path: &RelPath, target: &str) -> io::Result<()> {
+        let dest = self.path(path);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = dir.join(format!(
+            ".{}.clawfs-restore.{:08x}",
+            path.name(),
+            rand::random::<u32>()
+        ));
+        std::os::unix::fs::symlink(target, &tmp)?;
+        if dest.is_dir() && !dest.is_symlink() {
+            fs::remove_dir(&dest)?;
+        }
+        fs::rename(&tmp, &dest).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        sync_dir(&dir)
+    }
+
+    /// Makes `path` a directory with `mode` (an existing one just gets the mode).
+    pub fn mkdir(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+        let p = self.path(path);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&p)?;
+                fs::create_dir(&p)?;
+            }
+            Err(_) => fs::create_dir(&p)?,
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))
+    }
+
+    /// Removes a file, symlink or empty directory. A directory that still holds anything
+    /// (files that are not versioned) fails with `ENOTEMPTY` and stays.
+    pub fn remove(&self, path: &RelPath) -> io::Result<()> {
+        let p = self.path(path);
+        let m = fs::symlink_metadata(&p)?;
+        if m.is_dir() {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        }
+    }
+}
+
+/// Streams `content` into `out` in 1 MiB blocks.
+pub fn copy_out(content: &dyn ReadAt, out: &mut File) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    let len = content.len();
+    while off < len {
+        let n = content
+            .read_at(off, &mut buf)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stored content shorter than its size",
+            ));
+        }
+        out.write_all(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn set_mtime(f: &File, mtime_ns: i64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ts = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
+        },
+    ];
+    // SAFETY: `f` is an open descriptor and `ts` points at two valid timespecs.
+    let r = unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated and `value` is a valid slice.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

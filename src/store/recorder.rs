@@ -1,0 +1,860 @@
+//! Recording changes: one epoch gathered in memory, committed atomically.
+//!
+//! A [`Recorder`] is the store's only writer. It mirrors, operation by operation, what a writer
+//! did to the real tree (create, write, truncate, rename, link, unlink, …), keyed by path. Writes
+//! are kept as byte extents (copies of what was written), so that an epoch is an exact cut of the
+//! write history even while the real file keeps changing. [`Recorder::commit`] turns the pending
+//! operations into one epoch: every touched file is re-chunked around its dirty ranges only,
+//! every record is written in one `sled::Batch` (atomic), and the head moves forward.
+//!
+//! The recorder is strict: an operation that does not fit the recorded tree (a write to a path
+//! it does not know) is an error. The overlay turns such errors into a re-import of the path
+//! from the real file, so versioning heals itself instead of drifting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::ids::{NodeId, Seq, SessionId, VersionId};
+use crate::relpath::RelPath;
+use crate::store::catalog::{encode, now_ns, Change, Dentry, Epoch, Meta, NodeKind, NodeVersion, Op};
+use crate::store::chunker::Policy;
+use crate::store::chunks::ChunkStore;
+use crate::store::content::{rewrite, Content, ContentReader, ReadAt};
+use crate::store::error::{Result, StoreError};
+use crate::store::query::parent_key;
+use crate::store::{schema, Store};
+
+/// How a rename treats an existing destination (the `renameat2` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the destination if it exists (plain `rename`).
+    Replace,
+    /// Fail if the destination exists (`RENAME_NOREPLACE`).
+    NoReplace,
+    /// Swap source and destination, both must exist (`RENAME_EXCHANGE`).
+    Exchange,
+}
+
+/// Attribute changes; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaUpdate {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New modification time.
+    pub mtime_ns: Option<i64>,
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The new epoch.
+    pub seq: Seq,
+    /// Bytes added to the chunk store.
+    pub stored_bytes: u64,
+    /// Bytes of content that were chunked and hashed.
+    pub hashed_bytes: u64,
+}
+
+/// Pending content of one file: the committed content (or an outside source) with writes on top.
+struct PendingData {
+    base: Base,
+    /// Base bytes at and beyond this offset were cut off by a truncate: they read as zeros.
+    valid_base: u64,
+    size: u64,
+    /// Non-overlapping written extents, by start offset.
+    extents: BTreeMap<u64, Vec<u8>>,
+}
+
+enum Base {
+    Stored(ContentReader),
+    /// The whole content comes from outside (an import): everything is dirty.
+    External(Arc<dyn ReadAt>),
+}
+
+impl Base {
+    fn reader(&self) -> &dyn ReadAt {
+        match self {
+            Base::Stored(r) => r,
+            Base::External(r) => r.as_ref(),
+        }
+    }
+}
+
+impl PendingData {
+    fn write(&mut self, off: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = off + data.len() as u64;
+        // Cut overlapping extents back to what lies outside [off, end).
+        let overlapping: Vec<u64> = self
+            .extents
+            .range(..end)
+            .rev()
+            .take_while(|(s, v)| *s + v.len() as u64 > off)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in overlapping {
+            let v = self.extents.remove(&s).expect("listed");
+            let e = s + v.len() as u64;
+            if s < off {
+                self.extents.insert(s, v[..(off - s) as usize].to_vec());
+            }
+            if e > end {
+                self.extents.insert(end, v[(end - s) as usize..].to_vec());
+            }
+        }
+        // Extend the extent that ends exactly here (sequential writes), else start one.
+        let prev = self
+            .extents
+            .range_mut(..off)
+            .next_back()
+            .filter(|(s, v)| **s + v.len() as u64 == off);
+        match prev {
+            Some((_, v)) => v.extend_from_slice(data),
+            None => {
+                self.extents.insert(off, data.to_vec());
+            }
+        }
+        self.size = self.size.max(end);
+    }
+
+    fn truncate(&mut self, size: u64) {
+        let beyond: Vec<u64> = self.extents.range(size..).map(|(s, _)| *s).collect();
+        for s in beyond {
+            self.extents.remove(&s);
+        }
+        if let Some((s, v)) = self.extents.range_mut(..size).next_back() {
+            let keep = (size - *s) as usize;
+            if v.len() > keep {
+                v.truncate(keep);
+            }
+        }
+        self.valid_base = self.valid_base.min(size);
+        self.size = size;
+    }
+
+    fn dirty(&self) -> Vec<(u64, u64)> {
+        let mut d: Vec<(u64, u64)> = self
+            .extents
+            .iter()
+            .map(|(s, v)| (*s, s + v.len() as u64))
+            .collect();
+        if self.size > self.valid_base {
+            d.push((self.valid_base, self.size));
+        }
+        if let Base::External(_) = self.base {
+            d.push((0, self.size));
+        }
+        d
+    }
+
+    fn extent_bytes(&self) -> u64 {
+        self.extents.values().map(|v| v.len() as u64).sum()
+    }
+}
+
+impl ReadAt for PendingData {
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        if off >= self.size {
+            return Ok(0);
+        }
+        let n = ((self.size - off) as usize).min(buf.len());
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        if off < self.valid_base {
+            let m = ((self.valid_base - off) as usize).min(n);
+            let got = self.base.reader().read_at(off, &mut buf[..m])?;
+            if got < m {
+                // The outside source shrank since it was captured: what is missing reads as
+                // zeros, and the next epoch re-captures it.
+                buf[got..m].fill(0);
+            }
+        }
+        let end = off + n as u64;
+        for (s, v) in self.extents.range(..end).rev() {
+            let e = s + v.len() as u64;
+            if e <= off {
+                break;
+            }
+            let from = (*s).max(off);
+            let to = e.min(end);
+            buf[(from - off) as usize..(to - off) as usize]
+                .copy_from_slice(&v[(from - s) as usize..(to - s) as usize]);
+        }
+        Ok(n)
+    }
+    fn len(&self) -> u64 {
+        self.size
+    }
+}
+
+struct PendingNode {
+    version: NodeVersion,
+    data: Option<PendingData>,
+}
+
+/// The store's writer: gathers one epoch of changes and commits it.
+pub struct Recorder {
+    store: Arc<Store>,
+    session: SessionId,
+    next_node: u64,
+    dentries: BTreeMap<(NodeId, String), Dentry>,
+    nodes: HashMap<NodeId, PendingNode>,
+    changes: Vec<Change>,
+    change_index: HashMap<(String, Op), usize>,
+    pending_bytes: u64,
+    last_time: i64,
+}
+
+impl Store {
+    /// The writer of this store, recording as `session`. Only one may exist per store.
+    pub fn recorder(self: &Arc<Self>, session: SessionId) -> Result<Recorder> {
+        let next_node = crate::store::read_u64(&self.cat, schema::META_NEXT_NODE)?
+            .unwrap_or(NodeId::ROOT.0 + 1);
+        let last_time = match self.epoch(self.head())? {
+            Some(e) => e.time_ns,
+            None => 0,
+        };
+        Ok(Recorder {
+            store: Arc::clone(self),
+            session,
+            next_node,
+            dentries: BTreeMap::new(),
+            nodes: HashMap::new(),
+            changes: Vec::new(),
+            change_index: HashMap::new(),
+            pending_bytes: 0,
+            last_time,
+        })
+    }
+}
+
+impl Recorder {
+    /// The store written to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The session recorded as the author of changes.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// True when operations wait to be committed.
+    pub fn has_pending(&self) -> bool {
+        !self.changes.is_empty() || !self.nodes.is_empty() || !self.dentries.is_empty()
+    }
+
+    /// Bytes of written data held in memory for the next commit.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    // ---- the tree as it is now: committed state with pending operations on top ----
+
+    fn dentry_now(&self, parent: NodeId, name: &str) -> Result<Option<Dentry>> {
+        if let Some(d) = self.dentries.get(&(parent, name.to_string())) {
+            return Ok(Some(d.clone()));
+        }
+        Ok(self
+            .store
+            .dentry_at(parent, name, self.store.head())?
+            .map(|(_, d)| d))
+    }
+
+    fn lookup(&self, parent: NodeId, name: &str) -> Result<Option<(NodeId, NodeKind)>> {
+        Ok(self
+            .dentry_now(parent, name)?
+            .and_then(|d| d.node.map(|n| (n, d.kind))))
+    }
+
+    /// The node at `path` now, with its kind.
+    pub fn resolve_now(&self, path: &RelPath) -> Result<Option<(NodeId, NodeKind)>> {
+        let mut cur = (NodeId::ROOT, NodeKind::Dir);
+        if path.is_root() {
+            return Ok(Some(cur));
+        }
+        for comp in path.as_str().split('/') {
+            if cur.1 != NodeKind::Dir {
+                return Ok(None);
+            }
+            match self.lookup(cur.0, comp)? {
+                Some(n) => cur = n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    fn dir_node(&self, path: &RelPath) -> Result<NodeId> {
+        match self.resolve_now(path)? {
+            Some((n, NodeKind::Dir)) => Ok(n),
+            Some(_) => Err(StoreError::WrongKind(format!("{path} is not a directory"))),
+            None => Err(StoreError::NotFound(path.to_string())),
+        }
+    }
+
+    fn parent_of<'p>(&self, path: &'p RelPath) -> Result<(NodeId, &'p str)> {
+        let (parent, name) = path
+            .split()
+            .ok_or_else(|| StoreError::WrongKind("the root cannot be replaced".into()))?;
+        Ok((self.dir_node(&parent)?, name))
+    }
+
+    fn node_now(&mut self, node: NodeId) -> Result<&mut PendingNode> {
+        if !self.nodes.contains_key(&node) {
+            let version = match self.store.node_at(node, self.store.head())? {
+                Some((_, v)) => v,
+                None if node == NodeId::ROOT => NodeVersion::new(
+                    NodeKind::Dir,
+                    Meta {
+                        mode: 0o755,
+                        ..Default::default()
+                    },
+                ),
+                None => {
+                    return Err(StoreError::CorruptCatalog {
+                        what: format!("node {}", node.0),
+                        detail: "named but never written".into(),
+                    })
+                }
+            };
+            self.nodes.insert(
+                node,
+                PendingNode {
+                    version,
+                    data: None,
+                },
+            );
+        }
+        Ok(self.nodes.get_mut(&node).expect("inserted"))
+    }
+
+    /// The version of `path` as it would be committed now (content not yet re-chunked).
+    pub fn stat_now(&mut self, path: &RelPath) -> Result<Option<(NodeId, NodeVersion)>> {
+        let Some((node, _)) = self.resolve_now(path)? else {
+            return Ok(None);
+        };
+        let pn = self.node_now(node)?;
+        let mut v = pn.version.clone();
+        if let Some(d) = &pn.data {
+            v.content.size = d.size;
+        }
+        Ok(Some((node, v)))
+    }
+
+    fn children_now(&self, dir: NodeId) -> Result<Vec<(String, NodeId, NodeKind)>> {
+        let mut names: BTreeMap<String, Option<(NodeId, NodeKind)>> = self
+            .store
+            .list_node(dir, self.store.head())?
+            .into_iter()
+            .map(|d| (d.name, Some((d.node, d.kind))))
+            .collect();
+        for ((_, name), d) in self
+            .dentries
+            .range((dir, String::new())..)
+            .take_while(|((p, _), _)| *p == dir)
+        {
+            names.insert(name.clone(), d.node.map(|n| (n, d.kind)));
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|(name, v)| v.map(|(n, k)| (name, n, k)))
+            .collect())
+    }
+
+    fn note(&mut self, path: &RelPath, op: Op, node: Option<NodeId>, other: Option<&RelPath>) {
+        let key = (path.as_str().to_string(), op);
+        if let Some(&i) = self.change_index.get(&key) {
+            let c = &mut self.changes[i];
+            c.node = node;
+            c.other = other.map(|o| o.as_str().to_string());
+            return;
+        }
+        self.change_index.insert(key, self.changes.len());
+        self.changes.push(Change {
+            path: path.as_str().to_string(),
+            op,
+            node,
+            other: other.map(|o| o.as_str().to_string()),
+            size: None,
+        });
+    }
+
+    fn set_dentry(&mut self, parent: NodeId, name: &str, d: Dentry) {
+        self.dentries.insert((parent, name.to_string()), d);
+    }
+
+    fn new_node(&mut self, version: NodeVersion) -> NodeId {
+        let id = NodeId(self.next_node);
+        self.next_node += 1;
+        self.nodes.insert(
+            id,
+            PendingNode {
+                version,
+                data: None,
+            },
+        );
+        id
+    }
+
+    // ---- operations ----
+
+    /// A new empty file, directory or symlink (`target` for symlinks) at `path`, which must not
+    /// exist yet.
+    pub fn create(
+        &mut self,
+        path: &RelPath,
+        kind: NodeKind,
+        meta: Meta,
+        target: &str,
+    ) -> Result<NodeId> {
+        let (parent, name) = self.parent_of(path)?;
+        if self.lookup(parent, name)?.is_some() {
+            return Err(StoreError::Exists(path.to_string()));
+        }
+        let mut v = NodeVersion::new(kind, meta);
+        v.target = target.to_string();
+        let node = self.new_node(v);
+        self.set_dentry(
+            parent,
+            name,
+            Dentry {
+                node: Some(node),
+                kind,
+                op: Op::Create,
+                other: None,
+            },
+        );
+        self.note(path, Op::Create, Some(node), None);
+        Ok(node)
+    }
+
+    fn file_data(&mut self, path: &RelPath) -> Result<(NodeId, &mut PendingData)> {
+        let (node, kind) = self
+            .resolve_now(path)?
+            .ok_or_else(|| StoreError::NotFound(path.to_string()))?;
+        if kind != NodeKind::File {
+            return Err(StoreError::WrongKind(format!("{path} is not a file")));
+        }
+        let chunks = Arc::clone(self.store.chunks());
+        let pn = self.node_now(node)?;
+        if pn.data.is_none() {
+            let content = pn.version.content.clone();
+            let size = content.size;
+            pn.data = Some(PendingData {
+                base: Base::Stored(ContentReader::new(chunks, content)),
+                valid_base: size,
+                size,
+                extents: BTreeMap::new(),
+            });
+        }
+        Ok((node, pn.data.as_mut().expect("set")))
+    }
+
+    /// `data` written at `offset` of the file at `path`.
+    pub fn write(&mut self, path: &RelPath, offset: u64, data: &[u8]) -> Result<()> {
+        let (node, d) = self.file_data(path)?;
+        let before = d.extent_bytes();
+        d.write(offset, data);
+        let after = d.extent_bytes();
+        self.pending_bytes = self.pending_bytes + after - before.min(after);
+        self.nodes.get_mut(&node).expect("loaded").version.op = Op::Write;
+        self.note(path, Op::Write, Some(node), None);
+        Ok(())
+    }
+
+    /// The file at `path` cut or extended (with zeros) to `size`.
+    pub fn truncate(&mut self, path: &RelPath, size: u64) -> Result<()> {
+        let (node, d) = self.file_data(path)?;
+        d.truncate(size);
+        self.nodes.get_mut(&node).expect("loaded").version.op = Op::Truncate;
+        self.note(path, Op::Truncate, Some(node), None);
+        Ok(())
+    }
+
+    /// The whole content of the file at `path` replaced by what `source` holds (created if
+    /// missing). Used on the first mount, for changes made while unmounted, for files renamed in
+    /// from unversioned paths, and to heal a path the recorder lost track of.
+    pub fn import(&mut self, path: &RelPath, meta: Meta, source: Arc<dyn ReadAt>) -> Result<()> {
+        let node = match self.resolve_now(path)? {
+            Some((n, NodeKind::File)) => n,
+            Some(_) => {
+                self.remove_any(path)?;
+                self.create(path, NodeKind::File, meta, "")?
+            }
+            None => self.create(path, NodeKind::File, meta, "")?,
+        };
+        let size = source.len();
+        let pn = self.node_now(node)?;
+        pn.version.meta = meta;
+        pn.version.op = Op::Import;
+        pn.data = Some(PendingData {
+            base: Base::External(source),
+            valid_base: size,
+            size,
+            extents: BTreeMap::new(),
+        });
+        self.note(path, Op::Import, Some(node), None);
+        Ok(())
+    }
+
+    /// Makes `path` hold exactly `version` (a rollback), as a new node like the temp file a
+    /// restore renames into place; its content is shared, not copied.
+    pub fn restore(&mut self, path: &RelPath, version: &NodeVersion, from: Seq) -> Result<()> {
+        if self.resolve_now(path)?.is_some() {
+            self.remove_any(path)?;
+        }
+        let (parent, name) = self.parent_of(path)?;
+        let mut v = version.clone();
+        v.op = Op::Restore;
+        let kind = v.kind;
+        let node = self.new_node(v);
+        self.set_dentry(
+            parent,
+            name,
+            Dentry {
+                node: Some(node),
+                kind,
+                op: Op::Restore,
+                other: Some(format!("#{from}")),
+            },
+        );
+        self.note(path, Op::Restore, Some(node), None);
+        Ok(())
+    }
+
+    /// Removes whatever is at `path`; a directory with everything in it.
+    pub fn remove_any(&mut self, path: &RelPath) -> Result<()> {
+        match self.resolve_now(path)? {
+            None => Err(StoreError::NotFound(path.to_string())),
+            Some((node, NodeKind::Dir)) => {
+                for (name, _, _) in self.children_now(node)? {
+                    self.remove_any(&path.join(&name)?)?;
+                }
+                self.rmdir(path)
+            }
+            Some(_) => self.unlink(path),
+        }
+    }
+
+    /// Attributes of `path` changed.
+    pub fn set_meta(&mut self, path: &RelPath, u: MetaUpdate) -> Result<()> {
+        let (node, _) = self
+            .resolve_now(path)?
+            .ok_or_else(|| StoreError::NotFound(path.to_string()))?;
+        let pn = self.node_now(node)?;
+        let m = &mut pn.version.meta;
+        let before = *m;
+        m.mode = u.mode.map(|x| x & 0o7777).unwrap_or(m.mode);
+        m.uid = u.uid.unwrap_or(m.uid);
+        m.gid = u.gid.unwrap_or(m.gid);
+        m.mtime_ns = u.mtime_ns.unwrap_or(m.mtime_ns);
+        // Only permission and ownership changes are worth a line in the log; an mtime update
+        // alone rides along with the write that caused it.
+        if before.mode != m.mode || before.uid != m.uid || before.gid != m.gid {
+            if pn.version.op != Op::Create {
+                pn.version.op = Op::Attr;
+            }
+            self.note(path, Op::Attr, Some(node), None);
+        }
+        Ok(())
+    }
+
+    /// An extended attribute set (`Some`) or removed (`None`).
+    pub fn set_xattr(&mut self, path: &RelPath, name: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let (node, _) = self
+            .resolve_now(path)?
+            .ok_or_else(|| StoreError::NotFound(path.to_string()))?;
+        let pn = self.node_now(node)?;
+        match value {
+            Some(v) => pn.version.xattrs.insert(name.to_vec(), v.to_vec()),
+            None => pn.version.xattrs.remove(name),
+        };
+        pn.version.op = Op::Xattr;
+        self.note(path, Op::Xattr, Some(node), None);
+        Ok(())
+    }
+
+    /// The non-directory at `path` unlinked.
+    pub fn unlink(&mut self, path: &RelPath) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        match self.lookup(parent, name)? {
+            None => Err(StoreError::NotFound(path.to_string())),
+            Some((_, NodeKind::Dir)) => {
+                Err(StoreError::WrongKind(format!("{path} is a directory")))
+            }
+            Some((node, kind)) => {
+                self.set_dentry(
+                    parent,
+                    name,
+                    Dentry {
+                        node: None,
+                        kind,
+                        op: Op::Delete,
+                        other: None,
+                    },
+                );
+                self.note(path, Op::Delete, Some(node), None);
+                Ok(())
+            }
+        }
+    }
+
+    /// The empty directory at `path` removed.
+    pub fn rmdir(&mut self, path: &RelPath) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        match self.lookup(parent, name)? {
+            None => Err(StoreError::NotFound(path.to_string())),
+            Some((node, NodeKind::Dir)) => {
+                if !self.children_now(node)?.is_empty() {
+                    return Err(StoreError::NotEmpty(path.to_string()));
+                }
+                self.set_dentry(
+                    parent,
+                    name,
+                    Dentry {
+                        node: None,
+                        kind: NodeKind::Dir,
+                        op: Op::Delete,
+                        other: None,
+                    },
+                );
+                self.note(path, Op::Delete, Some(node), None);
+                Ok(())
+            }
+            Some(_) => Err(StoreError::WrongKind(format!("{path} is not a directory"))),
+        }
+    }
+
+    /// `from` renamed to `to`. A directory moves with everything in it, at O(1) cost.
+    pub fn rename(&mut self, from: &RelPath, to: &RelPath, mode: RenameMode) -> Result<()> {
+        let (fp, fname) = self.parent_of(from)?;
+        let (tp, tname) = self.parent_of(to)?;
+        let (fnode, fkind) = self
+            .lookup(fp, fname)?
+            .ok_or_else(|| StoreError::NotFound(from.to_string()))?;
+        if from == to {
+            return Ok(());
+        }
+        if fkind == NodeKind::Dir && to.starts_with(from) {
+            return Err(StoreError::WrongKind(format!(
+                "cannot move {from} into itself"
+            )));
+        }
+        let existing = self.lookup(tp, tname)?;
+        match (mode, existing) {
+            (RenameMode::NoReplace, Some(_)) => return Err(StoreError::Exists(to.to_string())),
+            (RenameMode::Exchange, None) => return Err(StoreError::NotFound(to.to_string())),
+            (RenameMode::Exchange, Some((tnode, tkind))) => {
+                self.set_dentry(
+                    fp,
+                    fname,
+                    Dentry {
+                        node: Some(tnode),
+                        kind: tkind,
+                        op: Op::RenameFrom,
+                        other: Some(to.as_str().into()),
+                    },
+                );
+                self.set_dentry(
+                    tp,
+                    tname,
+                    Dentry {
+                        node: Some(fnode),
+                        kind: fkind,
+                        op: Op::RenameFrom,
+                        other: Some(from.as_str().into()),
+                    },
+                );
+                self.note(from, Op::RenameFrom, Some(tnode), Some(to));
+                self.note(to, Op::RenameFrom, Some(fnode), Some(from));
+                return Ok(());
+            }
+            (_, Some((tnode, tkind))) => {
+                if tnode == fnode {
+                    // Renaming a hard link onto another link of the same file does nothing.
+                    return Ok(());
+                }
+                match (fkind == NodeKind::Dir, tkind == NodeKind::Dir) {
+                    (true, false) => {
+                        return Err(StoreError::WrongKind(format!("{to} is not a directory")))
+                    }
+                    (false, true) => {
+                        return Err(StoreError::WrongKind(format!("{to} is a directory")))
+                    }
+                    (true, true) if !self.children_now(tnode)?.is_empty() => {
+                        return Err(StoreError::NotEmpty(to.to_string()))
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        self.set_dentry(
+            fp,
+            fname,
+            Dentry {
+                node: None,
+                kind: fkind,
+                op: Op::RenameTo,
+                other: Some(to.as_str().into()),
+            },
+        );
+        self.set_dentry(
+            tp,
+            tname,
+            Dentry {
+                node: Some(fnode),
+                kind: fkind,
+                op: Op::RenameFrom,
+                other: Some(from.as_str().into()),
+            },
+        );
+        self.note(from, Op::RenameTo, Some(fnode), Some(to));
+        self.note(to, Op::RenameFrom, Some(fnode), Some(from));
+        Ok(())
+    }
+
+    /// A hard link `to` made to the file at `from`.
+    pub fn link(&mut self, from: &RelPath, to: &RelPath) -> Result<()> {
+        let (fnode, fkind) = self
+            .resolve_now(from)?
+            .ok_or_else(|| StoreError::NotFound(from.to_string()))?;
+        if fkind == NodeKind::Dir {
+            return Err(StoreError::WrongKind(format!("{from} is a directory")));
+        }
+        let (tp, tname) = self.parent_of(to)?;
+        if self.lookup(tp, tname)?.is_some() {
+            return Err(StoreError::Exists(to.to_string()));
+        }
+        self.set_dentry(
+            tp,
+            tname,
+            Dentry {
+                node: Some(fnode),
+                kind: fkind,
+                op: Op::Link,
+                other: Some(from.as_str().into()),
+            },
+        );
+        self.note(to, Op::Link, Some(fnode), Some(from));
+        Ok(())
+    }
+
+    /// Forgets every pending operation (after a failed commit, the overlay re-imports).
+    pub fn discard(&mut self) {
+        self.dentries.clear();
+        self.nodes.clear();
+        self.changes.clear();
+        self.change_index.clear();
+        self.pending_bytes = 0;
+    }
+
+    /// Paths with pending content changes (what a failed commit leaves unversioned).
+    pub fn pending_paths(&self) -> Vec<String> {
+        self.changes.iter().map(|c| c.path.clone()).collect()
+    }
+
+    /// Commits every pending operation as one epoch. With `durable`, the epoch survives a power
+    /// loss when this returns; without, it survives a crash of the process, and the next
+    /// durable commit (or [`Store::flush`]) makes it durable. Returns `None` when nothing was
+    /// pending. On error nothing is committed and the pending operations are dropped: the
+    /// caller decides what to re-import.
+    pub fn commit(&mut self, durable: bool) -> Result<Option<Committed>> {
+        if !self.has_pending() {
+            if durable {
+                self.store.flush()?;
+            }
+            return Ok(None);
+        }
+        let result = self.commit_inner(durable);
+        self.discard();
+        result.map(Some)
+    }
+
+    fn commit_inner(&mut self, durable: bool) -> Result<Committed> {
+        let store = Arc::clone(&self.store);
+        let seq = store.head().next();
+        // Times never go backwards, so "the moment at time T" is well defined.
+        let time_ns = now_ns().max(self.last_time);
+        let mut batch = sled::Batch::default();
+        let (mut stored, mut hashed) = (0u64, 0u64);
+        let mut sizes: HashMap<NodeId, u64> = HashMap::new();
+        let nodes = std::mem::take(&mut self.nodes);
+        for (node, pn) in nodes {
+            let mut version = pn.version;
+            if let Some(data) = pn.data {
+                let mut head = vec![0u8; 100.min(data.size as usize)];
+                data.read_at(0, &mut head)?;
+                let base = match &data.base {
+                    Base::Stored(r) => r.content().clone(),
+                    Base::External(_) => Content::default(),
+                };
+                let (content, st) = rewrite(
+                    store.chunks(),
+                    &base,
+                    &data,
+                    data.size,
+                    &data.dirty(),
+                    Policy::for_file(&head),
+                )?;
+                stored += st.stored;
+                hashed += st.hashed;
+                version.content = content;
+            }
+            sizes.insert(node, version.size());
+            batch.insert(&schema::node_key(node, seq), encode(&version));
+            batch.insert(
+                &schema::version_key(VersionId::new(node, seq)),
+                &schema::version_value(node, seq),
+            );
+        }
+        for ((parent, name), d) in std::mem::take(&mut self.dentries) {
+            batch.insert(
+                schema::dentry_key(&parent_key(parent), &name, seq),
+                encode(&d),
+            );
+        }
+        let changes = std::mem::take(&mut self.changes);
+        for (i, mut c) in changes.iter().cloned().enumerate() {
+            if c.op != Op::Delete && c.op != Op::RenameTo {
+                c.size = c.node.and_then(|n| sizes.get(&n).copied());
+            }
+            batch.insert(&schema::change_key(seq, i as u32), encode(&c));
+        }
+        let epoch = Epoch {
+            time_ns,
+            session: self.session,
+            changes: changes.len() as u32,
+            stored_bytes: stored,
+        };
+        batch.insert(&schema::epoch_key(seq), encode(&epoch));
+        batch.insert(&schema::time_key(time_ns, seq), &[][..]);
+        batch.insert(
+            schema::meta_key(schema::META_NEXT_NODE),
+            &self.next_node.to_be_bytes(),
+        );
+        batch.insert(schema::meta_key(schema::META_HEAD), &seq.0.to_be_bytes());
+        if durable {
+            // Chunks first: no durable record may name a chunk that is not durable.
+            store.packs().sync()?;
+        }
+        store.cat.apply_batch(batch)?;
+        if durable {
+            store.db.flush()?;
+        }
+        store.set_head(seq);
+        self.last_time = time_ns;
+        Ok(Committed {
+            seq,
+            stored_bytes: stored,
+            hashed_bytes: hashed,
+        })
+    }
+}

@@ -1,0 +1,381 @@
+//! Differences between moments, and rollbacks planned and applied as new versions.
+//!
+//! A rollback never rewrites history (invariant 6): it records a safety mark at the current
+//! moment, then writes the old content back into the real tree file by file (temp file and
+//! rename, like the writers themselves) and records each as a new `restore` version whose
+//! content is shared with the old one. `clawfs rollback --to <safety mark>` undoes it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ids::Seq;
+use crate::realfs::RealTree;
+use crate::relpath::RelPath;
+use crate::store::catalog::{now_ns, Mark, NodeKind, NodeVersion};
+use crate::store::error::{Result, StoreError};
+use crate::store::query::Entry;
+use crate::store::recorder::{MetaUpdate, Recorder};
+use crate::store::Store;
+
+/// How a path differs between two moments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffKind {
+    /// Exists at the later moment only.
+    Created,
+    /// Exists at both, with other content, target or mode.
+    Modified,
+    /// Exists at the earlier moment only.
+    Deleted,
+}
+
+/// One path that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DiffEntry {
+    /// The path.
+    pub path: String,
+    /// How it differs.
+    pub change: DiffKind,
+    /// What it is (at the later moment if it exists then).
+    pub kind: NodeKind,
+    /// Size at the earlier moment.
+    pub old_size: Option<u64>,
+    /// Size at the later moment.
+    pub new_size: Option<u64>,
+}
+
+/// What a rollback does to one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    /// Put back the old content of a path that exists now.
+    Restore,
+    /// Bring back a path that does not exist now.
+    Recreate,
+    /// Remove a path that did not exist then.
+    Remove,
+}
+
+/// One step of a rollback plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Action {
+    /// The path.
+    pub path: String,
+    /// What happens to it.
+    pub action: ActionKind,
+    /// What it is (then, or now for removals).
+    pub kind: NodeKind,
+    /// Size now.
+    pub size_now: Option<u64>,
+    /// Size it gets back.
+    pub size_then: Option<u64>,
+    #[serde(skip)]
+    then: Option<NodeVersion>,
+}
+
+/// What a rollback would do, computed without changing anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The moment rolled back to.
+    pub target: Seq,
+    /// The moment the plan was made against.
+    pub head: Seq,
+    /// The steps, in the order they are applied.
+    pub actions: Vec<Action>,
+    /// Secret paths that differ but are left alone (without `--include-secrets`).
+    pub skipped_secrets: Vec<String>,
+}
+
+/// What applying a plan did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The safety mark recorded first: roll back to it to undo.
+    pub safety_mark: String,
+    /// The epoch holding the rollback.
+    pub seq: Seq,
+    /// Steps applied.
+    pub applied: usize,
+    /// Directories left in place because they hold files that are not versioned.
+    pub kept: Vec<String>,
+}
+
+/// True for paths that hold credentials: versioned locally, never rolled back or replicated
+/// unless asked for by name or with `--include-secrets`.
+pub fn is_secret(path: &RelPath) -> bool {
+    let p = path.as_str();
+    p == "credentials" || p.starts_with("credentials/") || path.name() == "auth-profiles.json"
+}
+
+impl Store {
+    fn tree(&self, scope: &[RelPath], seq: Seq) -> Result<BTreeMap<RelPath, Entry>> {
+        let mut out = BTreeMap::new();
+        for root in scope {
+            for (p, e) in self.walk(root, seq)? {
+                out.insert(p, e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Paths under `scope` (the whole tree if empty) that differ between `from` and `to`.
+    pub fn diff(&self, from: Seq, to: Seq, scope: &[RelPath]) -> Result<Vec<DiffEntry>> {
+        let scope = if scope.is_empty() {
+            vec![RelPath::root()]
+        } else {
+            scope.to_vec()
+        };
+        let (a, b) = (self.tree(&scope, from)?, self.tree(&scope, to)?);
+        let mut out = Vec::new();
+        for (p, old) in &a {
+            match b.get(p) {
+                None => out.push(DiffEntry {
+                    path: p.as_str().into(),
+                    change: DiffKind::Deleted,
+                    kind: old.version.kind,
+                    old_size: Some(old.version.size()),
+                    new_size: None,
+                }),
+                Some(new) if !p.is_root() && differs(old, new) => out.push(DiffEntry {
+                    path: p.as_str().into(),
+                    change: DiffKind::Modified,
+                    kind: new.version.kind,
+                    old_size: Some(old.version.size()),
+                    new_size: Some(new.version.size()),
+                }),
+                _ => {}
+            }
+        }
+        for (p, new) in &b {
+            if !a.contains_key(p) {
+                out.push(DiffEntry {
+                    path: p.as_str().into(),
+                    change: DiffKind::Created,
+                    kind: new.version.kind,
+                    old_size: None,
+                    new_size: Some(new.version.size()),
+                });
+            }
+        }
+        out.sort_by(|x, y| x.path.cmp(&y.path));
+        Ok(out)
+    }
+
+    /// What rolling `scope` (the whole tree if empty) back to `target` would do. A SQLite
+    /// database in scope brings its `-wal` and `-journal` along, so both come from one moment.
+    pub fn plan_rollback(
+        &self,
+        target: Seq,
+        scope: &[RelPath],
+        include_secrets: bool,
+    ) -> Result<Plan> {
+        let head = self.head();
+        if target > head {
+            return Err(StoreError::NoSuchMoment(format!(
+                "moment {target} is not recorded yet (newest is {head})"
+            )));
+        }
+        let named: Vec<RelPath> = scope.to_vec();
+        let mut scope: Vec<RelPath> = if scope.is_empty() {
+            vec![RelPath::root()]
+        } else {
+            scope.to_vec()
+        };
+        for p in named.iter().filter(|p| !p.is_root()) {
+            for suffix in ["-wal", "-journal"] {
+                if let Some((parent, name)) = p.split() {
+                    scope.push(parent.join(&format!("{name}{suffix}"))?);
+                }
+            }
+        }
+        let (then, now) = (self.tree(&scope, target)?, self.tree(&scope, head)?);
+        let secret_ok = |p: &RelPath| {
+            include_secrets || !is_secret(p) || named.iter().any(|n| is_secret(n) && p.starts_with(n))
+        };
+        let mut removes = Vec::new();
+        let mut puts = Vec::new();
+        let mut skipped = Vec::new();
+        for (p, cur) in &now {
+            if p.is_root() {
+                continue;
+            }
+            let old = then.get(p);
+            let action = match old {
+                None => Some(ActionKind::Remove),
+                Some(o) if o.version.kind != cur.version.kind => Some(ActionKind::Remove),
+                _ => None,
+            };
+            if let Some(a) = action {
+                if !secret_ok(p) {
+                    skipped.push(p.as_str().to_string());
+                    continue;
+                }
+                removes.push(Action {
+                    path: p.as_str().into(),
+                    action: a,
+                    kind: cur.version.kind,
+                    size_now: Some(cur.version.size()),
+                    size_then: None,
+                    then: None,
+                });
+            }
+        }
+        for (p, old) in &then {
+            if p.is_root() {
+                continue;
+            }
+            let cur = now.get(p).filter(|c| c.version.kind == old.version.kind);
+            let action = match cur {
+                None => ActionKind::Recreate,
+                Some(c) if differs(old, c) => ActionKind::Restore,
+                Some(_) => continue,
+            };
+            if !secret_ok(p) {
+                skipped.push(p.as_str().to_string());
+                continue;
+            }
+            puts.push(Action {
+                path: p.as_str().into(),
+                action,
+                kind: old.version.kind,
+                size_now: cur.map(|c| c.version.size()),
+                size_then: Some(old.version.size()),
+                then: Some(old.version.clone()),
+            });
+        }
+        // Deepest first for removals; parents first (BTreeMap order) for the rest. A path whose
+        // kind changed is removed and then recreated.
+        removes.sort_by(|a, b| b.path.cmp(&a.path));
+        for r in &removes {
+            if r.action == ActionKind::Remove {
+                for p in puts.iter_mut().filter(|p| p.path == r.path) {
+                    p.action = ActionKind::Recreate;
+                }
+            }
+        }
+        skipped.sort();
+        skipped.dedup();
+        let mut actions = removes;
+        actions.extend(puts);
+        Ok(Plan {
+            target,
+            head,
+            actions,
+            skipped_secrets: skipped,
+        })
+    }
+}
+
+fn differs(a: &Entry, b: &Entry) -> bool {
+    match a.version.kind {
+        NodeKind::Dir => a.version.meta.mode != b.version.meta.mode,
+        _ => !a.version.same_data(&b.version),
+    }
+}
+
+/// Applies `plan` to the real tree and records it. Refuses a plan made against another head
+/// (the tree changed since the preview). Each file is written to a temp file in its directory,
+/// synced and renamed into place; a `-shm` beside a restored database is removed.
+pub fn apply_rollback(rec: &mut Recorder, plan: &Plan, tree: &RealTree) -> Result<Applied> {
+    rec.commit(false)?;
+    let store = std::sync::Arc::clone(rec.store());
+    if store.head() != plan.head {
+        return Err(StoreError::NoSuchMoment(format!(
+            "the tree changed since this rollback was planned (at {}, now {}); plan it again",
+            plan.head,
+            store.head()
+        )));
+    }
+    let safety = format!("safety-{}", plan.head);
+    let safety = unique_mark_name(&store, &safety)?;
+    store.add_mark(&Mark {
+        name: safety.clone(),
+        seq: plan.head,
+        time_ns: now_ns(),
+        message: format!("before rollback to {}", plan.target),
+        safety: true,
+    })?;
+    let mut kept = Vec::new();
+    let mut applied = 0;
+    for a in &plan.actions {
+        let path = RelPath::new(&a.path)?;
+        match (&a.action, &a.then) {
+            (ActionKind::Remove, _) => match tree.remove(&path) {
+                Ok(()) => {
+                    rec.remove_any(&path)?;
+                    applied += 1;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    tracing::warn!(%path, "kept: the directory holds files that are not versioned");
+                    kept.push(a.path.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    rec.remove_any(&path).ok();
+                }
+                Err(e) => return Err(io(e, &path)),
+            },
+            (_, Some(v)) => {
+                match v.kind {
+                    NodeKind::Dir => {
+                        tree.mkdir(&path, v.meta.mode).map_err(|e| io(e, &path))?;
+                        match rec.resolve_now(&path)? {
+                            Some((_, NodeKind::Dir)) => rec.set_meta(
+                                &path,
+                                MetaUpdate {
+                                    mode: Some(v.meta.mode),
+                                    ..Default::default()
+                                },
+                            )?,
+                            _ => {
+                                rec.create(&path, NodeKind::Dir, v.meta, "")?;
+                            }
+                        }
+                    }
+                    NodeKind::Symlink => {
+                        tree.put_symlink(&path, &v.target).map_err(|e| io(e, &path))?;
+                        rec.restore(&path, v, plan.target)?;
+                    }
+                    NodeKind::File => {
+                        let reader = store.reader(v.content.clone());
+                        tree.put_file(&path, &reader, &v.meta, &v.xattrs)
+                            .map_err(|e| io(e, &path))?;
+                        rec.restore(&path, v, plan.target)?;
+                        if let Some((parent, name)) = path.split() {
+                            let shm = parent.join(&format!("{name}-shm"))?;
+                            tree.remove(&shm).ok();
+                        }
+                    }
+                }
+                applied += 1;
+            }
+            (_, None) => {}
+        }
+    }
+    let c = rec.commit(true)?;
+    Ok(Applied {
+        safety_mark: safety,
+        seq: c.map(|c| c.seq).unwrap_or(store.head()),
+        applied,
+        kept,
+    })
+}
+
+fn unique_mark_name(store: &Store, base: &str) -> Result<String> {
+    if store.mark(base)?.is_none() {
+        return Ok(base.to_string());
+    }
+    for i in 2.. {
+        let n = format!("{base}-{i}");
+        if store.mark(&n)?.is_none() {
+            return Ok(n);
+        }
+    }
+    unreachable!()
+}
+
+fn io(source: std::io::Error, path: &RelPath) -> StoreError {
+    StoreError::Io {
+        what: format!("restoring {path}"),
+        source,
+    }
+}
