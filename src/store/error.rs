@@ -31,6 +31,9 @@ pub enum StoreError {
         /// What this build reads.
         expected: u32,
     },
+    /// Another process (a running daemon) holds the store.
+    #[error("store {0} is in use by another process (a running `clawfs mount`, or a command still running)")]
+    Busy(PathBuf),
     /// The directory is not a clawfs store.
     #[error("{0} is not a clawfs store (no catalogue); create one with `clawfs mount` or give the right --store")]
     NotAStore(PathBuf),

@@ -70,14 +70,11 @@ impl Store {
             .cache_capacity(32 << 20)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Io {
-                        what: format!(
-                            "store {} is in use by another process (a running `clawfs mount`?)",
-                            dir.display()
-                        ),
-                        source: io,
-                    }
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Busy(dir.to_path_buf())
                 }
                 other => StoreError::Catalog(other),
             })?;

@@ -414,6 +414,18 @@ impl Recorder {
         meta: Meta,
         target: &str,
     ) -> Result<NodeId> {
+        let node = self.create_silently(path, kind, meta, target)?;
+        self.note(path, Op::Create, Some(node), None);
+        Ok(node)
+    }
+
+    fn create_silently(
+        &mut self,
+        path: &RelPath,
+        kind: NodeKind,
+        meta: Meta,
+        target: &str,
+    ) -> Result<NodeId> {
         let (parent, name) = self.parent_of(path)?;
         if self.lookup(parent, name)?.is_some() {
             return Err(StoreError::Exists(path.to_string()));
@@ -431,7 +443,6 @@ impl Recorder {
                 other: None,
             },
         );
-        self.note(path, Op::Create, Some(node), None);
         Ok(node)
     }
 
@@ -486,9 +497,9 @@ impl Recorder {
             Some((n, NodeKind::File)) => n,
             Some(_) => {
                 self.remove_any(path)?;
-                self.create(path, NodeKind::File, meta, "")?
+                self.create_silently(path, NodeKind::File, meta, "")?
             }
-            None => self.create(path, NodeKind::File, meta, "")?,
+            None => self.create_silently(path, NodeKind::File, meta, "")?,
         };
         let size = source.len();
         let pn = self.node_now(node)?;
@@ -548,6 +559,7 @@ impl Recorder {
         let (node, _) = self
             .resolve_now(path)?
             .ok_or_else(|| StoreError::NotFound(path.to_string()))?;
+        let was_pending = self.nodes.contains_key(&node);
         let pn = self.node_now(node)?;
         let m = &mut pn.version.meta;
         let before = *m;
@@ -555,6 +567,12 @@ impl Recorder {
         m.uid = u.uid.unwrap_or(m.uid);
         m.gid = u.gid.unwrap_or(m.gid);
         m.mtime_ns = u.mtime_ns.unwrap_or(m.mtime_ns);
+        if *m == before {
+            if !was_pending {
+                self.nodes.remove(&node);
+            }
+            return Ok(());
+        }
         // Only permission and ownership changes are worth a line in the log; an mtime update
         // alone rides along with the write that caused it.
         if before.mode != m.mode || before.uid != m.uid || before.gid != m.gid {

@@ -1,0 +1,102 @@
+//! `clawfs diff`: what changed between two moments, optionally as a unified diff.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::commands::{human, Ctx};
+use crate::ids::Seq;
+use crate::relpath::RelPath;
+use crate::store::catalog::NodeKind;
+use crate::store::rollback::DiffKind;
+
+/// Runs `diff`.
+pub fn run(
+    ctx: &mut Ctx,
+    from: Option<&str>,
+    to: Option<&str>,
+    patch: bool,
+    paths: &[PathBuf],
+) -> Result<()> {
+    let to = match to {
+        Some(w) => ctx.when(w)?,
+        None => ctx.when("now")?,
+    };
+    let from = match from {
+        Some(w) => ctx.when(w)?,
+        None => Seq(to.0.saturating_sub(1)),
+    };
+    let scope: Vec<RelPath> = paths.iter().map(|p| ctx.rel(p)).collect::<Result<_>>()?;
+    let entries = ctx.store.diff(from, to, &scope)?;
+    if ctx.json {
+        for e in &entries {
+            ctx.emit_json(e)?;
+        }
+        return Ok(());
+    }
+    if entries.is_empty() {
+        writeln!(ctx.out, "no differences between #{from} and #{to}")?;
+        return Ok(());
+    }
+    for e in &entries {
+        let (mark, sizes) = match e.change {
+            DiffKind::Created => ("+", human(e.new_size.unwrap_or(0))),
+            DiffKind::Deleted => ("-", human(e.old_size.unwrap_or(0))),
+            DiffKind::Modified => (
+                "M",
+                format!(
+                    "{} -> {}",
+                    human(e.old_size.unwrap_or(0)),
+                    human(e.new_size.unwrap_or(0))
+                ),
+            ),
+        };
+        let slash = if e.kind == NodeKind::Dir { "/" } else { "" };
+        writeln!(ctx.out, "{mark} {}{slash}  ({sizes})", e.path)?;
+    }
+    if patch {
+        for e in entries.iter().filter(|e| e.kind == NodeKind::File) {
+            let p = RelPath::new(&e.path)?;
+            let old = read_text(ctx, &p, from, e.change != DiffKind::Created);
+            let new = read_text(ctx, &p, to, e.change != DiffKind::Deleted);
+            write_patch(ctx.out, &e.path, old, new)?;
+        }
+    }
+    Ok(())
+}
+
+/// A file's text at a moment; `None` when absent or binary.
+pub fn read_text(ctx: &Ctx, p: &RelPath, seq: Seq, exists: bool) -> Option<Option<String>> {
+    if !exists {
+        return Some(None);
+    }
+    let bytes = ctx.store.read_file(p, seq).ok()?;
+    if bytes.len() > 8 << 20 || bytes.contains(&0) {
+        return None;
+    }
+    String::from_utf8(bytes).ok().map(Some)
+}
+
+/// Writes a unified diff of one file (or a note that it is binary).
+pub fn write_patch(
+    out: &mut dyn std::io::Write,
+    path: &str,
+    old: Option<Option<String>>,
+    new: Option<Option<String>>,
+) -> Result<()> {
+    let (Some(old), Some(new)) = (old, new) else {
+        writeln!(out, "Binary file {path} differs")?;
+        return Ok(());
+    };
+    let a = old.unwrap_or_default();
+    let b = new.unwrap_or_default();
+    let d = similar::TextDiff::from_lines(&a, &b);
+    write!(
+        out,
+        "{}",
+        d.unified_diff()
+            .context_radius(3)
+            .header(&format!("a/{path}"), &format!("b/{path}"))
+    )?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `clawfs log`: moments, newest first, with what changed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::commands::Ctx;
+use crate::ids::{Seq, SessionId};
+use crate::when::{ago, rfc3339, show_time};
+
+/// One moment in `log --json`.
+#[derive(Serialize)]
+pub struct LogEntry {
+    /// Sequence number: increases with time; accepted as WHEN everywhere.
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The session that made it.
+    pub session: String,
+    /// Number of changes.
+    pub changes: u32,
+    /// Bytes it added to the store.
+    pub stored_bytes: u64,
+    /// The changes: path, operation, size, other path.
+    pub paths: Vec<LogChange>,
+}
+
+/// One change in a moment.
+#[derive(Serialize)]
+pub struct LogChange {
+    /// The path.
+    pub path: String,
+    /// What happened to it.
+    pub op: &'static str,
+    /// Size after.
+    pub size: Option<u64>,
+    /// The other path of a rename or link.
+    pub other: Option<String>,
+}
+
+/// Runs `log`.
+pub fn run(
+    ctx: &mut Ctx,
+    since: Option<&str>,
+    until: Option<&str>,
+    path: Option<&Path>,
+    session: Option<&str>,
+    limit: usize,
+) -> Result<()> {
+    let head = ctx.store.head();
+    if head == Seq::ZERO {
+        if ctx.json {
+            return Ok(());
+        }
+        writeln!(ctx.out, "nothing recorded yet")?;
+        return Ok(());
+    }
+    let from = match since {
+        Some(w) => ctx.when(w)?,
+        None => Seq(1),
+    };
+    let to = match until {
+        Some(w) => ctx.when(w)?,
+        None => head,
+    };
+    let filter = path.map(|p| ctx.rel(p)).transpose()?;
+    let session: Option<SessionId> = session
+        .map(|s| s.parse().with_context(|| format!("{s:?} is not a session id")))
+        .transpose()?;
+    let mut shown = 0;
+    let epochs: Vec<_> = ctx.store.epochs_rev(from, to).collect();
+    for e in epochs {
+        if shown >= limit {
+            break;
+        }
+        let (seq, epoch) = e?;
+        if session.is_some_and(|s| s != epoch.session) {
+            continue;
+        }
+        let changes = ctx.store.changes(seq)?;
+        if let Some(f) = &filter {
+            let hit = changes.iter().any(|c| {
+                crate::relpath::RelPath::new(&c.path).is_ok_and(|p| p.starts_with(f))
+            });
+            if !hit {
+                continue;
+            }
+        }
+        shown += 1;
+        if ctx.json {
+            let entry = LogEntry {
+                seq: seq.0,
+                time: rfc3339(epoch.time_ns),
+                session: epoch.session.to_string(),
+                changes: epoch.changes,
+                stored_bytes: epoch.stored_bytes,
+                paths: changes
+                    .iter()
+                    .map(|c| LogChange {
+                        path: c.path.clone(),
+                        op: c.op.as_str(),
+                        size: c.size,
+                        other: c.other.clone(),
+                    })
+                    .collect(),
+            };
+            ctx.emit_json(&entry)?;
+            continue;
+        }
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for c in &changes {
+            *counts.entry(c.op.as_str()).or_default() += 1;
+        }
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        writeln!(
+            ctx.out,
+            "#{:<6} {}  {:>8}  session {}  {}",
+            seq.0,
+            show_time(epoch.time_ns),
+            ago(epoch.time_ns),
+            epoch.session,
+            summary.join(", ")
+        )?;
+        for c in changes.iter().take(5) {
+            match &c.other {
+                Some(o) => writeln!(ctx.out, "         {:<11} {} ({o})", c.op.as_str(), c.path)?,
+                None => writeln!(ctx.out, "         {:<11} {}", c.op.as_str(), c.path)?,
+            }
+        }
+        if changes.len() > 5 {
+            writeln!(ctx.out, "         … and {} more", changes.len() - 5)?;
+        }
+    }
+    Ok(())
+}

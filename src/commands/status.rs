@@ -1,0 +1,77 @@
+//! `clawfs status`: mounted or not, session, store size, versions, oldest moment.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::commands::{human, Ctx};
+use crate::ids::Seq;
+use crate::when::{ago, rfc3339, show_time};
+
+#[derive(Serialize)]
+struct Status {
+    dir: String,
+    store: String,
+    mounted: bool,
+    session: Option<String>,
+    mounted_since: Option<String>,
+    store_bytes: u64,
+    moments: u64,
+    newest: Option<String>,
+    oldest: Option<String>,
+    marks: usize,
+    open_writers: Vec<crate::fs::overlay::OpenWriter>,
+    last_error: Option<String>,
+}
+
+/// Runs `status`.
+pub fn run(ctx: &mut Ctx) -> Result<()> {
+    let head = ctx.store.head();
+    let time_of = |s: Seq| ctx.store.epoch(s).ok().flatten().map(|e| e.time_ns);
+    let (oldest, newest) = (time_of(Seq(1)), time_of(head));
+    let last_error = ctx
+        .live
+        .and_then(|l| l.rec.call(|r| r.last_error.clone()))
+        .flatten();
+    let s = Status {
+        dir: ctx.dir.display().to_string(),
+        store: ctx.store.dir().display().to_string(),
+        mounted: ctx.live.is_some(),
+        session: ctx.live.map(|l| l.session.to_string()),
+        mounted_since: ctx.live.map(|l| rfc3339(l.started_ns)),
+        store_bytes: ctx.store.disk_usage()?,
+        moments: head.0,
+        newest: newest.map(rfc3339),
+        oldest: oldest.map(rfc3339),
+        marks: ctx.store.marks()?.len(),
+        open_writers: ctx.live.map(|l| l.overlay.open_writers()).unwrap_or_default(),
+        last_error,
+    };
+    if ctx.json {
+        return ctx.emit_json(&s);
+    }
+    let o = &mut ctx.out;
+    writeln!(o, "directory   {}", s.dir)?;
+    match (&s.session, ctx.live) {
+        (Some(id), Some(l)) => writeln!(
+            o,
+            "mounted     yes, session {id} since {} ({})",
+            show_time(l.started_ns),
+            ago(l.started_ns)
+        )?,
+        _ => writeln!(o, "mounted     no")?,
+    }
+    writeln!(o, "store       {} ({})", s.store, human(s.store_bytes))?;
+    writeln!(o, "moments     {}", s.moments)?;
+    if let (Some(n), Some(old)) = (newest, oldest) {
+        writeln!(o, "newest      #{head} at {} ({})", show_time(n), ago(n))?;
+        writeln!(o, "oldest      #1 at {} ({})", show_time(old), ago(old))?;
+    }
+    writeln!(o, "marks       {}", s.marks)?;
+    for w in &s.open_writers {
+        writeln!(o, "writing     {} (pid {} {})", w.path, w.pid, w.command)?;
+    }
+    if let Some(e) = &s.last_error {
+        writeln!(o, "last error  {e}")?;
+    }
+    Ok(())
+}

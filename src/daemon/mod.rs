@@ -1,0 +1,5 @@
+//! The mount daemon: the recorder thread, the control socket, and the mount itself.
+
+pub mod control;
+pub mod mount;
+pub mod recorder_thread;

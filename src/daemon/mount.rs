@@ -1,0 +1,425 @@
+//! Mounting the overlay in place, serving it, and unmounting it cleanly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use parking_lot::Mutex;
+
+use crate::cli::{Cli, Cmd};
+use crate::commands::{self, Ctx, LiveCtx};
+use crate::config::{socket_path, StoreConfig};
+use crate::daemon::control::{self, FrameWriter};
+use crate::daemon::recorder_thread::{RecorderHandle, Recording};
+use crate::fs::filter::Filter;
+use crate::fs::overlay::Overlay;
+use crate::fs::sys;
+use crate::ids::SessionId;
+use crate::relpath::RelPath;
+use crate::store::catalog::{now_ns, SessionInfo};
+use crate::store::Store;
+
+/// Filesystem type name: mounts show as `fuse.clawfs` (OpenClaw picks SQLite's journal mode
+/// from it).
+pub const FS_TYPE: &str = "clawfs";
+
+/// A mount point and its filesystem type, from `/proc/self/mountinfo`.
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let mp = fields.get(4)?;
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(dash + 1)?;
+            Some((PathBuf::from(unescape(mp)), fstype.to_string()))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type mounted at `dir`, if any (the topmost mount).
+pub fn mounted_type(dir: &Path) -> Option<String> {
+    mounts()
+        .into_iter()
+        .filter(|(p, _)| p == dir)
+        .map(|(_, t)| t)
+        .next_back()
+}
+
+/// Checks `dir` and `store` before mounting; returns the directory's absolute path.
+pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // A daemon that died leaves its mount behind: clear it and go on.
+            tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
+            lazy_unmount(dir)?;
+            std::fs::metadata(dir)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{} does not exist: create it first (or give the right directory)", dir.display())
+        }
+        Err(e) => bail!("cannot use {}: {e}", dir.display()),
+    };
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let dir = dir.canonicalize()?;
+    if let Some(t) = mounted_type(&dir) {
+        if t.starts_with("fuse.clawfs") {
+            bail!(
+                "{} is already mounted by clawfs (see `clawfs status {}`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    let store_abs = crate::config::absolute(store, &std::env::current_dir()?);
+    let store_canon = store_abs.canonicalize().unwrap_or(store_abs.clone());
+    if store_canon.starts_with(&dir) {
+        bail!(
+            "the store {} is inside {}: it must live outside the directory it versions (use --store)",
+            store_canon.display(),
+            dir.display()
+        );
+    }
+    if dir.starts_with(&store_canon) {
+        bail!(
+            "{} is inside the store {}: pick a directory outside it",
+            dir.display(),
+            store_canon.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Unmounts `dir` now (not lazily): `umount2` as root, else `fusermount3 -u`. Fails with
+/// `EBUSY` while a process has files open or its working directory inside.
+pub fn unmount_now(dir: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a NUL-terminated path; umount2 has no memory effects.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    let out = Command::new("fusermount3").arg("-u").arg(dir).output()?;
+    if out.status.success() {
+        Ok(())
+    } else if String::from_utf8_lossy(&out.stderr).contains("busy") {
+        Err(std::io::Error::from_raw_os_error(libc::EBUSY))
+    } else {
+        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// `fusermount3 -u -z`: detaches a mount even while busy or stale.
+pub fn lazy_unmount(dir: &Path) -> Result<()> {
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(dir)
+        .status()
+        .context("running fusermount3 (install the fuse3 package)")?;
+    if !st.success() {
+        bail!("could not unmount {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Starts the daemon in the background and waits until it serves the mount (or failed).
+pub fn spawn_background(dir: &Path, store: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(store)?;
+    let log = store.join("daemon.log");
+    let mut child = Command::new(exe);
+    child
+        .arg("--store")
+        .arg(store)
+        .arg("mount")
+        .arg("--foreground")
+        .arg(dir)
+        .env("CLAWFS_DAEMON_LOG", &log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        child.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = child.spawn().context("starting the clawfs daemon")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let status = child.wait()?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let msg = line.trim().trim_start_matches("error: ").to_string();
+    let msg = if msg.is_empty() { err.trim().to_string() } else { msg };
+    bail!(
+        "{}",
+        if msg.is_empty() {
+            format!("the daemon exited with {status} (log: {})", log.display())
+        } else {
+            msg
+        }
+    )
+}
+
+/// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
+/// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
+pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
+    let store = Store::open_or_create(store_dir).map_err(|e| {
+        anyhow!("{e}")
+    })?;
+    let mut cfg = StoreConfig::load(store_dir)?;
+    cfg.dir = Some(dir.to_path_buf());
+    cfg.save(store_dir)?;
+    let filter = Filter::new(&cfg.ignore).context("bad ignore pattern in config.json")?;
+    // The directory is opened before the mount covers it: all I/O goes through this fd.
+    let root = Arc::new(sys::open_dir(dir).with_context(|| format!("opening {}", dir.display()))?);
+    let session = SessionId::random();
+    let started_ns = now_ns();
+    let mut info = SessionInfo {
+        id: session,
+        kind: "mount".into(),
+        started_ns,
+        ended_ns: None,
+        pid: std::process::id(),
+    };
+    store.put_session(&info)?;
+    let mut recording = Recording::new(store.recorder(session)?, root.clone(), filter.clone());
+    // Whatever changed while nothing was mounted becomes a version first.
+    recording.import_real(&RelPath::root());
+    recording.commit(true);
+    let rec = Arc::new(RecorderHandle::spawn(recording));
+    let notifier = Arc::new(OnceLock::new());
+    let overlay = Overlay::new(root.clone(), rec.clone(), filter, notifier.clone())?;
+    let live = LiveCtx {
+        rec: rec.clone(),
+        overlay: overlay.live(),
+        root: root.clone(),
+        session,
+        started_ns,
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("clawfs:{}", store_dir.display())),
+        fuser::MountOption::Subtype(FS_TYPE.into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Through fusermount3 (as `auto_unmount` makes fuser do) the type shows as
+        // `fuse.clawfs`; fuser's direct mount would say `fuse`. And if the daemon dies, the
+        // watcher fusermount3 leaves behind detaches the mount, so the directory never stays
+        // "Transport endpoint is not connected".
+        config.acl = fuser::SessionACL::All;
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+    }
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let mut session_fuse = fuser::Session::new(overlay, dir, &config)
+        .with_context(|| format!("mounting {}", dir.display()))?;
+    let _ = notifier.set(session_fuse.notifier());
+    let unmounter = Arc::new(Mutex::new(session_fuse.unmount_callable()));
+    let unmounter_dir = dir.to_path_buf();
+
+    let sock = socket_path(store_dir);
+    let listener = control::bind(&sock)?;
+    let live = Arc::new(live);
+    {
+        let (store, dir, live, unmounter) =
+            (store.clone(), dir.to_path_buf(), live.clone(), unmounter.clone());
+        std::thread::Builder::new()
+            .name("clawfs-control".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let (store, dir, live, unmounter) =
+                        (store.clone(), dir.clone(), live.clone(), unmounter.clone());
+                    std::thread::spawn(move || handle(conn, store, dir, live, unmounter));
+                }
+            })?;
+    }
+    {
+        let dir = unmounter_dir.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])?;
+        std::thread::Builder::new()
+            .name("clawfs-signals".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    tracing::info!("signal received: unmounting");
+                    if let Err(e) = unmount_now(&dir) {
+                        tracing::error!(error = %e, "unmount failed; detaching lazily");
+                        let _ = lazy_unmount(&dir);
+                    }
+                }
+            })?;
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    redirect_output();
+    tracing::info!(dir = %dir.display(), session = %session, "mounted");
+    let result = session_fuse.run();
+    tracing::info!("unmounted; flushing");
+    let _ = std::fs::remove_file(&sock);
+    rec.shutdown();
+    info.ended_ns = Some(now_ns());
+    store.put_session(&info)?;
+    store.flush()?;
+    result.context("serving the mount")?;
+    Ok(())
+}
+
+fn redirect_output() {
+    let Some(log) = std::env::var_os("CLAWFS_DAEMON_LOG") else {
+        return;
+    };
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        // SAFETY: dup2 onto the standard descriptors of this process; `f` stays open meanwhile.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn handle(
+    conn: std::os::unix::net::UnixStream,
+    store: Arc<Store>,
+    dir: PathBuf,
+    live: Arc<LiveCtx>,
+    unmounter: Arc<Mutex<fuser::SessionUnmounter>>,
+) {
+    let req = match control::read_request(&conn) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "bad control request");
+            return;
+        }
+    };
+    let mut w = FrameWriter::new(&conn);
+    let code = match Cli::try_parse_from(&req.argv) {
+        Err(e) => {
+            let _ = w.frame(b'e', e.to_string().trim_end().as_bytes());
+            2
+        }
+        Ok(cli) => match &cli.cmd {
+            Cmd::Unmount { .. } => {
+                live.rec.commit(true, true);
+                let _ = &unmounter;
+                match unmount_now(&dir) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        let msg = if e.raw_os_error() == Some(libc::EBUSY) {
+                            format!("{} is busy: a process has files open in it", dir.display())
+                        } else {
+                            format!("unmounting {}: {e}", dir.display())
+                        };
+                        let _ = w.frame(b'e', msg.as_bytes());
+                        1
+                    }
+                }
+            }
+            cmd => {
+                let mut ctx = Ctx {
+                    store,
+                    dir,
+                    cwd: req.cwd,
+                    json: cli.json,
+                    out: &mut w,
+                    live: Some(&live),
+                };
+                match commands::run(cmd, &mut ctx) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        let _ = w.frame(b'e', format!("{e:#}").as_bytes());
+                        1
+                    }
+                }
+            }
+        },
+    };
+    let _ = w.flush();
+    let _ = w.frame(b'x', &(code as i32).to_be_bytes());
+}
+
+/// Unmounts `dir` through its daemon (which flushes first), waiting until it is gone.
+pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
+    let sock = socket_path(store);
+    let Some(fstype) = mounted_type(dir) else {
+        bail!("{} is not mounted", dir.display());
+    };
+    if !fstype.starts_with("fuse.clawfs") {
+        bail!("{} is not a clawfs mount (it is {fstype})", dir.display());
+    }
+    let req = control::Request {
+        argv: vec!["clawfs".into(), "unmount".into()],
+        cwd: PathBuf::from("/"),
+    };
+    match control::forward(&sock, &req)? {
+        control::Forwarded::Ran(0) => {}
+        // The daemon said why already.
+        control::Forwarded::Ran(code) => std::process::exit(code),
+        control::Forwarded::NoDaemon => {
+            // No daemon answers: the mount is stale (its daemon died). Detach it.
+            lazy_unmount(dir)?;
+            return Ok(());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mounted_type(dir).is_some_and(|t| t.starts_with("fuse.clawfs")) || sock.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not unmount within 60 s", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon holds the store's lock until it exits; wait for it too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Store::open(store).is_err() {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! The recorder thread: the one writer of the store while a tree is mounted.
+//!
+//! FUSE handlers send [`Msg`]s over a bounded crossbeam channel, in the order the writers' calls
+//! completed; the thread applies them to a [`Recorder`] and closes epochs (invariant 3): when
+//! asked (fsync, close of a written file, rename, link, unlink), at most one second after the
+//! first change of an epoch, and when the pending writes exceed [`MAX_PENDING_BYTES`]. A full
+//! channel makes writers wait: memory stays bounded however fast they write.
+//!
+//! Nothing that goes wrong here may touch the real files (first law). An operation that does not
+//! fit the recorded tree, or a commit that fails (a full disk), is logged loudly and the affected
+//! paths are re-imported from the real files in the next epoch: the change degrades to "not
+//! versioned at that instant", never to a lost byte.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::fs::filter::Filter;
+use crate::fs::sys;
+use crate::relpath::RelPath;
+use crate::store::catalog::{Meta, NodeKind};
+use crate::store::content::ReadAt;
+use crate::store::recorder::{MetaUpdate, Recorder, RenameMode};
+use crate::store::StoreError;
+
+/// An epoch closes at most this long after its first change.
+pub const MAX_EPOCH_AGE: Duration = Duration::from_secs(1);
+/// An epoch closes once this many written bytes wait in memory.
+pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+/// Messages that may wait in the channel (each write carries at most 1 MiB).
+pub const CHANNEL_DEPTH: usize = 64;
+
+/// A change made through the overlay.
+#[derive(Debug)]
+pub enum FsEvent {
+    /// New file, directory or symlink.
+    Create {
+        /// Where.
+        path: RelPath,
+        /// What.
+        kind: NodeKind,
+        /// Its attributes.
+        meta: Meta,
+        /// Symlink target.
+        target: String,
+    },
+    /// Bytes written.
+    Write {
+        /// Which file.
+        path: RelPath,
+        /// Where in it.
+        offset: u64,
+        /// A copy of what was written.
+        data: Vec<u8>,
+    },
+    /// Size set.
+    Truncate {
+        /// Which file.
+        path: RelPath,
+        /// New size.
+        size: u64,
+    },
+    /// Attributes changed.
+    Meta {
+        /// Which path.
+        path: RelPath,
+        /// What changed.
+        update: MetaUpdate,
+    },
+    /// An extended attribute set or removed.
+    Xattr {
+        /// Which path.
+        path: RelPath,
+        /// Attribute name.
+        name: Vec<u8>,
+        /// New value, `None` when removed.
+        value: Option<Vec<u8>>,
+    },
+    /// A non-directory removed.
+    Unlink(RelPath),
+    /// A directory removed.
+    Rmdir(RelPath),
+    /// A rename.
+    Rename {
+        /// From.
+        from: RelPath,
+        /// To.
+        to: RelPath,
+        /// Flags.
+        mode: RenameMode,
+    },
+    /// A hard link.
+    Link {
+        /// Existing path.
+        from: RelPath,
+        /// New path.
+        to: RelPath,
+    },
+    /// Capture a path (and everything below it) from the real tree.
+    Import(RelPath),
+    /// A versioned path left versioning (renamed to an ignored path).
+    Remove(RelPath),
+}
+
+impl FsEvent {
+    fn path(&self) -> &RelPath {
+        match self {
+            FsEvent::Create { path, .. }
+            | FsEvent::Write { path, .. }
+            | FsEvent::Truncate { path, .. }
+            | FsEvent::Meta { path, .. }
+            | FsEvent::Xattr { path, .. }
+            | FsEvent::Unlink(path)
+            | FsEvent::Rmdir(path)
+            | FsEvent::Import(path)
+            | FsEvent::Remove(path) => path,
+            FsEvent::Rename { to, .. } | FsEvent::Link { to, .. } => to,
+        }
+    }
+}
+
+/// A job run on the recorder thread with the recorder in hand (rollbacks, marks, status).
+pub type Job = Box<dyn FnOnce(&mut Recording) + Send>;
+
+/// What the recorder thread is asked to do.
+pub enum Msg {
+    /// Apply a change to the pending epoch.
+    Event(FsEvent),
+    /// Close the epoch now; `done` is told when it is committed (and durable, if asked).
+    Commit {
+        /// Flush packs and catalogue before answering.
+        durable: bool,
+        /// Told when done.
+        done: Option<Sender<()>>,
+    },
+    /// Run a job.
+    Call(Job),
+    /// Commit, flush and stop.
+    Shutdown,
+}
+
+/// The recorder and what it needs to heal itself from the real tree.
+pub struct Recording {
+    /// The store writer.
+    pub rec: Recorder,
+    /// The real tree's directory fd.
+    pub root: Arc<OwnedFd>,
+    /// What is versioned.
+    pub filter: Filter,
+    first_pending: Option<Instant>,
+    unflushed: bool,
+    /// The last error, for `status`.
+    pub last_error: Option<String>,
+    /// Epochs committed by this session.
+    pub epochs: u64,
+}
+
+/// A real file as a [`ReadAt`], for imports.
+pub struct FileSource {
+    file: File,
+    len: u64,
+}
+
+impl FileSource {
+    /// Opens `path` under `root` for reading.
+    pub fn open(root: &OwnedFd, path: &RelPath) -> std::io::Result<(FileSource, libc::stat)> {
+        let file = sys::open_at(
+            root.as_raw_fd(),
+            OsStr::new(path.as_str()),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let st = sys::fstat(file.as_raw_fd())?;
+        Ok((
+            FileSource {
+                file,
+                len: st.st_size as u64,
+            },
+            st,
+        ))
+    }
+}
+
+impl ReadAt for FileSource {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::store::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        what: "reading a real file to import it".into(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Ok(done)
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Attributes of a real file as the store keeps them.
+pub fn meta_of(st: &libc::stat) -> Meta {
+    Meta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: sys::mtime_ns(st),
+    }
+}
+
+fn kind_of(st: &libc::stat) -> Option<NodeKind> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Some(NodeKind::File),
+        libc::S_IFDIR => Some(NodeKind::Dir),
+        libc::S_IFLNK => Some(NodeKind::Symlink),
+        _ => None,
+    }
+}
+
+impl Recording {
+    /// Wraps a recorder.
+    pub fn new(rec: Recorder, root: Arc<OwnedFd>, filter: Filter) -> Recording {
+        Recording {
+            rec,
+            root,
+            filter,
+            first_pending: None,
+            unflushed: false,
+            last_error: None,
+            epochs: 0,
+        }
+    }
+
+    fn apply(&mut self, ev: FsEvent) {
+        let path = ev.path().clone();
+        let result = match ev {
+            FsEvent::Create {
+                path,
+                kind,
+                meta,
+                target,
+            } => self.rec.create(&path, kind, meta, &target).map(drop),
+            FsEvent::Write { path, offset, data } => self.rec.write(&path, offset, &data),
+            FsEvent::Truncate { path, size } => self.rec.truncate(&path, size),
+            FsEvent::Meta { path, update } => self.rec.set_meta(&path, update),
+            FsEvent::Xattr { path, name, value } => {
+                self.rec.set_xattr(&path, &name, value.as_deref())
+            }
+            FsEvent::Unlink(path) => self.rec.unlink(&path),
+            FsEvent::Rmdir(path) => self.rec.rmdir(&path),
+            FsEvent::Rename { from, to, mode } => match self.rec.rename(&from, &to, mode) {
+                Err(e) => {
+                    // Heal both ends.
+                    self.import_real(&from);
+                    Err(e)
+                }
+                ok => ok,
+            },
+            FsEvent::Link { from, to } => self.rec.link(&from, &to),
+            FsEvent::Import(path) => {
+                self.import_real(&path);
+                Ok(())
+            }
+            FsEvent::Remove(path) => match self.rec.remove_any(&path) {
+                Err(StoreError::NotFound(_)) => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(%path, error = %e, "the recorded tree disagrees with the real one; re-importing the path");
+            self.import_real(&path);
+        }
+        if self.first_pending.is_none() {
+            self.first_pending = Some(Instant::now());
+        }
+    }
+
+    /// Makes the recorded `path` (and everything below it) match the real tree, creating
+    /// missing parent directories. Unchanged files (same size, mtime and mode) are not read.
+    pub fn import_real(&mut self, path: &RelPath) {
+        if let Err(e) = self.try_import(path) {
+            tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
+            self.last_error = Some(format!("{path}: {e}"));
+        }
+    }
+
+    fn try_import(&mut self, path: &RelPath) -> crate::store::Result<()> {
+        if !self.filter.versioned(path.as_str()) {
+            return Ok(());
+        }
+        let fd = self.root.as_raw_fd();
+        let st = match sys::lstat_at(fd, OsStr::new(path.as_str())) {
+            Ok(st) => st,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !path.is_root() && self.rec.resolve_now(path)?.is_some() {
+                    self.rec.remove_any(path)?;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: format!("stat {path}"),
+                    source: e,
+                })
+            }
+        };
+        let Some(kind) = kind_of(&st) else {
+            return Ok(()); // fifos, sockets, devices are passed through, not versioned
+        };
+        if let Some((parent, _)) = path.split() {
+            self.ensure_dir(&parent)?;
+        }
+        let meta = meta_of(&st);
+        let now = self.rec.stat_now(path)?;
+        if let Some((_, v)) = &now {
+            if v.kind != kind && !path.is_root() {
+                self.rec.remove_any(path)?;
+            }
+        }
+        let now = self.rec.stat_now(path)?;
+        match kind {
+            NodeKind::File => {
+                let unchanged = now.as_ref().is_some_and(|(_, v)| {
+                    v.content.size == st.st_size as u64
+                        && v.meta.mtime_ns == meta.mtime_ns
+                        && v.meta.mode == meta.mode
+                });
+                if !unchanged {
+                    let (src, st2) = FileSource::open(&self.root, path).map_err(|e| {
+                        StoreError::Io {
+                            what: format!("opening {path}"),
+                            source: e,
+                        }
+                    })?;
+                    self.rec.import(path, meta_of(&st2), Arc::new(src))?;
+                }
+            }
+            NodeKind::Symlink => {
+                let target = sys::readlink_at(fd, OsStr::new(path.as_str())).map_err(|e| {
+                    StoreError::Io {
+                        what: format!("readlink {path}"),
+                        source: e,
+                    }
+                })?;
+                let target = String::from_utf8_lossy(&target).into_owned();
+                if now.as_ref().is_some_and(|(_, v)| v.target != target) {
+                    self.rec.remove_any(path)?;
+                }
+                if self.rec.resolve_now(path)?.is_none() {
+                    self.rec.create(path, NodeKind::Symlink, meta, &target)?;
+                }
+            }
+            NodeKind::Dir => {
+                if now.is_none() {
+                    self.rec.create(path, NodeKind::Dir, meta, "")?;
+                } else if now.as_ref().is_some_and(|(_, v)| v.meta.mode != meta.mode) {
+                    self.rec.set_meta(
+                        path,
+                        MetaUpdate {
+                            mode: Some(meta.mode),
+                            uid: Some(meta.uid),
+                            gid: Some(meta.gid),
+                            mtime_ns: None,
+                        },
+                    )?;
+                }
+                let real_dir = std::fs::read_dir(format!(
+                    "/proc/self/fd/{fd}/{}",
+                    path.as_str()
+                ))
+                .map_err(|e| StoreError::Io {
+                    what: format!("listing {path}"),
+                    source: e,
+                })?;
+                let mut real_names = std::collections::BTreeSet::new();
+                for entry in real_dir.flatten() {
+                    let name = entry.file_name();
+                    let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+                        tracing::warn!(dir = %path, "a name that is not UTF-8 is passed through but not versioned");
+                        continue;
+                    };
+                    let child = path.join(name)?;
+                    if self.filter.versioned(child.as_str()) {
+                        real_names.insert(name.to_string());
+                        self.try_import(&child)?;
+                    }
+                }
+                let (node, _) = self.rec.resolve_now(path)?.expect("ensured above");
+                for d in self.rec.store().list_node(node, self.rec.store().head())? {
+                    if !real_names.contains(&d.name) {
+                        let child = path.join(&d.name)?;
+                        if self.rec.resolve_now(&child)?.is_some() {
+                            self.rec.remove_any(&child)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_dir(&mut self, dir: &RelPath) -> crate::store::Result<()> {
+        if dir.is_root() || matches!(self.rec.resolve_now(dir)?, Some((_, NodeKind::Dir))) {
+            return Ok(());
+        }
+        if let Some((parent, _)) = dir.split() {
+            self.ensure_dir(&parent)?;
+        }
+        let st = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(dir.as_str())).map_err(|e| {
+            StoreError::Io {
+                what: format!("stat {dir}"),
+                source: e,
+            }
+        })?;
+        if self.rec.resolve_now(dir)?.is_some() {
+            self.rec.remove_any(dir)?;
+        }
+        self.rec.create(dir, NodeKind::Dir, meta_of(&st), "")?;
+        Ok(())
+    }
+
+    /// Closes the epoch. On failure (a full disk, a broken pack) the pending paths are
+    /// re-imported and committed again; if that fails too, they stay unversioned, loudly.
+    pub fn commit(&mut self, durable: bool) {
+        let paths = self.rec.pending_paths();
+        match self.rec.commit(durable) {
+            Ok(Some(_)) => {
+                self.epochs += 1;
+                self.unflushed = !durable;
+            }
+            Ok(None) => {
+                if durable {
+                    self.unflushed = false;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, paths = paths.len(), "epoch not committed: these changes are not versioned; re-importing them from the real files");
+                self.last_error = Some(format!("commit failed: {e}"));
+                for p in paths {
+                    if let Ok(p) = RelPath::new(&p) {
+                        self.import_real(&p);
+                    }
+                }
+                if let Err(e) = self.rec.commit(durable) {
+                    tracing::error!(error = %e, "re-import not committed either: the tree stays unversioned until the next change");
+                    self.last_error = Some(format!("commit failed: {e}"));
+                }
+            }
+        }
+        self.first_pending = None;
+    }
+}
+
+/// The handle the overlay keeps: a sender, and the thread to join.
+pub struct RecorderHandle {
+    tx: Sender<Msg>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RecorderHandle {
+    /// Starts the thread `clawfs-recorder`.
+    pub fn spawn(recording: Recording) -> RecorderHandle {
+        let (tx, rx) = bounded(CHANNEL_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("clawfs-recorder".into())
+            .spawn(move || run(recording, rx))
+            .expect("spawning the recorder thread");
+        RecorderHandle {
+            tx,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Queues a change (waits while the channel is full).
+    pub fn send(&self, ev: FsEvent) {
+        if self.tx.send(Msg::Event(ev)).is_err() {
+            tracing::error!("recorder thread is gone: this change is not versioned");
+        }
+    }
+
+    /// Asks for the epoch to close; with `wait`, returns once it is committed.
+    pub fn commit(&self, durable: bool, wait: bool) {
+        if wait {
+            let (tx, rx) = bounded(1);
+            if self
+                .tx
+                .send(Msg::Commit {
+                    durable,
+                    done: Some(tx),
+                })
+                .is_ok()
+            {
+                let _ = rx.recv();
+            }
+        } else {
+            let _ = self.tx.send(Msg::Commit {
+                durable,
+                done: None,
+            });
+        }
+    }
+
+    /// Runs `f` on the recorder thread and returns its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Recording) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = bounded(1);
+        let job: Job = Box::new(move |r| {
+            let _ = tx.send(f(r));
+        });
+        self.tx.send(Msg::Call(job)).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Commits what is pending, flushes, and stops the thread.
+    pub fn shutdown(&self) {
+        let Some(t) = self.thread.lock().take() else {
+            return;
+        };
+        let _ = self.tx.send(Msg::Shutdown);
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RecorderHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(mut r: Recording, rx: Receiver<Msg>) {
+    loop {
+        let timeout = match r.first_pending {
+            Some(t) => MAX_EPOCH_AGE.saturating_sub(t.elapsed()),
+            None if r.unflushed => MAX_EPOCH_AGE,
+            None => Duration::from_secs(3600),
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(Msg::Event(ev)) => {
+                r.apply(ev);
+                if r.rec.pending_bytes() >= MAX_PENDING_BYTES {
+                    r.commit(false);
+                }
+            }
+            Ok(Msg::Commit { durable, done }) => {
+                r.commit(durable);
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+            }
+            Ok(Msg::Call(job)) => job(&mut r),
+            Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                r.commit(true);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if r.first_pending.is_some() {
+                    r.commit(false);
+                } else if r.unflushed {
+                    // The last epochs survive a process crash already; make them survive a
+                    // power loss too, a second after the writes stopped.
+                    if let Err(e) = r.rec.store().flush() {
+                        tracing::error!(error = %e, "flushing the store failed");
+                        r.last_error = Some(format!("flush failed: {e}"));
+                    }
+                    r.unflushed = false;
+                }
+            }
+        }
+    }
+}

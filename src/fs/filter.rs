@@ -1,0 +1,102 @@
+//! Which paths are versioned.
+//!
+//! Regenerable or volatile paths are passed through but not versioned: SQLite `-shm` files
+//! (rebuilt by SQLite), media, caches, installed npm packages, lock files and temp dirs. Users add
+//! gitignore-style patterns in the store's `config.json` (`"ignore": [...]`); a pattern starting
+//! with `!` versions what an earlier pattern excluded.
+
+use globset::{Glob, GlobMatcher};
+
+/// Patterns not versioned by default.
+pub const DEFAULT_IGNORES: &[&str] = &[
+    "**/*-shm",
+    "media/**",
+    "cache/**",
+    "plugin-runtime-deps/**",
+    "**/*.lock",
+    "tmp/**",
+];
+
+/// Decides, for a path relative to the tree root, whether it is versioned.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    rules: Vec<(GlobMatcher, bool)>,
+}
+
+impl Filter {
+    /// The default rules followed by `extra` (gitignore-style; `!` negates).
+    pub fn new(extra: &[String]) -> Result<Filter, globset::Error> {
+        let mut rules = Vec::new();
+        let all = DEFAULT_IGNORES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned());
+        for pat in all {
+            let (neg, p) = match pat.strip_prefix('!') {
+                Some(rest) => (true, rest.to_string()),
+                None => (false, pat.clone()),
+            };
+            let p = p.trim_start_matches('/');
+            // `dir/` and bare names match at any depth and everything below, as in gitignore.
+            let p = p.trim_end_matches('/');
+            let mut globs = vec![p.to_string(), format!("{p}/**")];
+            if !p.contains('/') {
+                globs.push(format!("**/{p}"));
+                globs.push(format!("**/{p}/**"));
+            }
+            for g in globs {
+                rules.push((
+                    Glob::new(&g)?.compile_matcher(),
+                    !neg,
+                ));
+            }
+        }
+        Ok(Filter { rules })
+    }
+
+    /// True when changes to `path` are recorded.
+    pub fn versioned(&self, path: &str) -> bool {
+        if path.is_empty() {
+            return true;
+        }
+        let mut ignored = false;
+        for (m, ignore) in &self.rules {
+            if m.is_match(path) {
+                ignored = *ignore;
+            }
+        }
+        !ignored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("state/openclaw.sqlite", true)]
+    #[case("state/openclaw.sqlite-wal", true)]
+    #[case("state/openclaw.sqlite-shm", false)]
+    #[case("cache/control-ui-assets/abc/x.js", false)]
+    #[case("cache", false)]
+    #[case("plugin-runtime-deps/node_modules/a/index.js", false)]
+    #[case("openclaw.json.lock", false)]
+    #[case("workspace/MEMORY.md", true)]
+    #[case("tmp/x", false)]
+    #[case("media/a.png", false)]
+    #[case("notes/tmp/x", true)]
+    fn defaults(#[case] path: &str, #[case] versioned: bool) {
+        assert_eq!(Filter::new(&[]).unwrap().versioned(path), versioned, "{path}");
+    }
+
+    #[test]
+    fn user_patterns_add_and_negate() {
+        let f = Filter::new(&["*.log".into(), "big/".into(), "!cache/keep/**".into()]).unwrap();
+        assert!(!f.versioned("a/b/run.log"));
+        assert!(!f.versioned("big/x"));
+        assert!(!f.versioned("sub/big/x"));
+        assert!(f.versioned("cache/keep/x"));
+        assert!(!f.versioned("cache/other"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The overlay's inode table: which names the kernel knows each inode by.
+//!
+//! FUSE node ids are the real inode numbers (so `st_ino` is the real one and survives renames,
+//! as OpenClaw checks), except the root, which FUSE calls 1. Each inode remembers the
+//! (parent, name) links the kernel has looked up, so its path can be rebuilt for `*at()` calls
+//! and for the recorder, and a directory rename costs O(1) here too.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use parking_lot::RwLock;
+
+/// FUSE's id of the root directory.
+pub const ROOT: u64 = 1;
+
+#[derive(Debug, Default)]
+struct Inode {
+    links: Vec<(u64, OsString)>,
+    lookups: u64,
+}
+
+/// Inode number → known links, with the kernel's lookup counts.
+#[derive(Debug)]
+pub struct Inodes {
+    map: RwLock<HashMap<u64, Inode>>,
+    root_ino: u64,
+}
+
+impl Inodes {
+    /// A table whose root directory has real inode number `root_ino`.
+    pub fn new(root_ino: u64) -> Inodes {
+        let mut map = HashMap::new();
+        map.insert(ROOT, Inode::default());
+        Inodes {
+            map: RwLock::new(map),
+            root_ino,
+        }
+    }
+
+    /// The FUSE id for a real inode number.
+    pub fn fuse_ino(&self, real: u64) -> u64 {
+        if real == self.root_ino {
+            ROOT
+        } else {
+            real
+        }
+    }
+
+    /// The real inode number for a FUSE id.
+    pub fn real_ino(&self, fuse: u64) -> u64 {
+        if fuse == ROOT {
+            self.root_ino
+        } else {
+            fuse
+        }
+    }
+
+    /// Records that the kernel looked up `ino` as `name` in `parent` (one more reference).
+    pub fn remember(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut map = self.map.write();
+        let e = map.entry(ino).or_default();
+        e.lookups += 1;
+        if !e.links.iter().any(|(p, n)| *p == parent && n == name) {
+            e.links.insert(0, (parent, name.to_os_string()));
+        }
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut map = self.map.write();
+        if let Some(e) = map.get_mut(&ino) {
+            e.lookups = e.lookups.saturating_sub(n);
+            if e.lookups == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// The name `name` in `parent` is gone (unlink, rmdir, or renamed away).
+    pub fn unlink(&self, parent: u64, name: &OsStr) {
+        let mut map = self.map.write();
+        for e in map.values_mut() {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// `ino` was renamed from (`parent`, `name`) to (`newparent`, `newname`).
+    pub fn rename(&self, ino: u64, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
+        self.unlink(newparent, newname);
+        let mut map = self.map.write();
+        if let Some(e) = map.get_mut(&ino) {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+            e.links.insert(0, (newparent, newname.to_os_string()));
+        }
+    }
+
+    /// Adds a link without taking a reference (the other side of `RENAME_EXCHANGE`).
+    pub fn relink(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut map = self.map.write();
+        if let Some(e) = map.get_mut(&ino) {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+            e.links.insert(0, (parent, name.to_os_string()));
+        }
+    }
+
+    /// The path of `ino` relative to the root (`""` for the root), if it is still linked.
+    pub fn path(&self, ino: u64) -> Option<OsString> {
+        let map = self.map.read();
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let e = map.get(&cur)?;
+            let (p, n) = e.links.first()?;
+            parts.push(n);
+            cur = *p;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+        Some(OsString::from(std::ffi::OsStr::from_bytes(&out).to_os_string()))
+    }
+
+    /// The path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &OsStr) -> Option<OsString> {
+        let mut p = self.path(parent)?;
+        if !p.is_empty() {
+            p.push("/");
+        }
+        p.push(name);
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames_and_forget() {
+        let t = Inodes::new(2);
+        t.remember(10, ROOT, OsStr::new("d"));
+        t.remember(11, 10, OsStr::new("f"));
+        assert_eq!(t.path(11).unwrap(), "d/f");
+        t.rename(10, ROOT, OsStr::new("d"), ROOT, OsStr::new("e"));
+        assert_eq!(t.path(11).unwrap(), "e/f");
+        t.remember(11, ROOT, OsStr::new("hard"));
+        assert_eq!(t.path(11).unwrap(), "hard");
+        t.unlink(ROOT, OsStr::new("hard"));
+        assert_eq!(t.path(11).unwrap(), "e/f");
+        t.forget(11, 2);
+        assert!(t.path(11).is_none());
+        assert_eq!(t.path(ROOT).unwrap(), "");
+        assert_eq!(t.fuse_ino(2), ROOT);
+    }
+}

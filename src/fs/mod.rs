@@ -1,0 +1,11 @@
+//! The FUSE side: thin adapters over the store.
+//!
+//! - [`overlay`]: the read-write passthrough mounted over the state directory, which reports
+//!   every change to the recorder thread in the order the writers issued it.
+//! - [`filter`]: which paths are versioned.
+//! - [`inodes`], [`sys`]: the inode table and the `*at()` calls.
+
+pub mod filter;
+pub mod inodes;
+pub mod overlay;
+pub mod sys;

@@ -1,0 +1,1201 @@
+//! The read-write overlay mounted over the state directory in place.
+//!
+//! Every request is served by a `*at()` call relative to the directory fd opened before mounting
+//! (invariant 1): unmounted, the directory holds exactly what the writers wrote. Every change to a
+//! versioned path is also reported to the recorder thread (invariant 2), under one ordering lock
+//! so the recorder sees changes in the order the real tree went through them. Writes are
+//! write-through (no writeback cache), so nothing is reordered on the way. Locks (POSIX and
+//! flock) are left to the kernel: they are not advertised, so the kernel keeps them locally.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::daemon::recorder_thread::{meta_of, FsEvent, RecorderHandle};
+use crate::fs::filter::Filter;
+use crate::fs::inodes::Inodes;
+use crate::fs::sys;
+use crate::relpath::RelPath;
+use crate::store::catalog::NodeKind;
+use crate::store::recorder::{MetaUpdate, RenameMode};
+
+/// How long the kernel may cache names. Every change goes through us (a rollback invalidates
+/// what it replaces), so names stay valid.
+const ENTRY_TTL: Duration = Duration::from_secs(1);
+/// Attributes are not cached: link counts and ctimes change in ways the kernel cannot see
+/// (another name of the same inode), and POSIX tools check them.
+const ATTR_TTL: Duration = Duration::ZERO;
+
+/// An open file.
+struct Handle {
+    file: File,
+    ino: u64,
+    append: bool,
+    wrote: AtomicBool,
+    /// Who opened it for writing: shown by `status`, and a rollback refuses to replace it.
+    writer: Option<(u32, String)>,
+}
+
+/// A process holding a file open for writing through the mount.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenWriter {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub command: String,
+    /// Path of the file, relative to the tree.
+    pub path: String,
+}
+
+/// What the control server needs of a running overlay: who has files open, and how to make
+/// the kernel forget what a rollback replaced.
+pub struct Live {
+    root: Arc<OwnedFd>,
+    inodes: Inodes,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+/// The overlay filesystem.
+pub struct Overlay {
+    live: Arc<Live>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, OsString)>>>>,
+    next_fh: AtomicU64,
+    rec: Arc<RecorderHandle>,
+    filter: Filter,
+    /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
+    /// in the order they happened.
+    order: Mutex<()>,
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut sec = -(d.as_secs() as i64);
+                    let mut nsec = -(d.subsec_nanos() as i64);
+                    if nsec < 0 {
+                        sec -= 1;
+                        nsec += 1_000_000_000;
+                    }
+                    (sec, nsec)
+                }
+            };
+            libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        }
+    }
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+impl Overlay {
+    /// An overlay over the directory `root` (opened before mounting), recording through `rec`.
+    pub fn new(
+        root: Arc<OwnedFd>,
+        rec: Arc<RecorderHandle>,
+        filter: Filter,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> io::Result<Overlay> {
+        let st = sys::fstat(root.as_raw_fd())?;
+        Ok(Overlay {
+            live: Arc::new(Live {
+                inodes: Inodes::new(st.st_ino),
+                root,
+                handles: RwLock::new(HashMap::new()),
+                notifier,
+            }),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            rec,
+            filter,
+            order: Mutex::new(()),
+        })
+    }
+
+    /// The state the control server shares.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
+    }
+
+    fn fd(&self) -> i32 {
+        self.live.root.as_raw_fd()
+    }
+
+    fn attr(&self, st: &libc::stat) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(st.st_ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: file_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<OsString, Errno> {
+        self.live.inodes.path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<OsString, Errno> {
+        self.live.inodes.child_path(parent.0, name).ok_or(Errno::ENOENT)
+    }
+
+    /// The path as the store names it, when it is versioned.
+    fn versioned(&self, path: &OsStr) -> Option<RelPath> {
+        let s = std::str::from_utf8(path.as_bytes()).ok()?;
+        if !self.filter.versioned(s) {
+            return None;
+        }
+        RelPath::new(s).ok()
+    }
+
+    fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
+        let ino = self.live.inodes.fuse_ino(st.st_ino);
+        self.live.inodes.remember(ino, parent.0, name);
+        self.attr(st)
+    }
+
+    /// New files belong to whoever asked for them (the daemon runs as root), with the group of a
+    /// set-group-id parent directory.
+    fn give_to_caller(&self, req: &Request, parent: &OsStr, path: &OsStr) {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let gid = match sys::lstat_at(self.fd(), parent) {
+            Ok(p) if p.st_mode & libc::S_ISGID != 0 => p.st_gid,
+            _ => req.gid(),
+        };
+        if let Err(e) = sys::chown_at(self.fd(), path, req.uid(), gid) {
+            tracing::warn!(path = ?path, error = %e, "could not give a new file to its creator");
+        }
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.live.handles.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.live.handles.write().insert(fh, Arc::new(h));
+        FileHandle(fh)
+    }
+
+    fn record_mtime(&self, h: &Handle) {
+        if let (Ok(st), Some(path)) = (sys::fstat(h.file.as_raw_fd()), self.live.inodes.path(h.ino)) {
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Meta {
+                    path: p,
+                    update: MetaUpdate {
+                        mtime_ns: Some(sys::mtime_ns(&st)),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+    }
+
+    fn creation_event(&self, path: &OsStr, st: &libc::stat) {
+        let Some(p) = self.versioned(path) else { return };
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => NodeKind::File,
+            libc::S_IFDIR => NodeKind::Dir,
+            libc::S_IFLNK => NodeKind::Symlink,
+            _ => return,
+        };
+        let target = if kind == NodeKind::Symlink {
+            sys::readlink_at(self.fd(), path)
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.rec.send(FsEvent::Create {
+            path: p,
+            kind,
+            meta: meta_of(st),
+            target,
+        });
+    }
+
+    fn parent_of(path: &OsStr) -> &OsStr {
+        let b = path.as_bytes();
+        match b.iter().rposition(|&c| c == b'/') {
+            Some(i) => OsStr::from_bytes(&b[..i]),
+            None => OsStr::new(""),
+        }
+    }
+}
+
+impl Live {
+    /// Every file some process holds open for writing through the mount.
+    pub fn open_writers(&self) -> Vec<OpenWriter> {
+        self.handles
+            .read()
+            .values()
+            .filter_map(|h| {
+                let (pid, command) = h.writer.clone()?;
+                let path = self.inodes.path(h.ino)?;
+                Some(OpenWriter {
+                    pid,
+                    command,
+                    path: path.to_string_lossy().into_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Tells the kernel to forget what it cached about `path` (after a rollback replaced it).
+    pub fn invalidate(&self, path: &RelPath) {
+        let Some(n) = self.notifier.get() else { return };
+        let Some((parent, name)) = path.split() else { return };
+        let Ok(pst) = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(parent.as_str())) else {
+            return;
+        };
+        let pino = self.inodes.fuse_ino(pst.st_ino);
+        let _ = n.inval_entry(INodeNo(pino), OsStr::new(name));
+        self.inodes.unlink(pino, OsStr::new(name));
+    }
+
+}
+
+impl Filesystem for Overlay {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.rec.commit(true, true);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = tracing::trace_span!("lookup", parent = parent.0, ?name).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match sys::lstat_at(self.fd(), &path) {
+            Ok(st) => reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.live.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = tracing::trace_span!("getattr", ino = ino.0, fh = fh.map(|f| f.0)).entered();
+        if let Some(h) = fh.and_then(|f| self.live.handles.read().get(&f.0).cloned()) {
+            return match sys::fstat(h.file.as_raw_fd()) {
+                Ok(st) => reply.attr(&ATTR_TTL, &self.attr(&st)),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
+        match self
+            .path(ino)
+            .and_then(|p| sys::lstat_at(self.fd(), &p).map_err(errno))
+        {
+            Ok(st) => reply.attr(&ATTR_TTL, &self.attr(&st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _span = tracing::debug_span!("setattr", ino = ino.0, fh = fh.map(|f| f.0)).entered();
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let fd = self.fd();
+        let _order = self.order.lock();
+        let result = (|| -> io::Result<()> {
+            if let Some(m) = mode {
+                sys::chmod_at(fd, &path, m & 0o7777)?;
+            }
+            if uid.is_some() || gid.is_some() {
+                sys::chown_at(fd, &path, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+            }
+            if let Some(s) = size {
+                match fh.and_then(|f| self.live.handles.read().get(&f.0).cloned()) {
+                    Some(h) => sys::ftruncate(&h.file, s)?,
+                    None => {
+                        let f = sys::open_at(fd, &path, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                        sys::ftruncate(&f, s)?;
+                    }
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                sys::utimens_at(fd, &path, &[to_timespec(atime), to_timespec(mtime)])?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            return reply.error(errno(e));
+        }
+        let st = match sys::lstat_at(fd, &path) {
+            Ok(st) => st,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if let Some(p) = self.versioned(&path) {
+            if let Some(s) = size {
+                self.rec.send(FsEvent::Truncate {
+                    path: p.clone(),
+                    size: s,
+                });
+            }
+            self.rec.send(FsEvent::Meta {
+                path: p,
+                update: MetaUpdate {
+                    mode: mode.map(|_| st.st_mode & 0o7777),
+                    uid: uid.map(|_| st.st_uid),
+                    gid: gid.map(|_| st.st_gid),
+                    mtime_ns: Some(sys::mtime_ns(&st)),
+                },
+            });
+        }
+        reply.attr(&ATTR_TTL, &self.attr(&st));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .path(ino)
+            .and_then(|p| sys::readlink_at(self.fd(), &p).map_err(errno))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("mknod", parent = parent.0, ?name).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::mknod_at(self.fd(), &path, mode & !umask, rdev as u64) {
+            return reply.error(errno(e));
+        }
+        self.give_to_caller(req, Self::parent_of(&path), &path);
+        match sys::lstat_at(self.fd(), &path) {
+            Ok(st) => {
+                self.creation_event(&path, &st);
+                reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("mkdir", parent = parent.0, ?name).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::mkdir_at(self.fd(), &path, mode & !umask & 0o7777) {
+            return reply.error(errno(e));
+        }
+        self.give_to_caller(req, Self::parent_of(&path), &path);
+        match sys::lstat_at(self.fd(), &path) {
+            Ok(st) => {
+                self.creation_event(&path, &st);
+                reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("unlink", parent = parent.0, ?name).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        {
+            let _order = self.order.lock();
+            if let Err(e) = sys::unlink_at(self.fd(), &path, false) {
+                return reply.error(errno(e));
+            }
+            self.live.inodes.unlink(parent.0, name);
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Unlink(p));
+                self.rec.commit(false, false);
+            }
+        }
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("rmdir", parent = parent.0, ?name).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        {
+            let _order = self.order.lock();
+            if let Err(e) = sys::unlink_at(self.fd(), &path, true) {
+                return reply.error(errno(e));
+            }
+            self.live.inodes.unlink(parent.0, name);
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Rmdir(p));
+                self.rec.commit(false, false);
+            }
+        }
+        reply.ok();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let path = match self.child(parent, link_name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::symlink_at(target.as_os_str(), self.fd(), &path) {
+            return reply.error(errno(e));
+        }
+        self.give_to_caller(req, Self::parent_of(&path), &path);
+        match sys::lstat_at(self.fd(), &path) {
+            Ok(st) => {
+                self.creation_event(&path, &st);
+                reply.entry(&ENTRY_TTL, &self.entry(parent, link_name, &st), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _span =
+            tracing::debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname)
+                .entered();
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::ENOENT),
+        };
+        let fd = self.fd();
+        {
+            let _order = self.order.lock();
+            let src = sys::lstat_at(fd, &from).ok();
+            let dst = sys::lstat_at(fd, &to).ok();
+            if let Err(e) = sys::rename_at(fd, &from, &to, flags.bits()) {
+                return reply.error(errno(e));
+            }
+            let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
+            if let Some(s) = &src {
+                self.live.inodes.rename(
+                    self.live.inodes.fuse_ino(s.st_ino),
+                    parent.0,
+                    name,
+                    newparent.0,
+                    newname,
+                );
+            }
+            if exchange {
+                if let Some(d) = &dst {
+                    self.live.inodes.relink(self.live.inodes.fuse_ino(d.st_ino), parent.0, name);
+                }
+            }
+            let mode = if exchange {
+                RenameMode::Exchange
+            } else if flags.bits() & libc::RENAME_NOREPLACE != 0 {
+                RenameMode::NoReplace
+            } else {
+                RenameMode::Replace
+            };
+            match (self.versioned(&from), self.versioned(&to)) {
+                (Some(f), Some(t)) => self.rec.send(FsEvent::Rename {
+                    from: f,
+                    to: t,
+                    mode,
+                }),
+                (None, Some(t)) => {
+                    // Renamed in from a path that is not versioned: capture what arrived.
+                    self.rec.send(FsEvent::Import(t));
+                }
+                (Some(f), None) => {
+                    if exchange {
+                        self.rec.send(FsEvent::Import(f));
+                    } else {
+                        self.rec.send(FsEvent::Remove(f));
+                    }
+                }
+                (None, None) => {}
+            }
+            self.rec.commit(false, false);
+        }
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _span = tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::ENOENT),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::link_at(self.fd(), &from, &to) {
+            return reply.error(errno(e));
+        }
+        let st = match sys::lstat_at(self.fd(), &to) {
+            Ok(st) => st,
+            Err(e) => return reply.error(errno(e)),
+        };
+        match (self.versioned(&from), self.versioned(&to)) {
+            (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
+            (None, Some(t)) => self.rec.send(FsEvent::Import(t)),
+            _ => {}
+        }
+        self.rec.commit(false, false);
+        reply.entry(&ENTRY_TTL, &self.entry(newparent, newname, &st), Generation(0));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let f = flags.0;
+        let append = f & libc::O_APPEND != 0;
+        let writable = f & libc::O_ACCMODE != libc::O_RDONLY;
+        // O_APPEND is emulated (the offset is taken from the real size under the ordering lock)
+        // so the recorder learns where appended bytes really landed.
+        let real_flags = (f & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
+            | libc::O_NOFOLLOW;
+        let _order = writable.then(|| self.order.lock());
+        let file = match sys::open_at(self.fd(), &path, real_flags, 0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if f & libc::O_TRUNC != 0 && writable {
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Truncate { path: p, size: 0 });
+            }
+        }
+        let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
+        let fh = self.add_handle(Handle {
+            file,
+            ino: ino.0,
+            append,
+            wrote: AtomicBool::new(f & libc::O_TRUNC != 0 && writable),
+            writer,
+        });
+        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _span = tracing::trace_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _span =
+            tracing::trace_span!("write", ino = ino.0, fh = fh.0, offset, len = data.len()).entered();
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        let offset = if h.append {
+            match sys::fstat(h.file.as_raw_fd()) {
+                Ok(st) => st.st_size as u64,
+                Err(e) => return reply.error(errno(e)),
+            }
+        } else {
+            offset
+        };
+        if let Err(e) = h.file.write_all_at(data, offset) {
+            return reply.error(errno(e));
+        }
+        h.wrote.store(true, Ordering::Relaxed);
+        if let Some(p) = self.live.inodes.path(h.ino).and_then(|p| self.versioned(&p)) {
+            self.rec.send(FsEvent::Write {
+                path: p,
+                offset,
+                data: data.to_vec(),
+            });
+        }
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) waits for FLUSH, not RELEASE: this is where "close of a written file" closes
+        // the epoch.
+        if let Ok(h) = self.handle(fh) {
+            if h.wrote.load(Ordering::Relaxed) {
+                let _order = self.order.lock();
+                self.record_mtime(&h);
+                self.rec.commit(false, false);
+            }
+        }
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(h) = self.live.handles.write().remove(&fh.0) {
+            if h.wrote.load(Ordering::Relaxed) {
+                let _order = self.order.lock();
+                self.record_mtime(&h);
+                self.rec.commit(false, false);
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("fsync", ino = ino.0, fh = fh.0, datasync).entered();
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        // The writer's bytes first: they are what matters most.
+        let r = if datasync {
+            h.file.sync_data()
+        } else {
+            h.file.sync_all()
+        };
+        if let Err(e) = r {
+            return reply.error(errno(e));
+        }
+        {
+            let _order = self.order.lock();
+            self.record_mtime(&h);
+        }
+        // Then the version: durable when fsync returns.
+        self.rec.commit(true, true);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let proc = sys::proc_path(self.fd(), &path);
+        let rd = match std::fs::read_dir(OsStr::from_bytes(proc.as_bytes())) {
+            Ok(rd) => rd,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut entries = vec![
+            (ino.0, FileType::Directory, OsString::from(".")),
+            (ino.0, FileType::Directory, OsString::from("..")),
+        ];
+        use std::os::unix::fs::DirEntryExt;
+        for e in rd.flatten() {
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => FileType::Directory,
+                Ok(t) if t.is_symlink() => FileType::Symlink,
+                Ok(t) if t.is_file() => FileType::RegularFile,
+                Ok(t) => {
+                    use std::os::unix::fs::FileTypeExt;
+                    if t.is_fifo() {
+                        FileType::NamedPipe
+                    } else if t.is_socket() {
+                        FileType::Socket
+                    } else if t.is_char_device() {
+                        FileType::CharDevice
+                    } else {
+                        FileType::BlockDevice
+                    }
+                }
+                Err(_) => FileType::RegularFile,
+            };
+            entries.push((self.live.inodes.fuse_ino(e.ino()), kind, e.file_name()));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, Arc::new(entries));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.dirs.lock().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dirs.lock().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let dir = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (_, _, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let dot = name == "." || name == "..";
+            let p = if dot {
+                dir.clone()
+            } else {
+                let mut p = dir.clone();
+                if !p.is_empty() {
+                    p.push("/");
+                }
+                p.push(name);
+                p
+            };
+            let Ok(st) = sys::lstat_at(self.fd(), &p) else { continue };
+            let attr = self.attr(&st);
+            let fino = self.live.inodes.fuse_ino(st.st_ino);
+            if reply.add(INodeNo(fino), i as u64 + 1, name, &ENTRY_TTL, &attr, Generation(0)) {
+                break;
+            }
+            if !dot {
+                self.live.inodes.remember(fino, ino.0, name);
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let r = self.path(ino).and_then(|p| {
+            sys::open_at(self.fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .and_then(|f| f.sync_all())
+                .map_err(errno)
+        });
+        match r {
+            Ok(()) => {
+                self.rec.commit(true, true);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(self.fd()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::setxattr(&sys::proc_path(self.fd(), &path), name, value, flags) {
+            return reply.error(errno(e));
+        }
+        if name.as_bytes().starts_with(b"user.") {
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Xattr {
+                    path: p,
+                    name: name.as_bytes().to_vec(),
+                    value: Some(value.to_vec()),
+                });
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match sys::getxattr(&sys::proc_path(self.fd(), &path), name, size as usize) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match sys::listxattr(&sys::proc_path(self.fd(), &path), size as usize) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        if let Err(e) = sys::removexattr(&sys::proc_path(self.fd(), &path), name) {
+            return reply.error(errno(e));
+        }
+        if name.as_bytes().starts_with(b"user.") {
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Xattr {
+                    path: p,
+                    name: name.as_bytes().to_vec(),
+                    value: None,
+                });
+            }
+        }
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions); this only says it exists.
+        match self
+            .path(ino)
+            .and_then(|p| sys::lstat_at(self.fd(), &p).map_err(errno))
+        {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _span = tracing::debug_span!("create", parent = parent.0, ?name, flags).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let fd = self.fd();
+        let _order = self.order.lock();
+        let base = (flags & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
+            | libc::O_NOFOLLOW;
+        let perm = mode & !umask & 0o7777;
+        // Try to create; if it exists and the caller did not ask for O_EXCL, open what is there.
+        let (file, created) = match sys::open_at(fd, &path, base | libc::O_CREAT | libc::O_EXCL, perm)
+        {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                match sys::open_at(fd, &path, base, 0) {
+                    Ok(f) => (f, false),
+                    Err(e) => return reply.error(errno(e)),
+                }
+            }
+            Err(e) => return reply.error(errno(e)),
+        };
+        if created {
+            self.give_to_caller(req, Self::parent_of(&path), &path);
+        }
+        let st = match sys::fstat(file.as_raw_fd()) {
+            Ok(st) => st,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if created {
+            self.creation_event(&path, &st);
+        } else if flags & libc::O_TRUNC != 0 {
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(FsEvent::Truncate { path: p, size: 0 });
+            }
+        }
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let attr = self.entry(parent, name, &st);
+        let fh = self.add_handle(Handle {
+            file,
+            ino: attr.ino.0,
+            append: flags & libc::O_APPEND != 0,
+            wrote: AtomicBool::new(created),
+            writer: writable.then(|| (req.pid(), comm_of(req.pid()))),
+        });
+        reply.created(&ENTRY_TTL, &attr, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let _order = self.order.lock();
+        let before = sys::fstat(h.file.as_raw_fd()).map(|s| s.st_size as u64).unwrap_or(0);
+        if let Err(e) = sys::fallocate(&h.file, mode, offset, length) {
+            return reply.error(errno(e));
+        }
+        h.wrote.store(true, Ordering::Relaxed);
+        if let Some(p) = self.live.inodes.path(ino.0).and_then(|p| self.versioned(&p)) {
+            if mode == 0 || mode == libc::FALLOC_FL_KEEP_SIZE {
+                let after = sys::fstat(h.file.as_raw_fd()).map(|s| s.st_size as u64).unwrap_or(0);
+                if after != before {
+                    self.rec.send(FsEvent::Truncate { path: p, size: after });
+                }
+            } else {
+                // Punching, zeroing, collapsing or inserting ranges moves bytes around: capture
+                // the file as it now is.
+                self.rec.send(FsEvent::Import(p));
+            }
+        }
+        reply.ok();
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        // SAFETY: a valid open fd; lseek has no memory effects.
+        let r = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
+        if r < 0 {
+            reply.error(errno(io::Error::last_os_error()))
+        } else {
+            reply.offset(r)
+        }
+    }
+}

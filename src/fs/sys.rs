@@ -1,0 +1,253 @@
+//! Thin, safe wrappers over the `*at()` system calls the overlay serves requests with.
+//!
+//! Every path here is relative to the directory fd opened before mounting (invariant 1), so the
+//! daemon reaches the real files underneath its own mount. `""` names that directory itself.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+fn cstr(p: &OsStr) -> io::Result<CString> {
+    CString::new(if p.is_empty() { b".".as_slice() } else { p.as_bytes() })
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)`; the directory itself for `""`.
+pub fn lstat_at(dir: RawFd, path: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(path)?;
+    // SAFETY: `st` is written by the kernel before it is read; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        check(libc::fstatat(
+            dir,
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ))?;
+        Ok(st)
+    }
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: as above.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        check(libc::fstat(fd, &mut st))?;
+        Ok(st)
+    }
+}
+
+/// `openat(dir, path, flags, mode)`, always with `O_CLOEXEC`.
+pub fn open_at(dir: RawFd, path: &OsStr, flags: i32, mode: u32) -> io::Result<File> {
+    let c = cstr(path)?;
+    // SAFETY: `c` is NUL-terminated; on success the kernel returns a fresh fd we now own.
+    let fd = check(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens a directory as an owned fd (before mounting over it).
+pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated; the fd returned is owned by the OwnedFd.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mkdirat`.
+pub fn mkdir_at(dir: RawFd, path: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::mkdirat(dir, c.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat`.
+pub fn mknod_at(dir: RawFd, path: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat`.
+pub fn symlink_at(target: &OsStr, dir: RawFd, path: &OsStr) -> io::Result<()> {
+    let t = CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = cstr(path)?;
+    // SAFETY: both NUL-terminated.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir, c.as_ptr()) }).map(drop)
+}
+
+/// `readlinkat`.
+pub fn readlink_at(dir: RawFd, path: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cstr(path)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `unlinkat` (with `AT_REMOVEDIR` for directories).
+pub fn unlink_at(dir: RawFd, path: &OsStr, is_dir: bool) -> io::Result<()> {
+    let c = cstr(path)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::unlinkat(dir, c.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2` with the given flags.
+pub fn rename_at(dir: RawFd, from: &OsStr, to: &OsStr, flags: u32) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both NUL-terminated; renameat2 through the raw syscall (glibc may lack the wrapper).
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            dir,
+            f.as_ptr(),
+            dir,
+            t.as_ptr(),
+            flags,
+        ) as libc::c_int
+    })
+    .map(drop)
+}
+
+/// `linkat`.
+pub fn link_at(dir: RawFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both NUL-terminated.
+    check(unsafe { libc::linkat(dir, f.as_ptr(), dir, t.as_ptr(), 0) }).map(drop)
+}
+
+/// `fchmodat` (never follows: callers pass non-symlinks).
+pub fn chmod_at(dir: RawFd, path: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `fchownat(AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id alone.
+pub fn chown_at(dir: RawFd, path: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe {
+        libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
+}
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)` with two timespecs (may hold `UTIME_NOW`/`UTIME_OMIT`).
+pub fn utimens_at(dir: RawFd, path: &OsStr, times: &[libc::timespec; 2]) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: NUL-terminated path and two valid timespecs.
+    check(unsafe {
+        libc::utimensat(dir, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
+}
+
+/// `ftruncate`.
+pub fn ftruncate(f: &File, size: u64) -> io::Result<()> {
+    f.set_len(size)
+}
+
+/// `fallocate`.
+pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: a valid open fd.
+    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
+}
+
+/// `fstatvfs`.
+pub fn statvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+    // SAFETY: `st` is written before read.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        check(libc::fstatvfs(fd, &mut st))?;
+        Ok(st)
+    }
+}
+
+/// The `/proc/self/fd/<dir>/<path>` name of a path, for calls that have no `*at()` form (xattrs).
+pub fn proc_path(dir: RawFd, path: &OsStr) -> CString {
+    let mut v = format!("/proc/self/fd/{dir}").into_bytes();
+    if !path.is_empty() {
+        v.push(b'/');
+        v.extend_from_slice(path.as_bytes());
+    }
+    CString::new(v).expect("paths have no NUL")
+}
+
+/// `lgetxattr`; with `size == 0` returns the needed size in a vector of that length of zeros.
+pub fn getxattr(p: &CStr, name: &OsStr, size: usize) -> io::Result<Vec<u8>> {
+    let n = cstr(name)?;
+    let mut buf = vec![0u8; size];
+    // SAFETY: the kernel writes at most `size` bytes into `buf`.
+    let r = unsafe {
+        libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if size == 0 {
+        return Ok(vec![0u8; r as usize]);
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// `llistxattr`, as for [`getxattr`].
+pub fn listxattr(p: &CStr, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: the kernel writes at most `size` bytes into `buf`.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if size == 0 {
+        return Ok(vec![0u8; r as usize]);
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// `lsetxattr`.
+pub fn setxattr(p: &CStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: valid pointers and lengths.
+    check(unsafe {
+        libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+    })
+    .map(drop)
+}
+
+/// `lremovexattr`.
+pub fn removexattr(p: &CStr, name: &OsStr) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: valid pointers.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+}
+
+/// Nanoseconds since the epoch of a stat's mtime.
+pub fn mtime_ns(st: &libc::stat) -> i64 {
+    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
+}
