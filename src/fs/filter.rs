@@ -40,6 +40,10 @@ impl Filter {
             // `dir/` and bare names match at any depth and everything below, as in gitignore.
             let p = p.trim_end_matches('/');
             let mut globs = vec![p.to_string(), format!("{p}/**")];
+            // `cache/**` also covers the directory `cache` itself.
+            if let Some(dir) = p.strip_suffix("/**") {
+                globs.push(dir.to_string());
+            }
             if !p.contains('/') {
                 globs.push(format!("**/{p}"));
                 globs.push(format!("**/{p}/**"));
@@ -80,6 +84,8 @@ mod tests {
     #[case("state/openclaw.sqlite-shm", false)]
     #[case("cache/control-ui-assets/abc/x.js", false)]
     #[case("cache", false)]
+    #[case("tmp", false)]
+    #[case("cachefile", true)]
     #[case("plugin-runtime-deps/node_modules/a/index.js", false)]
     #[case("openclaw.json.lock", false)]
     #[case("workspace/MEMORY.md", true)]

@@ -239,7 +239,15 @@ impl Overlay {
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.live.handles.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+        self.handle_opt(Some(fh)).ok_or(Errno::EBADF)
+    }
+
+    /// The open file `fh` names. The table's lock is released on return: it must never be held
+    /// while waiting for the ordering lock (`open` takes them the other way round).
+    fn handle_opt(&self, fh: Option<FileHandle>) -> Option<Arc<Handle>> {
+        let fh = fh?;
+        let guard = self.live.handles.read();
+        guard.get(&fh.0).cloned()
     }
 
     fn add_handle(&self, h: Handle) -> FileHandle {
@@ -364,7 +372,7 @@ impl Filesystem for Overlay {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = tracing::trace_span!("getattr", ino = ino.0, fh = fh.map(|f| f.0)).entered();
-        if let Some(h) = fh.and_then(|f| self.live.handles.read().get(&f.0).cloned()) {
+        if let Some(h) = self.handle_opt(fh) {
             return match sys::fstat(h.file.as_raw_fd()) {
                 Ok(st) => reply.attr(&ATTR_TTL, &self.attr(&st)),
                 Err(e) => reply.error(errno(e)),
@@ -412,7 +420,7 @@ impl Filesystem for Overlay {
                 sys::chown_at(fd, &path, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
             }
             if let Some(s) = size {
-                match fh.and_then(|f| self.live.handles.read().get(&f.0).cloned()) {
+                match self.handle_opt(fh) {
                     Some(h) => sys::ftruncate(&h.file, s)?,
                     None => {
                         let f = sys::open_at(fd, &path, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
@@ -821,7 +829,8 @@ impl Filesystem for Overlay {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(h) = self.live.handles.write().remove(&fh.0) {
+        let removed = self.live.handles.write().remove(&fh.0);
+        if let Some(h) = removed {
             if h.wrote.load(Ordering::Relaxed) {
                 let _order = self.order.lock();
                 self.record_mtime(&h);

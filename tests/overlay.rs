@@ -1,0 +1,123 @@
+//! The overlay with real programs writing through a real mount.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::{sh_in, Sandbox};
+
+#[test]
+fn sqlite_wal_through_the_mount_passes_integrity_check_and_is_versioned() {
+    let s = Sandbox::new();
+    s.mount();
+    let out = s.sh(
+        r#"python3 - <<'PY'
+import sqlite3
+con = sqlite3.connect("state/openclaw.sqlite") if False else None
+import os
+os.makedirs("state", exist_ok=True)
+con = sqlite3.connect("state/openclaw.sqlite")
+con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
+con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(2000):
+    con.execute("INSERT INTO t(v) VALUES (?)", ("row %d" % i,)); con.commit()
+    if i % 500 == 499:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select count(*) from t").fetchone()[0])
+con.close()
+PY"#,
+    );
+    assert_eq!(out.trim(), "ok 2000");
+    assert_eq!(s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*) from t;'").trim(), "ok\n2000");
+    let hist = s.json(&["history", "state/openclaw.sqlite"]);
+    assert!(hist.len() > 3, "{hist:?}");
+    s.unmount();
+    // Unmounted, the directory holds the plain database.
+    assert_eq!(sh_in(&s.dir, "sqlite3 state/openclaw.sqlite 'select count(*) from t;'").trim(), "2000");
+}
+
+#[test]
+fn git_cp_mv_tar_work_and_inodes_survive_rename() {
+    let s = Sandbox::new();
+    s.mount();
+    s.sh(
+        "git init -q repo && cd repo && echo hi > a && git add a && \
+         git -c user.email=t@t -c user.name=t commit -qm one && git log --oneline | grep -q one",
+    );
+    s.sh("mkdir -p src/sub && echo x > src/sub/f && ln -s f src/sub/l && cp -a src dst && mv dst moved && test -L moved/sub/l && test \"$(cat moved/sub/f)\" = x");
+    s.sh("tar cf /tmp/clawfs-test-$$.tar -C moved . && mkdir untar && tar xf /tmp/clawfs-test-$$.tar -C untar && rm /tmp/clawfs-test-$$.tar && cmp untar/sub/f moved/sub/f");
+    // (st_dev, st_ino) of the temp file's descriptor equals lstat(dest) after rename; nlink true.
+    let tmp = s.path("openclaw.json.tmp");
+    std::fs::write(&tmp, b"{}").unwrap();
+    let f = std::fs::File::open(&tmp).unwrap();
+    let before = f.metadata().unwrap();
+    std::fs::rename(&tmp, s.path("openclaw.json")).unwrap();
+    let after = std::fs::symlink_metadata(s.path("openclaw.json")).unwrap();
+    assert_eq!((before.dev(), before.ino()), (after.dev(), after.ino()));
+    assert_eq!(after.nlink(), 1);
+    std::fs::hard_link(s.path("openclaw.json"), s.path("hard")).unwrap();
+    assert_eq!(std::fs::symlink_metadata(s.path("openclaw.json")).unwrap().nlink(), 2);
+    s.settle();
+    let tree: Vec<String> = s
+        .json(&["diff", "--from", "1"])
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    for p in ["repo/.git/HEAD", "moved/sub/f", "moved/sub/l", "untar/sub/f", "openclaw.json", "hard"] {
+        assert!(tree.contains(&p.to_string()), "{p} not versioned: {tree:?}");
+    }
+}
+
+#[test]
+fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
+    let s = Sandbox::new();
+    s.mount();
+    s.write("cache/big.bin", &vec![7u8; 100_000]);
+    s.write("state/db.sqlite-shm", b"shm");
+    s.write("tmp/x", b"t");
+    s.write("cache/staged.md", b"staged");
+    std::fs::rename(s.path("cache/staged.md"), s.path("workspace.md")).unwrap();
+    s.settle();
+    let paths: Vec<String> = s
+        .json(&["diff", "--from", "1"])
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!paths.iter().any(|p| p.starts_with("cache") || p.ends_with("-shm") || p.starts_with("tmp")), "{paths:?}");
+    assert!(paths.contains(&"workspace.md".to_string()), "{paths:?}");
+    assert_eq!(s.ok(&["cat", "workspace.md"]), "staged");
+    assert_eq!(s.read("cache/big.bin").len(), 100_000);
+}
+
+#[test]
+fn concurrent_writers_and_appends_are_all_recorded() {
+    let s = Sandbox::new();
+    s.mount();
+    s.sh("for w in 1 2 3 4; do (for i in $(seq 1 200); do echo \"writer $w line $i\" >> log-$w.jsonl; done) & done; wait");
+    s.sh("for w in 1 2 3 4; do test $(wc -l < log-$w.jsonl) = 200; done");
+    s.settle();
+    for w in 1..=4 {
+        let stored = s.ok(&["cat", &format!("log-{w}.jsonl")]);
+        assert_eq!(stored.as_bytes(), s.read(&format!("log-{w}.jsonl")), "writer {w}");
+    }
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    let s = Sandbox::new();
+    let missing = s.home.path().join("nope");
+    let err = s.fails(&["mount", missing.to_str().unwrap()]);
+    assert!(err.contains("does not exist"), "{err}");
+    // The store inside the directory it versions.
+    let inside = s.dir.join("store");
+    let out = std::process::Command::new(common::bin())
+        .env("HOME", s.home.path())
+        .args(["--store", inside.to_str().unwrap(), "mount", s.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside"));
+    s.mount();
+    let err = s.fails(&["mount", s.dir.to_str().unwrap()]);
+    assert!(err.contains("already mounted"), "{err}");
+}
