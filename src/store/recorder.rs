@@ -736,6 +736,16 @@ impl Recorder {
         );
         self.note(from, Op::RenameTo, Some(fnode), Some(to));
         self.note(to, Op::RenameFrom, Some(fnode), Some(from));
+        self.touch(fnode, Op::RenameFrom)
+    }
+
+    /// Gives `node` a version in this epoch even if its content did not change, so that the
+    /// path it now appears at has a version id of its own (that resolves to this moment).
+    fn touch(&mut self, node: NodeId, op: Op) -> Result<()> {
+        let pn = self.node_now(node)?;
+        if pn.data.is_none() && pn.version.op != Op::Create {
+            pn.version.op = op;
+        }
         Ok(())
     }
 
@@ -762,7 +772,7 @@ impl Recorder {
             },
         );
         self.note(to, Op::Link, Some(fnode), Some(from));
-        Ok(())
+        self.touch(fnode, Op::Link)
     }
 
     /// Forgets every pending operation (after a failed commit, the overlay re-imports).

@@ -1,0 +1,286 @@
+//! End-to-end CLI tests: the real binary, a real mount, OpenClaw's real write patterns.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use common::Sandbox;
+use serde_json::Value;
+
+/// Writes `openclaw.json` the way OpenClaw does: lock file, temp file, `.bak` ring rotated by
+/// renames, rename over, then checks `(st_dev, st_ino)` and `st_nlink`.
+fn openclaw_config_write(s: &Sandbox, body: &str) {
+    s.sh(&format!(
+        r#"python3 - <<'PY'
+import os
+lock = "openclaw.json.lock"
+fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+tmp = "openclaw.json.tmp.%d" % os.getpid()
+with open(tmp, "w") as f:
+    f.write({body:?})
+    f.flush(); os.fsync(f.fileno())
+    st = os.fstat(f.fileno())
+    for i in range(4, 0, -1):
+        src = "openclaw.json.bak" + ("" if i == 1 else ".%d" % (i - 1))
+        if os.path.exists(src):
+            os.rename(src, "openclaw.json.bak.%d" % i)
+    if os.path.exists("openclaw.json"):
+        os.rename("openclaw.json", "openclaw.json.bak")
+    os.rename(tmp, "openclaw.json")
+    d = os.lstat("openclaw.json")
+    assert (d.st_dev, d.st_ino) == (st.st_dev, st.st_ino), "inode changed across rename"
+    assert d.st_nlink == 1, d.st_nlink
+os.close(fd); os.unlink(lock)
+PY"#
+    ));
+}
+
+/// Publishes a workspace Markdown file with `link(tmp, dest)` + unlink, as OpenClaw does.
+fn link_publish(s: &Sandbox, dest: &str, body: &str) {
+    let tmp = s.path(&format!("{dest}.tmp"));
+    std::fs::write(&tmp, body).unwrap();
+    let _ = std::fs::remove_file(s.path(dest));
+    std::fs::hard_link(&tmp, s.path(dest)).unwrap();
+    std::fs::remove_file(&tmp).unwrap();
+}
+
+fn paths(v: &[Value]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|a| {
+            (
+                a["action"].as_str().or(a["change"].as_str()).unwrap().to_string(),
+                a["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn openclaw_write_patterns_are_versioned_and_rolled_back() {
+    let s = Sandbox::new();
+    std::fs::create_dir_all(s.path("workspace")).unwrap();
+    s.mount();
+    openclaw_config_write(&s, "{\"v\": 1}\n");
+    link_publish(&s, "workspace/MEMORY.md", "# Memory\nfirst\n");
+    let first = s.settle();
+    openclaw_config_write(&s, "{\"v\": 2}\n");
+    link_publish(&s, "workspace/MEMORY.md", "# Memory\nsecond\n");
+    s.settle();
+
+    // History of the destination shows the rename-over and link writes.
+    let h = s.json(&["history", "openclaw.json"]);
+    assert!(h.len() >= 2, "{h:?}");
+    assert_eq!(h[0]["op"], "rename-from");
+    let h = s.json(&["history", "workspace/MEMORY.md"]);
+    assert!(h.iter().any(|e| e["op"] == "link"), "{h:?}");
+    // cat --at with a sequence number and with a version id.
+    assert_eq!(s.ok(&["cat", "openclaw.json", "--at", &first.to_string()]), "{\"v\": 1}\n");
+    let vid = h.last().unwrap()["version"].as_str().unwrap().to_string();
+    assert_eq!(s.ok(&["cat", "workspace/MEMORY.md", "--at", &vid]), "# Memory\nfirst\n");
+    // The .bak ring is versioned too, and the lock file is not.
+    let changed = paths(&s.json(&["diff", "--from", &first.to_string()]));
+    assert!(changed.contains(&("created".into(), "openclaw.json.bak".into())), "{changed:?}");
+    assert!(!changed.iter().any(|(_, p)| p.ends_with(".lock")), "{changed:?}");
+
+    // Preview shows exactly what would change, and changes nothing.
+    let plan = s.json(&["rollback", "--to", &first.to_string(), "--preview"]);
+    let actions = paths(plan[0]["actions"].as_array().unwrap());
+    assert_eq!(
+        actions,
+        vec![
+            ("remove".to_string(), "openclaw.json.bak".to_string()),
+            ("restore".to_string(), "openclaw.json".to_string()),
+            ("restore".to_string(), "workspace/MEMORY.md".to_string()),
+        ]
+    );
+    assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
+
+    // One file.
+    let out = s.ok(&["rollback", "--to", &first.to_string(), "workspace/MEMORY.md", "--yes"]);
+    assert!(out.contains("undo with: clawfs rollback --to safety-"), "{out}");
+    assert_eq!(s.read("workspace/MEMORY.md"), b"# Memory\nfirst\n");
+    assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
+    // The whole tree, then undo through the safety mark.
+    let out = s.ok(&["rollback", "--to", &first.to_string(), "--yes"]);
+    assert_eq!(s.read("openclaw.json"), b"{\"v\": 1}\n");
+    assert!(!s.path("openclaw.json.bak").exists());
+    let safety = out
+        .lines()
+        .find_map(|l| l.strip_prefix("undo with: clawfs rollback --to "))
+        .unwrap()
+        .trim_end_matches(" --yes")
+        .to_string();
+    s.ok(&["rollback", "--to", &safety, "--yes"]);
+    assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
+    assert!(s.path("openclaw.json.bak").exists());
+    assert_eq!(s.read("workspace/MEMORY.md"), b"# Memory\nfirst\n");
+}
+
+#[test]
+fn delete_memory_md_and_get_it_back() {
+    let s = Sandbox::new();
+    s.write("workspace/MEMORY.md", b"remember the milk\n");
+    s.mount();
+    let before = s.head().to_string();
+    std::fs::remove_file(s.path("workspace/MEMORY.md")).unwrap();
+    s.settle();
+    let h = s.json(&["history", "workspace/MEMORY.md"]);
+    assert_eq!(h[0]["op"], "delete");
+    assert!(!s.path("workspace/MEMORY.md").exists());
+    s.ok(&["rollback", "--to", &before, "workspace/MEMORY.md", "--yes"]);
+    assert_eq!(s.read("workspace/MEMORY.md"), b"remember the milk\n");
+}
+
+#[test]
+fn sqlite_rolled_back_to_a_time_opens_with_the_earlier_rows() {
+    let s = Sandbox::new();
+    s.mount();
+    let insert = |from: u32, to: u32| {
+        s.sh(&format!(
+            "python3 -c \"
+import sqlite3, os
+os.makedirs('state', exist_ok=True)
+c = sqlite3.connect('state/openclaw.sqlite')
+c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA synchronous=NORMAL')
+c.execute('CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY)')
+for i in range({from}, {to}):
+    c.execute('INSERT INTO t VALUES (?)', (i,)); c.commit()
+c.close()\""
+        ))
+    };
+    insert(0, 300);
+    s.settle();
+    let then = jiff::Timestamp::now().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A live reader keeps the WAL around.
+    insert(300, 600);
+    s.settle();
+    s.ok(&["rollback", "--to", &then, "state/openclaw.sqlite", "--yes"]);
+    let out = s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*), max(id) from t;'");
+    assert_eq!(out.trim(), "ok\n300|299");
+}
+
+#[test]
+fn rollback_refuses_while_a_writer_holds_the_file() {
+    let s = Sandbox::new();
+    s.write("state/db.sqlite", b"v1");
+    s.mount();
+    let seq = s.head();
+    std::fs::write(s.path("state/db.sqlite"), b"v2").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(0)
+        .open(s.path("state/db.sqlite"))
+        .unwrap();
+    f.write_all(b"+").unwrap();
+    s.settle();
+    let err = s.fails(&["rollback", "--to", &seq.to_string(), "--yes"]);
+    assert!(err.contains("refusing") && err.contains("state/db.sqlite") && err.contains("pid"), "{err}");
+    assert_eq!(s.read("state/db.sqlite"), b"v2+");
+    s.ok(&["rollback", "--to", &seq.to_string(), "--yes", "--force"]);
+    assert_eq!(s.read("state/db.sqlite"), b"v1");
+    drop(f);
+}
+
+#[test]
+fn offline_commands_work_after_unmount_and_capture_offline_edits() {
+    let s = Sandbox::new();
+    s.write("SOUL.md", b"calm\n");
+    s.mount();
+    std::fs::write(s.path("SOUL.md"), b"angry\n").unwrap();
+    s.settle();
+    s.ok(&["mark", "angry"]);
+    s.unmount();
+    // Edited while unmounted: a rollback first captures it, so it can be got back.
+    std::fs::write(s.path("SOUL.md"), b"edited offline\n").unwrap();
+    assert_eq!(s.ok(&["cat", "SOUL.md", "--at", "angry"]), "angry\n");
+    let out = s.ok(&["rollback", "--to", "1", "--yes"]);
+    assert_eq!(s.read("SOUL.md"), b"calm\n");
+    let safety = out
+        .lines()
+        .find_map(|l| l.strip_prefix("undo with: clawfs rollback --to "))
+        .unwrap()
+        .trim_end_matches(" --yes")
+        .to_string();
+    s.ok(&["rollback", "--to", &safety, "--yes"]);
+    assert_eq!(s.read("SOUL.md"), b"edited offline\n");
+    let log = s.json(&["log"]);
+    assert!(log.iter().all(|e| e["seq"].is_u64() && e["time"].is_string()));
+    let marks = s.json(&["marks"]);
+    assert!(marks.iter().any(|m| m["name"] == "angry"));
+    s.ok(&["unmark", "angry"]);
+    let err = s.fails(&["cat", "SOUL.md", "--at", "angry"]);
+    assert!(err.contains("not a moment"), "{err}");
+}
+
+#[test]
+fn every_moment_form_resolves_and_bad_ones_are_clear() {
+    let s = Sandbox::new();
+    s.write("a.md", b"one\n");
+    s.mount();
+    s.ok(&["mark", "m1", "-m", "first"]);
+    std::fs::write(s.path("a.md"), b"two\n").unwrap();
+    s.settle();
+    let now = jiff::Timestamp::now();
+    let local = now
+        .to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    for when in ["now", "latest", "0s", "1s ago", now.to_string().as_str(), local.as_str()] {
+        assert_eq!(s.ok(&["cat", "a.md", "--at", when]), "two\n", "{when}");
+    }
+    for when in ["1", "#1", "m1"] {
+        assert_eq!(s.ok(&["cat", "a.md", "--at", when]), "one\n", "{when}");
+    }
+    let vid = s.json(&["history", "a.md"]).last().unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.ok(&["cat", "a.md", "--at", &vid]), "one\n");
+    assert!(s.fails(&["cat", "a.md", "--at", "2d"]).contains("no version exists"));
+    assert!(s.fails(&["cat", "a.md", "--at", "2099-01-01 00:00"]).contains("in the future"));
+    assert!(s.fails(&["cat", "a.md", "--at", "99999"]).contains("there is no moment"));
+    assert!(s.fails(&["cat", "a.md", "--at", "soonish"]).contains("not a moment"));
+    assert!(s.fails(&["cat", "/etc/passwd"]).contains("outside"));
+    assert!(s.fails(&["cat", "../x"]).contains("outside"));
+    assert!(s.fails(&["cat", "nope.md"]).contains("did not exist"));
+    assert!(s.fails(&["mark", "m1"]).contains("exists already"));
+    assert!(s.fails(&["unmark", "zzz"]).contains("no mark"));
+    assert!(s.fails(&["rollback", "--to", "1"]).contains("--yes"));
+}
+
+#[test]
+fn errors_without_a_store_or_daemon_are_clear() {
+    let s = Sandbox::new();
+    let err = s.fails(&["log"]);
+    assert!(err.contains("no clawfs store") && err.contains("clawfs mount"), "{err}");
+    let err = s.fails(&["unmount", s.dir.to_str().unwrap()]);
+    assert!(err.contains("not mounted"), "{err}");
+}
+
+#[test]
+fn the_control_socket_is_owner_only_and_secrets_are_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new();
+    s.write("credentials/token", b"old-secret");
+    s.write("agents/a/agent/auth-profiles.json", b"{\"old\":1}");
+    s.write("note.md", b"old");
+    s.mount();
+    let mode = std::fs::metadata(s.store.join("control.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let seq = s.head();
+    std::fs::write(s.path("credentials/token"), b"new-secret").unwrap();
+    std::fs::write(s.path("agents/a/agent/auth-profiles.json"), b"{\"new\":1}").unwrap();
+    std::fs::write(s.path("note.md"), b"new").unwrap();
+    s.settle();
+    let plan = s.json(&["rollback", "--to", &seq.to_string(), "--preview"]);
+    assert_eq!(plan[0]["skipped_secrets"].as_array().unwrap().len(), 2, "{plan:?}");
+    s.ok(&["rollback", "--to", &seq.to_string(), "--yes"]);
+    assert_eq!(s.read("note.md"), b"old");
+    assert_eq!(s.read("credentials/token"), b"new-secret");
+    s.ok(&["rollback", "--to", &seq.to_string(), "credentials", "--yes"]);
+    assert_eq!(s.read("credentials/token"), b"old-secret");
+    s.ok(&["rollback", "--to", &seq.to_string(), "--include-secrets", "--yes"]);
+    assert_eq!(s.read("agents/a/agent/auth-profiles.json"), b"{\"old\":1}");
+}
