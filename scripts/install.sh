@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what clawfs needs on Debian (fuse3, a C compiler, Rust if missing), builds it, and
+# installs `clawfs` and the `mount.clawfs` helper into /usr/local/bin (or ~/.local/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+missing=()
+for pkg in fuse3 gcc pkg-config ca-certificates curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+cargo build --release --locked
+if [ "$(id -u)" = 0 ]; then bin=/usr/local/bin; else bin="$HOME/.local/bin"; fi
+mkdir -p "$bin"
+install -m 0755 target/release/clawfs "$bin/clawfs"
+# mount(8) looks for helpers in /sbin only.
+$SUDO install -m 0755 mount-helper/mount.clawfs /sbin/mount.clawfs
+$SUDO install -m 0755 mount-helper/mount.clawfs /sbin/mount.fuse.clawfs
+if [ -d "$HOME/.config" ] || [ "$(id -u)" != 0 ]; then
+  mkdir -p "$HOME/.config/systemd/user"
+  install -m 0644 mount-helper/clawfs@.service "$HOME/.config/systemd/user/clawfs@.service"
+fi
+echo "installed $bin/clawfs, /sbin/mount.clawfs and /sbin/mount.fuse.clawfs"

@@ -1,0 +1,92 @@
+//! `mount -t fuse.clawfs DIR DIR`, an fstab line, and the systemd unit's commands.
+
+mod common;
+
+use std::process::Command;
+
+use common::{eventually, Sandbox};
+
+fn install_helper() -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/mount.clawfs");
+    for name in ["mount.clawfs", "mount.fuse.clawfs"] {
+        // mount(8) only looks in /sbin; link there for the test's duration (we run as root).
+        let dest = std::path::Path::new("/sbin").join(name);
+        let _ = std::fs::remove_file(&dest);
+        std::os::unix::fs::symlink(&helper, &dest).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn mount_t_fuse_clawfs_and_fstab_work() {
+    install_helper();
+    let s = Sandbox::new();
+    s.write("workspace/MEMORY.md", b"x");
+    let dir = s.dir.to_str().unwrap();
+    let store = s.store.to_str().unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "fuse.clawfs", "-o", &format!("store={store}"), dir, dir])
+        .env("CLAWFS_BIN", common::bin())
+        .env("HOME", s.home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the mount", || s.is_mounted());
+    assert_eq!(s.ok(&["cat", "workspace/MEMORY.md"]), "x");
+    s.unmount();
+
+    // An fstab line, through a private fstab (mount -T).
+    let fstab = s.home.path().join("fstab");
+    std::fs::write(&fstab, format!("{dir} {dir} fuse.clawfs defaults,noauto,store={store} 0 0\n")).unwrap();
+    let out = Command::new("mount")
+        .args(["-T", fstab.to_str().unwrap(), dir])
+        .env("CLAWFS_BIN", common::bin())
+        .env("HOME", s.home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the fstab mount", || s.is_mounted());
+    s.unmount();
+
+    // Two different directories are refused with a clear message.
+    let other = s.home.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let out = Command::new("/sbin/mount.clawfs").args([dir, other.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("same directory twice"));
+}
+
+#[test]
+fn the_systemd_unit_commands_mount_and_unmount() {
+    let s = Sandbox::new();
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper/clawfs@.service"),
+    )
+    .unwrap();
+    let line = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .replace("%f", s.dir.to_str().unwrap())
+            .replace("/usr/bin/env clawfs", common::bin().to_str().unwrap())
+    };
+    let start = line("ExecStart=");
+    let stop = line("ExecStop=");
+    assert!(start.contains("--foreground"), "systemd needs a foreground daemon: {start}");
+    let mut args = start.split_whitespace();
+    let mut daemon = s.cmd();
+    let _ = args.next();
+    let mut daemon = {
+        daemon.args(args);
+        daemon.spawn().unwrap()
+    };
+    eventually("the unit's mount", || s.is_mounted());
+    let mut args = stop.split_whitespace();
+    let _ = args.next();
+    let st = s.cmd().args(args).status().unwrap();
+    assert!(st.success());
+    let code = daemon.wait().unwrap();
+    assert!(code.success(), "daemon exited with {code}");
+    assert!(!s.is_mounted());
+}
