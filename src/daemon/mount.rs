@@ -74,7 +74,7 @@ pub fn mounted_type(dir: &Path) -> Option<String> {
 pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             // A daemon that died leaves its mount behind: clear it and go on.
             tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
             lazy_unmount(dir)?;
@@ -142,14 +142,20 @@ pub fn unmount_now(dir: &Path) -> std::io::Result<()> {
 
 /// `fusermount3 -u -z`: detaches a mount even while busy or stale.
 pub fn lazy_unmount(dir: &Path) -> Result<()> {
-    let st = Command::new("fusermount3")
+    let out = Command::new("fusermount3")
         .arg("-u")
         .arg("-z")
         .arg(dir)
-        .status()
+        .output()
         .context("running fusermount3 (install the fuse3 package)")?;
-    if !st.success() {
-        bail!("could not unmount {}", dir.display());
+    // The dead daemon's auto-unmount watcher may have got there first: what counts is that the
+    // directory is usable now.
+    if !out.status.success() && std::fs::metadata(dir).is_err() {
+        bail!(
+            "could not unmount {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
