@@ -260,6 +260,9 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
+    // Modes in requests are already masked by the caller's umask: ours must not mask them again.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
     let mut session_fuse = fuser::Session::new(overlay, dir, &config)
         .with_context(|| format!("mounting {}", dir.display()))?;
     let _ = notifier.set(session_fuse.notifier());

@@ -280,6 +280,15 @@ impl Recording {
             },
         };
         if let Err(e) = result {
+            // Fifos, sockets and devices are passed through, not versioned: changes to them
+            // reach here and find nothing recorded, which is as it should be.
+            let special = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(path.as_str()))
+                .map(|st| kind_of(&st).is_none())
+                .unwrap_or(false);
+            if special {
+                tracing::debug!(%path, "change to a special file: not versioned");
+                return;
+            }
             tracing::warn!(%path, error = %e, "the recorded tree disagrees with the real one; re-importing the path");
             self.import_real(&path);
         }

@@ -250,6 +250,14 @@ impl Overlay {
         guard.get(&fh.0).cloned()
     }
 
+    /// Any open file of inode `ino`: an unlinked file that is still open has no path, but
+    /// `fstat`, `fchmod` and `ftruncate` on it must keep working (the kernel does not always
+    /// pass the handle along).
+    fn handle_of_ino(&self, ino: u64) -> Option<Arc<Handle>> {
+        let guard = self.live.handles.read();
+        guard.values().find(|h| h.ino == ino).cloned()
+    }
+
     fn add_handle(&self, h: Handle) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.live.handles.write().insert(fh, Arc::new(h));
@@ -383,7 +391,13 @@ impl Filesystem for Overlay {
             .and_then(|p| sys::lstat_at(self.fd(), &p).map_err(errno))
         {
             Ok(st) => reply.attr(&ATTR_TTL, &self.attr(&st)),
-            Err(e) => reply.error(e),
+            Err(e) => match self.handle_of_ino(ino.0) {
+                Some(h) => match sys::fstat(h.file.as_raw_fd()) {
+                    Ok(st) => reply.attr(&ATTR_TTL, &self.attr(&st)),
+                    Err(e) => reply.error(errno(e)),
+                },
+                None => reply.error(e),
+            },
         }
     }
 
@@ -406,41 +420,64 @@ impl Filesystem for Overlay {
         reply: ReplyAttr,
     ) {
         let _span = tracing::debug_span!("setattr", ino = ino.0, fh = fh.map(|f| f.0)).entered();
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
         let fd = self.fd();
+        let path = self.path(ino).ok().filter(|p| sys::lstat_at(fd, p).is_ok());
+        // Without a path (unlinked but open), work on an open descriptor of the inode.
+        let handle = self.handle_opt(fh).or_else(|| path.is_none().then(|| self.handle_of_ino(ino.0)).flatten());
+        if path.is_none() && handle.is_none() {
+            return reply.error(Errno::ENOENT);
+        }
         let _order = self.order.lock();
         let result = (|| -> io::Result<()> {
+            let by_fd = |f: &File| format!("/proc/self/fd/{}", f.as_raw_fd());
             if let Some(m) = mode {
-                sys::chmod_at(fd, &path, m & 0o7777)?;
+                match (&path, &handle) {
+                    (Some(p), _) => sys::chmod_at(fd, p, m & 0o7777)?,
+                    (None, Some(h)) => sys::chmod_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), m & 0o7777)?,
+                    _ => unreachable!(),
+                }
             }
             if uid.is_some() || gid.is_some() {
-                sys::chown_at(fd, &path, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+                let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+                match (&path, &handle) {
+                    (Some(p), _) => sys::chown_at(fd, p, u, g)?,
+                    (None, Some(h)) => std::os::unix::fs::fchown(&h.file, uid, gid)?,
+                    _ => unreachable!(),
+                }
             }
             if let Some(s) = size {
-                match self.handle_opt(fh) {
-                    Some(h) => sys::ftruncate(&h.file, s)?,
-                    None => {
-                        let f = sys::open_at(fd, &path, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                match (&handle, &path) {
+                    (Some(h), _) => sys::ftruncate(&h.file, s)?,
+                    (None, Some(p)) => {
+                        let f = sys::open_at(fd, p, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
                         sys::ftruncate(&f, s)?;
                     }
+                    _ => unreachable!(),
                 }
             }
             if atime.is_some() || mtime.is_some() {
-                sys::utimens_at(fd, &path, &[to_timespec(atime), to_timespec(mtime)])?;
+                let times = [to_timespec(atime), to_timespec(mtime)];
+                match (&path, &handle) {
+                    (Some(p), _) => sys::utimens_at(fd, p, &times)?,
+                    (None, Some(h)) => sys::utimens_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), &times)?,
+                    _ => unreachable!(),
+                }
             }
             Ok(())
         })();
         if let Err(e) = result {
             return reply.error(errno(e));
         }
-        let st = match sys::lstat_at(fd, &path) {
+        let st = match (&path, &handle) {
+            (Some(p), _) => sys::lstat_at(fd, p),
+            (None, Some(h)) => sys::fstat(h.file.as_raw_fd()),
+            _ => unreachable!(),
+        };
+        let st = match st {
             Ok(st) => st,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = self.versioned(&path) {
+        if let Some(p) = path.as_deref().and_then(|p| self.versioned(p)) {
             if let Some(s) = size {
                 self.rec.send(FsEvent::Truncate {
                     path: p.clone(),
@@ -859,8 +896,11 @@ impl Filesystem for Overlay {
             let _order = self.order.lock();
             self.record_mtime(&h);
         }
-        // Then the version: durable when fsync returns.
-        self.rec.commit(true, true);
+        // Then the version: committed (it survives a crash of the daemon) when fsync returns,
+        // and on disk within a second (the recorder's flush). Waiting for that flush here would
+        // add two disk flushes to every fsync; a power loss can cost at most the last second
+        // of history, never file data, and the next mount captures the files as they are.
+        self.rec.commit(false, true);
         reply.ok();
     }
 
@@ -984,7 +1024,7 @@ impl Filesystem for Overlay {
         });
         match r {
             Ok(()) => {
-                self.rec.commit(true, true);
+                self.rec.commit(false, true);
                 reply.ok()
             }
             Err(e) => reply.error(e),

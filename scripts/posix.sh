@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# POSIX conformance through a clawfs mount:
+# - pjdfstest on the plain backing directory and through the mount: the mount may fail no test
+#   that the plain directory passes;
+# - fsx, 100,000 random operations on one file through the mount: all must check out.
+# Installs pjdfstest 0.2.2 and fsx 0.3.2 into ~/.cargo/bin when missing (cached across runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+[ "$(id -u)" = 0 ] || { echo "posix.sh needs root (pjdfstest switches users)"; exit 1; }
+
+command -v pjdfstest >/dev/null || cargo install pjdfstest --version 0.2.2 --locked
+command -v fsx >/dev/null || cargo install fsx --version 0.3.2 --locked
+id tests >/dev/null 2>&1 || useradd -M -U -s /usr/sbin/nologin tests
+
+bin="$PWD/target/debug/clawfs"
+[ -x "$bin" ] || cargo build --locked
+work=$(mktemp -d /tmp/clawfs-posix.XXXXXX)
+# pjdfstest runs some cases as unprivileged users: they must be able to reach the test dirs.
+chmod 0755 "$work"
+export HOME="$work/home"
+mkdir -p "$HOME" "$work/plain" "$work/mnt"
+cleanup() {
+  cd /
+  "$bin" unmount "$work/mnt" >/dev/null 2>&1 || fusermount3 -u -z "$work/mnt" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat > "$work/pjdfstest.toml" <<'TOML'
+[features]
+posix_fallocate = {}
+rename_ctime = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.05
+allow_remount = false
+
+[dummy_auth]
+entries = [["nobody", "nogroup"], ["tests", "tests"]]
+TOML
+
+failed_tests() { grep -E '[[:space:]]FAILED$' "$1" | awk '{print $1}' | sort -u; }
+
+echo "-- pjdfstest on the plain directory"
+(cd "$work/plain" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/plain" > "$work/plain.log" 2>&1) || true
+grep '^Summary' "$work/plain.log"
+
+echo "-- pjdfstest through the clawfs mount"
+"$bin" mount "$work/mnt"
+(cd "$work/mnt" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/mnt" > "$work/mnt.log" 2>&1) || true
+grep '^Summary' "$work/mnt.log"
+grep -q '^Summary' "$work/mnt.log" || { tail -50 "$work/mnt.log"; echo "pjdfstest did not finish"; exit 1; }
+extra=$(comm -13 <(failed_tests "$work/plain.log") <(failed_tests "$work/mnt.log"))
+if [ -n "$extra" ]; then
+  echo "failures through clawfs that the plain directory does not have:"
+  echo "$extra"
+  for t in $extra; do grep -A3 "^$t " "$work/mnt.log"; done
+  exit 1
+fi
+passed_plain=$(grep -oE '[0-9]+ passed' "$work/plain.log" | head -1)
+passed_mnt=$(grep -oE '[0-9]+ passed' "$work/mnt.log" | head -1)
+echo "pjdfstest: no extra failures (plain: $passed_plain, clawfs: $passed_mnt)"
+
+echo "-- fsx: 100000 operations through the mount"
+(cd "$work" && fsx -N 100000 -S 20261121 -P "$work" "$work/mnt/fsx.file" > "$work/fsx.log" 2>&1) || { tail -40 "$work/fsx.log"; echo "fsx failed"; exit 1; }
+tail -1 "$work/fsx.log"
+grep -q 'All operations completed A-OK' "$work/fsx.log"
+"$bin" unmount "$work/mnt"
+echo "posix: 2 passed, 0 failed"
