@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn absolute_paths_are_cleaned_lexically() {
         let cwd = Path::new("/home/u/.openclaw/workspace");
-        assert_eq!(absolute(Path::new("../x/./y"), cwd), Path::new("/home/u/.openclaw/x/y"));
+        assert_eq!(
+            absolute(Path::new("../x/./y"), cwd),
+            Path::new("/home/u/.openclaw/x/y")
+        );
         assert_eq!(absolute(Path::new("/a/b/../c"), cwd), Path::new("/a/c"));
     }
 

@@ -15,7 +15,13 @@ use clawfs::store::{Store, StoreError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(cli.cmd, Cmd::Mount { foreground: true, .. });
+    let daemon = matches!(
+        cli.cmd,
+        Cmd::Mount {
+            foreground: true,
+            ..
+        }
+    );
     let default = if daemon { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -99,7 +105,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } = cmd
             {
                 if !std::io::stdin().is_terminal() {
-                    bail!("rollback changes files: add --yes to confirm, or --preview to look first");
+                    bail!(
+                        "rollback changes files: add --yes to confirm, or --preview to look first"
+                    );
                 }
                 let mut preview = argv.clone();
                 preview.push("--preview".into());
@@ -119,7 +127,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Runs a store command: in the daemon when one serves the store, else here.
-fn run_store(_cli: &Cli, argv: &[String], dir: &Path, store: &Path, cwd: &Path) -> Result<ExitCode> {
+fn run_store(
+    _cli: &Cli,
+    argv: &[String],
+    dir: &Path,
+    store: &Path,
+    cwd: &Path,
+) -> Result<ExitCode> {
     let req = control::Request {
         argv: argv.to_vec(),
         cwd: cwd.to_path_buf(),

@@ -35,9 +35,13 @@ pub fn writers_under(dir: &Path) -> Vec<Writer> {
             continue;
         };
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
             let t = target.to_string_lossy();
-            let Some(rel) = t.strip_prefix(&prefix) else { continue };
+            let Some(rel) = t.strip_prefix(&prefix) else {
+                continue;
+            };
             let rel = rel.trim_end_matches(" (deleted)");
             let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
                 .unwrap_or_default();

@@ -159,7 +159,9 @@ mod tests {
         assert_eq!((parent.as_str(), name), ("a/b", "c"));
         assert_eq!(parent.join("c").unwrap(), p);
         assert!(p.starts_with(&RelPath::new("a").unwrap()));
-        assert!(!RelPath::new("ab").unwrap().starts_with(&RelPath::new("a").unwrap()));
+        assert!(!RelPath::new("ab")
+            .unwrap()
+            .starts_with(&RelPath::new("a").unwrap()));
         let r = p.rebase(&RelPath::new("a").unwrap(), &RelPath::new("x/y").unwrap());
         assert_eq!(r.as_str(), "x/y/b/c");
         assert!(RelPath::root().join("..").is_err());

@@ -49,7 +49,11 @@ fn paths(v: &[Value]) -> Vec<(String, String)> {
     v.iter()
         .map(|a| {
             (
-                a["action"].as_str().or(a["change"].as_str()).unwrap().to_string(),
+                a["action"]
+                    .as_str()
+                    .or(a["change"].as_str())
+                    .unwrap()
+                    .to_string(),
                 a["path"].as_str().unwrap().to_string(),
             )
         })
@@ -75,13 +79,25 @@ fn openclaw_write_patterns_are_versioned_and_rolled_back() {
     let h = s.json(&["history", "workspace/MEMORY.md"]);
     assert!(h.iter().any(|e| e["op"] == "link"), "{h:?}");
     // cat --at with a sequence number and with a version id.
-    assert_eq!(s.ok(&["cat", "openclaw.json", "--at", &first.to_string()]), "{\"v\": 1}\n");
+    assert_eq!(
+        s.ok(&["cat", "openclaw.json", "--at", &first.to_string()]),
+        "{\"v\": 1}\n"
+    );
     let vid = h.last().unwrap()["version"].as_str().unwrap().to_string();
-    assert_eq!(s.ok(&["cat", "workspace/MEMORY.md", "--at", &vid]), "# Memory\nfirst\n");
+    assert_eq!(
+        s.ok(&["cat", "workspace/MEMORY.md", "--at", &vid]),
+        "# Memory\nfirst\n"
+    );
     // The .bak ring is versioned too, and the lock file is not.
     let changed = paths(&s.json(&["diff", "--from", &first.to_string()]));
-    assert!(changed.contains(&("created".into(), "openclaw.json.bak".into())), "{changed:?}");
-    assert!(!changed.iter().any(|(_, p)| p.ends_with(".lock")), "{changed:?}");
+    assert!(
+        changed.contains(&("created".into(), "openclaw.json.bak".into())),
+        "{changed:?}"
+    );
+    assert!(
+        !changed.iter().any(|(_, p)| p.ends_with(".lock")),
+        "{changed:?}"
+    );
 
     // Preview shows exactly what would change, and changes nothing.
     let plan = s.json(&["rollback", "--to", &first.to_string(), "--preview"]);
@@ -97,8 +113,17 @@ fn openclaw_write_patterns_are_versioned_and_rolled_back() {
     assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
 
     // One file.
-    let out = s.ok(&["rollback", "--to", &first.to_string(), "workspace/MEMORY.md", "--yes"]);
-    assert!(out.contains("undo with: clawfs rollback --to safety-"), "{out}");
+    let out = s.ok(&[
+        "rollback",
+        "--to",
+        &first.to_string(),
+        "workspace/MEMORY.md",
+        "--yes",
+    ]);
+    assert!(
+        out.contains("undo with: clawfs rollback --to safety-"),
+        "{out}"
+    );
     assert_eq!(s.read("workspace/MEMORY.md"), b"# Memory\nfirst\n");
     assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
     // The whole tree, then undo through the safety mark.
@@ -157,7 +182,9 @@ c.close()\""
     insert(300, 600);
     s.settle();
     s.ok(&["rollback", "--to", &then, "state/openclaw.sqlite", "--yes"]);
-    let out = s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*), max(id) from t;'");
+    let out = s.sh(
+        "sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*), max(id) from t;'",
+    );
     assert_eq!(out.trim(), "ok\n300|299");
 }
 
@@ -176,7 +203,10 @@ fn rollback_refuses_while_a_writer_holds_the_file() {
     f.write_all(b"+").unwrap();
     s.settle();
     let err = s.fails(&["rollback", "--to", &seq.to_string(), "--yes"]);
-    assert!(err.contains("refusing") && err.contains("state/db.sqlite") && err.contains("pid"), "{err}");
+    assert!(
+        err.contains("refusing") && err.contains("state/db.sqlite") && err.contains("pid"),
+        "{err}"
+    );
     assert_eq!(s.read("state/db.sqlite"), b"v2+");
     s.ok(&["rollback", "--to", &seq.to_string(), "--yes", "--force"]);
     assert_eq!(s.read("state/db.sqlite"), b"v1");
@@ -206,7 +236,9 @@ fn offline_commands_work_after_unmount_and_capture_offline_edits() {
     s.ok(&["rollback", "--to", &safety, "--yes"]);
     assert_eq!(s.read("SOUL.md"), b"edited offline\n");
     let log = s.json(&["log"]);
-    assert!(log.iter().all(|e| e["seq"].is_u64() && e["time"].is_string()));
+    assert!(log
+        .iter()
+        .all(|e| e["seq"].is_u64() && e["time"].is_string()));
     let marks = s.json(&["marks"]);
     assert!(marks.iter().any(|m| m["name"] == "angry"));
     s.ok(&["unmark", "angry"]);
@@ -227,7 +259,14 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
         .to_zoned(jiff::tz::TimeZone::system())
         .strftime("%Y-%m-%d %H:%M:%S")
         .to_string();
-    for when in ["now", "latest", "0s", "1s ago", now.to_string().as_str(), local.as_str()] {
+    for when in [
+        "now",
+        "latest",
+        "0s",
+        "1s ago",
+        now.to_string().as_str(),
+        local.as_str(),
+    ] {
         assert_eq!(s.ok(&["cat", "a.md", "--at", when]), "two\n", "{when}");
     }
     for when in ["1", "#1", "m1"] {
@@ -238,10 +277,18 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
         .unwrap()
         .to_string();
     assert_eq!(s.ok(&["cat", "a.md", "--at", &vid]), "one\n");
-    assert!(s.fails(&["cat", "a.md", "--at", "2d"]).contains("no version exists"));
-    assert!(s.fails(&["cat", "a.md", "--at", "2099-01-01 00:00"]).contains("in the future"));
-    assert!(s.fails(&["cat", "a.md", "--at", "99999"]).contains("there is no moment"));
-    assert!(s.fails(&["cat", "a.md", "--at", "soonish"]).contains("not a moment"));
+    assert!(s
+        .fails(&["cat", "a.md", "--at", "2d"])
+        .contains("no version exists"));
+    assert!(s
+        .fails(&["cat", "a.md", "--at", "2099-01-01 00:00"])
+        .contains("in the future"));
+    assert!(s
+        .fails(&["cat", "a.md", "--at", "99999"])
+        .contains("there is no moment"));
+    assert!(s
+        .fails(&["cat", "a.md", "--at", "soonish"])
+        .contains("not a moment"));
     assert!(s.fails(&["cat", "/etc/passwd"]).contains("outside"));
     assert!(s.fails(&["cat", "../x"]).contains("outside"));
     assert!(s.fails(&["cat", "nope.md"]).contains("did not exist"));
@@ -254,7 +301,10 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
 fn errors_without_a_store_or_daemon_are_clear() {
     let s = Sandbox::new();
     let err = s.fails(&["log"]);
-    assert!(err.contains("no clawfs store") && err.contains("clawfs mount"), "{err}");
+    assert!(
+        err.contains("no clawfs store") && err.contains("clawfs mount"),
+        "{err}"
+    );
     let err = s.fails(&["unmount", s.dir.to_str().unwrap()]);
     assert!(err.contains("not mounted"), "{err}");
 }
@@ -267,7 +317,10 @@ fn the_control_socket_is_owner_only_and_secrets_are_left_alone() {
     s.write("agents/a/agent/auth-profiles.json", b"{\"old\":1}");
     s.write("note.md", b"old");
     s.mount();
-    let mode = std::fs::metadata(s.store.join("control.sock")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(s.store.join("control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let seq = s.head();
     std::fs::write(s.path("credentials/token"), b"new-secret").unwrap();
@@ -275,12 +328,22 @@ fn the_control_socket_is_owner_only_and_secrets_are_left_alone() {
     std::fs::write(s.path("note.md"), b"new").unwrap();
     s.settle();
     let plan = s.json(&["rollback", "--to", &seq.to_string(), "--preview"]);
-    assert_eq!(plan[0]["skipped_secrets"].as_array().unwrap().len(), 2, "{plan:?}");
+    assert_eq!(
+        plan[0]["skipped_secrets"].as_array().unwrap().len(),
+        2,
+        "{plan:?}"
+    );
     s.ok(&["rollback", "--to", &seq.to_string(), "--yes"]);
     assert_eq!(s.read("note.md"), b"old");
     assert_eq!(s.read("credentials/token"), b"new-secret");
     s.ok(&["rollback", "--to", &seq.to_string(), "credentials", "--yes"]);
     assert_eq!(s.read("credentials/token"), b"old-secret");
-    s.ok(&["rollback", "--to", &seq.to_string(), "--include-secrets", "--yes"]);
+    s.ok(&[
+        "rollback",
+        "--to",
+        &seq.to_string(),
+        "--include-secrets",
+        "--yes",
+    ]);
     assert_eq!(s.read("agents/a/agent/auth-profiles.json"), b"{\"old\":1}");
 }

@@ -67,7 +67,10 @@ while True:
             lines.next();
         }
         let pid = daemon_pid(&s);
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
         let mut short = None;
         let acked: Vec<u64> = lines
             .map_while(Result::ok)
@@ -93,7 +96,10 @@ while True:
         if let Some((n, w)) = short {
             let text = std::fs::read_to_string(format!("{real_dir}/storm-{}.log", n % 3)).unwrap();
             let full = format!("{:x<203}\n", format!("round {round} record {n:08} "));
-            assert!(text.contains(&full[..w]), "round {round}: the {w} acknowledged bytes of a short write were lost");
+            assert!(
+                text.contains(&full[..w]),
+                "round {round}: the {w} acknowledged bytes of a short write were lost"
+            );
         }
         if !complete {
             let keep = s.home.path().to_path_buf();
@@ -115,7 +121,10 @@ while True:
             if !all.contains(&rec) {
                 let keep = s.home.path().to_path_buf();
                 std::mem::forget(s);
-                panic!("round {round}: acknowledged record {n} lost; left {} for inspection", keep.display());
+                panic!(
+                    "round {round}: acknowledged record {n} lost; left {} for inspection",
+                    keep.display()
+                );
             }
         }
         let missing: Vec<u64> = (0..=last)
@@ -129,7 +138,11 @@ while True:
             .filter(|l| l.len() != 203 || !l.starts_with("round ") || !l.ends_with("xxx"))
             .filter(|l| {
                 let prefix = format!("round {round} record ");
-                match l.strip_prefix(&prefix).and_then(|r| r.get(..8)).and_then(|n| n.parse::<u64>().ok()) {
+                match l
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.get(..8))
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
                     Some(n) => n <= last,
                     None => !l.starts_with("round "),
                 }
@@ -143,11 +156,20 @@ while True:
         // The store opens and answers; the remount captured what the crash left unversioned.
         s.ok(&["log", "--limit", "1"]);
         let pid = daemon_pid(&s);
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
         eventually("the daemon to die", || {
             // Gone, or a zombie nobody has reaped yet.
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|st| st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .map(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
                 .unwrap_or(true)
         });
     }
@@ -161,8 +183,7 @@ fn every_past_moment_of_a_live_sqlite_database_opens_cleanly() {
     let s = Sandbox::new();
     std::fs::create_dir_all(s.path("state")).unwrap();
     s.mount();
-    s.sh(
-        r#"python3 - <<'PY'
+    s.sh(r#"python3 - <<'PY'
 import sqlite3, random
 c = sqlite3.connect("state/openclaw.sqlite")
 c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
@@ -179,12 +200,16 @@ for i in range(3000):
     if i % 400 == 399:
         c.execute("PRAGMA wal_checkpoint(PASSIVE)")
 c.close()
-PY"#,
-    );
+PY"#);
     let head = s.settle();
     let moments: Vec<u64> = (1..=head).collect();
-    let touched = s.json(&["log", "--path", "state", "--limit", "100000"]).len();
-    assert!(touched >= 200, "only {touched} moments touched the database");
+    let touched = s
+        .json(&["log", "--path", "state", "--limit", "100000"])
+        .len();
+    assert!(
+        touched >= 200,
+        "only {touched} moments touched the database"
+    );
     let work = tempfile::tempdir().unwrap();
     let mut checked = 0;
     let mut rng = 0x2545F4914F6CDD1Du64;
@@ -223,11 +248,22 @@ PY"#,
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("ok"), "moment {seq}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            lines.next(),
+            Some("ok"),
+            "moment {seq}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (count, next) = lines.next().unwrap().split_once('|').unwrap();
-        assert_eq!(count, next, "moment {seq}: rows are not a prefix of the inserts");
+        assert_eq!(
+            count, next,
+            "moment {seq}: rows are not a prefix of the inserts"
+        );
         let rows: u64 = count.parse().unwrap();
-        assert!(rows >= last_rows, "moment {seq} has fewer rows than an earlier one");
+        assert!(
+            rows >= last_rows,
+            "moment {seq} has fewer rows than an earlier one"
+        );
         last_rows = rows;
         checked += 1;
         let _ = std::fs::remove_dir_all(&d);

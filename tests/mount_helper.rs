@@ -26,33 +26,55 @@ fn mount_t_fuse_clawfs_and_fstab_work() {
     let dir = s.dir.to_str().unwrap();
     let store = s.store.to_str().unwrap();
     let out = Command::new("mount")
-        .args(["-t", "fuse.clawfs", "-o", &format!("store={store}"), dir, dir])
+        .args([
+            "-t",
+            "fuse.clawfs",
+            "-o",
+            &format!("store={store}"),
+            dir,
+            dir,
+        ])
         .env("CLAWFS_BIN", common::bin())
         .env("HOME", s.home.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("the mount", || s.is_mounted());
     assert_eq!(s.ok(&["cat", "workspace/MEMORY.md"]), "x");
     s.unmount();
 
     // An fstab line, through a private fstab (mount -T).
     let fstab = s.home.path().join("fstab");
-    std::fs::write(&fstab, format!("{dir} {dir} fuse.clawfs defaults,noauto,store={store} 0 0\n")).unwrap();
+    std::fs::write(
+        &fstab,
+        format!("{dir} {dir} fuse.clawfs defaults,noauto,store={store} 0 0\n"),
+    )
+    .unwrap();
     let out = Command::new("mount")
         .args(["-T", fstab.to_str().unwrap(), dir])
         .env("CLAWFS_BIN", common::bin())
         .env("HOME", s.home.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("the fstab mount", || s.is_mounted());
     s.unmount();
 
     // Two different directories are refused with a clear message.
     let other = s.home.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let out = Command::new("/sbin/mount.clawfs").args([dir, other.to_str().unwrap()]).output().unwrap();
+    let out = Command::new("/sbin/mount.clawfs")
+        .args([dir, other.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("same directory twice"));
 }
@@ -73,7 +95,10 @@ fn the_systemd_unit_commands_mount_and_unmount() {
     };
     let start = line("ExecStart=");
     let stop = line("ExecStop=");
-    assert!(start.contains("--foreground"), "systemd needs a foreground daemon: {start}");
+    assert!(
+        start.contains("--foreground"),
+        "systemd needs a foreground daemon: {start}"
+    );
     let mut args = start.split_whitespace();
     let mut daemon = s.cmd();
     let _ = args.next();

@@ -28,12 +28,23 @@ con.close()
 PY"#,
     );
     assert_eq!(out.trim(), "ok 2000");
-    assert_eq!(s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*) from t;'").trim(), "ok\n2000");
+    assert_eq!(
+        s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA integrity_check; select count(*) from t;'")
+            .trim(),
+        "ok\n2000"
+    );
     let hist = s.json(&["history", "state/openclaw.sqlite"]);
     assert!(hist.len() > 3, "{hist:?}");
     s.unmount();
     // Unmounted, the directory holds the plain database.
-    assert_eq!(sh_in(&s.dir, "sqlite3 state/openclaw.sqlite 'select count(*) from t;'").trim(), "2000");
+    assert_eq!(
+        sh_in(
+            &s.dir,
+            "sqlite3 state/openclaw.sqlite 'select count(*) from t;'"
+        )
+        .trim(),
+        "2000"
+    );
 }
 
 #[test]
@@ -56,14 +67,26 @@ fn git_cp_mv_tar_work_and_inodes_survive_rename() {
     assert_eq!((before.dev(), before.ino()), (after.dev(), after.ino()));
     assert_eq!(after.nlink(), 1);
     std::fs::hard_link(s.path("openclaw.json"), s.path("hard")).unwrap();
-    assert_eq!(std::fs::symlink_metadata(s.path("openclaw.json")).unwrap().nlink(), 2);
+    assert_eq!(
+        std::fs::symlink_metadata(s.path("openclaw.json"))
+            .unwrap()
+            .nlink(),
+        2
+    );
     s.settle();
     let tree: Vec<String> = s
         .json(&["diff", "--from", "1"])
         .iter()
         .map(|e| e["path"].as_str().unwrap().to_string())
         .collect();
-    for p in ["repo/.git/HEAD", "moved/sub/f", "moved/sub/l", "untar/sub/f", "openclaw.json", "hard"] {
+    for p in [
+        "repo/.git/HEAD",
+        "moved/sub/f",
+        "moved/sub/l",
+        "untar/sub/f",
+        "openclaw.json",
+        "hard",
+    ] {
         assert!(tree.contains(&p.to_string()), "{p} not versioned: {tree:?}");
     }
 }
@@ -83,7 +106,12 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
         .iter()
         .map(|e| e["path"].as_str().unwrap().to_string())
         .collect();
-    assert!(!paths.iter().any(|p| p.starts_with("cache") || p.ends_with("-shm") || p.starts_with("tmp")), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("cache") || p.ends_with("-shm") || p.starts_with("tmp")),
+        "{paths:?}"
+    );
     assert!(paths.contains(&"workspace.md".to_string()), "{paths:?}");
     assert_eq!(s.ok(&["cat", "workspace.md"]), "staged");
     assert_eq!(s.read("cache/big.bin").len(), 100_000);
@@ -98,7 +126,11 @@ fn concurrent_writers_and_appends_are_all_recorded() {
     s.settle();
     for w in 1..=4 {
         let stored = s.ok(&["cat", &format!("log-{w}.jsonl")]);
-        assert_eq!(stored.as_bytes(), s.read(&format!("log-{w}.jsonl")), "writer {w}");
+        assert_eq!(
+            stored.as_bytes(),
+            s.read(&format!("log-{w}.jsonl")),
+            "writer {w}"
+        );
     }
 }
 
@@ -112,7 +144,12 @@ fn mount_errors_are_clear() {
     let inside = s.dir.join("store");
     let out = std::process::Command::new(common::bin())
         .env("HOME", s.home.path())
-        .args(["--store", inside.to_str().unwrap(), "mount", s.dir.to_str().unwrap()])
+        .args([
+            "--store",
+            inside.to_str().unwrap(),
+            "mount",
+            s.dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -14,7 +14,10 @@ const FILES: [&str; 3] = ["a", "b", "dir/c"];
 
 fn content(generation: u64) -> Vec<u8> {
     let mut v = format!("generation {generation}\n").into_bytes();
-    v.resize(1000 + (generation as usize * 7919) % 70_000, b'0' + (generation % 10) as u8);
+    v.resize(
+        1000 + (generation as usize * 7919) % 70_000,
+        b'0' + (generation % 10) as u8,
+    );
     v
 }
 
@@ -23,7 +26,10 @@ fn content(generation: u64) -> Vec<u8> {
 fn child(dir: &str) {
     let store = Store::open_or_create(std::path::Path::new(dir)).unwrap();
     let mut rec = store.recorder(SessionId(7)).unwrap();
-    let meta = Meta { mode: 0o644, ..Default::default() };
+    let meta = Meta {
+        mode: 0o644,
+        ..Default::default()
+    };
     let p = |s: &str| RelPath::new(s).unwrap();
     let start = store.head().0;
     if start == 0 {
@@ -38,9 +44,11 @@ fn child(dir: &str) {
             rec.truncate(&p(f), 0).unwrap();
             rec.write(&p(f), 0, &data).unwrap();
         }
-        rec.create(&p("dir/c.tmp"), NodeKind::File, meta, "").unwrap();
+        rec.create(&p("dir/c.tmp"), NodeKind::File, meta, "")
+            .unwrap();
         rec.write(&p("dir/c.tmp"), 0, &data).unwrap();
-        rec.rename(&p("dir/c.tmp"), &p("dir/c"), RenameMode::Replace).unwrap();
+        rec.rename(&p("dir/c.tmp"), &p("dir/c"), RenameMode::Replace)
+            .unwrap();
         let c = rec.commit(g % 3 == 0).unwrap().unwrap();
         if g % 3 == 0 {
             println!("{} {}", c.seq.0, g);
@@ -58,7 +66,11 @@ fn durable_epochs_survive_kill_9_and_nothing_is_half_visible() {
     let mut reported: Vec<(u64, u64)> = Vec::new();
     for round in 0..12u64 {
         let mut c = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "durable_epochs_survive_kill_9_and_nothing_is_half_visible", "--nocapture"])
+            .args([
+                "--exact",
+                "durable_epochs_survive_kill_9_and_nothing_is_half_visible",
+                "--nocapture",
+            ])
             .env("CLAWFS_CRASH_CHILD", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -70,7 +82,9 @@ fn durable_epochs_survive_kill_9_and_nothing_is_half_visible() {
         while n < want {
             let Some(Ok(l)) = lines.next() else { break };
             let mut it = l.split_whitespace();
-            if let (Some(Ok(seq)), Some(Ok(g))) = (it.next().map(str::parse), it.next().map(str::parse)) {
+            if let (Some(Ok(seq)), Some(Ok(g))) =
+                (it.next().map(str::parse), it.next().map(str::parse))
+            {
                 reported.push((seq, g));
                 n += 1;
             }
@@ -82,7 +96,9 @@ fn durable_epochs_survive_kill_9_and_nothing_is_half_visible() {
         for &(seq, g) in &reported {
             assert!(Seq(seq) <= head, "durable epoch {seq} lost (head {head})");
             for f in FILES {
-                let got = store.read_file(&RelPath::new(f).unwrap(), Seq(seq)).unwrap();
+                let got = store
+                    .read_file(&RelPath::new(f).unwrap(), Seq(seq))
+                    .unwrap();
                 assert_eq!(got, content(g), "epoch {seq}, {f}");
             }
         }
@@ -92,8 +108,15 @@ fn durable_epochs_survive_kill_9_and_nothing_is_half_visible() {
                 .iter()
                 .map(|f| store.read_file(&RelPath::new(f).unwrap(), Seq(s)).unwrap())
                 .collect();
-            assert!(gens.windows(2).all(|w| w[0] == w[1]), "epoch {s} is half-visible");
-            assert!(!store.walk(&RelPath::root(), Seq(s)).unwrap().iter().any(|(p, _)| p.as_str() == "dir/c.tmp"));
+            assert!(
+                gens.windows(2).all(|w| w[0] == w[1]),
+                "epoch {s} is half-visible"
+            );
+            assert!(!store
+                .walk(&RelPath::root(), Seq(s))
+                .unwrap()
+                .iter()
+                .any(|(p, _)| p.as_str() == "dir/c.tmp"));
         }
         drop(store);
     }

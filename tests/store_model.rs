@@ -11,7 +11,9 @@ use clawfs::store::recorder::{Recorder, RenameMode};
 use clawfs::store::Store;
 use proptest::prelude::*;
 
-const PATHS: &[&str] = &["a", "b", "x", "x/a", "x/b", "y", "y/a", "y/x", "y/x/a", "x/y"];
+const PATHS: &[&str] = &[
+    "a", "b", "x", "x/a", "x/b", "y", "y/a", "y/x", "y/x/a", "x/y",
+];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -78,17 +80,24 @@ impl Model {
     }
     fn children(&self, p: &str) -> Vec<String> {
         let pre = format!("{p}/");
-        self.paths.keys().filter(|k| k.starts_with(&pre)).cloned().collect()
+        self.paths
+            .keys()
+            .filter(|k| k.starts_with(&pre))
+            .cloned()
+            .collect()
     }
     fn snapshot(&self) -> BTreeMap<String, Seen> {
         self.paths
             .iter()
             .map(|(k, v)| {
-                (k.clone(), match v {
-                    Obj::Dir => Seen::Dir,
-                    Obj::File(i) => Seen::File(self.files[*i].clone()),
-                    Obj::Link(t) => Seen::Link(t.clone()),
-                })
+                (
+                    k.clone(),
+                    match v {
+                        Obj::Dir => Seen::Dir,
+                        Obj::File(i) => Seen::File(self.files[*i].clone()),
+                        Obj::Link(t) => Seen::Link(t.clone()),
+                    },
+                )
             })
             .collect()
     }
@@ -96,7 +105,10 @@ impl Model {
     /// Applies `op` to the model and the recorder when the model says it is valid.
     fn apply(&mut self, op: &Op, rec: &mut Recorder) -> bool {
         let rp = |i: usize| RelPath::new(PATHS[i]).unwrap();
-        let meta = Meta { mode: 0o644, ..Default::default() };
+        let meta = Meta {
+            mode: 0o644,
+            ..Default::default()
+        };
         match *op {
             Op::Mkdir(i) | Op::Create(i) | Op::Symlink(i, _) => {
                 let p = PATHS[i];
@@ -107,7 +119,11 @@ impl Model {
                     Op::Mkdir(_) => (Obj::Dir, NodeKind::Dir, String::new()),
                     Op::Create(_) => {
                         self.files.push(Vec::new());
-                        (Obj::File(self.files.len() - 1), NodeKind::File, String::new())
+                        (
+                            Obj::File(self.files.len() - 1),
+                            NodeKind::File,
+                            String::new(),
+                        )
                     }
                     Op::Symlink(_, t) => {
                         let t = format!("target-{t}");
@@ -119,8 +135,12 @@ impl Model {
                 rec.create(&rp(i), kind, meta, &target).unwrap();
             }
             Op::Write(i, off, len, fill) => {
-                let Some(Obj::File(f)) = self.paths.get(PATHS[i]) else { return false };
-                let data: Vec<u8> = (0..len).map(|k| fill.wrapping_add((k % 251) as u8)).collect();
+                let Some(Obj::File(f)) = self.paths.get(PATHS[i]) else {
+                    return false;
+                };
+                let data: Vec<u8> = (0..len)
+                    .map(|k| fill.wrapping_add((k % 251) as u8))
+                    .collect();
                 let file = &mut self.files[*f];
                 let end = (off + len) as usize;
                 if file.len() < end {
@@ -130,7 +150,9 @@ impl Model {
                 rec.write(&rp(i), off as u64, &data).unwrap();
             }
             Op::Truncate(i, size) => {
-                let Some(Obj::File(f)) = self.paths.get(PATHS[i]) else { return false };
+                let Some(Obj::File(f)) = self.paths.get(PATHS[i]) else {
+                    return false;
+                };
                 self.files[*f].resize(size as usize, 0);
                 rec.truncate(&rp(i), size as u64).unwrap();
             }
@@ -143,7 +165,9 @@ impl Model {
                 rec.unlink(&rp(i)).unwrap();
             }
             Op::Rmdir(i) => {
-                if self.paths.get(PATHS[i]) != Some(&Obj::Dir) || !self.children(PATHS[i]).is_empty() {
+                if self.paths.get(PATHS[i]) != Some(&Obj::Dir)
+                    || !self.children(PATHS[i]).is_empty()
+                {
                     return false;
                 }
                 self.paths.remove(PATHS[i]);
@@ -151,7 +175,9 @@ impl Model {
             }
             Op::Link(i, j) => {
                 let (from, to) = (PATHS[i], PATHS[j]);
-                let Some(obj @ Obj::File(_)) = self.paths.get(from).cloned() else { return false };
+                let Some(obj @ Obj::File(_)) = self.paths.get(from).cloned() else {
+                    return false;
+                };
                 if self.paths.contains_key(to) || !self.parent_ok(to) {
                     return false;
                 }
@@ -160,7 +186,9 @@ impl Model {
             }
             Op::Rename(i, j) => {
                 let (from, to) = (PATHS[i], PATHS[j]);
-                let Some(obj) = self.paths.get(from).cloned() else { return false };
+                let Some(obj) = self.paths.get(from).cloned() else {
+                    return false;
+                };
                 if from == to || !self.parent_ok(to) {
                     return false;
                 }

@@ -42,7 +42,9 @@ pub fn run(ctx: &mut Ctx, file: &Path, limit: usize) -> Result<()> {
         writeln!(
             ctx.out,
             "{}  #{:<6} {}  {:>8}  {:<11} {:>10}{}",
-            e.version.map(|v| v.to_string()).unwrap_or_else(|| "-".repeat(12)),
+            e.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".repeat(12)),
             e.seq.0,
             show_time(e.time_ns),
             ago(e.time_ns),

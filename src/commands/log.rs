@@ -66,7 +66,10 @@ pub fn run(
     };
     let filter = path.map(|p| ctx.rel(p)).transpose()?;
     let session: Option<SessionId> = session
-        .map(|s| s.parse().with_context(|| format!("{s:?} is not a session id")))
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("{s:?} is not a session id"))
+        })
         .transpose()?;
     let mut shown = 0;
     let epochs: Vec<_> = ctx.store.epochs_rev(from, to).collect();
@@ -80,9 +83,9 @@ pub fn run(
         }
         let changes = ctx.store.changes(seq)?;
         if let Some(f) = &filter {
-            let hit = changes.iter().any(|c| {
-                crate::relpath::RelPath::new(&c.path).is_ok_and(|p| p.starts_with(f))
-            });
+            let hit = changes
+                .iter()
+                .any(|c| crate::relpath::RelPath::new(&c.path).is_ok_and(|p| p.starts_with(f)));
             if !hit {
                 continue;
             }

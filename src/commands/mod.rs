@@ -103,7 +103,14 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
             session,
             limit,
             ..
-        } => log::run(ctx, since.as_deref(), until.as_deref(), path.as_deref(), session.as_deref(), *limit),
+        } => log::run(
+            ctx,
+            since.as_deref(),
+            until.as_deref(),
+            path.as_deref(),
+            session.as_deref(),
+            *limit,
+        ),
         Cmd::History { file, limit } => history::run(ctx, file, *limit),
         Cmd::Cat { file, at } => cat::run(ctx, file, at),
         Cmd::Diff {

@@ -115,9 +115,10 @@ pub fn offline_recording(ctx: &Ctx, kind: &str) -> Result<Recording> {
         pid: std::process::id(),
     })?;
     let cfg = StoreConfig::load(ctx.store.dir())?;
-    let root = Arc::new(crate::fs::sys::open_dir(&ctx.dir).map_err(|e| {
-        anyhow::anyhow!("cannot open {}: {e}", ctx.dir.display())
-    })?);
+    let root = Arc::new(
+        crate::fs::sys::open_dir(&ctx.dir)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", ctx.dir.display()))?,
+    );
     let rec = ctx.store.recorder(session)?;
     let mut r = Recording::new(rec, root, Filter::new(&cfg.ignore)?);
     r.import_real(&RelPath::root());
@@ -139,8 +140,9 @@ fn busy_writers(ctx: &Ctx, plan: &Plan) -> Vec<crate::procs::Writer> {
     let touches = |p: &str| {
         plan.actions.iter().any(|a| {
             p == a.path
-                || p.strip_prefix(a.path.as_str())
-                    .is_some_and(|rest| rest.starts_with('/') || ["-wal", "-shm", "-journal"].contains(&rest))
+                || p.strip_prefix(a.path.as_str()).is_some_and(|rest| {
+                    rest.starts_with('/') || ["-wal", "-shm", "-journal"].contains(&rest)
+                })
         })
     };
     let mut busy: Vec<_> = all.into_iter().filter(|w| touches(&w.path)).collect();
@@ -159,7 +161,11 @@ fn show_plan(ctx: &mut Ctx, plan: &Plan, patch: bool) -> Result<()> {
         .map(|e| format!("{}, {}", show_time(e.time_ns), ago(e.time_ns)))
         .unwrap_or_default();
     if plan.actions.is_empty() {
-        writeln!(ctx.out, "nothing to do: already as at #{} ({when})", plan.target)?;
+        writeln!(
+            ctx.out,
+            "nothing to do: already as at #{} ({when})",
+            plan.target
+        )?;
     } else {
         writeln!(ctx.out, "rollback to #{} ({when}) would:", plan.target)?;
     }

@@ -43,7 +43,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         newest: newest.map(rfc3339),
         oldest: oldest.map(rfc3339),
         marks: ctx.store.marks()?.len(),
-        open_writers: ctx.live.map(|l| l.overlay.open_writers()).unwrap_or_default(),
+        open_writers: ctx
+            .live
+            .map(|l| l.overlay.open_writers())
+            .unwrap_or_default(),
         last_error,
     };
     if ctx.json {

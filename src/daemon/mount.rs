@@ -81,7 +81,10 @@ pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
             std::fs::metadata(dir)?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{} does not exist: create it first (or give the right directory)", dir.display())
+            bail!(
+                "{} does not exist: create it first (or give the right directory)",
+                dir.display()
+            )
         }
         Err(e) => bail!("cannot use {}: {e}", dir.display()),
     };
@@ -136,7 +139,9 @@ pub fn unmount_now(dir: &Path) -> std::io::Result<()> {
     } else if String::from_utf8_lossy(&out.stderr).contains("busy") {
         Err(std::io::Error::from_raw_os_error(libc::EBUSY))
     } else {
-        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -196,7 +201,11 @@ pub fn spawn_background(dir: &Path, store: &Path) -> Result<()> {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
     let msg = line.trim().trim_start_matches("error: ").to_string();
-    let msg = if msg.is_empty() { err.trim().to_string() } else { msg };
+    let msg = if msg.is_empty() {
+        err.trim().to_string()
+    } else {
+        msg
+    };
     bail!(
         "{}",
         if msg.is_empty() {
@@ -210,9 +219,7 @@ pub fn spawn_background(dir: &Path, store: &Path) -> Result<()> {
 /// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
-    let store = Store::open_or_create(store_dir).map_err(|e| {
-        anyhow!("{e}")
-    })?;
+    let store = Store::open_or_create(store_dir).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;
     cfg.dir = Some(dir.to_path_buf());
     cfg.save(store_dir)?;
@@ -273,8 +280,12 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     let listener = control::bind(&sock)?;
     let live = Arc::new(live);
     {
-        let (store, dir, live, unmounter) =
-            (store.clone(), dir.to_path_buf(), live.clone(), unmounter.clone());
+        let (store, dir, live, unmounter) = (
+            store.clone(),
+            dir.to_path_buf(),
+            live.clone(),
+            unmounter.clone(),
+        );
         std::thread::Builder::new()
             .name("clawfs-control".into())
             .spawn(move || {
@@ -323,7 +334,11 @@ fn redirect_output() {
     let Some(log) = std::env::var_os("CLAWFS_DAEMON_LOG") else {
         return;
     };
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         // SAFETY: dup2 onto the standard descriptors of this process; `f` stays open meanwhile.
         unsafe {
             libc::dup2(f.as_raw_fd(), 1);

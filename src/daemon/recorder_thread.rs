@@ -348,12 +348,11 @@ impl Recording {
                         && v.meta.mode == meta.mode
                 });
                 if !unchanged {
-                    let (src, st2) = FileSource::open(&self.root, path).map_err(|e| {
-                        StoreError::Io {
+                    let (src, st2) =
+                        FileSource::open(&self.root, path).map_err(|e| StoreError::Io {
                             what: format!("opening {path}"),
                             source: e,
-                        }
-                    })?;
+                        })?;
                     self.rec.import(path, meta_of(&st2), Arc::new(src))?;
                 }
             }
@@ -386,11 +385,8 @@ impl Recording {
                         },
                     )?;
                 }
-                let real_dir = std::fs::read_dir(format!(
-                    "/proc/self/fd/{fd}/{}",
-                    path.as_str()
-                ))
-                .map_err(|e| StoreError::Io {
+                let real_dir = std::fs::read_dir(format!("/proc/self/fd/{fd}/{}", path.as_str()))
+                    .map_err(|e| StoreError::Io {
                     what: format!("listing {path}"),
                     source: e,
                 })?;

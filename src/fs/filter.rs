@@ -49,10 +49,7 @@ impl Filter {
                 globs.push(format!("**/{p}/**"));
             }
             for g in globs {
-                rules.push((
-                    Glob::new(&g)?.compile_matcher(),
-                    !neg,
-                ));
+                rules.push((Glob::new(&g)?.compile_matcher(), !neg));
             }
         }
         Ok(Filter { rules })
@@ -93,7 +90,11 @@ mod tests {
     #[case("media/a.png", false)]
     #[case("notes/tmp/x", true)]
     fn defaults(#[case] path: &str, #[case] versioned: bool) {
-        assert_eq!(Filter::new(&[]).unwrap().versioned(path), versioned, "{path}");
+        assert_eq!(
+            Filter::new(&[]).unwrap().versioned(path),
+            versioned,
+            "{path}"
+        );
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Inodes {
             }
             out.extend_from_slice(p.as_bytes());
         }
-        Some(OsString::from(std::ffi::OsStr::from_bytes(&out).to_os_string()))
+        Some(std::ffi::OsStr::from_bytes(&out).to_os_string())
     }
 
     /// The path of `name` inside directory `parent`.

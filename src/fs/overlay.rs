@@ -20,10 +20,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -41,6 +41,9 @@ const ENTRY_TTL: Duration = Duration::from_secs(1);
 /// Attributes are not cached: link counts and ctimes change in ways the kernel cannot see
 /// (another name of the same inode), and POSIX tools check them.
 const ATTR_TTL: Duration = Duration::ZERO;
+
+/// A directory as `opendir` saw it: (inode, type, name), so offsets stay stable.
+type Listing = Vec<(u64, FileType, OsString)>;
 
 /// An open file.
 struct Handle {
@@ -75,7 +78,7 @@ pub struct Live {
 /// The overlay filesystem.
 pub struct Overlay {
     live: Arc<Live>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, OsString)>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     rec: Arc<RecorderHandle>,
     filter: Filter,
@@ -204,7 +207,10 @@ impl Overlay {
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<OsString, Errno> {
-        self.live.inodes.child_path(parent.0, name).ok_or(Errno::ENOENT)
+        self.live
+            .inodes
+            .child_path(parent.0, name)
+            .ok_or(Errno::ENOENT)
     }
 
     /// The path as the store names it, when it is versioned.
@@ -265,7 +271,8 @@ impl Overlay {
     }
 
     fn record_mtime(&self, h: &Handle) {
-        if let (Ok(st), Some(path)) = (sys::fstat(h.file.as_raw_fd()), self.live.inodes.path(h.ino)) {
+        if let (Ok(st), Some(path)) = (sys::fstat(h.file.as_raw_fd()), self.live.inodes.path(h.ino))
+        {
             if let Some(p) = self.versioned(&path) {
                 self.rec.send(FsEvent::Meta {
                     path: p,
@@ -279,7 +286,9 @@ impl Overlay {
     }
 
     fn creation_event(&self, path: &OsStr, st: &libc::stat) {
-        let Some(p) = self.versioned(path) else { return };
+        let Some(p) = self.versioned(path) else {
+            return;
+        };
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => NodeKind::File,
             libc::S_IFDIR => NodeKind::Dir,
@@ -331,7 +340,9 @@ impl Live {
     /// Tells the kernel to forget what it cached about `path` (after a rollback replaced it).
     pub fn invalidate(&self, path: &RelPath) {
         let Some(n) = self.notifier.get() else { return };
-        let Some((parent, name)) = path.split() else { return };
+        let Some((parent, name)) = path.split() else {
+            return;
+        };
         let Ok(pst) = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(parent.as_str())) else {
             return;
         };
@@ -339,7 +350,6 @@ impl Live {
         let _ = n.inval_entry(INodeNo(pino), OsStr::new(name));
         self.inodes.unlink(pino, OsStr::new(name));
     }
-
 }
 
 impl Filesystem for Overlay {
@@ -423,7 +433,9 @@ impl Filesystem for Overlay {
         let fd = self.fd();
         let path = self.path(ino).ok().filter(|p| sys::lstat_at(fd, p).is_ok());
         // Without a path (unlinked but open), work on an open descriptor of the inode.
-        let handle = self.handle_opt(fh).or_else(|| path.is_none().then(|| self.handle_of_ino(ino.0)).flatten());
+        let handle = self
+            .handle_opt(fh)
+            .or_else(|| path.is_none().then(|| self.handle_of_ino(ino.0)).flatten());
         if path.is_none() && handle.is_none() {
             return reply.error(Errno::ENOENT);
         }
@@ -433,7 +445,9 @@ impl Filesystem for Overlay {
             if let Some(m) = mode {
                 match (&path, &handle) {
                     (Some(p), _) => sys::chmod_at(fd, p, m & 0o7777)?,
-                    (None, Some(h)) => sys::chmod_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), m & 0o7777)?,
+                    (None, Some(h)) => {
+                        sys::chmod_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), m & 0o7777)?
+                    }
                     _ => unreachable!(),
                 }
             }
@@ -459,7 +473,9 @@ impl Filesystem for Overlay {
                 let times = [to_timespec(atime), to_timespec(mtime)];
                 match (&path, &handle) {
                     (Some(p), _) => sys::utimens_at(fd, p, &times)?,
-                    (None, Some(h)) => sys::utimens_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), &times)?,
+                    (None, Some(h)) => {
+                        sys::utimens_at(libc::AT_FDCWD, OsStr::new(&by_fd(&h.file)), &times)?
+                    }
                     _ => unreachable!(),
                 }
             }
@@ -625,7 +641,11 @@ impl Filesystem for Overlay {
         match sys::lstat_at(self.fd(), &path) {
             Ok(st) => {
                 self.creation_event(&path, &st);
-                reply.entry(&ENTRY_TTL, &self.entry(parent, link_name, &st), Generation(0))
+                reply.entry(
+                    &ENTRY_TTL,
+                    &self.entry(parent, link_name, &st),
+                    Generation(0),
+                )
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -641,9 +661,14 @@ impl Filesystem for Overlay {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span =
-            tracing::debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname)
-                .entered();
+        let _span = tracing::debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::ENOENT),
@@ -668,7 +693,9 @@ impl Filesystem for Overlay {
             }
             if exchange {
                 if let Some(d) = &dst {
-                    self.live.inodes.relink(self.live.inodes.fuse_ino(d.st_ino), parent.0, name);
+                    self.live
+                        .inodes
+                        .relink(self.live.inodes.fuse_ino(d.st_ino), parent.0, name);
                 }
             }
             let mode = if exchange {
@@ -710,7 +737,8 @@ impl Filesystem for Overlay {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _span = tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let _span =
+            tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
         let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::ENOENT),
@@ -729,7 +757,11 @@ impl Filesystem for Overlay {
             _ => {}
         }
         self.rec.commit(false, false);
-        reply.entry(&ENTRY_TTL, &self.entry(newparent, newname, &st), Generation(0));
+        reply.entry(
+            &ENTRY_TTL,
+            &self.entry(newparent, newname, &st),
+            Generation(0),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -807,8 +839,8 @@ impl Filesystem for Overlay {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _span =
-            tracing::trace_span!("write", ino = ino.0, fh = fh.0, offset, len = data.len()).entered();
+        let _span = tracing::trace_span!("write", ino = ino.0, fh = fh.0, offset, len = data.len())
+            .entered();
         let h = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -826,7 +858,12 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         h.wrote.store(true, Ordering::Relaxed);
-        if let Some(p) = self.live.inodes.path(h.ino).and_then(|p| self.versioned(&p)) {
+        if let Some(p) = self
+            .live
+            .inodes
+            .path(h.ino)
+            .and_then(|p| self.versioned(&p))
+        {
             self.rec.send(FsEvent::Write {
                 path: p,
                 offset,
@@ -877,7 +914,14 @@ impl Filesystem for Overlay {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let _span = tracing::debug_span!("fsync", ino = ino.0, fh = fh.0, datasync).entered();
         let h = match self.handle(fh) {
             Ok(h) => h,
@@ -991,10 +1035,19 @@ impl Filesystem for Overlay {
                 p.push(name);
                 p
             };
-            let Ok(st) = sys::lstat_at(self.fd(), &p) else { continue };
+            let Ok(st) = sys::lstat_at(self.fd(), &p) else {
+                continue;
+            };
             let attr = self.attr(&st);
             let fino = self.live.inodes.fuse_ino(st.st_ino);
-            if reply.add(INodeNo(fino), i as u64 + 1, name, &ENTRY_TTL, &attr, Generation(0)) {
+            if reply.add(
+                INodeNo(fino),
+                i as u64 + 1,
+                name,
+                &ENTRY_TTL,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
             if !dot {
@@ -1016,7 +1069,14 @@ impl Filesystem for Overlay {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let r = self.path(ino).and_then(|p| {
             sys::open_at(self.fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 .and_then(|f| f.sync_all())
@@ -1154,17 +1214,17 @@ impl Filesystem for Overlay {
             | libc::O_NOFOLLOW;
         let perm = mode & !umask & 0o7777;
         // Try to create; if it exists and the caller did not ask for O_EXCL, open what is there.
-        let (file, created) = match sys::open_at(fd, &path, base | libc::O_CREAT | libc::O_EXCL, perm)
-        {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                match sys::open_at(fd, &path, base, 0) {
-                    Ok(f) => (f, false),
-                    Err(e) => return reply.error(errno(e)),
+        let (file, created) =
+            match sys::open_at(fd, &path, base | libc::O_CREAT | libc::O_EXCL, perm) {
+                Ok(f) => (f, true),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                    match sys::open_at(fd, &path, base, 0) {
+                        Ok(f) => (f, false),
+                        Err(e) => return reply.error(errno(e)),
+                    }
                 }
-            }
-            Err(e) => return reply.error(errno(e)),
-        };
+                Err(e) => return reply.error(errno(e)),
+            };
         if created {
             self.give_to_caller(req, Self::parent_of(&path), &path);
         }
@@ -1188,7 +1248,13 @@ impl Filesystem for Overlay {
             wrote: AtomicBool::new(created),
             writer: writable.then(|| (req.pid(), comm_of(req.pid()))),
         });
-        reply.created(&ENTRY_TTL, &attr, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE);
+        reply.created(
+            &ENTRY_TTL,
+            &attr,
+            Generation(0),
+            fh,
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn fallocate(
@@ -1206,16 +1272,28 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(e),
         };
         let _order = self.order.lock();
-        let before = sys::fstat(h.file.as_raw_fd()).map(|s| s.st_size as u64).unwrap_or(0);
+        let before = sys::fstat(h.file.as_raw_fd())
+            .map(|s| s.st_size as u64)
+            .unwrap_or(0);
         if let Err(e) = sys::fallocate(&h.file, mode, offset, length) {
             return reply.error(errno(e));
         }
         h.wrote.store(true, Ordering::Relaxed);
-        if let Some(p) = self.live.inodes.path(ino.0).and_then(|p| self.versioned(&p)) {
+        if let Some(p) = self
+            .live
+            .inodes
+            .path(ino.0)
+            .and_then(|p| self.versioned(&p))
+        {
             if mode == 0 || mode == libc::FALLOC_FL_KEEP_SIZE {
-                let after = sys::fstat(h.file.as_raw_fd()).map(|s| s.st_size as u64).unwrap_or(0);
+                let after = sys::fstat(h.file.as_raw_fd())
+                    .map(|s| s.st_size as u64)
+                    .unwrap_or(0);
                 if after != before {
-                    self.rec.send(FsEvent::Truncate { path: p, size: after });
+                    self.rec.send(FsEvent::Truncate {
+                        path: p,
+                        size: after,
+                    });
                 }
             } else {
                 // Punching, zeroing, collapsing or inserting ranges moves bytes around: capture

@@ -10,8 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 fn cstr(p: &OsStr) -> io::Result<CString> {
-    CString::new(if p.is_empty() { b".".as_slice() } else { p.as_bytes() })
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    CString::new(if p.is_empty() {
+        b".".as_slice()
+    } else {
+        p.as_bytes()
+    })
+    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -88,7 +92,8 @@ pub fn mknod_at(dir: RawFd, path: &OsStr, mode: u32, rdev: u64) -> io::Result<()
 
 /// `symlinkat`.
 pub fn symlink_at(target: &OsStr, dir: RawFd, path: &OsStr) -> io::Result<()> {
-    let t = CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let t =
+        CString::new(target.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let c = cstr(path)?;
     // SAFETY: both NUL-terminated.
     check(unsafe { libc::symlinkat(t.as_ptr(), dir, c.as_ptr()) }).map(drop)
@@ -120,14 +125,7 @@ pub fn rename_at(dir: RawFd, from: &OsStr, to: &OsStr, flags: u32) -> io::Result
     let (f, t) = (cstr(from)?, cstr(to)?);
     // SAFETY: both NUL-terminated; renameat2 through the raw syscall (glibc may lack the wrapper).
     check(unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            dir,
-            f.as_ptr(),
-            dir,
-            t.as_ptr(),
-            flags,
-        ) as libc::c_int
+        libc::syscall(libc::SYS_renameat2, dir, f.as_ptr(), dir, t.as_ptr(), flags) as libc::c_int
     })
     .map(drop)
 }
@@ -150,20 +148,15 @@ pub fn chmod_at(dir: RawFd, path: &OsStr, mode: u32) -> io::Result<()> {
 pub fn chown_at(dir: RawFd, path: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
     let c = cstr(path)?;
     // SAFETY: NUL-terminated path.
-    check(unsafe {
-        libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
-    })
-    .map(drop)
+    check(unsafe { libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
 }
 
 /// `utimensat(AT_SYMLINK_NOFOLLOW)` with two timespecs (may hold `UTIME_NOW`/`UTIME_OMIT`).
 pub fn utimens_at(dir: RawFd, path: &OsStr, times: &[libc::timespec; 2]) -> io::Result<()> {
     let c = cstr(path)?;
     // SAFETY: NUL-terminated path and two valid timespecs.
-    check(unsafe {
-        libc::utimensat(dir, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-    })
-    .map(drop)
+    check(unsafe { libc::utimensat(dir, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
 }
 
 /// `ftruncate`.
@@ -202,9 +195,7 @@ pub fn getxattr(p: &CStr, name: &OsStr, size: usize) -> io::Result<Vec<u8>> {
     let n = cstr(name)?;
     let mut buf = vec![0u8; size];
     // SAFETY: the kernel writes at most `size` bytes into `buf`.
-    let r = unsafe {
-        libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size)
-    };
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -235,7 +226,13 @@ pub fn setxattr(p: &CStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<
     let n = cstr(name)?;
     // SAFETY: valid pointers and lengths.
     check(unsafe {
-        libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
     })
     .map(drop)
 }

@@ -100,7 +100,11 @@ impl Policy {
 fn cdc_cut(data: &[u8]) -> Option<usize> {
     let n = data.len().min(MAX_CHUNK);
     if n <= MIN_CHUNK {
-        return if data.len() <= MIN_CHUNK { None } else { Some(n) };
+        return if data.len() <= MIN_CHUNK {
+            None
+        } else {
+            Some(n)
+        };
     }
     let mut h: u64 = 0;
     let normal = AVG_CHUNK.min(n);
@@ -161,7 +165,10 @@ mod tests {
             assert!((MIN_CHUNK..=MAX_CHUNK).contains(&c), "{c}");
         }
         let avg = data.len() / cuts.len();
-        assert!((AVG_CHUNK / 2..AVG_CHUNK * 2).contains(&avg), "average {avg}");
+        assert!(
+            (AVG_CHUNK / 2..AVG_CHUNK * 2).contains(&avg),
+            "average {avg}"
+        );
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl PackStore {
                 // A crash between appending a record and indexing it leaves an unindexed record.
                 for (cid, loc) in &records {
                     if !store.index.contains_key(cid.0)? {
-                        store.index.insert(cid.0, bincode::serialize(loc).expect("encode"))?;
+                        store
+                            .index
+                            .insert(cid.0, bincode::serialize(loc).expect("encode"))?;
                     }
                 }
                 if torn {

@@ -148,12 +148,15 @@ impl ChunkCache {
     }
 }
 
+/// A leaf's chunks and the file offset each starts at.
+type LoadedLeaf = (Arc<Vec<ChunkRef>>, Arc<Vec<u64>>);
+
 /// Random-access reads of one [`Content`], loading only the leaves and chunks it touches.
 pub struct ContentReader {
     chunks: Arc<ChunkCache>,
     content: Content,
     seg_starts: Vec<u64>,
-    leaf: Mutex<Option<(usize, Arc<Vec<ChunkRef>>, Arc<Vec<u64>>)>>,
+    leaf: Mutex<Option<(usize, LoadedLeaf)>>,
 }
 
 impl ContentReader {
@@ -178,9 +181,9 @@ impl ContentReader {
         &self.content
     }
 
-    fn leaf_at(&self, seg: usize) -> Result<(Arc<Vec<ChunkRef>>, Arc<Vec<u64>>)> {
+    fn leaf_at(&self, seg: usize) -> Result<LoadedLeaf> {
         let mut cached = self.leaf.lock();
-        if let Some((i, l, s)) = cached.as_ref() {
+        if let Some((i, (l, s))) = cached.as_ref() {
             if *i == seg {
                 return Ok((l.clone(), s.clone()));
             }
@@ -193,7 +196,7 @@ impl ContentReader {
             off += c.len as u64;
         }
         let starts = Arc::new(starts);
-        *cached = Some((seg, leaf.clone(), starts.clone()));
+        *cached = Some((seg, (leaf.clone(), starts.clone())));
         Ok((leaf, starts))
     }
 }

@@ -93,19 +93,33 @@ impl Store {
                         } else {
                             (v.op, None)
                         };
-                        out.push((vs, Some(VersionId::new(node, vs)), op, Some(v.size()), v.kind, other));
+                        out.push((
+                            vs,
+                            Some(VersionId::new(node, vs)),
+                            op,
+                            Some(v.size()),
+                            v.kind,
+                            other,
+                        ));
                     }
                     // Bound here from an older version (a rename or link of a file that did not
                     // change in that epoch): the binding itself is a version of this path.
                     if !out.iter().any(|e| e.0 == b.from) && b.from > Seq::ZERO {
                         if let Some((vs, v)) = self.node_at(node, b.from)? {
-                            out.push((b.from, Some(VersionId::new(node, vs)), b.op, Some(v.size()), v.kind, b.other.clone()));
+                            out.push((
+                                b.from,
+                                Some(VersionId::new(node, vs)),
+                                b.op,
+                                Some(v.size()),
+                                v.kind,
+                                b.other.clone(),
+                            ));
                         }
                     }
                 }
             }
         }
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|e| std::cmp::Reverse(e.0));
         out.dedup_by_key(|e| e.0);
         out.truncate(limit);
         let mut entries = Vec::with_capacity(out.len());
@@ -115,7 +129,11 @@ impl Store {
                 seq,
                 time_ns: epoch.as_ref().map(|e| e.time_ns).unwrap_or(0),
                 version,
-                op: if version.is_none() && op != Op::RenameTo { Op::Delete } else { op },
+                op: if version.is_none() && op != Op::RenameTo {
+                    Op::Delete
+                } else {
+                    op
+                },
                 size,
                 kind,
                 other,

@@ -48,6 +48,9 @@ pub struct ChunkLoc {
     pub compressed: bool,
 }
 
+/// A chunk and where its record is.
+pub type Located = (ChunkId, ChunkLoc);
+
 /// Path of pack `id` under `dir`.
 pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
     dir.join(format!("{id}.pack"))
@@ -156,7 +159,7 @@ impl PackWriter {
     /// Reopens pack `id` for appending after a restart. Records torn by a crash at the end are
     /// cut off; returns the locations of the intact records so the index can be checked, and
     /// whether anything was cut.
-    pub fn reopen(dir: &Path, id: PackId) -> Result<(PackWriter, Vec<(ChunkId, ChunkLoc)>, bool)> {
+    pub fn reopen(dir: &Path, id: PackId) -> Result<(PackWriter, Vec<Located>, bool)> {
         let path = pack_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -168,7 +171,8 @@ impl PackWriter {
         let torn = actual != good_len;
         if torn {
             tracing::warn!(pack = %id, actual, good_len, "cutting a torn record off the end of the open pack");
-            file.set_len(good_len).ctx(|| "truncating torn pack".into())?;
+            file.set_len(good_len)
+                .ctx(|| "truncating torn pack".into())?;
         }
         Ok((
             PackWriter {
@@ -211,7 +215,7 @@ impl PackWriter {
 }
 
 /// Reads pack headers and records sequentially; returns the length up to the last intact record.
-pub fn scan(file: &File, id: PackId) -> Result<(u64, Vec<(ChunkId, ChunkLoc)>)> {
+pub fn scan(file: &File, id: PackId) -> Result<(u64, Vec<Located>)> {
     let len = file.metadata().ctx(|| "stat pack".into())?.len();
     let mut header = [0u8; 16];
     if len < HEADER_LEN {
@@ -283,7 +287,10 @@ mod tests {
         for i in [0, 5, 20, 60, rec.len() - 1] {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
-            assert!(decode_record(PackId(1), 16, &bad, &id).is_err(), "flip at {i}");
+            assert!(
+                decode_record(PackId(1), 16, &bad, &id).is_err(),
+                "flip at {i}"
+            );
         }
         let other = ChunkId::of(b"x");
         assert!(decode_record(PackId(1), 16, &rec, &other).is_err());
@@ -304,6 +311,9 @@ mod tests {
         assert!(torn);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].0, ChunkId::of(&a));
-        assert_eq!(w.len(), HEADER_LEN + recs[0].1.stored_len as u64 + RECORD_OVERHEAD);
+        assert_eq!(
+            w.len(),
+            HEADER_LEN + recs[0].1.stored_len as u64 + RECORD_OVERHEAD
+        );
     }
 }

@@ -90,11 +90,7 @@ impl Store {
     pub fn dentry_at(&self, parent: NodeId, name: &str, seq: Seq) -> Result<Option<(Seq, Dentry)>> {
         let pk = parent_key(parent);
         let prefix = schema::dentry_prefix(&pk, name);
-        if let Some(kv) = self
-            .cat
-            .range(schema::dentry_key(&pk, name, seq)..)
-            .next()
-        {
+        if let Some(kv) = self.cat.range(schema::dentry_key(&pk, name, seq)..).next() {
             let (k, v) = kv?;
             if k.starts_with(&prefix) {
                 let (_, ds) = schema::dentry_key_parts(&k, prefix.len() - name.len() - 1)
@@ -102,7 +98,10 @@ impl Store {
                         what: format!("directory entry {name}"),
                         detail: "bad key".into(),
                     })?;
-                return Ok(Some((ds, decode(&v, || format!("directory entry {name}"))?)));
+                return Ok(Some((
+                    ds,
+                    decode(&v, || format!("directory entry {name}"))?,
+                )));
             }
         }
         Ok(None)
@@ -348,12 +347,12 @@ impl Store {
                 let mut kids = Vec::new();
                 for d in self.list_node(entry.node, seq)? {
                     let p = path.join(&d.name)?;
-                    let (vs, v) = self.node_at(d.node, seq)?.ok_or_else(|| {
-                        StoreError::CorruptCatalog {
-                            what: p.to_string(),
-                            detail: "directory entry names a node with no version".into(),
-                        }
-                    })?;
+                    let (vs, v) =
+                        self.node_at(d.node, seq)?
+                            .ok_or_else(|| StoreError::CorruptCatalog {
+                                what: p.to_string(),
+                                detail: "directory entry names a node with no version".into(),
+                            })?;
                     kids.push((
                         p,
                         Entry {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use crate::ids::{NodeId, Seq, SessionId, VersionId};
 use crate::relpath::RelPath;
-use crate::store::catalog::{encode, now_ns, Change, Dentry, Epoch, Meta, NodeKind, NodeVersion, Op};
+use crate::store::catalog::{
+    encode, now_ns, Change, Dentry, Epoch, Meta, NodeKind, NodeVersion, Op,
+};
 use crate::store::chunker::Policy;
 use crate::store::chunks::ChunkStore;
 use crate::store::content::{rewrite, Content, ContentReader, ReadAt};

@@ -190,7 +190,9 @@ impl Store {
         }
         let (then, now) = (self.tree(&scope, target)?, self.tree(&scope, head)?);
         let secret_ok = |p: &RelPath| {
-            include_secrets || !is_secret(p) || named.iter().any(|n| is_secret(n) && p.starts_with(n))
+            include_secrets
+                || !is_secret(p)
+                || named.iter().any(|n| is_secret(n) && p.starts_with(n))
         };
         let mut removes = Vec::new();
         let mut puts = Vec::new();
@@ -332,7 +334,8 @@ pub fn apply_rollback(rec: &mut Recorder, plan: &Plan, tree: &RealTree) -> Resul
                         }
                     }
                     NodeKind::Symlink => {
-                        tree.put_symlink(&path, &v.target).map_err(|e| io(e, &path))?;
+                        tree.put_symlink(&path, &v.target)
+                            .map_err(|e| io(e, &path))?;
                         rec.restore(&path, v, plan.target)?;
                     }
                     NodeKind::File => {

@@ -20,7 +20,10 @@ pub fn bin() -> PathBuf {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let home = tempfile::Builder::new().prefix("clawfs-test-").tempdir().unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("clawfs-test-")
+            .tempdir()
+            .unwrap();
         let dir = home.path().join(".openclaw");
         std::fs::create_dir_all(&dir).unwrap();
         let dir = dir.canonicalize().unwrap();
