@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The same workloads on a native directory, a bindfs mount and a clawfs mount (release build,
+# versioning on), in one run; prints seconds and ratios to native, the clawfs daemon's peak RSS,
+# and the store bytes `mutate.py` added. Needs root and bindfs (apt-get install bindfs).
+#   benches/compare.sh [FIXTURES_DIR]   (default: ../shared/fixtures/agent-state)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+fixtures=$(realpath "${1:-../shared/fixtures/agent-state}")
+command -v bindfs >/dev/null || { apt-get update -qq && apt-get install -y -qq bindfs >/dev/null; }
+cargo build --release --locked -q
+bin="$PWD/target/release/clawfs"
+work=$(mktemp -d /var/tmp/clawfs-bench.XXXXXX)
+chmod 0755 "$work"
+export HOME="$work/home"
+mkdir -p "$HOME" "$work/native" "$work/bindfs-src" "$work/bindfs" "$work/clawfs"
+cleanup() {
+  cd /
+  "$bin" unmount "$work/clawfs" >/dev/null 2>&1 || fusermount3 -u -z "$work/clawfs" 2>/dev/null || true
+  fusermount3 -u -z "$work/bindfs" 2>/dev/null || umount -l "$work/bindfs" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+bindfs "$work/bindfs-src" "$work/bindfs"
+"$bin" mount "$work/clawfs" >/dev/null
+pid=$(pgrep -f "mount --foreground $work/clawfs" | head -1)
+
+cat > "$work/wl.py" <<'PY'
+import os, sys, time, sqlite3, subprocess
+kind, d = sys.argv[1], sys.argv[2]
+def drop():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f: f.write("3\n")
+t0 = time.perf_counter()
+if kind == "seqwrite":
+    data = bytearray(os.urandom(512 << 20))
+    t0 = time.perf_counter()
+    fd = os.open(os.path.join(d, "big.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for i in range(512):
+        os.write(fd, memoryview(data)[i << 20:(i + 1) << 20])
+    os.fsync(fd); os.close(fd)
+elif kind == "seqread":
+    drop()
+    t0 = time.perf_counter()
+    with open(os.path.join(d, "big.bin"), "rb", buffering=0) as f:
+        while f.read(1 << 20): pass
+elif kind == "smallfiles":
+    os.makedirs(os.path.join(d, "small"), exist_ok=True)
+    blob = os.urandom(4096)
+    names = [os.path.join(d, "small", "f%05d" % i) for i in range(5000)]
+    for n in names:
+        with open(n, "wb") as f: f.write(blob)
+    for n in names: os.stat(n)
+    for n in names: os.unlink(n)
+elif kind == "wal":
+    c = sqlite3.connect(os.path.join(d, "bench.sqlite"))
+    c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(2000):
+        c.execute("INSERT INTO t(v) VALUES (?)", ("value %d " % i * 8,)); c.commit()
+    c.close()
+elif kind == "gen":
+    subprocess.run([sys.executable, os.path.join(sys.argv[3], "gen.py"), os.path.join(d, "agent")], check=True, stdout=subprocess.DEVNULL)
+elif kind == "mutate":
+    subprocess.run([sys.executable, os.path.join(sys.argv[3], "mutate.py"), os.path.join(d, "agent"), "1"], check=True, stdout=subprocess.DEVNULL)
+print("%.3f" % (time.perf_counter() - t0))
+PY
+
+declare -A T
+for wl in seqwrite seqread smallfiles wal gen mutate; do
+  for fs in native bindfs clawfs; do
+    if [ "$wl" = mutate ] && [ "$fs" = clawfs ]; then
+      sleep 1.5  # let the epoch of gen.py close, so mutate's bytes are its own
+      before=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["moments"])')
+    fi
+    T[$wl,$fs]=$(python3 "$work/wl.py" "$wl" "$work/$fs" "$fixtures")
+  done
+done
+sleep 1.5
+added=$("$bin" -C "$work/clawfs" --json log --since "$((before + 1))" --limit 100000 | python3 -c 'import json,sys; print(sum(json.loads(l)["stored_bytes"] for l in sys.stdin))')
+rss=$(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)
+store=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["store_bytes"])')
+
+printf "%-34s %9s %9s %9s %8s %8s\n" workload native bindfs clawfs bindfs/n clawfs/n
+label() { case $1 in
+  seqwrite) echo "512 MiB seq write (1 MiB + fsync)";; seqread) echo "512 MiB seq read (cold)";;
+  smallfiles) echo "5000 x 4 KiB create/stat/unlink";; wal) echo "2000 SQLite WAL transactions";;
+  gen) echo "gen.py (~290 MB, 15k files)";; mutate) echo "mutate.py (an hour of agent work)";; esac; }
+for wl in seqwrite seqread smallfiles wal gen mutate; do
+  n=${T[$wl,native]} b=${T[$wl,bindfs]} c=${T[$wl,clawfs]}
+  printf "%-34s %8ss %8ss %8ss %7.2fx %7.2fx\n" "$(label $wl)" "$n" "$b" "$c" \
+    "$(python3 -c "print($b/$n)")" "$(python3 -c "print($c/$n)")"
+done
+echo "clawfs daemon peak RSS: $((rss / 1024)) MiB"
+echo "store bytes added by mutate.py: $added ($(python3 -c "print(round($added/1e6,2))") MB)"
+echo "store size after all workloads: $(python3 -c "print(round($store/1e6,1))") MB"
