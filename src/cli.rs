@@ -37,6 +37,18 @@ pub enum Cmd {
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
     },
+    /// Mount a read-only view of the past at MOUNTPOINT: the tree at --at WHEN, or at/,
+    /// marks/ and history/ to wander in.
+    Browse {
+        /// Where to mount the view.
+        mountpoint: PathBuf,
+        /// Show the whole tree as it was at this moment.
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+        /// Stay in the foreground.
+        #[arg(long)]
+        foreground: bool,
+    },
     /// Flush and unmount.
     Unmount {
         /// The directory or time-travel view.
@@ -145,7 +157,10 @@ pub enum Cmd {
 impl Cmd {
     /// Commands that run against a store (in the daemon when one serves it).
     pub fn uses_store(&self) -> bool {
-        !matches!(self, Cmd::Mount { .. } | Cmd::Unmount { .. })
+        !matches!(
+            self,
+            Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. }
+        )
     }
 
     /// The positional directory some commands take.

@@ -10,7 +10,7 @@ use clap::Parser;
 use clawfs::cli::{Cli, Cmd};
 use clawfs::commands::{self, Ctx};
 use clawfs::config::{absolute, default_dir, default_store, socket_path};
-use clawfs::daemon::{control, mount};
+use clawfs::daemon::{browse, control, mount};
 use clawfs::store::{Store, StoreError};
 
 fn main() -> ExitCode {
@@ -86,6 +86,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if !cli.json {
                     println!("mounted {} (store {})", dir.display(), store.display());
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Browse {
+            mountpoint,
+            at,
+            foreground,
+        } => {
+            let store = store_for(&cli, &dir, &cwd);
+            let mp = absolute(mountpoint, &cwd);
+            if *foreground {
+                return browse::serve(&store, &mp, at.as_deref()).map(|_| ExitCode::SUCCESS);
+            }
+            let mp = browse::preflight(&mp)?;
+            // A running mount daemon owns the store: it serves the view too.
+            let mut argv: Vec<String> = std::env::args().collect();
+            if let Some(i) = argv
+                .iter()
+                .position(|a| Path::new(a) == mountpoint.as_path())
+            {
+                argv[i] = mp.display().to_string();
+            }
+            let req = control::Request {
+                argv,
+                cwd: cwd.clone(),
+            };
+            match control::forward(&socket_path(&store), &req)? {
+                control::Forwarded::Ran(code) => {
+                    return Ok(ExitCode::from(code.clamp(0, 255) as u8))
+                }
+                control::Forwarded::NoDaemon => {
+                    if !store.join("catalog").exists() {
+                        bail!(
+                            "no clawfs store for {} (looked in {}): mount it first with `clawfs mount {}`",
+                            dir.display(),
+                            store.display(),
+                            dir.display()
+                        );
+                    }
+                    browse::spawn_background(&store, &mp, at.as_deref())?
+                }
+            }
+            if !cli.json {
+                println!("mounted a view of the past at {}", mp.display());
             }
             Ok(ExitCode::SUCCESS)
         }

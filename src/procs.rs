@@ -88,10 +88,16 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        child.kill().unwrap();
+        // The shell may fork `sleep` rather than exec it: then both hold the file, rightly.
+        for w in &found {
+            let _ = std::process::Command::new("kill")
+                .arg(w.pid.to_string())
+                .status();
+        }
+        child.kill().ok();
         child.wait().unwrap();
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].path, "held");
-        assert_eq!(found[0].pid, child.id());
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|w| w.path == "held"), "{found:?}");
+        assert!(found.iter().any(|w| w.pid == child.id()), "{found:?}");
     }
 }

@@ -132,7 +132,9 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Marks => mark::list(ctx),
         Cmd::Unmark { name } => mark::unmark(ctx, name),
         Cmd::Verify => verify::run(ctx),
-        Cmd::Mount { .. } | Cmd::Unmount { .. } => bail!("not a store command"),
+        Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. } => {
+            bail!("not a store command")
+        }
     }
 }
 

@@ -368,6 +368,23 @@ fn handle(
             2
         }
         Ok(cli) => match &cli.cmd {
+            Cmd::Browse { mountpoint, at, .. } => {
+                let r = at
+                    .as_deref()
+                    .map(|w| crate::when::resolve(&store, w))
+                    .transpose()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|seq| {
+                        crate::daemon::browse::spawn_in_process(store.clone(), mountpoint, seq)
+                    });
+                match r {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        let _ = w.frame(b'e', format!("{e:#}").as_bytes());
+                        1
+                    }
+                }
+            }
             Cmd::Unmount { .. } => {
                 live.rec.commit(true, true);
                 let _ = &unmounter;
@@ -413,6 +430,24 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
     let Some(fstype) = mounted_type(dir) else {
         bail!("{} is not mounted", dir.display());
     };
+    if fstype == format!("fuse.{}", crate::daemon::browse::browse_type()) {
+        // A time-travel view: nothing to flush.
+        unmount_now(dir).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                anyhow!(
+                    "{} is busy: a process has files open or its working directory in it",
+                    dir.display()
+                )
+            } else {
+                anyhow!("unmounting {}: {e}", dir.display())
+            }
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mounted_type(dir).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(());
+    }
     if !fstype.starts_with("fuse.clawfs") {
         bail!("{} is not a clawfs mount (it is {fstype})", dir.display());
     }

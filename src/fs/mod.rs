@@ -2,9 +2,11 @@
 //!
 //! - [`overlay`]: the read-write passthrough mounted over the state directory, which reports
 //!   every change to the recorder thread in the order the writers issued it.
+//! - [`browse`]: the read-only view of any past moment.
 //! - [`filter`]: which paths are versioned.
 //! - [`inodes`], [`sys`]: the inode table and the `*at()` calls.
 
+pub mod browse;
 pub mod filter;
 pub mod inodes;
 pub mod overlay;

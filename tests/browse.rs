@@ -1,0 +1,158 @@
+//! Time travel: read-only views of past moments, beside the live mount and without it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::Sandbox;
+
+/// Every path below `root` with its mode, and its bytes or symlink target.
+fn snapshot(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    (
+                        0,
+                        std::fs::read_link(&p)
+                            .unwrap()
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                    ),
+                );
+            } else if m.is_dir() {
+                out.insert(rel, (mode & 0o555, b"<dir>".to_vec()));
+                stack.push(p);
+            } else {
+                out.insert(rel, (mode & 0o7555, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn browse(s: &Sandbox, mp: &Path, at: Option<&str>) {
+    std::fs::create_dir_all(mp).unwrap();
+    let mut args = vec!["browse", mp.to_str().unwrap()];
+    if let Some(a) = at {
+        args.extend(["--at", a]);
+    }
+    s.ok(&args);
+}
+
+#[test]
+fn past_moments_read_back_exactly_beside_the_live_mount_and_without_it() {
+    let s = Sandbox::new();
+    s.mount();
+    let copies = s.home.path().join("copies");
+    let mut moments = Vec::new();
+    for round in 0..4 {
+        s.write(
+            &format!("workspace/note-{round}.md"),
+            format!("note {round}\n").repeat(round * 500 + 1).as_bytes(),
+        );
+        s.write(
+            "openclaw.json",
+            format!("{{\"round\": {round}}}\n").as_bytes(),
+        );
+        std::fs::set_permissions(
+            s.path("openclaw.json"),
+            std::fs::Permissions::from_mode(0o600 + round as u32 * 0o10),
+        )
+        .unwrap();
+        if round == 1 {
+            std::os::unix::fs::symlink("workspace/note-0.md", s.path("latest")).unwrap();
+        }
+        if round == 2 {
+            std::fs::remove_file(s.path("workspace/note-1.md")).unwrap();
+        }
+        let seq = s.settle();
+        let copy = copies.join(round.to_string());
+        common::sh_in(
+            s.home.path(),
+            &format!(
+                "mkdir -p {0} && cp -a {1}/. {0}/",
+                copy.display(),
+                s.dir.display()
+            ),
+        );
+        moments.push((seq, copy));
+    }
+    // Beside the live mount: one view per moment, compared byte for byte.
+    for (seq, copy) in &moments {
+        let mp = s.home.path().join(format!("view-{seq}"));
+        browse(&s, &mp, Some(&seq.to_string()));
+        assert_eq!(snapshot(&mp), snapshot(copy), "moment {seq}");
+        // Writes fail with EROFS.
+        let err = std::fs::write(mp.join("openclaw.json"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let err = std::fs::create_dir(mp.join("new")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        s.ok(&["unmount", mp.to_str().unwrap()]);
+    }
+    // The at/ marks/ history/ layout.
+    s.ok(&["mark", "checkpoint"]);
+    let mp = s.home.path().join("wander");
+    browse(&s, &mp, None);
+    let (first, first_copy) = &moments[0];
+    assert_eq!(
+        snapshot(&mp.join(format!("at/{first}"))),
+        snapshot(first_copy)
+    );
+    assert_eq!(
+        std::fs::read(mp.join("marks/checkpoint/openclaw.json")).unwrap(),
+        b"{\"round\": 3}\n"
+    );
+    assert!(std::fs::read_dir(mp.join("at"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == "checkpoint"));
+    assert_eq!(
+        std::fs::read(mp.join("at/now/openclaw.json")).unwrap(),
+        b"{\"round\": 3}\n"
+    );
+    let bad = std::fs::metadata(mp.join("at/not-a-time"));
+    assert_eq!(bad.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    let versions: Vec<String> = std::fs::read_dir(mp.join("history/openclaw.json"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    // Every version (content writes and chmods alike) is there and reads back as `cat --at`.
+    let history = s.json(&["history", "openclaw.json"]);
+    assert_eq!(versions.len(), history.len(), "{versions:?}");
+    let mut bodies = std::collections::BTreeSet::new();
+    for v in &versions {
+        let seq = v.rsplit('#').next().unwrap();
+        let body = std::fs::read(mp.join("history/openclaw.json").join(v)).unwrap();
+        assert_eq!(
+            body,
+            s.ok(&["cat", "openclaw.json", "--at", seq]).into_bytes(),
+            "{v}"
+        );
+        bodies.insert(body);
+    }
+    let want: std::collections::BTreeSet<Vec<u8>> = (0..4)
+        .map(|r| format!("{{\"round\": {r}}}\n").into_bytes())
+        .collect();
+    assert_eq!(bodies, want);
+    s.ok(&["unmount", mp.to_str().unwrap()]);
+
+    // Without the live mount: a view of its own.
+    s.unmount();
+    let (last, last_copy) = moments.last().unwrap();
+    let mp = s.home.path().join("offline-view");
+    browse(&s, &mp, Some(&last.to_string()));
+    assert_eq!(snapshot(&mp), snapshot(last_copy));
+    s.ok(&["unmount", mp.to_str().unwrap()]);
+    let err = s.fails(&["unmount", mp.to_str().unwrap()]);
+    assert!(err.contains("not mounted"), "{err}");
+}
