@@ -279,6 +279,9 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     let sock = socket_path(store_dir);
     let listener = control::bind(&sock)?;
     let live = Arc::new(live);
+    // Control requests still being answered: the process waits for them before exiting, so an
+    // `unmount` gets its answer.
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let (store, dir, live, unmounter) = (
             store.clone(),
@@ -321,6 +324,10 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
     let result = session_fuse.run();
     tracing::info!("unmounted; flushing");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let _ = std::fs::remove_file(&sock);
     rec.shutdown();
     info.ended_ns = Some(now_ns());
@@ -455,14 +462,19 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         argv: vec!["clawfs".into(), "unmount".into()],
         cwd: PathBuf::from("/"),
     };
-    match control::forward(&sock, &req)? {
-        control::Forwarded::Ran(0) => {}
-        // The daemon said why already.
-        control::Forwarded::Ran(code) => std::process::exit(code),
-        control::Forwarded::NoDaemon => {
-            // No daemon answers: the mount is stale (its daemon died). Detach it.
-            lazy_unmount(dir)?;
-            return Ok(());
+    let answer = control::forward(&sock, &req);
+    if answer.is_err() && mounted_type(dir).is_none_or(|t| !t.starts_with("fuse.clawfs")) {
+        // The daemon unmounted and exited before its answer got out: that is success.
+    } else {
+        match answer? {
+            control::Forwarded::Ran(0) => {}
+            // The daemon said why already.
+            control::Forwarded::Ran(code) => std::process::exit(code),
+            control::Forwarded::NoDaemon => {
+                // No daemon answers: the mount is stale (its daemon died). Detach it.
+                lazy_unmount(dir)?;
+                return Ok(());
+            }
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
