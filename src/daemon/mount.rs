@@ -267,6 +267,15 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
+    // One pinning descriptor per inode the kernel knows: allow as many as the system does.
+    // SAFETY: getrlimit/setrlimit write and read the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     // Modes in requests are already masked by the caller's umask: ours must not mask them again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };

@@ -18,6 +18,10 @@ pub const ROOT: u64 = 1;
 struct Inode {
     links: Vec<(u64, OsString)>,
     lookups: u64,
+    /// An `O_PATH` descriptor held while the kernel knows the inode: the file system cannot
+    /// free the inode, so its number cannot be reused for another file while the kernel still
+    /// uses it as a node id (what libfuse's passthrough does too).
+    _pin: Option<std::os::fd::OwnedFd>,
 }
 
 /// Inode number → known links, with the kernel's lookup counts.
@@ -58,8 +62,22 @@ impl Inodes {
 
     /// Records that the kernel looked up `ino` as `name` in `parent` (one more reference).
     pub fn remember(&self, ino: u64, parent: u64, name: &OsStr) {
+        self.remember_pinned(ino, parent, name, || None);
+    }
+
+    /// As [`Inodes::remember`]; `pin` opens the inode's pinning descriptor if it is new.
+    pub fn remember_pinned(
+        &self,
+        ino: u64,
+        parent: u64,
+        name: &OsStr,
+        pin: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
+    ) {
         let mut map = self.map.write();
         let e = map.entry(ino).or_default();
+        if e.lookups == 0 && e._pin.is_none() {
+            e._pin = pin();
+        }
         e.lookups += 1;
         if !e.links.iter().any(|(p, n)| *p == parent && n == name) {
             e.links.insert(0, (parent, name.to_os_string()));

@@ -224,7 +224,13 @@ impl Overlay {
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
         let ino = self.live.inodes.fuse_ino(st.st_ino);
-        self.live.inodes.remember(ino, parent.0, name);
+        let fd = self.fd();
+        let path = self.live.inodes.child_path(parent.0, name);
+        self.live.inodes.remember_pinned(ino, parent.0, name, || {
+            let f = sys::open_at(fd, &path?, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+            // Only the very inode we were asked about (not one renamed in meanwhile).
+            (sys::fstat(f.as_raw_fd()).ok()?.st_ino == st.st_ino).then(|| f.into())
+        });
         self.attr(st)
     }
 
@@ -1051,7 +1057,7 @@ impl Filesystem for Overlay {
                 break;
             }
             if !dot {
-                self.live.inodes.remember(fino, ino.0, name);
+                self.entry(ino, name, &st);
             }
         }
         reply.ok();
