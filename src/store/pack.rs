@@ -58,7 +58,12 @@ pub fn pack_path(dir: &Path, id: PackId) -> PathBuf {
 
 /// Encodes one record. Compression is skipped when it saves less than 1/32 of the chunk.
 pub fn encode_record(id: &ChunkId, data: &[u8]) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(data, 1).ok();
+    thread_local! {
+        // A compression context per thread: creating one per chunk costs more than compressing.
+        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
+    }
+    let compressed = ZSTD.with(|z| z.borrow_mut().as_mut().and_then(|c| c.compress(data).ok()));
     let (flags, payload): (u8, &[u8]) = match &compressed {
         Some(c) if c.len() + data.len() / 32 < data.len() => (FLAG_ZSTD, c),
         _ => (0, data),
