@@ -347,3 +347,35 @@ fn the_control_socket_is_owner_only_and_secrets_are_left_alone() {
     ]);
     assert_eq!(s.read("agents/a/agent/auth-profiles.json"), b"{\"old\":1}");
 }
+
+#[test]
+fn another_user_is_refused_at_the_socket_with_a_clear_message() {
+    let s = Sandbox::new();
+    s.mount();
+    // The store's socket is 0600 and root's: `nobody` may not drive the daemon.
+    let mut bin_copy = std::env::temp_dir().join(format!("clawfs-nobody-{}", std::process::id()));
+    std::fs::copy(common::bin(), &bin_copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin_copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(s.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin_copy)
+        .args([
+            "--store",
+            s.store.to_str().unwrap(),
+            "-C",
+            s.dir.to_str().unwrap(),
+            "log",
+        ])
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("permission denied") && err.lines().count() == 1,
+        "{err}"
+    );
+    std::fs::remove_file(&mut bin_copy).ok();
+}
