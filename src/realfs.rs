@@ -37,6 +37,18 @@ impl RealTree {
         }
     }
 
+    /// The real path of `path`, its directory, and a fresh temp name beside it.
+    fn temp_beside(&self, path: &RelPath) -> (PathBuf, PathBuf, PathBuf) {
+        let dest = self.path(path);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = dir.join(format!(
+            ".{}.clawfs-restore.{:08x}",
+            path.name(),
+            rand::random::<u32>()
+        ));
+        (dest, dir, tmp)
+    }
+
     /// Writes `content` to `path` atomically: a temp file beside it, synced, then renamed over.
     pub fn put_file(
         &self,
@@ -45,13 +57,7 @@ impl RealTree {
         meta: &Meta,
         xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> io::Result<()> {
-        let dest = self.path(path);
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = dir.join(format!(
-            ".{}.clawfs-restore.{:08x}",
-            path.name(),
-            rand::random::<u32>()
-        ));
+        let (dest, dir, tmp) = self.temp_beside(path);
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -81,13 +87,7 @@ impl RealTree {
 
     /// Makes `path` a symlink to `target`, atomically.
     pub fn put_symlink(&self, path: &RelPath, target: &str) -> io::Result<()> {
-        let dest = self.path(path);
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = dir.join(format!(
-            ".{}.clawfs-restore.{:08x}",
-            path.name(),
-            rand::random::<u32>()
-        ));
+        let (dest, dir, tmp) = self.temp_beside(path);
         std::os::unix::fs::symlink(target, &tmp)?;
         if dest.is_dir() && !dest.is_symlink() {
             fs::remove_dir(&dest)?;

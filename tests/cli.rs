@@ -45,6 +45,15 @@ fn link_publish(s: &Sandbox, dest: &str, body: &str) {
     std::fs::remove_file(&tmp).unwrap();
 }
 
+/// The safety mark a rollback's output names for undoing it.
+fn undo_mark(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("undo with: clawfs rollback --to "))
+        .unwrap()
+        .trim_end_matches(" --yes")
+        .to_string()
+}
+
 fn paths(v: &[Value]) -> Vec<(String, String)> {
     v.iter()
         .map(|a| {
@@ -130,12 +139,7 @@ fn openclaw_write_patterns_are_versioned_and_rolled_back() {
     let out = s.ok(&["rollback", "--to", &first.to_string(), "--yes"]);
     assert_eq!(s.read("openclaw.json"), b"{\"v\": 1}\n");
     assert!(!s.path("openclaw.json.bak").exists());
-    let safety = out
-        .lines()
-        .find_map(|l| l.strip_prefix("undo with: clawfs rollback --to "))
-        .unwrap()
-        .trim_end_matches(" --yes")
-        .to_string();
+    let safety = undo_mark(&out);
     s.ok(&["rollback", "--to", &safety, "--yes"]);
     assert_eq!(s.read("openclaw.json"), b"{\"v\": 2}\n");
     assert!(s.path("openclaw.json.bak").exists());
@@ -227,12 +231,7 @@ fn offline_commands_work_after_unmount_and_capture_offline_edits() {
     assert_eq!(s.ok(&["cat", "SOUL.md", "--at", "angry"]), "angry\n");
     let out = s.ok(&["rollback", "--to", "1", "--yes"]);
     assert_eq!(s.read("SOUL.md"), b"calm\n");
-    let safety = out
-        .lines()
-        .find_map(|l| l.strip_prefix("undo with: clawfs rollback --to "))
-        .unwrap()
-        .trim_end_matches(" --yes")
-        .to_string();
+    let safety = undo_mark(&out);
     s.ok(&["rollback", "--to", &safety, "--yes"]);
     assert_eq!(s.read("SOUL.md"), b"edited offline\n");
     let log = s.json(&["log"]);

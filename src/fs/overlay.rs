@@ -316,6 +316,31 @@ impl Overlay {
         });
     }
 
+    /// `unlink` and `rmdir`: remove the real entry, then tell the recorder and close the epoch.
+    fn remove_entry(&self, parent: INodeNo, name: &OsStr, is_dir: bool, reply: ReplyEmpty) {
+        let _span = tracing::debug_span!("remove", parent = parent.0, ?name, is_dir).entered();
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        {
+            let _order = self.order.lock();
+            if let Err(e) = sys::unlink_at(self.fd(), &path, is_dir) {
+                return reply.error(errno(e));
+            }
+            self.live.inodes.unlink(parent.0, name);
+            if let Some(p) = self.versioned(&path) {
+                self.rec.send(if is_dir {
+                    FsEvent::Rmdir(p)
+                } else {
+                    FsEvent::Unlink(p)
+                });
+                self.rec.commit(false, false);
+            }
+        }
+        reply.ok();
+    }
+
     fn parent_of(path: &OsStr) -> &OsStr {
         let b = path.as_bytes();
         match b.iter().rposition(|&c| c == b'/') {
@@ -587,43 +612,11 @@ impl Filesystem for Overlay {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = tracing::debug_span!("unlink", parent = parent.0, ?name).entered();
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        {
-            let _order = self.order.lock();
-            if let Err(e) = sys::unlink_at(self.fd(), &path, false) {
-                return reply.error(errno(e));
-            }
-            self.live.inodes.unlink(parent.0, name);
-            if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Unlink(p));
-                self.rec.commit(false, false);
-            }
-        }
-        reply.ok();
+        self.remove_entry(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = tracing::debug_span!("rmdir", parent = parent.0, ?name).entered();
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        {
-            let _order = self.order.lock();
-            if let Err(e) = sys::unlink_at(self.fd(), &path, true) {
-                return reply.error(errno(e));
-            }
-            self.live.inodes.unlink(parent.0, name);
-            if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Rmdir(p));
-                self.rec.commit(false, false);
-            }
-        }
-        reply.ok();
+        self.remove_entry(parent, name, true, reply);
     }
 
     fn symlink(
