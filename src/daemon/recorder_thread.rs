@@ -33,9 +33,9 @@ use crate::store::StoreError;
 /// An epoch closes at most this long after its first change.
 pub const MAX_EPOCH_AGE: Duration = Duration::from_secs(1);
 /// An epoch closes once this many written bytes wait in memory.
-pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+pub const MAX_PENDING_BYTES: u64 = 16 << 20;
 /// Messages that may wait in the channel (each write carries at most 1 MiB).
-pub const CHANNEL_DEPTH: usize = 64;
+pub const CHANNEL_DEPTH: usize = 16;
 
 /// A change made through the overlay.
 #[derive(Debug)]

@@ -30,7 +30,7 @@ use content::ChunkCache;
 pub use error::{Result, StoreError};
 
 /// Decoded chunks kept in memory for readers (×64 KiB at most each).
-const CHUNK_CACHE_ENTRIES: usize = 512;
+const CHUNK_CACHE_ENTRIES: usize = 256;
 
 /// An open version store. Cheap to share (`Arc<Store>`): every read method takes `&self` and is
 /// safe from any thread; one [`Recorder`](recorder::Recorder) at a time writes.
@@ -67,7 +67,7 @@ impl Store {
             .path(&cat_dir)
             // Flushes are ours: after the packs are synced, never before (see `ChunkStore`).
             .flush_every_ms(None)
-            .cache_capacity(32 << 20)
+            .cache_capacity(16 << 20)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io)
