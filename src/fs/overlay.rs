@@ -341,6 +341,26 @@ impl Overlay {
         reply.ok();
     }
 
+    /// After mknod, mkdir or symlink made `path`: give it to its creator, tell the recorder,
+    /// and answer with its attributes.
+    fn created(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        path: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.give_to_caller(req, Self::parent_of(path), path);
+        match sys::lstat_at(self.fd(), path) {
+            Ok(st) => {
+                self.creation_event(path, &st);
+                reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn parent_of(path: &OsStr) -> &OsStr {
         let b = path.as_bytes();
         match b.iter().rposition(|&c| c == b'/') {
@@ -573,14 +593,7 @@ impl Filesystem for Overlay {
         if let Err(e) = sys::mknod_at(self.fd(), &path, mode & !umask, rdev as u64) {
             return reply.error(errno(e));
         }
-        self.give_to_caller(req, Self::parent_of(&path), &path);
-        match sys::lstat_at(self.fd(), &path) {
-            Ok(st) => {
-                self.creation_event(&path, &st);
-                reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.created(req, parent, name, &path, reply);
     }
 
     fn mkdir(
@@ -601,14 +614,7 @@ impl Filesystem for Overlay {
         if let Err(e) = sys::mkdir_at(self.fd(), &path, mode & !umask & 0o7777) {
             return reply.error(errno(e));
         }
-        self.give_to_caller(req, Self::parent_of(&path), &path);
-        match sys::lstat_at(self.fd(), &path) {
-            Ok(st) => {
-                self.creation_event(&path, &st);
-                reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.created(req, parent, name, &path, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -636,18 +642,7 @@ impl Filesystem for Overlay {
         if let Err(e) = sys::symlink_at(target.as_os_str(), self.fd(), &path) {
             return reply.error(errno(e));
         }
-        self.give_to_caller(req, Self::parent_of(&path), &path);
-        match sys::lstat_at(self.fd(), &path) {
-            Ok(st) => {
-                self.creation_event(&path, &st);
-                reply.entry(
-                    &ENTRY_TTL,
-                    &self.entry(parent, link_name, &st),
-                    Generation(0),
-                )
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.created(req, parent, link_name, &path, reply);
     }
 
     fn rename(
