@@ -101,19 +101,6 @@ impl RelPath {
             || self.0 == other.0
             || (self.0.starts_with(&other.0) && self.0.as_bytes()[other.0.len()] == b'/')
     }
-
-    /// `self` with its prefix `from` replaced by `to`; `self` must start with `from`.
-    pub fn rebase(&self, from: &RelPath, to: &RelPath) -> RelPath {
-        debug_assert!(self.starts_with(from));
-        let rest = self.0[from.0.len()..].trim_start_matches('/');
-        if rest.is_empty() {
-            to.clone()
-        } else if to.0.is_empty() {
-            RelPath(rest.to_string())
-        } else {
-            RelPath(format!("{}/{rest}", to.0))
-        }
-    }
 }
 
 impl fmt::Display for RelPath {
@@ -153,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn split_join_rebase() {
+    fn split_and_join() {
         let p = RelPath::new("a/b/c").unwrap();
         let (parent, name) = p.split().unwrap();
         assert_eq!((parent.as_str(), name), ("a/b", "c"));
@@ -162,8 +149,6 @@ mod tests {
         assert!(!RelPath::new("ab")
             .unwrap()
             .starts_with(&RelPath::new("a").unwrap()));
-        let r = p.rebase(&RelPath::new("a").unwrap(), &RelPath::new("x/y").unwrap());
-        assert_eq!(r.as_str(), "x/y/b/c");
         assert!(RelPath::root().join("..").is_err());
     }
 }

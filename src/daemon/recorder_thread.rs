@@ -333,13 +333,11 @@ impl Recording {
             self.ensure_dir(&parent)?;
         }
         let meta = meta_of(&st);
-        let now = self.rec.stat_now(path)?;
-        if let Some((_, v)) = &now {
-            if v.kind != kind && !path.is_root() {
-                self.rec.remove_any(path)?;
-            }
+        let mut now = self.rec.stat_now(path)?;
+        if now.as_ref().is_some_and(|(_, v)| v.kind != kind) && !path.is_root() {
+            self.rec.remove_any(path)?;
+            now = None;
         }
-        let now = self.rec.stat_now(path)?;
         match kind {
             NodeKind::File => {
                 let unchanged = now.as_ref().is_some_and(|(_, v)| {

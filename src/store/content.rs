@@ -59,18 +59,6 @@ pub struct Content {
     pub segments: Vec<Segment>,
 }
 
-impl Content {
-    /// Every blob this content needs: leaves and chunks (reads every leaf).
-    pub fn blobs(&self, chunks: &dyn ChunkStore) -> Result<Vec<ChunkId>> {
-        let mut out = Vec::new();
-        for s in &self.segments {
-            out.push(s.leaf);
-            out.extend(decode_leaf(&chunks.get(&s.leaf)?)?.iter().map(|c| c.id));
-        }
-        Ok(out)
-    }
-}
-
 /// Encodes a leaf.
 pub fn encode_leaf(chunks: &[ChunkRef]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + chunks.len() * 36);

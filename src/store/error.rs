@@ -97,18 +97,3 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
-
-impl StoreError {
-    /// The errno this error should surface as through a filesystem interface.
-    pub fn errno(&self) -> i32 {
-        match self {
-            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            StoreError::NotFound(_) | StoreError::MissingChunk(_) => libc::ENOENT,
-            StoreError::WrongKind(_) => libc::ENOTDIR,
-            StoreError::NotEmpty(_) => libc::ENOTEMPTY,
-            StoreError::Exists(_) => libc::EEXIST,
-            StoreError::Path(_) => libc::EINVAL,
-            _ => libc::EIO,
-        }
-    }
-}
