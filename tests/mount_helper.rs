@@ -18,22 +18,10 @@ fn install_helper() -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn mount_t_fuse_clawfs_and_fstab_work() {
-    install_helper();
-    let s = Sandbox::new();
-    s.write("workspace/MEMORY.md", b"x");
-    let dir = s.dir.to_str().unwrap();
-    let store = s.store.to_str().unwrap();
+/// Runs mount(8) with `args`, as root would, pointing the helper at the binary under test.
+fn mount8(s: &Sandbox, args: &[&str]) {
     let out = Command::new("mount")
-        .args([
-            "-t",
-            "fuse.clawfs",
-            "-o",
-            &format!("store={store}"),
-            dir,
-            dir,
-        ])
+        .args(args)
         .env("CLAWFS_BIN", common::bin())
         .env("HOME", s.home.path())
         .output()
@@ -42,6 +30,26 @@ fn mount_t_fuse_clawfs_and_fstab_work() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mount_t_fuse_clawfs_and_fstab_work() {
+    install_helper();
+    let s = Sandbox::new();
+    s.write("workspace/MEMORY.md", b"x");
+    let dir = s.dir.to_str().unwrap();
+    let store = s.store.to_str().unwrap();
+    mount8(
+        &s,
+        &[
+            "-t",
+            "fuse.clawfs",
+            "-o",
+            &format!("store={store}"),
+            dir,
+            dir,
+        ],
     );
     eventually("the mount", || s.is_mounted());
     assert_eq!(s.ok(&["cat", "workspace/MEMORY.md"]), "x");
@@ -54,17 +62,7 @@ fn mount_t_fuse_clawfs_and_fstab_work() {
         format!("{dir} {dir} fuse.clawfs defaults,noauto,store={store} 0 0\n"),
     )
     .unwrap();
-    let out = Command::new("mount")
-        .args(["-T", fstab.to_str().unwrap(), dir])
-        .env("CLAWFS_BIN", common::bin())
-        .env("HOME", s.home.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount8(&s, &["-T", fstab.to_str().unwrap(), dir]);
     eventually("the fstab mount", || s.is_mounted());
     s.unmount();
 

@@ -190,12 +190,9 @@ pub fn proc_path(dir: RawFd, path: &OsStr) -> CString {
     CString::new(v).expect("paths have no NUL")
 }
 
-/// `lgetxattr`; with `size == 0` returns the needed size in a vector of that length of zeros.
-pub fn getxattr(p: &CStr, name: &OsStr, size: usize) -> io::Result<Vec<u8>> {
-    let n = cstr(name)?;
-    let mut buf = vec![0u8; size];
-    // SAFETY: the kernel writes at most `size` bytes into `buf`.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+/// The result of an xattr call that fills `buf`: with `size == 0` (a size probe) a vector of
+/// the needed length, else the bytes written.
+fn sized(r: isize, mut buf: Vec<u8>, size: usize) -> io::Result<Vec<u8>> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -206,19 +203,21 @@ pub fn getxattr(p: &CStr, name: &OsStr, size: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `lgetxattr`; with `size == 0` returns the needed size in a vector of that length of zeros.
+pub fn getxattr(p: &CStr, name: &OsStr, size: usize) -> io::Result<Vec<u8>> {
+    let n = cstr(name)?;
+    let mut buf = vec![0u8; size];
+    // SAFETY: the kernel writes at most `size` bytes into `buf`.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+    sized(r, buf, size)
+}
+
 /// `llistxattr`, as for [`getxattr`].
 pub fn listxattr(p: &CStr, size: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
     // SAFETY: the kernel writes at most `size` bytes into `buf`.
     let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if size == 0 {
-        return Ok(vec![0u8; r as usize]);
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
+    sized(r, buf, size)
 }
 
 /// `lsetxattr`.
