@@ -18,6 +18,9 @@ pub struct Cli {
     /// Machine-readable output (schema in the README).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Read the repository passphrase from this file (else $CLAWFS_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -36,6 +39,9 @@ pub enum Cmd {
         /// Mount options (from mount.clawfs / fstab); `store=PATH` names the store.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
+        /// When DIR is empty and the default remote has history, clone it first (a new machine).
+        #[arg(long)]
+        restore_if_empty: bool,
     },
     /// Mount a read-only view of the past at MOUNTPOINT: the tree at --at WHEN, or at/,
     /// marks/ and history/ to wander in.
@@ -152,6 +158,124 @@ pub enum Cmd {
     },
     /// Check every chunk of the store against its checksum and hash.
     Verify,
+    /// Configure where history is replicated (encrypted).
+    Remote {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: RemoteCmd,
+    },
+    /// Upload what the remote lacks now.
+    Push {
+        /// The remote (default: every remote).
+        #[arg(long)]
+        remote: Option<String>,
+        /// Wait until it is done and report.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Write the tree (or PATHs) as of a moment into TARGET, from the local store or a remote.
+    Restore {
+        /// From this remote (a name, or a URL); default: the local store.
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
+        /// The moment (default: the newest).
+        #[arg(long, value_name = "WHEN", default_value = "now")]
+        at: String,
+        /// Which device's history, when several machines share the remote.
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// Where to write (must be empty or absent).
+        target: PathBuf,
+        /// Only these paths (relative to the tree's root).
+        paths: Vec<PathBuf>,
+        /// Options of a remote given as a URL.
+        #[command(flatten)]
+        opts: RemoteOpts,
+    },
+    /// Rebuild the local store from a remote, with its full history, and check the tree out
+    /// into DIR (which must be empty or absent).
+    Clone {
+        /// The remote (a configured name, or a URL).
+        #[arg(long, value_name = "REMOTE")]
+        from: String,
+        /// Which device's history, when several machines share the remote.
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// The directory (default: $OPENCLAW_STATE_DIR, else ~/.openclaw).
+        dir: Option<PathBuf>,
+        /// Options of a remote given as a URL.
+        #[command(flatten)]
+        opts: RemoteOpts,
+    },
+}
+
+/// How to reach an S3-compatible remote.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RemoteOpts {
+    /// S3 endpoint URL (MinIO, B2, OSS, COS, R2…; default: AWS).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// S3 region (default: us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style requests (MinIO, Garage, and most self-hosted servers need them).
+    #[arg(long)]
+    pub path_style: bool,
+}
+
+/// `clawfs remote …`
+#[derive(Subcommand, Debug, Clone)]
+pub enum RemoteCmd {
+    /// Add a remote: s3://BUCKET/PREFIX or file:///PATH. Creates the encrypted repository
+    /// there (or opens the existing one with the passphrase).
+    Add {
+        /// Its name.
+        name: String,
+        /// Where it is.
+        url: String,
+        /// How to reach it.
+        #[command(flatten)]
+        opts: RemoteOpts,
+        /// continuous (default), hourly, daily, or a cron expression ("*/30 * * * *").
+        #[arg(long, default_value = "continuous")]
+        schedule: String,
+        /// Also replicate credentials/** and **/auth-profiles.json.
+        #[arg(long)]
+        include_secrets: bool,
+        /// Store this access key id (the secret comes from $CLAWFS_SECRET_ACCESS_KEY or a
+        /// prompt), sealed under the passphrase; default: the AWS environment variables.
+        #[arg(long, value_name = "ID")]
+        access_key_id: Option<String>,
+        /// Make it the default remote.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List remotes.
+    List,
+    /// Forget a remote (nothing on it is deleted).
+    Remove {
+        /// The name.
+        name: String,
+    },
+    /// Make a remote the default one.
+    SetDefault {
+        /// The name.
+        name: String,
+    },
+    /// Change the repository passphrase (re-wraps the key; uploads nothing else). The new one
+    /// comes from $CLAWFS_NEW_PASSPHRASE or a prompt.
+    Passwd {
+        /// The remote.
+        name: String,
+    },
+    /// The devices that push to a remote, with their last push.
+    Devices {
+        /// The remote (default: the default remote).
+        name: Option<String>,
+    },
+    /// (Internal) tell the running daemon that the remotes changed.
+    #[command(hide = true)]
+    Reload,
 }
 
 impl Cmd {
@@ -159,7 +283,7 @@ impl Cmd {
     pub fn uses_store(&self) -> bool {
         !matches!(
             self,
-            Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. }
+            Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. } | Cmd::Clone { .. }
         )
     }
 
@@ -167,6 +291,7 @@ impl Cmd {
     pub fn dir_arg(&self) -> Option<&PathBuf> {
         match self {
             Cmd::Mount { dir, .. }
+            | Cmd::Clone { dir, .. }
             | Cmd::Unmount { dir }
             | Cmd::Status { dir }
             | Cmd::Log { dir, .. } => dir.as_ref(),

@@ -11,6 +11,8 @@ use clawfs::cli::{Cli, Cmd};
 use clawfs::commands::{self, Ctx};
 use clawfs::config::{absolute, default_dir, default_store, socket_path};
 use clawfs::daemon::{browse, control, mount};
+use clawfs::replicate::passphrase;
+use clawfs::replicate::settings::Remotes;
 use clawfs::store::{Store, StoreError};
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Mount {
             foreground,
             options,
+            restore_if_empty,
             ..
         } => {
             let from_opts = options
@@ -74,15 +77,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .find_map(|o| o.strip_prefix("store="))
                 .map(|s| absolute(Path::new(s), &cwd));
             let store = from_opts.unwrap_or_else(|| store_for(&cli, &dir, &cwd));
+            let remotes = Remotes::load(&store)?;
+            // The daemon needs the passphrase to replicate; ask now, while we have a terminal.
+            let pass = if remotes.remotes.is_empty() {
+                None
+            } else if *restore_if_empty || std::io::stdin().is_terminal() {
+                Some(passphrase::obtain(
+                    cli.passphrase_file.as_deref(),
+                    "the remotes (replication)",
+                )?)
+            } else {
+                passphrase::given(cli.passphrase_file.as_deref())?
+            };
+            if *restore_if_empty {
+                restore_if_empty_dir(&dir, &store, &remotes, pass.as_deref(), cli.json)?;
+            }
             let dir = mount::preflight(&dir, &store)?;
             if *foreground {
+                if let Some(p) = &pass {
+                    std::env::set_var("CLAWFS_PASSPHRASE", p);
+                }
                 if let Err(e) = mount::serve(&dir, &store) {
                     // The background parent reads the first line of our output.
                     println!("error: {e:#}");
                     return Err(e);
                 }
             } else {
-                mount::spawn_background(&dir, &store)?;
+                mount::spawn_background(&dir, &store, pass.as_deref())?;
                 if !cli.json {
                     println!("mounted {} (store {})", dir.display(), store.display());
                 }
@@ -111,6 +132,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let req = control::Request {
                 argv,
                 cwd: cwd.clone(),
+                passphrase: None,
             };
             match control::forward(&socket_path(&store), &req)? {
                 control::Forwarded::Ran(code) => {
@@ -137,6 +159,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let d = dir.canonicalize().unwrap_or(dir.clone());
             let store = store_for(&cli, &d, &cwd);
             mount::unmount(&d, &store)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Remote { cmd } => {
+            let store = store_for(&cli, &dir, &cwd);
+            let stdout = std::io::stdout();
+            let outcome = commands::remote::run(
+                cmd,
+                &store,
+                cli.json,
+                cli.passphrase_file.as_deref(),
+                &mut stdout.lock(),
+            )?;
+            if let commands::remote::Outcome::Changed = outcome {
+                // A running daemon picks the change up (and unlocks with our passphrase).
+                let req = control::Request {
+                    argv: vec!["clawfs".into(), "remote".into(), "reload".into()],
+                    cwd: cwd.clone(),
+                    passphrase: passphrase::given(cli.passphrase_file.as_deref())?,
+                };
+                control::forward(&socket_path(&store), &req)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            from: Some(from),
+            at,
+            device,
+            target,
+            paths,
+            opts,
+        } => {
+            let store = store_for(&cli, &dir, &cwd);
+            let stdout = std::io::stdout();
+            commands::restore::run_from(
+                from,
+                opts,
+                device.as_deref(),
+                at,
+                &absolute(target, &cwd),
+                paths,
+                &store,
+                cli.passphrase_file.as_deref(),
+                cli.json,
+                &mut stdout.lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Clone {
+            from, device, opts, ..
+        } => {
+            clone(&cli, &dir, &cwd, from, device.as_deref(), opts)?;
             Ok(ExitCode::SUCCESS)
         }
         cmd => {
@@ -178,14 +251,21 @@ fn run_store(
     store: &Path,
     cwd: &Path,
 ) -> Result<ExitCode> {
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    let passphrase = match cli.cmd {
+        Cmd::Push { .. } | Cmd::Restore { .. } => {
+            passphrase::given(cli.passphrase_file.as_deref())?
+        }
+        _ => None,
+    };
     let req = control::Request {
         argv: argv.to_vec(),
         cwd: cwd.to_path_buf(),
+        passphrase: passphrase.clone(),
     };
     if let control::Forwarded::Ran(code) = control::forward(&socket_path(store), &req)? {
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
-    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
     let s = Store::open(store).map_err(|e| match e {
         StoreError::NotAStore(_) => anyhow::anyhow!(
             "no clawfs store for {} (looked in {}): mount it first with `clawfs mount {}`, or pass --store",
@@ -205,8 +285,102 @@ fn run_store(
         json: cli.json,
         out: &mut out,
         live: None,
+        passphrase,
     };
     commands::run(&cli.cmd, &mut ctx)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn dir_is_empty(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut d) => Ok(d.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// `clawfs clone --from REMOTE [DIR]`: the store with its full history, and the tree in DIR.
+fn clone(
+    cli: &Cli,
+    dir: &Path,
+    cwd: &Path,
+    from: &str,
+    device: Option<&str>,
+    opts: &clawfs::cli::RemoteOpts,
+) -> Result<()> {
+    if !dir_is_empty(dir)? {
+        bail!(
+            "{} is not empty: clone into a new or empty directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = store_for(cli, dir, cwd);
+    let entry = commands::restore::remote_entry(&store, from, opts)?;
+    let repo = commands::restore::open_repo(&entry, cli.passphrase_file.as_deref())?;
+    clone_and_check_out(&repo, &entry, device, dir, &store, cli.json)
+}
+
+fn clone_and_check_out(
+    repo: &clawfs::replicate::repo::Repo,
+    entry: &clawfs::replicate::settings::RemoteEntry,
+    device: Option<&str>,
+    dir: &Path,
+    store_dir: &Path,
+    json: bool,
+) -> Result<()> {
+    let s = commands::restore::clone_store(repo, entry, device, store_dir)?;
+    let mut remotes = Remotes::load(store_dir)?;
+    if !remotes.remotes.iter().any(|r| r.name == entry.name) {
+        let mut e = entry.clone();
+        e.config = Some(repo.config().clone());
+        remotes.remotes.push(e);
+        remotes.default.get_or_insert(entry.name.clone());
+        remotes.save(store_dir)?;
+    }
+    let head = s.head();
+    let r = clawfs::replicate::restore::restore_tree(&s, head, dir, &[], &mut |_, _| {})?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "cloned {} epochs from {} into {} ({} files, store {})",
+            head,
+            repo.remote().describe(),
+            dir.display(),
+            r.files,
+            store_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mount --restore-if-empty`: the new-machine path.
+fn restore_if_empty_dir(
+    dir: &Path,
+    store_dir: &Path,
+    remotes: &Remotes,
+    pass: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let has_history = Store::open(store_dir)
+        .map(|s| s.head() != clawfs::ids::Seq::ZERO)
+        .unwrap_or(store_dir.join("catalog").exists());
+    if !dir_is_empty(dir)? || has_history || remotes.remotes.is_empty() {
+        return Ok(());
+    }
+    let entry = remotes.get(None)?;
+    let pass = pass.context("--restore-if-empty needs the passphrase")?;
+    let spec = entry.spec_with_keys(Some(pass))?;
+    let (repo, _) = clawfs::replicate::repo::Repo::open(
+        std::sync::Arc::new(clawfs::remote::OpendalRemote::new(&spec)?),
+        pass,
+        false,
+    )?;
+    if repo.devices()?.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    clone_and_check_out(&repo, entry, None, dir, store_dir, json)
 }

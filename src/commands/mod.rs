@@ -7,6 +7,9 @@ pub mod diff;
 pub mod history;
 pub mod log;
 pub mod mark;
+pub mod push;
+pub mod remote;
+pub mod restore;
 pub mod rollback;
 pub mod status;
 pub mod verify;
@@ -38,6 +41,8 @@ pub struct LiveCtx {
     pub session: SessionId,
     /// When the mount started.
     pub started_ns: i64,
+    /// The replicator thread, when it could start.
+    pub replicator: Option<Arc<crate::replicate::replicator::Replicator>>,
 }
 
 /// Everything a command needs.
@@ -54,6 +59,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut dyn Write,
     /// The daemon's state, when the command runs inside it.
     pub live: Option<&'a LiveCtx>,
+    /// The repository passphrase, when the user gave one.
+    pub passphrase: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -132,7 +139,23 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Marks => mark::list(ctx),
         Cmd::Unmark { name } => mark::unmark(ctx, name),
         Cmd::Verify => verify::run(ctx),
-        Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. } => {
+        Cmd::Push { remote, wait } => push::run(ctx, remote.as_deref(), *wait),
+        Cmd::Restore {
+            from: None,
+            at,
+            target,
+            paths,
+            ..
+        } => restore::run_local(ctx, at, target, paths),
+        Cmd::Remote {
+            cmd: crate::cli::RemoteCmd::Reload,
+        } => remote::reload(ctx),
+        Cmd::Mount { .. }
+        | Cmd::Unmount { .. }
+        | Cmd::Browse { .. }
+        | Cmd::Clone { .. }
+        | Cmd::Remote { .. }
+        | Cmd::Restore { .. } => {
             bail!("not a store command")
         }
     }

@@ -5,6 +5,8 @@ use serde::Serialize;
 
 use crate::commands::{human, Ctx};
 use crate::ids::Seq;
+use crate::replicate::push;
+use crate::replicate::settings::Remotes;
 use crate::when::{ago, rfc3339, show_time};
 
 #[derive(Serialize)]
@@ -21,6 +23,55 @@ struct Status {
     marks: usize,
     open_writers: Vec<crate::fs::overlay::OpenWriter>,
     last_error: Option<String>,
+    remotes: Vec<RemoteStatus>,
+}
+
+#[derive(Serialize)]
+struct RemoteStatus {
+    name: String,
+    url: String,
+    schedule: String,
+    pushed: u64,
+    pending_versions: u64,
+    pending_bytes: u64,
+    last_push: Option<String>,
+    last_error: Option<String>,
+    locked: Option<String>,
+    pushing: bool,
+}
+
+fn remotes(ctx: &Ctx) -> Result<Vec<RemoteStatus>> {
+    let head = ctx.store.head();
+    let live = ctx
+        .live
+        .and_then(|l| l.replicator.as_ref())
+        .map(|r| r.live())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for r in Remotes::load(ctx.store.dir())?.remotes {
+        let st = push::load_state(&ctx.store, &r.name)?;
+        // What epochs after the cursor added to the store: an upper bound of what is to upload.
+        let mut pending_bytes = 0;
+        let mut s = st.pushed.next();
+        while s <= head {
+            pending_bytes += ctx.store.epoch(s)?.map(|e| e.stored_bytes).unwrap_or(0);
+            s = s.next();
+        }
+        let l = live.get(&r.name);
+        out.push(RemoteStatus {
+            url: r.spec.url.clone(),
+            schedule: r.schedule.to_string(),
+            pushed: st.pushed.0,
+            pending_versions: head.0.saturating_sub(st.pushed.0),
+            pending_bytes,
+            last_push: st.last_push_ns.map(rfc3339),
+            last_error: st.last_error.clone(),
+            locked: l.and_then(|l| l.locked.clone()),
+            pushing: l.is_some_and(|l| l.pushing),
+            name: r.name,
+        });
+    }
+    Ok(out)
 }
 
 /// Runs `status`.
@@ -48,6 +99,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .map(|l| l.overlay.open_writers())
             .unwrap_or_default(),
         last_error,
+        remotes: remotes(ctx)?,
     };
     if ctx.json {
         return ctx.emit_json(&s);
@@ -75,6 +127,26 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     if let Some(e) = &s.last_error {
         writeln!(o, "last error  {e}")?;
+    }
+    for r in &s.remotes {
+        let last = r.last_push.as_deref().unwrap_or("never");
+        writeln!(
+            o,
+            "remote      {} ({}, {}): pushed #{}, {} versions ({}) pending, last push {last}{}",
+            r.name,
+            r.url,
+            r.schedule,
+            r.pushed,
+            r.pending_versions,
+            human(r.pending_bytes),
+            if r.pushing { ", pushing now" } else { "" }
+        )?;
+        if let Some(l) = &r.locked {
+            writeln!(o, "            locked: {l}")?;
+        }
+        if let Some(e) = &r.last_error {
+            writeln!(o, "            last error: {e}")?;
+        }
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ pub struct Request {
     pub argv: Vec<String>,
     /// The client's working directory (relative paths are taken from it).
     pub cwd: PathBuf,
+    /// The repository passphrase, when the client has one (the socket is owner-only).
+    #[serde(default)]
+    pub passphrase: Option<String>,
 }
 
 /// Output going back to the client as `o` frames.

@@ -22,6 +22,7 @@ use crate::fs::overlay::Overlay;
 use crate::fs::sys;
 use crate::ids::SessionId;
 use crate::relpath::RelPath;
+use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
 use crate::store::Store;
 
@@ -166,7 +167,7 @@ pub fn lazy_unmount(dir: &Path) -> Result<()> {
 }
 
 /// Starts the daemon in the background and waits until it serves the mount (or failed).
-pub fn spawn_background(dir: &Path, store: &Path) -> Result<()> {
+pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe()?;
     std::fs::create_dir_all(store)?;
     let log = store.join("daemon.log");
@@ -178,6 +179,7 @@ pub fn spawn_background(dir: &Path, store: &Path) -> Result<()> {
         .arg("--foreground")
         .arg(dir)
         .env("CLAWFS_DAEMON_LOG", &log)
+        .envs(passphrase.map(|p| ("CLAWFS_PASSPHRASE", p)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -243,12 +245,32 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     let rec = Arc::new(RecorderHandle::spawn(recording));
     let notifier = Arc::new(OnceLock::new());
     let overlay = Overlay::new(root.clone(), rec.clone(), filter, notifier.clone())?;
+    // Replication must never stand in the way of the mount: if it cannot start, say so loudly
+    // and serve anyway (the cursor in the store resumes it next time).
+    let pass = crate::replicate::passphrase::given(
+        std::env::var_os("CLAWFS_PASSPHRASE_FILE")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .unwrap_or_else(|e| {
+        tracing::error!("replication passphrase: {e}");
+        None
+    });
+    std::env::remove_var("CLAWFS_PASSPHRASE");
+    let replicator = match Replicator::start(store.clone(), pass) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::error!("replication is off for this mount: {e}");
+            None
+        }
+    };
     let live = LiveCtx {
         rec: rec.clone(),
         overlay: overlay.live(),
         root: root.clone(),
         session,
         started_ns,
+        replicator,
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -425,6 +447,7 @@ fn handle(
                     json: cli.json,
                     out: &mut w,
                     live: Some(&live),
+                    passphrase: req.passphrase.clone(),
                 };
                 match commands::run(cmd, &mut ctx) {
                     Ok(()) => 0,
@@ -468,6 +491,7 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         bail!("{} is not a clawfs mount (it is {fstype})", dir.display());
     }
     let req = control::Request {
+        passphrase: None,
         argv: vec!["clawfs".into(), "unmount".into()],
         cwd: PathBuf::from("/"),
     };

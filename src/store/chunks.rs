@@ -238,12 +238,36 @@ impl PackStore {
     }
 }
 
-impl ChunkStore for PackStore {
-    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
-        if self.index.contains_key(id.0)? {
-            return Ok(0);
+impl PackStore {
+    /// The stored record of a chunk, byte for byte (compressed, CRC-checked): what the
+    /// replicator ships, so a chunk is compressed once, on this machine.
+    pub fn raw_record(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
+        let f = self.reader(loc.pack)?;
+        let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
+        f.read_exact_at(&mut rec, loc.offset)
+            .ctx(|| format!("reading pack {}", loc.pack))?;
+        Ok(rec)
+    }
+
+    /// Stores a record made by [`raw_record`](Self::raw_record) elsewhere, after checking
+    /// its CRC and that its content hashes to the id it names. Returns that id.
+    pub fn put_record(&self, rec: &[u8]) -> Result<ChunkId> {
+        let bad = |detail: &str| StoreError::CorruptPack {
+            pack: PackId(0),
+            offset: 0,
+            detail: format!("received record: {detail}"),
+        };
+        let id = pack::record_id(rec).ok_or_else(|| bad("no record header"))?;
+        let data = pack::decode_record(PackId(0), 0, rec, &id)?;
+        if ChunkId::of(&data) != id {
+            return Err(bad("content does not hash to its id"));
         }
-        let record = pack::encode_record(&id, data);
+        self.append(id, rec, data.len() as u32)?;
+        Ok(id)
+    }
+
+    fn append(&self, id: ChunkId, record: &[u8], raw_len: u32) -> Result<u64> {
         let mut w = self.writer.lock();
         // Checked again under the lock: two threads may race to store the same chunk.
         if self.index.contains_key(id.0)? {
@@ -258,18 +282,29 @@ impl ChunkStore for PackStore {
             *w = Some(nw);
         }
         let writer = w.as_mut().expect("just opened");
-        let offset = writer.append(&record)?;
+        let offset = writer.append(record)?;
+        let stored_len = record.len() as u64 - RECORD_OVERHEAD;
         let loc = ChunkLoc {
             pack: writer.id,
             offset,
-            stored_len: (record.len() as u64 - RECORD_OVERHEAD) as u32,
-            raw_len: data.len() as u32,
-            compressed: record.len() as u64 - RECORD_OVERHEAD < data.len() as u64,
+            stored_len: stored_len as u32,
+            raw_len,
+            compressed: stored_len < raw_len as u64,
         };
         // The record reached the kernel before the index names it.
         self.index
             .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
         Ok(record.len() as u64)
+    }
+}
+
+impl ChunkStore for PackStore {
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+        if self.index.contains_key(id.0)? {
+            return Ok(0);
+        }
+        let record = pack::encode_record(&id, data);
+        self.append(id, &record, data.len() as u32)
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {

@@ -16,6 +16,7 @@ pub mod history;
 pub mod pack;
 pub mod query;
 pub mod recorder;
+pub mod replica;
 pub mod rollback;
 pub mod schema;
 
@@ -41,6 +42,7 @@ pub struct Store {
     packs: Arc<PackStore>,
     chunks: Arc<ChunkCache>,
     head: AtomicU64,
+    on_commit: parking_lot::Mutex<Option<crossbeam_channel::Sender<Seq>>>,
 }
 
 impl Store {
@@ -118,6 +120,7 @@ impl Store {
             packs,
             chunks,
             head: AtomicU64::new(head),
+            on_commit: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -214,6 +217,15 @@ impl Store {
 
     fn set_head(&self, seq: Seq) {
         self.head.store(seq.0, Ordering::Release);
+        if let Some(tx) = self.on_commit.lock().as_ref() {
+            // Never blocks a commit: a full queue means the listener has news pending already.
+            let _ = tx.try_send(seq);
+        }
+    }
+
+    /// Tells `tx` of every commit from now on (the replicator listens). Sends never block.
+    pub fn set_commit_listener(&self, tx: crossbeam_channel::Sender<Seq>) {
+        *self.on_commit.lock() = Some(tx);
     }
 }
 

@@ -130,6 +130,11 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
     }
 }
 
+/// The chunk id a record names in its header, if it has a header at all.
+pub fn record_id(rec: &[u8]) -> Option<ChunkId> {
+    parse_header(rec).map(|h| h.id)
+}
+
 /// An open pack being appended to.
 pub struct PackWriter {
     /// The pack's id.

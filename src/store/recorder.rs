@@ -813,7 +813,7 @@ impl Recorder {
         let seq = store.head().next();
         // Times never go backwards, so "the moment at time T" is well defined.
         let time_ns = now_ns().max(self.last_time);
-        let mut batch = sled::Batch::default();
+        let mut batch = Journaled::default();
         let (mut stored, mut hashed) = (0u64, 0u64);
         let mut sizes: HashMap<NodeId, u64> = HashMap::new();
         let nodes = std::mem::take(&mut self.nodes);
@@ -866,6 +866,7 @@ impl Recorder {
         };
         batch.insert(&schema::epoch_key(seq), encode(&epoch));
         batch.insert(&schema::time_key(time_ns, seq), &[][..]);
+        let mut batch = batch.finish(seq);
         batch.insert(
             schema::meta_key(schema::META_NEXT_NODE),
             &self.next_node.to_be_bytes(),
@@ -886,5 +887,26 @@ impl Recorder {
             stored_bytes: stored,
             hashed_bytes: hashed,
         })
+    }
+}
+
+/// A batch that remembers the keys it writes, so the epoch's journal entry can list them.
+#[derive(Default)]
+struct Journaled {
+    batch: sled::Batch,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Journaled {
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.keys.push(key.as_ref().to_vec());
+        self.batch.insert(key.as_ref(), value.as_ref());
+    }
+
+    /// The batch with the journal entry of epoch `seq` added.
+    fn finish(mut self, seq: Seq) -> sled::Batch {
+        self.batch
+            .insert(&schema::journal_key(seq), encode(&self.keys));
+        self.batch
     }
 }

@@ -31,13 +31,18 @@
 //! | [`MARK`] | name bytes | [`crate::store::catalog::Mark`] |
 //! | [`SESSION`] | session id | [`crate::store::catalog::SessionInfo`] |
 //! | [`TIME`] | time (ns since epoch), seq | empty: lets a time resolve to a seq |
+//! | [`JOURNAL`] | seq | the keys epoch `seq` wrote (bincode `Vec<Vec<u8>>`), besides `META` |
+//!
+//! Every record an epoch writes (besides `META`) is immutable once written: the journal entry
+//! names them, so the replicator can ship exactly one epoch's records, and a clone can apply
+//! them in order to rebuild the catalogue.
 //!
 //! Values are bincode-encoded serde structs.
 
 use crate::ids::{NodeId, Seq, VersionId};
 
 /// The format version this build reads and writes. A store with another refuses to open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Sled tree holding every record an epoch commits.
 pub const TREE_CATALOG: &str = "catalog";
@@ -62,6 +67,9 @@ pub const MARK: u8 = b'A';
 pub const SESSION: u8 = b'S';
 /// Prefix of the time index.
 pub const TIME: u8 = b'T';
+
+/// Prefix of the epoch journal.
+pub const JOURNAL: u8 = b'J';
 
 /// `META` key: the format version (u32 BE).
 pub const META_FORMAT: &[u8] = b"format";
@@ -195,6 +203,14 @@ pub fn session_key(id: crate::ids::SessionId) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = SESSION;
     k[1..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// Key of the journal entry of epoch `seq`.
+pub fn journal_key(seq: Seq) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = JOURNAL;
+    k[1..].copy_from_slice(&seq.0.to_be_bytes());
     k
 }
 

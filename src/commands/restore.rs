@@ -1,0 +1,191 @@
+//! `clawfs restore [--from REMOTE] [--at WHEN] [--device ID] TARGET [PATH…]`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::cli::RemoteOpts;
+use crate::commands::push::bar;
+use crate::commands::{human, Ctx};
+use crate::config;
+use crate::relpath::RelPath;
+use crate::remote::OpendalRemote;
+use crate::replicate::passphrase;
+use crate::replicate::repo::Repo;
+use crate::replicate::restore::{self, RestoreReport};
+use crate::replicate::settings::{RemoteEntry, Remotes};
+use crate::store::Store;
+
+fn paths_of(paths: &[PathBuf]) -> Result<Vec<RelPath>> {
+    paths
+        .iter()
+        .map(|p| {
+            let s = p
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", p.display()))?;
+            Ok(RelPath::new(s.trim_start_matches("./"))?)
+        })
+        .collect()
+}
+
+fn say(json: bool, out: &mut dyn std::io::Write, r: &RestoreReport) -> Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, r)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "restored moment {} into {}: {} files ({}), {} directories, {} symlinks",
+            r.seq,
+            r.target.display(),
+            r.files,
+            human(r.bytes),
+            r.dirs,
+            r.symlinks
+        )?;
+    }
+    Ok(())
+}
+
+fn write_tree(
+    store: &Store,
+    seq: crate::ids::Seq,
+    target: &Path,
+    paths: &[RelPath],
+) -> Result<RestoreReport> {
+    let b = bar("restore");
+    let r = restore::restore_tree(store, seq, target, paths, &mut |d, t| {
+        if let Some(b) = &b {
+            b.set_length(t);
+            b.set_position(d);
+        }
+    });
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    Ok(r?)
+}
+
+/// From the local store (runs in the daemon when one is mounted).
+pub fn run_local(ctx: &mut Ctx, at: &str, target: &Path, paths: &[PathBuf]) -> Result<()> {
+    let seq = ctx.when(at)?;
+    let target = config::absolute(target, &ctx.cwd);
+    if target.starts_with(&ctx.dir) {
+        bail!("restore into a directory outside {} (to put files back in place, use `clawfs rollback`)", ctx.dir.display());
+    }
+    let r = write_tree(&ctx.store, seq, &target, &paths_of(paths)?)?;
+    say(ctx.json, ctx.out, &r)
+}
+
+/// Resolves REMOTE (a configured name, else a URL) to an entry.
+pub fn remote_entry(store_dir: &Path, from: &str, opts: &RemoteOpts) -> Result<RemoteEntry> {
+    let remotes = Remotes::load(store_dir)?;
+    if let Ok(e) = remotes.get(Some(from)) {
+        return Ok(e.clone());
+    }
+    if !from.contains("://") {
+        bail!(
+            "no remote named {from:?} (give a configured name or a URL such as s3://bucket/prefix)"
+        );
+    }
+    Ok(RemoteEntry {
+        name: "origin".into(),
+        spec: crate::commands::remote::spec_of(from, opts)?,
+        schedule: crate::replicate::settings::Schedule::Continuous,
+        include_secrets: false,
+        access_key: None,
+        config: None,
+    })
+}
+
+/// Opens a remote's repository for reading.
+pub fn open_repo(entry: &RemoteEntry, pass_file: Option<&Path>) -> Result<Repo> {
+    let pass = passphrase::obtain(pass_file, &format!("remote {}", entry.name))?;
+    let spec = entry.spec_with_keys(Some(&pass))?;
+    Ok(Repo::open(Arc::new(OpendalRemote::new(&spec)?), &pass, false)?.0)
+}
+
+/// Clones `repo` into a fresh store at `store_dir`; on failure the store is removed again.
+pub fn clone_store(
+    repo: &Repo,
+    entry: &RemoteEntry,
+    device: Option<&str>,
+    store_dir: &Path,
+) -> Result<Arc<Store>> {
+    let existed = store_dir.join("catalog").exists();
+    let store = Store::open_or_create(store_dir)?;
+    if existed && store.head() != crate::ids::Seq::ZERO {
+        bail!(
+            "the store at {} already holds history; clone into a new directory",
+            store_dir.display()
+        );
+    }
+    let device = restore::pick_device(repo, device, None)?;
+    let b = bar("clone");
+    let spool = store_dir.join("clone-spool");
+    let r = restore::clone_into(
+        &store,
+        repo,
+        &device,
+        &entry.name,
+        &spool,
+        &mut |what, d, t| {
+            if let Some(b) = &b {
+                b.set_message(what.to_string());
+                b.set_length(t);
+                b.set_position(d);
+            }
+        },
+    );
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    if let Err(e) = r {
+        drop(store);
+        if !existed {
+            // Only what the clone made: remotes.json and config.json stay.
+            for d in ["catalog", "packs", "clone-spool"] {
+                let _ = std::fs::remove_dir_all(store_dir.join(d));
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(store)
+}
+
+/// From a remote: clone into a scratch store beside nothing else, write the tree, drop it.
+pub fn run_from(
+    from: &str,
+    opts: &RemoteOpts,
+    device: Option<&str>,
+    at: &str,
+    target: &Path,
+    paths: &[PathBuf],
+    store_dir: &Path,
+    pass_file: Option<&Path>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let paths = paths_of(paths)?;
+    let entry = remote_entry(store_dir, from, opts)?;
+    let repo = open_repo(&entry, pass_file)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("clawfs-restore-")
+        .tempdir_in(
+            std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        )?;
+    let own = Store::open(store_dir)
+        .ok()
+        .and_then(|s| crate::replicate::push::device_id(&s).ok());
+    let device = match device {
+        Some(d) => d.to_string(),
+        None => restore::pick_device(&repo, None, own.as_deref())?,
+    };
+    let store = clone_store(&repo, &entry, Some(&device), &scratch.path().join("store"))?;
+    let seq = crate::when::resolve(&store, at)?;
+    let r = write_tree(&store, seq, target, &paths)?;
+    say(json, out, &r)
+}

@@ -1,0 +1,60 @@
+//! Encrypted replication to object storage, and restore from it.
+//!
+//! A [`Repo`](repo::Repo) is a remote opened with its passphrase. [`push`] ships the epochs a
+//! remote lacks (their catalogue records, and the chunk records they use that the remote does
+//! not hold yet), sealed, in the order [`layout`] documents; [`restore`] rebuilds a store from
+//! a remote (a clone) and writes a tree out of a store. The [`replicator`] thread runs `push`
+//! in the mount daemon, continuously or on a schedule, and keeps its cursor in the store so a
+//! restart resumes where it stopped.
+
+pub mod layout;
+pub mod passphrase;
+pub mod push;
+pub mod replicator;
+pub mod repo;
+pub mod restore;
+pub mod settings;
+
+use crate::crypto::CryptoError;
+use crate::remote::RemoteError;
+use crate::store::StoreError;
+
+/// Errors of replication.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The passphrase does not open the repository.
+    #[error("wrong passphrase for {0}")]
+    WrongPassphrase(String),
+    /// A passphrase is needed and none was given.
+    #[error("{0} needs the repository passphrase: set CLAWFS_PASSPHRASE, pass --passphrase-file, or run on a terminal")]
+    NeedPassphrase(String),
+    /// The remote holds no repository.
+    #[error("no clawfs repository at {0} (push to it first, or check the URL)")]
+    NoRepository(String),
+    /// An object is authentic but not what it should be.
+    #[error("refusing a remote object: {0}")]
+    BadObject(String),
+    /// Wrong use.
+    #[error("{0}")]
+    Usage(String),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(String),
+    /// The remote failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// Keys or sealing failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Result alias of replication.
+pub type Result<T> = std::result::Result<T, ReplicaError>;
+
+/// A device id: names one machine's history in a shared bucket (16 hex digits).
+pub fn new_device_id() -> String {
+    hex::encode(crate::crypto::random::<8>())
+}

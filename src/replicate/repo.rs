@@ -1,0 +1,191 @@
+//! An unlocked repository on a remote: the remote, its config, and the derived keys.
+
+use std::sync::Arc;
+
+use crate::crypto::{CryptoError, Keys, RepoConfig};
+use crate::remote::{Counting, Remote, RemoteError, Traffic};
+use crate::replicate::layout::{self, LogSegment};
+use crate::replicate::{ReplicaError, Result};
+
+/// A repository opened with its passphrase.
+pub struct Repo {
+    remote: Counting<Arc<dyn Remote>>,
+    config: RepoConfig,
+    keys: Keys,
+}
+
+impl Repo {
+    /// Opens the repository on `remote`; with `create`, makes one if the remote holds none.
+    /// Returns whether it was created.
+    pub fn open(remote: Arc<dyn Remote>, passphrase: &str, create: bool) -> Result<(Repo, bool)> {
+        let remote = Counting::new(remote);
+        match remote.get(layout::CONFIG) {
+            Ok(bytes) => {
+                let config = RepoConfig::parse(&bytes)?;
+                let master = config.unlock(passphrase).map_err(|e| match e {
+                    CryptoError::WrongPassphrase => {
+                        ReplicaError::WrongPassphrase(remote.describe())
+                    }
+                    e => e.into(),
+                })?;
+                let keys = Keys::derive(&master);
+                Ok((
+                    Repo {
+                        remote,
+                        config,
+                        keys,
+                    },
+                    false,
+                ))
+            }
+            Err(RemoteError::NotFound(_)) if create => {
+                let (config, master) = RepoConfig::create(passphrase)?;
+                remote.put(layout::CONFIG, &config.to_bytes())?;
+                let keys = Keys::derive(&master);
+                Ok((
+                    Repo {
+                        remote,
+                        config,
+                        keys,
+                    },
+                    true,
+                ))
+            }
+            Err(RemoteError::NotFound(_)) => Err(ReplicaError::NoRepository(remote.describe())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the repository with a cached copy of its config (no request is made).
+    pub fn from_cached(
+        remote: Arc<dyn Remote>,
+        config: RepoConfig,
+        passphrase: &str,
+    ) -> Result<Repo> {
+        let remote = Counting::new(remote);
+        let master = config.unlock(passphrase).map_err(|e| match e {
+            CryptoError::WrongPassphrase => ReplicaError::WrongPassphrase(remote.describe()),
+            e => e.into(),
+        })?;
+        let keys = Keys::derive(&master);
+        Ok(Repo {
+            remote,
+            config,
+            keys,
+        })
+    }
+
+    /// The repository's config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The remote, counted.
+    pub fn remote(&self) -> &dyn Remote {
+        &self.remote
+    }
+
+    /// Requests and bytes so far.
+    pub fn traffic(&self) -> Traffic {
+        self.remote.traffic()
+    }
+
+    /// The repository id.
+    pub fn id(&self) -> &str {
+        &self.config.repo_id
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Re-wraps the master key under a new passphrase; nothing else is rewritten.
+    pub fn change_passphrase(&self, old: &str, new: &str) -> Result<()> {
+        let master = self.config.unlock(old).map_err(|e| match e {
+            CryptoError::WrongPassphrase => ReplicaError::WrongPassphrase(self.remote.describe()),
+            e => e.into(),
+        })?;
+        let cfg = self.config.rewrap(&master, new)?;
+        self.remote.put(layout::CONFIG, &cfg.to_bytes())?;
+        Ok(())
+    }
+
+    /// Seals and uploads an object.
+    pub fn put_sealed(&self, name: &str, plain: &[u8]) -> Result<u64> {
+        let sealed = self.keys.seal(name, plain);
+        self.remote.put(name, &sealed)?;
+        Ok(sealed.len() as u64)
+    }
+
+    /// Downloads and opens an object; tampering or truncation is an error.
+    pub fn get_sealed(&self, name: &str) -> Result<Vec<u8>> {
+        let sealed = self.remote.get(name)?;
+        Ok(self.keys.open(name, &sealed)?)
+    }
+
+    /// Downloads, opens and decodes a structured object.
+    pub fn get_struct<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let plain = self.get_sealed(name)?;
+        layout::unpack_struct(name, &plain).map_err(ReplicaError::BadObject)
+    }
+
+    /// The log segments of `device`, oldest first, as (from, to, name); checks they chain.
+    pub fn segments(
+        &self,
+        device: &str,
+    ) -> Result<Vec<(crate::ids::Seq, crate::ids::Seq, String)>> {
+        let mut segs: Vec<_> = self
+            .remote
+            .list(&layout::log_prefix(device))?
+            .into_iter()
+            .filter_map(|n| layout::parse_log_name(&n).map(|(_, a, b)| (a, b, n)))
+            .collect();
+        segs.sort();
+        Ok(segs)
+    }
+
+    /// Every device with a log on this remote.
+    pub fn devices(&self) -> Result<Vec<String>> {
+        let mut devs: Vec<String> = self
+            .remote
+            .list("log/")?
+            .into_iter()
+            .filter_map(|n| layout::parse_log_name(&n).map(|(d, _, _)| d))
+            .collect();
+        devs.sort();
+        devs.dedup();
+        Ok(devs)
+    }
+
+    /// Reads a log segment and checks it is what its name says.
+    pub fn segment(&self, name: &str) -> Result<LogSegment> {
+        let seg: LogSegment = self.get_struct(name)?;
+        let Some((device, from, to)) = layout::parse_log_name(name) else {
+            return Err(ReplicaError::BadObject(format!(
+                "{name}: not a log segment name"
+            )));
+        };
+        if seg.repo_id != self.config.repo_id
+            || seg.device != device
+            || seg.from != from
+            || seg.to != to
+        {
+            return Err(ReplicaError::BadObject(format!(
+                "{name}: contents do not match the name (from another repository or device?)"
+            )));
+        }
+        if seg.epochs.len() as u64 != to.0 - from.0 + 1
+            || seg
+                .epochs
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.seq.0 != from.0 + i as u64)
+        {
+            return Err(ReplicaError::BadObject(format!(
+                "{name}: epochs missing or out of order"
+            )));
+        }
+        Ok(seg)
+    }
+}

@@ -1,0 +1,391 @@
+//! Bringing history back: clone a remote into a store, and write a tree out of a store.
+//!
+//! A clone checks everything before the store is usable: every log segment is authenticated,
+//! names its own range and repository, and every record in it passes
+//! [`check_record`](crate::store::replica::check_record) (no `..`, no absolute path, no record
+//! outside its epoch); every chunk record is CRC-checked and hashed against its id as it is
+//! stored. The caller removes a store whose clone failed, so a bad remote leaves nothing.
+//!
+//! Writing a tree out ([`restore_tree`]) refuses a non-empty target, checks every chunk's
+//! SHA-256 as it streams it, and writes each file through a temp file renamed into place.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::ids::{ChunkId, Seq};
+use crate::realfs::RealTree;
+use crate::relpath::RelPath;
+use crate::replicate::layout::{self, DeviceState, Index, LogSegment};
+use crate::replicate::push::{self, PushState};
+use crate::replicate::repo::Repo;
+use crate::replicate::{ReplicaError, Result};
+use crate::store::catalog::{now_ns, NodeKind};
+use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
+use crate::store::replica::check_record;
+use crate::store::{Store, StoreError};
+
+/// What a clone brought in.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CloneReport {
+    /// The device whose history it is.
+    pub device: String,
+    /// The newest epoch.
+    pub head: Seq,
+    /// Log segments read.
+    pub segments: u64,
+    /// Pack objects read.
+    pub packs: u64,
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Requests and bytes.
+    pub traffic: crate::remote::Traffic,
+}
+
+/// Picks the device to restore: the one asked for, else this store's own, else the only one.
+pub fn pick_device(repo: &Repo, asked: Option<&str>, own: Option<&str>) -> Result<String> {
+    let devices = repo.devices()?;
+    if let Some(d) = asked {
+        return if devices.iter().any(|x| x == d) {
+            Ok(d.to_string())
+        } else {
+            Err(ReplicaError::Usage(format!(
+                "no device {d} on {} (devices: {})",
+                repo.remote().describe(),
+                if devices.is_empty() {
+                    "none".into()
+                } else {
+                    devices.join(", ")
+                }
+            )))
+        };
+    }
+    if let Some(o) = own.filter(|o| devices.iter().any(|x| x == o)) {
+        return Ok(o.to_string());
+    }
+    match devices.as_slice() {
+        [] => Err(ReplicaError::Usage(format!(
+            "{} holds no history yet (nothing was pushed to it)",
+            repo.remote().describe()
+        ))),
+        [one] => Ok(one.clone()),
+        many => Err(ReplicaError::Usage(format!(
+            "{} holds several devices; pick one with --device ({})",
+            repo.remote().describe(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Rebuilds `store` (which must be empty) from `device`'s history on the remote, and records
+/// the remote as holding all of it, under `remote_name`. `spool` is a scratch directory.
+pub fn clone_into(
+    store: &Store,
+    repo: &Repo,
+    device: &str,
+    remote_name: &str,
+    spool: &Path,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<CloneReport> {
+    if store.head() != Seq::ZERO {
+        return Err(ReplicaError::Usage(format!(
+            "the store at {} already holds history; clone into a new directory",
+            store.dir().display()
+        )));
+    }
+    let segs = repo.segments(device)?;
+    let mut expect = Seq(1);
+    for (from, to, name) in &segs {
+        if *from != expect {
+            return Err(ReplicaError::BadObject(format!(
+                "the log of device {device} has a gap before {name} (expected epoch {expect})"
+            )));
+        }
+        expect = to.next();
+    }
+    let mut report = CloneReport {
+        device: device.to_string(),
+        ..Default::default()
+    };
+    // 1. Every segment: authenticate, check, spool to disk; gather the indexes they name.
+    std::fs::create_dir_all(spool)
+        .map_err(|e| ReplicaError::Io(format!("creating {}: {e}", spool.display())))?;
+    let mut indexes: Vec<String> = Vec::new();
+    let mut next_node = 1;
+    for (i, (_, _, name)) in segs.iter().enumerate() {
+        progress("log", i as u64, segs.len() as u64);
+        let seg = repo.segment(name)?;
+        for e in &seg.epochs {
+            for (k, v) in &e.records {
+                check_record(e.seq, k, v)
+                    .map_err(|err| ReplicaError::BadObject(format!("{name}: {err}")))?;
+            }
+        }
+        for ix in &seg.indexes {
+            if !ix.starts_with("index/") || ix.contains("..") {
+                return Err(ReplicaError::BadObject(format!(
+                    "{name}: names {ix:?} as an index"
+                )));
+            }
+            if !indexes.contains(ix) {
+                indexes.push(ix.clone());
+            }
+        }
+        next_node = next_node.max(seg.next_node);
+        std::fs::write(spool.join(format!("{i:08}.seg")), layout::pack_struct(&seg))
+            .map_err(|e| ReplicaError::Io(format!("spooling the log: {e}")))?;
+        report.segments += 1;
+        report.head = seg.to;
+    }
+    // 2. Every pack the indexes name: authenticate, then store each record (CRC + hash).
+    let mut held: Vec<ChunkId> = Vec::new();
+    let mut packs_done: HashSet<String> = HashSet::new();
+    let mut all: Vec<(String, Vec<layout::IndexEntry>)> = Vec::new();
+    for ix in &indexes {
+        let index: Index = repo.get_struct(ix)?;
+        all.extend(index.packs);
+    }
+    let total = all.len() as u64;
+    for (n, (pack, entries)) in all.into_iter().enumerate() {
+        progress("packs", n as u64, total);
+        if !pack.starts_with("packs/") || !packs_done.insert(pack.clone()) {
+            continue;
+        }
+        let plain = repo.get_sealed(&pack)?;
+        for e in entries {
+            let rec = plain
+                .get(e.offset as usize..e.offset as usize + e.len as usize)
+                .ok_or_else(|| {
+                    ReplicaError::BadObject(format!("{pack}: index points past its end"))
+                })?;
+            let id = store
+                .packs()
+                .put_record(rec)
+                .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
+            if id != e.id {
+                return Err(ReplicaError::BadObject(format!(
+                    "{pack}: holds another chunk than its index says"
+                )));
+            }
+            held.push(id);
+        }
+        report.packs += 1;
+    }
+    report.chunks = held.len() as u64;
+    // 3. The catalogue, epoch by epoch, as if recorded here.
+    for i in 0..segs.len() {
+        let p = spool.join(format!("{i:08}.seg"));
+        let bytes = std::fs::read(&p)
+            .map_err(|e| ReplicaError::Io(format!("reading {}: {e}", p.display())))?;
+        let seg: LogSegment =
+            layout::unpack_struct("spooled segment", &bytes).map_err(ReplicaError::Io)?;
+        store.apply_epochs(&seg.epochs, next_node)?;
+        let _ = std::fs::remove_file(&p);
+    }
+    // 4. Marks and sessions.
+    match repo.get_struct::<DeviceState>(&layout::marks_name(device)) {
+        Ok(ds) => {
+            for s in &ds.sessions {
+                store.import_session(s)?;
+            }
+            for m in ds.marks.iter().filter(|m| m.seq <= store.head()) {
+                if store.mark(&m.name)?.is_none() {
+                    store.add_mark(m)?;
+                }
+            }
+        }
+        Err(ReplicaError::Remote(crate::remote::RemoteError::NotFound(_))) => {}
+        Err(e) => return Err(e),
+    }
+    // 5. This store continues that device's history, and the remote holds all of it.
+    push::set_device_id(store, device)?;
+    push::note_chunks(store, remote_name, held.into_iter())?;
+    push::save_state(
+        store,
+        remote_name,
+        &PushState {
+            pushed: store.head(),
+            last_push_ns: Some(now_ns()),
+            ..Default::default()
+        },
+    )?;
+    store.flush()?;
+    let _ = std::fs::remove_dir_all(spool);
+    report.traffic = repo.traffic();
+    Ok(report)
+}
+
+/// What a restore wrote.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    /// The moment restored.
+    pub seq: Seq,
+    /// Where.
+    pub target: PathBuf,
+    /// Files written.
+    pub files: u64,
+    /// Directories made.
+    pub dirs: u64,
+    /// Symlinks made.
+    pub symlinks: u64,
+    /// File bytes written.
+    pub bytes: u64,
+}
+
+/// File content that checks each chunk's SHA-256 as it is read.
+struct Checked {
+    chunks: Arc<ChunkCache>,
+    /// (offset in the file, chunk id, length)
+    map: Vec<(u64, ChunkId, u32)>,
+    size: u64,
+}
+
+impl Checked {
+    fn new(chunks: Arc<ChunkCache>, content: &Content) -> crate::store::Result<Checked> {
+        let mut map = Vec::new();
+        let mut off = 0u64;
+        for seg in &content.segments {
+            let leaf = chunks.get_shared(&seg.leaf)?;
+            if ChunkId::of(&leaf) != seg.leaf {
+                return Err(StoreError::CorruptCatalog {
+                    what: format!("chunk list {}", seg.leaf),
+                    detail: "does not hash to its id".into(),
+                });
+            }
+            for r in decode_leaf(&leaf)? {
+                map.push((off, r.id, r.len));
+                off += r.len as u64;
+            }
+        }
+        Ok(Checked {
+            chunks,
+            map,
+            size: content.size,
+        })
+    }
+}
+
+impl ReadAt for Checked {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::store::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() && offset + (done as u64) < self.size {
+            let pos = offset + done as u64;
+            let i = self.map.partition_point(|(o, _, _)| *o <= pos) - 1;
+            let (start, id, len) = self.map[i];
+            let data = self.chunks.get_shared(&id)?;
+            if data.len() != len as usize || ChunkId::of(&data) != id {
+                return Err(StoreError::CorruptCatalog {
+                    what: format!("chunk {id}"),
+                    detail: "does not hash to its id; refusing to write it".into(),
+                });
+            }
+            let from = (pos - start) as usize;
+            let n = (data.len() - from).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[from..from + n]);
+            done += n;
+        }
+        Ok(done)
+    }
+    fn len(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Writes the tree (or only `paths`) as of `seq` into `target`, which must be empty or absent.
+pub fn restore_tree(
+    store: &Store,
+    seq: Seq,
+    target: &Path,
+    paths: &[RelPath],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
+    match std::fs::read_dir(target) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(ReplicaError::Usage(format!(
+                    "{} is not empty: restore into a new or empty directory (to put files back in place, use `clawfs rollback`)",
+                    target.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ReplicaError::Io(format!("{}: {e}", target.display()))),
+    }
+    let roots: Vec<RelPath> = if paths.is_empty() {
+        vec![RelPath::root()]
+    } else {
+        paths.to_vec()
+    };
+    // Everything is looked up before anything is written.
+    let mut entries = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &roots {
+        let walked = store.walk(r, seq)?;
+        if walked.is_empty() {
+            return Err(ReplicaError::Usage(format!(
+                "{r} did not exist at moment {seq}"
+            )));
+        }
+        for (p, e) in walked {
+            if seen.insert(p.clone()) {
+                entries.push((p, e));
+            }
+        }
+    }
+    std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
+    let tree = RealTree::new(target);
+    let total: u64 = entries.iter().map(|(_, e)| e.version.size()).sum();
+    let mut report = RestoreReport {
+        seq,
+        target: target.to_path_buf(),
+        ..Default::default()
+    };
+    let mut dirs = Vec::new();
+    for (p, e) in &entries {
+        // Parents of a restored path that are not themselves restored.
+        if let Some((parent, _)) = p.split() {
+            if !parent.is_root() && !seen.contains(&parent) {
+                std::fs::create_dir_all(tree.path(&parent))
+                    .map_err(io(format!("creating {parent}")))?;
+            }
+        }
+        let v = &e.version;
+        match v.kind {
+            NodeKind::Dir => {
+                tree.mkdir(p, v.meta.mode)
+                    .map_err(io(format!("creating {p}")))?;
+                dirs.push((p.clone(), v.meta));
+                report.dirs += 1;
+            }
+            NodeKind::Symlink => {
+                tree.put_symlink(p, &v.target)
+                    .map_err(io(format!("writing {p}")))?;
+                report.symlinks += 1;
+            }
+            NodeKind::File => {
+                let content = Checked::new(store.chunks().clone(), &v.content)?;
+                tree.put_file(p, &content, &v.meta, &v.xattrs)
+                    .map_err(|err| {
+                        // A chunk that fails its hash surfaces as an I/O error from the copy.
+                        ReplicaError::Io(format!("writing {p}: {err}"))
+                    })?;
+                report.files += 1;
+                report.bytes += v.content.size;
+                progress(report.bytes, total);
+            }
+        }
+    }
+    // Directory times last, after their contents stopped changing them.
+    for (p, meta) in dirs.iter().rev().filter(|(_, m)| m.mtime_ns > 0) {
+        let path = tree.path(p);
+        let t =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(meta.mtime_ns.max(0) as u64);
+        if let Ok(f) = std::fs::File::open(&path) {
+            let _ = f.set_modified(t);
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,193 @@
+//! What the replicator reads out of a store and what a clone writes back in.
+//!
+//! An epoch's records are immutable once committed and its journal entry names them
+//! ([`schema::JOURNAL`]), so "epochs a..=b" is an exact, finite set of key/value pairs. A clone
+//! applies those sets in order to an empty store; [`check_record`] is the gate every received
+//! record passes first, so a tampered-with-but-authentic or buggy log can never plant a path
+//! with `..`, an absolute path, or a record outside its epoch range.
+
+use crate::ids::{NodeId, Seq};
+use crate::relpath::RelPath;
+use crate::store::catalog::{decode, encode, Change, Dentry, Epoch, NodeVersion, SessionInfo};
+use crate::store::{read_u64, schema, Result, Store, StoreError};
+
+/// One catalogue record.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// The records of one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecords {
+    /// The epoch.
+    pub seq: Seq,
+    /// Its records (the journal entry's keys with their values).
+    pub records: Vec<Record>,
+}
+
+impl Store {
+    /// The records epoch `seq` committed, or `None` if it was not committed.
+    pub fn epoch_records(&self, seq: Seq) -> Result<Option<EpochRecords>> {
+        let Some(j) = self.cat.get(schema::journal_key(seq))? else {
+            return Ok(None);
+        };
+        let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of epoch {seq}"))?;
+        let mut records = Vec::with_capacity(keys.len());
+        for k in keys {
+            let v = self
+                .cat
+                .get(&k)?
+                .ok_or_else(|| StoreError::CorruptCatalog {
+                    what: format!("epoch {seq}"),
+                    detail: "a record its journal names is missing".into(),
+                })?;
+            records.push((k, v.to_vec()));
+        }
+        Ok(Some(EpochRecords { seq, records }))
+    }
+
+    /// The next unused node id.
+    pub fn next_node(&self) -> Result<u64> {
+        Ok(read_u64(&self.cat, schema::META_NEXT_NODE)?.unwrap_or(1))
+    }
+
+    /// A sled tree beside the catalogue for replication state (cursors, uploaded chunk sets).
+    /// Nothing in it is replicated.
+    pub fn side_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("side:{name}"))?)
+    }
+
+    /// Applies epochs received from a remote, in order, to this store; they must continue its
+    /// head exactly. Each epoch goes in as one batch with its journal entry, as if recorded
+    /// here. Every record is checked with [`check_record`] before anything is written.
+    pub fn apply_epochs(&self, epochs: &[EpochRecords], next_node: u64) -> Result<()> {
+        let mut expect = self.head().next();
+        for e in epochs {
+            if e.seq != expect {
+                return Err(StoreError::CorruptCatalog {
+                    what: "received log".into(),
+                    detail: format!("epoch {} arrives where {expect} was expected", e.seq),
+                });
+            }
+            for (k, v) in &e.records {
+                check_record(e.seq, k, v)?;
+            }
+            expect = expect.next();
+        }
+        for e in epochs {
+            let mut batch = sled::Batch::default();
+            let mut keys = Vec::with_capacity(e.records.len());
+            for (k, v) in &e.records {
+                batch.insert(k.as_slice(), v.as_slice());
+                keys.push(k.clone());
+            }
+            batch.insert(&schema::journal_key(e.seq), encode(&keys));
+            batch.insert(schema::meta_key(schema::META_HEAD), &e.seq.0.to_be_bytes());
+            let nn = next_node.max(self.next_node()?);
+            batch.insert(schema::meta_key(schema::META_NEXT_NODE), &nn.to_be_bytes());
+            self.cat.apply_batch(batch)?;
+            self.set_head(e.seq);
+        }
+        Ok(())
+    }
+
+    /// Records a session received from a remote (sessions are not epochs: they are kept in
+    /// the device's marks object).
+    pub fn import_session(&self, s: &SessionInfo) -> Result<()> {
+        self.put_session(s)
+    }
+}
+
+fn bad(seq: Seq, detail: String) -> StoreError {
+    StoreError::CorruptCatalog {
+        what: format!("received epoch {seq}"),
+        detail,
+    }
+}
+
+fn check_path(seq: Seq, p: &str) -> Result<()> {
+    RelPath::new(p)
+        .map(|_| ())
+        .map_err(|e| bad(seq, format!("path {p:?}: {e}")))
+}
+
+/// The `other` of a change or entry: a path, or `#seq` for a restore.
+fn check_other(seq: Seq, o: &str) -> Result<()> {
+    match o.strip_prefix('#') {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => check_path(seq, o),
+    }
+}
+
+fn check_name(seq: Seq, n: &str) -> Result<()> {
+    if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+        return Err(bad(seq, format!("entry name {n:?} is not a file name")));
+    }
+    Ok(())
+}
+
+/// Checks one received record of epoch `seq`: a kind an epoch writes, keyed by that epoch,
+/// decoding as its kind, and naming only relative paths without `..`.
+pub fn check_record(seq: Seq, k: &[u8], v: &[u8]) -> Result<()> {
+    let wrong_seq = |found: Option<Seq>| {
+        if found == Some(seq) {
+            Ok(())
+        } else {
+            Err(bad(
+                seq,
+                format!("record for epoch {found:?} inside epoch {seq}"),
+            ))
+        }
+    };
+    match k.first().copied() {
+        Some(schema::EPOCH) => {
+            wrong_seq(schema::epoch_key_seq(k))?;
+            decode::<Epoch>(v, || format!("epoch {seq}"))?;
+        }
+        Some(schema::CHANGE) => {
+            wrong_seq(schema::epoch_key_seq(k))?;
+            let c: Change = decode(v, || format!("change in epoch {seq}"))?;
+            check_path(seq, &c.path)?;
+            if let Some(o) = &c.other {
+                check_other(seq, o)?;
+            }
+        }
+        Some(schema::NODE) => {
+            wrong_seq(schema::node_key_seq(k))?;
+            let n: NodeVersion = decode(v, || format!("node in epoch {seq}"))?;
+            let _ = n;
+        }
+        Some(schema::VERSION) => {
+            if v.len() != 16 || u64::from_be_bytes(v[8..].try_into().expect("8")) != seq.0 {
+                return Err(bad(seq, "version record of another epoch".into()));
+            }
+            let node = NodeId(u64::from_be_bytes(v[..8].try_into().expect("8")));
+            if schema::version_key(crate::ids::VersionId::new(node, seq)).as_slice() != k {
+                return Err(bad(seq, "version id does not match its node".into()));
+            }
+        }
+        Some(schema::TIME) => wrong_seq(schema::time_key_seq(k))?,
+        Some(schema::DENTRY) => {
+            let parent_end = k[1..]
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| bad(seq, "dentry key without a parent".into()))?;
+            let (name, s) = schema::dentry_key_parts(k, parent_end + 2)
+                .ok_or_else(|| bad(seq, "malformed dentry key".into()))?;
+            wrong_seq(Some(s))?;
+            check_name(seq, name)?;
+            let d: Dentry = decode(v, || format!("entry in epoch {seq}"))?;
+            if let Some(o) = &d.other {
+                check_other(seq, o)?;
+            }
+        }
+        other => {
+            return Err(bad(
+                seq,
+                format!(
+                    "record of kind {:?} cannot come from a log",
+                    other.map(char::from)
+                ),
+            ))
+        }
+    }
+    Ok(())
+}
