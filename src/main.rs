@@ -24,7 +24,11 @@ fn main() -> ExitCode {
             ..
         }
     );
-    let default = if daemon { "info" } else { "warn" };
+    let default = if daemon {
+        "info,opendal=warn"
+    } else {
+        "warn,opendal=off"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLAWFS_LOG")

@@ -89,17 +89,38 @@ pub struct OpendalRemote {
 }
 
 fn service_err(what: String, e: opendal::Error) -> RemoteError {
+    let text = e.to_string();
+    if text.contains("NoSuchBucket") {
+        return RemoteError::Service {
+            what,
+            detail: "the bucket does not exist".into(),
+        };
+    }
     if e.kind() == ErrorKind::NotFound {
         return RemoteError::NotFound(what);
     }
-    let detail = match e.kind() {
-        ErrorKind::PermissionDenied => format!("access denied ({})", e.message()),
-        ErrorKind::ConfigInvalid => format!("invalid configuration ({})", e.message()),
-        _ => {
-            let s = e.to_string();
-            // OpenDAL's messages carry the whole context; the first line says what went wrong.
-            s.lines().next().unwrap_or(&s).to_string()
-        }
+    // The innermost cause says what really happened ("Connection refused"); OpenDAL's own
+    // message says which step failed.
+    let mut cause = None;
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        cause = Some(s.to_string());
+        src = s.source();
+    }
+    let code = [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+    ]
+    .into_iter()
+    .find(|c| text.contains(c));
+    let detail = match (e.kind(), code) {
+        (_, Some(c)) => format!("access denied ({c}): check the access key and secret"),
+        (ErrorKind::PermissionDenied, None) => "access denied".to_string(),
+        _ => match cause {
+            Some(c) => format!("{}: {c}", e.message()),
+            None => e.message().to_string(),
+        },
     };
     RemoteError::Service { what, detail }
 }
