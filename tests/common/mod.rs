@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod s3;
+
 pub struct Sandbox {
+    /// Extra environment for every command (passphrase, access keys).
+    pub env: std::cell::RefCell<Vec<(String, String)>>,
     pub home: tempfile::TempDir,
     /// The state directory (`$HOME/.openclaw`).
     pub dir: PathBuf,
@@ -28,7 +32,12 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).unwrap();
         let dir = dir.canonicalize().unwrap();
         let store = home.path().join("store");
-        Sandbox { home, dir, store }
+        Sandbox {
+            env: Default::default(),
+            home,
+            dir,
+            store,
+        }
     }
 
     /// A `clawfs` command in the sandbox.
@@ -38,10 +47,24 @@ impl Sandbox {
             .env_remove("XDG_DATA_HOME")
             .env("OPENCLAW_STATE_DIR", &self.dir)
             .env("CLAWFS_LOG", "warn")
+            // Tests derive many keys: cheap scrypt (the product's default costs ~100 ms each).
+            .env("CLAWFS_SCRYPT_LOG_N", "10")
+            .env_remove("CLAWFS_PASSPHRASE")
+            .envs(
+                self.env
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
             .arg("--store")
             .arg(&self.store)
             .stdin(Stdio::null());
         c
+    }
+
+    /// Sets an environment variable for every later command.
+    pub fn set_env(&self, k: &str, v: &str) {
+        self.env.borrow_mut().push((k.to_string(), v.to_string()));
     }
 
     /// Runs `clawfs ARGS`; panics with its output unless it succeeds.
