@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (fuse3, sqlite3,
-# git, libacl for pjdfstest, the pjdfstest and fsx crates), builds once, runs everything.
+# git, libacl for pjdfstest, the pjdfstest and fsx crates, the s3s-fs S3 server, moto in a venv
+# under target/), builds once, runs everything. Tools are cached, so reruns skip the installs.
 # Needs root for the FUSE mounts and the POSIX suite (CI runs as root with /dev/fuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ export CARGO_TERM_COLOR=never
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=()
-for pkg in fuse3 sqlite3 git python3 gcc pkg-config libacl1-dev bindfs; do
+for pkg in fuse3 sqlite3 git python3 python3-venv gcc pkg-config libacl1-dev bindfs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -18,6 +19,19 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# S3-compatible servers for the replication tests.
+if ! command -v s3s-fs >/dev/null; then
+  echo "== installing s3s-fs (once, into ~/.cargo/bin)"
+  cargo install --locked s3s-fs --version 0.14.1 --features binary
+fi
+venv=target/test-tools/venv
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "== installing moto[server] (once, into $venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]'
+fi
+export PATH="$PWD/$venv/bin:$PATH"
 
 echo "== build (once)"
 cargo build --locked --all-targets

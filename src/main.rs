@@ -196,13 +196,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let store = store_for(&cli, &dir, &cwd);
             let stdout = std::io::stdout();
-            commands::restore::run_from(
+            let target = absolute(target, &cwd);
+            let req = commands::restore::FromRemote {
                 from,
                 opts,
-                device.as_deref(),
+                device: device.as_deref(),
                 at,
-                &absolute(target, &cwd),
+                target: &target,
                 paths,
+            };
+            commands::restore::run_from(
+                &req,
                 &store,
                 cli.passphrase_file.as_deref(),
                 cli.json,

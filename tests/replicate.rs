@@ -380,9 +380,7 @@ fn daemon_pid(dir: &Path) -> Option<u32> {
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.iter().any(|a| *a == b"--foreground")
-            && args
-                .iter()
-                .any(|a| *a == dir.as_os_str().as_encoded_bytes())
+            && args.contains(&dir.as_os_str().as_encoded_bytes())
         {
             return Some(pid);
         }

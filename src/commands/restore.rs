@@ -154,19 +154,38 @@ pub fn clone_store(
     Ok(store)
 }
 
-/// From a remote: clone into a scratch store beside nothing else, write the tree, drop it.
+/// `restore --from`: what to restore from where.
+pub struct FromRemote<'a> {
+    /// The remote (a configured name, or a URL).
+    pub from: &'a str,
+    /// Options of a remote given as a URL.
+    pub opts: &'a RemoteOpts,
+    /// Which device's history.
+    pub device: Option<&'a str>,
+    /// The moment.
+    pub at: &'a str,
+    /// Where to write.
+    pub target: &'a Path,
+    /// Only these paths.
+    pub paths: &'a [PathBuf],
+}
+
+/// From a remote: clone into a scratch store, write the tree, drop the scratch store.
 pub fn run_from(
-    from: &str,
-    opts: &RemoteOpts,
-    device: Option<&str>,
-    at: &str,
-    target: &Path,
-    paths: &[PathBuf],
+    req: &FromRemote,
     store_dir: &Path,
     pass_file: Option<&Path>,
     json: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<()> {
+    let FromRemote {
+        from,
+        opts,
+        device,
+        at,
+        target,
+        paths,
+    } = *req;
     let paths = paths_of(paths)?;
     let entry = remote_entry(store_dir, from, opts)?;
     let repo = open_repo(&entry, pass_file)?;

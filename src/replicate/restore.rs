@@ -389,3 +389,115 @@ pub fn restore_tree(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionId;
+    use crate::remote::{MemRemote, Remote};
+    use crate::replicate::settings::{RemoteEntry, Schedule};
+    use crate::store::catalog::{decode, encode, Change, Meta};
+    use crate::store::schema;
+
+    fn entry() -> RemoteEntry {
+        RemoteEntry {
+            name: "mem".into(),
+            spec: Default::default(),
+            schedule: Schedule::Continuous,
+            include_secrets: false,
+            access_key: None,
+            config: None,
+        }
+    }
+
+    /// A store with two files and one directory, pushed to a memory remote.
+    fn pushed() -> (tempfile::TempDir, Arc<MemRemote>, Repo) {
+        std::env::set_var("CLAWFS_SCRYPT_LOG_N", "10");
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(&d.path().join("a")).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let meta = Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+        };
+        let p = |s: &str| RelPath::new(s).unwrap();
+        rec.create(&p("notes"), NodeKind::Dir, meta, "").unwrap();
+        rec.create(&p("notes/a.md"), NodeKind::File, meta, "")
+            .unwrap();
+        rec.write(&p("notes/a.md"), 0, b"alpha").unwrap();
+        rec.commit(true).unwrap();
+        let remote = Arc::new(MemRemote::default());
+        let (repo, created) = Repo::open(remote.clone(), "pw", true).unwrap();
+        assert!(created);
+        push::push(&store, &repo, &entry(), &mut |_, _| {}).unwrap();
+        (d, remote, repo)
+    }
+
+    #[test]
+    fn clone_and_restore_round_trip_through_memory() {
+        let (d, remote, _) = pushed();
+        let (repo, _) = Repo::open(remote, "pw", false).unwrap();
+        let b = Store::open_or_create(&d.path().join("b")).unwrap();
+        let dev = pick_device(&repo, None, None).unwrap();
+        clone_into(
+            &b,
+            &repo,
+            &dev,
+            "mem",
+            &d.path().join("spool"),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let out = d.path().join("out");
+        let r = restore_tree(&b, b.head(), &out, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(r.files, 1);
+        assert_eq!(std::fs::read(out.join("notes/a.md")).unwrap(), b"alpha");
+    }
+
+    /// A log whose records name `..`, even sealed with the right key (a buggy or hostile
+    /// client), is refused and the new store gets nothing.
+    #[test]
+    fn a_log_segment_naming_dot_dot_is_refused() {
+        let (d, remote, repo) = pushed();
+        let name = remote.list("log/").unwrap().pop().unwrap();
+        let mut seg: LogSegment = repo.get_struct(&name).unwrap();
+        for e in &mut seg.epochs {
+            for (k, v) in &mut e.records {
+                if k[0] == schema::CHANGE {
+                    let mut c: Change = decode(v, || "c".into()).unwrap();
+                    c.path = "../../etc/evil".into();
+                    *v = encode(&c);
+                }
+            }
+        }
+        repo.put_sealed(&name, &layout::pack_struct(&seg)).unwrap();
+        let b = Store::open_or_create(&d.path().join("b")).unwrap();
+        let dev = pick_device(&repo, None, None).unwrap();
+        let err = clone_into(
+            &b,
+            &repo,
+            &dev,
+            "mem",
+            &d.path().join("spool"),
+            &mut |_, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(".."), "{err}");
+        assert_eq!(b.head(), Seq::ZERO, "nothing applied");
+    }
+
+    #[test]
+    fn an_object_moved_to_another_name_is_refused() {
+        let (_d, remote, repo) = pushed();
+        let packs = remote.list("packs/").unwrap();
+        let bytes = remote.get(&packs[0]).unwrap();
+        remote.put("packs/0000", &bytes).unwrap();
+        assert!(matches!(
+            repo.get_sealed("packs/0000"),
+            Err(ReplicaError::Crypto(_))
+        ));
+    }
+}

@@ -839,10 +839,10 @@ impl Recorder {
                 version.content = content;
             }
             sizes.insert(node, version.size());
-            batch.insert(&schema::node_key(node, seq), encode(&version));
+            batch.insert(schema::node_key(node, seq), encode(&version));
             batch.insert(
-                &schema::version_key(VersionId::new(node, seq)),
-                &schema::version_value(node, seq),
+                schema::version_key(VersionId::new(node, seq)),
+                schema::version_value(node, seq),
             );
         }
         for ((parent, name), d) in std::mem::take(&mut self.dentries) {
@@ -856,7 +856,7 @@ impl Recorder {
             if c.op != Op::Delete && c.op != Op::RenameTo {
                 c.size = c.node.and_then(|n| sizes.get(&n).copied());
             }
-            batch.insert(&schema::change_key(seq, i as u32), encode(&c));
+            batch.insert(schema::change_key(seq, i as u32), encode(&c));
         }
         let epoch = Epoch {
             time_ns,
@@ -864,8 +864,8 @@ impl Recorder {
             changes: changes.len() as u32,
             stored_bytes: stored,
         };
-        batch.insert(&schema::epoch_key(seq), encode(&epoch));
-        batch.insert(&schema::time_key(time_ns, seq), &[][..]);
+        batch.insert(schema::epoch_key(seq), encode(&epoch));
+        batch.insert(schema::time_key(time_ns, seq), &[][..]);
         let mut batch = batch.finish(seq);
         batch.insert(
             schema::meta_key(schema::META_NEXT_NODE),
