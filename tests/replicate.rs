@@ -565,3 +565,129 @@ fn moto_round_trip_and_clear_errors_for_bad_endpoints_buckets_and_keys() {
         "failed adds leave no remote"
     );
 }
+
+#[test]
+fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
+    let s3 = S3s::start();
+    let ep = s3.endpoint();
+    let a = Sandbox::new();
+    let pass_file = a.home.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    // Access keys given once: stored sealed, never in plain text.
+    a.set_env("CLAWFS_SECRET_ACCESS_KEY", SECRET_KEY);
+    a.ok(&[
+        "--passphrase-file",
+        pf,
+        "remote",
+        "add",
+        "origin",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+        "--access-key-id",
+        ACCESS_KEY,
+    ]);
+    let remotes = std::fs::read_to_string(a.store.join("remotes.json")).unwrap();
+    assert!(!remotes.contains(SECRET_KEY));
+    let mode = std::fs::metadata(a.store.join("remotes.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    a.ok(&["--passphrase-file", pf, "mount", a.dir.to_str().unwrap()]);
+    a.write("MEMORY.md", MEMORY.as_bytes());
+    a.settle();
+    a.ok(&["push", "--wait"]);
+    a.unmount();
+
+    // A new passphrase re-wraps the key and uploads nothing else.
+    let before: Vec<_> = s3.objects();
+    a.set_env("CLAWFS_NEW_PASSPHRASE", "a brand new passphrase");
+    a.ok(&["--passphrase-file", pf, "remote", "passwd", "origin"]);
+    assert_eq!(s3.objects(), before);
+    let b = new_machine();
+    let err = b.fails(&[
+        "remote",
+        "add",
+        "origin",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+    ]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    b.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
+    let added = b.ok(&[
+        "remote",
+        "add",
+        "origin",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+    ]);
+    assert!(added.contains("opened the existing"), "{added}");
+    // The new machine: an empty directory is filled from the remote, then mounted.
+    b.ok(&["mount", "--restore-if-empty", b.dir.to_str().unwrap()]);
+    assert!(b.is_mounted());
+    assert_eq!(
+        std::fs::read_to_string(b.path("MEMORY.md")).unwrap(),
+        MEMORY
+    );
+    assert!(b.ok(&["log"]).contains("MEMORY.md"));
+    b.unmount();
+
+    // A second machine with its own history shares the bucket under its own device id.
+    let c = new_machine();
+    c.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
+    c.ok(&[
+        "remote",
+        "add",
+        "origin",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+    ]);
+    c.mount();
+    c.write("OTHER.md", b"another machine\n");
+    c.settle();
+    c.ok(&["push", "--wait"]);
+    c.unmount();
+    let devices = c.ok(&["remote", "devices"]);
+    assert_eq!(devices.lines().count(), 2, "{devices}");
+    // A machine of its own restores its own device by default; a stranger must pick one.
+    let d = new_machine();
+    d.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
+    let target = d.home.path().join("t");
+    let t = target.to_str().unwrap();
+    let err = d.fails(&[
+        "restore",
+        "--from",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+        t,
+    ]);
+    assert!(err.contains("--device"), "{err}");
+    assert!(!target.exists());
+    let other = devices
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .find(|d| {
+            c.ok(&[
+                "restore",
+                "--from",
+                "origin",
+                "--device",
+                d,
+                c.home.path().join(d).to_str().unwrap(),
+            ])
+            .contains("restored")
+        })
+        .unwrap();
+    assert!(!other.is_empty());
+}

@@ -206,5 +206,21 @@ pub fn run_from(
     let store = clone_store(&repo, &entry, Some(&device), &scratch.path().join("store"))?;
     let seq = crate::when::resolve(&store, at)?;
     let r = write_tree(&store, seq, target, &paths)?;
-    say(json, out, &r)
+    if json {
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({"restore": r, "traffic": repo.traffic()}),
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    say(false, out, &r)?;
+    let t = repo.traffic();
+    writeln!(
+        out,
+        "downloaded {} in {} requests",
+        human(t.bytes_down),
+        t.requests()
+    )?;
+    Ok(())
 }
