@@ -73,6 +73,17 @@ pub struct KdfParams {
     pub p: u32,
 }
 
+impl KdfParams {
+    /// The parameters new keys are made with.
+    fn new_default() -> KdfParams {
+        KdfParams {
+            log_n: default_log_n(),
+            r: 8,
+            p: 1,
+        }
+    }
+}
+
 /// The remote's `config` object: the only object readable with the passphrase alone.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -184,12 +195,7 @@ impl RepoConfig {
     }
 
     fn wrap(master: &MasterKey, passphrase: &str, repo_id: String) -> Result<RepoConfig> {
-        let kdf = KdfParams {
-            log_n: default_log_n(),
-            r: 8,
-            p: 1,
-        };
-        let salt: [u8; 32] = random();
+        let (kdf, salt) = (KdfParams::new_default(), random::<32>());
         let kek = passphrase_key(passphrase, &salt, kdf)?;
         Ok(RepoConfig {
             format: REPO_FORMAT,
@@ -276,12 +282,7 @@ pub struct LocalSecret {
 impl LocalSecret {
     /// Seals `plain` under a key derived from `passphrase`.
     pub fn seal(passphrase: &str, what: &str, plain: &[u8]) -> Result<LocalSecret> {
-        let kdf = KdfParams {
-            log_n: default_log_n(),
-            r: 8,
-            p: 1,
-        };
-        let salt: [u8; 32] = random();
+        let (kdf, salt) = (KdfParams::new_default(), random::<32>());
         let key = passphrase_key(passphrase, &salt, kdf)?;
         Ok(LocalSecret {
             kdf,

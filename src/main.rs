@@ -339,6 +339,7 @@ fn clone_and_check_out(
     json: bool,
 ) -> Result<()> {
     let s = commands::restore::clone_store(repo, entry, device, store_dir)?;
+    s.flush()?;
     let mut remotes = Remotes::load(store_dir)?;
     if !remotes.remotes.iter().any(|r| r.name == entry.name) {
         let mut e = entry.clone();
@@ -348,7 +349,8 @@ fn clone_and_check_out(
         remotes.save(store_dir)?;
     }
     let head = s.head();
-    let r = clawfs::replicate::restore::restore_tree(&s, head, dir, &[], &mut |_, _| {})?;
+    let r = clawfs::replicate::restore::restore_tree(&s, head, dir, &[], true, &mut |_, _| {})?;
+    clawfs::realfs::RealTree::new_batch(dir).sync_all()?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -20,12 +20,37 @@ use crate::store::content::ReadAt;
 #[derive(Clone, Debug)]
 pub struct RealTree {
     root: PathBuf,
+    /// Sync each file and its directory before the call returns (rollback, in a live tree).
+    /// Off for a restore into a new directory, which syncs the whole filesystem once at the end.
+    each_durable: bool,
 }
 
 impl RealTree {
     /// The tree under `root`.
     pub fn new(root: impl Into<PathBuf>) -> RealTree {
-        RealTree { root: root.into() }
+        RealTree {
+            root: root.into(),
+            each_durable: true,
+        }
+    }
+
+    /// A tree being filled from scratch: files are still written atomically (temp + rename),
+    /// but made durable together by [`RealTree::sync_all`] instead of one by one.
+    pub fn new_batch(root: impl Into<PathBuf>) -> RealTree {
+        RealTree {
+            root: root.into(),
+            each_durable: false,
+        }
+    }
+
+    /// Makes everything written below the root durable (`syncfs`).
+    pub fn sync_all(&self) -> io::Result<()> {
+        let f = File::open(&self.root)?;
+        // SAFETY: syncfs takes any open fd and touches no memory of ours.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The real path of `p`.
@@ -71,13 +96,18 @@ impl RealTree {
             for (k, v) in xattrs {
                 set_xattr(&tmp, k, v)?;
             }
-            f.sync_all()?;
+            if self.each_durable {
+                f.sync_all()?;
+            }
             set_mtime(&f, meta.mtime_ns)?;
             if dest.is_dir() && !dest.is_symlink() {
                 fs::remove_dir(&dest)?;
             }
             fs::rename(&tmp, &dest)?;
-            sync_dir(&dir)
+            if self.each_durable {
+                sync_dir(&dir)?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

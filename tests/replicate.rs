@@ -109,6 +109,18 @@ fn new_machine() -> Sandbox {
     sb
 }
 
+/// Restores the latest moment from the s3 remote into a new directory of `nm`; must succeed.
+fn restore_ok(nm: &Sandbox, s3: &S3s, name: &str) -> std::path::PathBuf {
+    let target = nm.home.path().join(name);
+    let out = restore_from_s3(nm, s3, &target, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target
+}
+
 fn restore_from_s3(sb: &Sandbox, s3: &S3s, target: &Path, extra: &[&str]) -> std::process::Output {
     let ep = s3.endpoint();
     let t = target.to_str().unwrap();
@@ -144,13 +156,7 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     sb.unmount();
 
     let nm = new_machine();
-    let target = nm.home.path().join("restored");
-    let out = restore_from_s3(&nm, &s3, &target, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let target = restore_ok(&nm, &s3, "restored");
     assert_eq!(snapshot(&target), without_secrets(now.clone()));
     assert!(
         !target.join("credentials").exists(),
@@ -451,13 +457,7 @@ fn pushes_survive_a_server_outage_and_a_killed_daemon() {
     sb.unmount();
 
     let nm = new_machine();
-    let target = nm.home.path().join("r");
-    let out = restore_from_s3(&nm, &s3, &target, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let target = restore_ok(&nm, &s3, "r");
     assert_eq!(snapshot(&target), without_secrets(now));
 }
 

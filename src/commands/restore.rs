@@ -53,9 +53,10 @@ fn write_tree(
     seq: crate::ids::Seq,
     target: &Path,
     paths: &[RelPath],
+    verified: bool,
 ) -> Result<RestoreReport> {
     let b = bar("restore");
-    let r = restore::restore_tree(store, seq, target, paths, &mut |d, t| {
+    let r = restore::restore_tree(store, seq, target, paths, verified, &mut |d, t| {
         if let Some(b) = &b {
             b.set_length(t);
             b.set_position(d);
@@ -74,7 +75,8 @@ pub fn run_local(ctx: &mut Ctx, at: &str, target: &Path, paths: &[PathBuf]) -> R
     if target.starts_with(&ctx.dir) {
         bail!("restore into a directory outside {} (to put files back in place, use `clawfs rollback`)", ctx.dir.display());
     }
-    let r = write_tree(&ctx.store, seq, &target, &paths_of(paths)?)?;
+    let r = write_tree(&ctx.store, seq, &target, &paths_of(paths)?, false)?;
+    crate::realfs::RealTree::new_batch(&target).sync_all()?;
     say(ctx.json, ctx.out, &r)
 }
 
@@ -203,9 +205,18 @@ pub fn run_from(
         Some(d) => d.to_string(),
         None => restore::pick_device(&repo, None, own.as_deref())?,
     };
+    let t0 = std::time::Instant::now();
     let store = clone_store(&repo, &entry, Some(&device), &scratch.path().join("store"))?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
-    let r = write_tree(&store, seq, target, &paths)?;
+    // The scratch store was filled by a clone that hashed every chunk.
+    let r = write_tree(&store, seq, target, &paths, true)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "tree written");
+    drop(store);
+    drop(scratch);
+    tracing::debug!(elapsed = ?t0.elapsed(), "scratch store dropped");
+    crate::realfs::RealTree::new_batch(target).sync_all()?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "synced");
     if json {
         serde_json::to_writer(
             &mut *out,

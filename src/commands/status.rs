@@ -52,7 +52,8 @@ fn remotes(ctx: &Ctx) -> Result<Vec<RemoteStatus>> {
         let st = push::load_state(&ctx.store, &r.name)?;
         // What epochs after the cursor added to the store: an upper bound of what is to upload.
         let mut pending_bytes = 0;
-        let mut s = st.pushed.next();
+        // Capped so that status stays instant on a never-pushed long history (a lower bound then).
+        let mut s = Seq(st.pushed.0.max(head.0.saturating_sub(100_000))).next();
         while s <= head {
             pending_bytes += ctx.store.epoch(s)?.map(|e| e.stored_bytes).unwrap_or(0);
             s = s.next();

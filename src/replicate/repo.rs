@@ -7,6 +7,18 @@ use crate::remote::{Counting, Remote, RemoteError, Traffic};
 use crate::replicate::layout::{self, LogSegment};
 use crate::replicate::{ReplicaError, Result};
 
+fn wrong(e: CryptoError, what: &str) -> ReplicaError {
+    match e {
+        CryptoError::WrongPassphrase => ReplicaError::WrongPassphrase(what.to_string()),
+        e => e.into(),
+    }
+}
+
+fn unlock(config: &RepoConfig, passphrase: &str, what: &str) -> Result<Keys> {
+    let master = config.unlock(passphrase).map_err(|e| wrong(e, what))?;
+    Ok(Keys::derive(&master))
+}
+
 /// A repository opened with its passphrase.
 pub struct Repo {
     remote: Counting<Arc<dyn Remote>>,
@@ -18,30 +30,16 @@ impl Repo {
     /// Opens the repository on `remote`; with `create`, makes one if the remote holds none.
     /// Returns whether it was created.
     pub fn open(remote: Arc<dyn Remote>, passphrase: &str, create: bool) -> Result<(Repo, bool)> {
-        let remote = Counting::new(remote);
         match remote.get(layout::CONFIG) {
             Ok(bytes) => {
                 let config = RepoConfig::parse(&bytes)?;
-                let master = config.unlock(passphrase).map_err(|e| match e {
-                    CryptoError::WrongPassphrase => {
-                        ReplicaError::WrongPassphrase(remote.describe())
-                    }
-                    e => e.into(),
-                })?;
-                let keys = Keys::derive(&master);
-                Ok((
-                    Repo {
-                        remote,
-                        config,
-                        keys,
-                    },
-                    false,
-                ))
+                Ok((Repo::from_cached(remote, config, passphrase)?, false))
             }
             Err(RemoteError::NotFound(_)) if create => {
                 let (config, master) = RepoConfig::create(passphrase)?;
                 remote.put(layout::CONFIG, &config.to_bytes())?;
                 let keys = Keys::derive(&master);
+                let remote = Counting::new(remote);
                 Ok((
                     Repo {
                         remote,
@@ -56,18 +54,14 @@ impl Repo {
         }
     }
 
-    /// Opens the repository with a cached copy of its config (no request is made).
+    /// Opens the repository with a copy of its config (no request is made).
     pub fn from_cached(
         remote: Arc<dyn Remote>,
         config: RepoConfig,
         passphrase: &str,
     ) -> Result<Repo> {
         let remote = Counting::new(remote);
-        let master = config.unlock(passphrase).map_err(|e| match e {
-            CryptoError::WrongPassphrase => ReplicaError::WrongPassphrase(remote.describe()),
-            e => e.into(),
-        })?;
-        let keys = Keys::derive(&master);
+        let keys = unlock(&config, passphrase, &remote.describe())?;
         Ok(Repo {
             remote,
             config,
@@ -102,10 +96,10 @@ impl Repo {
 
     /// Re-wraps the master key under a new passphrase; nothing else is rewritten.
     pub fn change_passphrase(&self, old: &str, new: &str) -> Result<()> {
-        let master = self.config.unlock(old).map_err(|e| match e {
-            CryptoError::WrongPassphrase => ReplicaError::WrongPassphrase(self.remote.describe()),
-            e => e.into(),
-        })?;
+        let master = self
+            .config
+            .unlock(old)
+            .map_err(|e| wrong(e, &self.remote.describe()))?;
         let cfg = self.config.rewrap(&master, new)?;
         self.remote.put(layout::CONFIG, &cfg.to_bytes())?;
         Ok(())

@@ -141,38 +141,57 @@ pub fn clone_into(
     }
     // 2. Every pack the indexes name: authenticate, then store each record (CRC + hash).
     let mut held: Vec<ChunkId> = Vec::new();
-    let mut packs_done: HashSet<String> = HashSet::new();
+    let mut packs_seen: HashSet<String> = HashSet::new();
     let mut all: Vec<(String, Vec<layout::IndexEntry>)> = Vec::new();
     for ix in &indexes {
         let index: Index = repo.get_struct(ix)?;
-        all.extend(index.packs);
-    }
-    let total = all.len() as u64;
-    for (n, (pack, entries)) in all.into_iter().enumerate() {
-        progress("packs", n as u64, total);
-        if !pack.starts_with("packs/") || !packs_done.insert(pack.clone()) {
-            continue;
-        }
-        let plain = repo.get_sealed(&pack)?;
-        for e in entries {
-            let rec = plain
-                .get(e.offset as usize..e.offset as usize + e.len as usize)
-                .ok_or_else(|| {
-                    ReplicaError::BadObject(format!("{pack}: index points past its end"))
-                })?;
-            let id = store
-                .packs()
-                .put_record(rec)
-                .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
-            if id != e.id {
+        for (pack, entries) in index.packs {
+            if !pack.starts_with("packs/") || pack.contains("..") {
                 return Err(ReplicaError::BadObject(format!(
-                    "{pack}: holds another chunk than its index says"
+                    "{ix}: names {pack:?} as a pack"
                 )));
             }
-            held.push(id);
+            if packs_seen.insert(pack.clone()) {
+                all.push((pack, entries));
+            }
         }
-        report.packs += 1;
     }
+    // Two workers: fetching, authenticating, decompressing and hashing keep both cores busy.
+    let total = all.len() as u64;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let held_mx = parking_lot::Mutex::new(Vec::<ChunkId>::new());
+    let (tx, rx) = crossbeam_channel::unbounded::<Result<()>>();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            let tx = tx.clone();
+            let (all, next, held_mx) = (&all, &next, &held_mx);
+            scope.spawn(move || loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((pack, entries)) = all.get(n) else {
+                    break;
+                };
+                let r =
+                    fetch_pack(store, repo, pack, entries).map(|ids| held_mx.lock().extend(ids));
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    // Stop handing out work after a failure.
+                    next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut first_err = None;
+        for (done, r) in rx.iter().enumerate() {
+            progress("packs", done as u64 + 1, total);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })?;
+    report.packs = total;
+    held.extend(held_mx.into_inner());
     report.chunks = held.len() as u64;
     // 3. The catalogue, epoch by epoch, as if recorded here.
     for i in 0..segs.len() {
@@ -211,10 +230,39 @@ pub fn clone_into(
             ..Default::default()
         },
     )?;
-    store.flush()?;
+    // Not flushed here: a scratch store never needs to be durable; a kept one is flushed by
+    // its caller (`Store::flush`).
     let _ = std::fs::remove_dir_all(spool);
     report.traffic = repo.traffic();
     Ok(report)
+}
+
+/// Downloads one pack, authenticates it, and stores each record it holds (CRC and hash
+/// checked by `put_record`). Returns the chunks stored.
+fn fetch_pack(
+    store: &Store,
+    repo: &Repo,
+    pack: &str,
+    entries: &[layout::IndexEntry],
+) -> Result<Vec<ChunkId>> {
+    let plain = repo.get_sealed(pack)?;
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        let rec = plain
+            .get(e.offset as usize..e.offset as usize + e.len as usize)
+            .ok_or_else(|| ReplicaError::BadObject(format!("{pack}: index points past its end")))?;
+        let id = store
+            .packs()
+            .put_record(rec)
+            .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
+        if id != e.id {
+            return Err(ReplicaError::BadObject(format!(
+                "{pack}: holds another chunk than its index says"
+            )));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// What a restore wrote.
@@ -240,10 +288,16 @@ struct Checked {
     /// (offset in the file, chunk id, length)
     map: Vec<(u64, ChunkId, u32)>,
     size: u64,
+    /// Hash each chunk as it is read (skipped for a store a clone has just checked).
+    verify: bool,
 }
 
 impl Checked {
-    fn new(chunks: Arc<ChunkCache>, content: &Content) -> crate::store::Result<Checked> {
+    fn new(
+        chunks: Arc<ChunkCache>,
+        content: &Content,
+        verify: bool,
+    ) -> crate::store::Result<Checked> {
         let mut map = Vec::new();
         let mut off = 0u64;
         for seg in &content.segments {
@@ -263,6 +317,7 @@ impl Checked {
             chunks,
             map,
             size: content.size,
+            verify,
         })
     }
 }
@@ -275,7 +330,7 @@ impl ReadAt for Checked {
             let i = self.map.partition_point(|(o, _, _)| *o <= pos) - 1;
             let (start, id, len) = self.map[i];
             let data = self.chunks.get_shared(&id)?;
-            if data.len() != len as usize || ChunkId::of(&data) != id {
+            if data.len() != len as usize || (self.verify && ChunkId::of(&data) != id) {
                 return Err(StoreError::CorruptCatalog {
                     what: format!("chunk {id}"),
                     detail: "does not hash to its id; refusing to write it".into(),
@@ -294,11 +349,16 @@ impl ReadAt for Checked {
 }
 
 /// Writes the tree (or only `paths`) as of `seq` into `target`, which must be empty or absent.
+/// Files are written atomically but not synced one by one: the caller makes them durable with
+/// one [`RealTree::sync_all`] (after dropping any scratch store, whose pages need no writing).
+/// Every chunk's SHA-256 is checked as it is written, unless `verified` says a clone into this
+/// store has just checked them all.
 pub fn restore_tree(
     store: &Store,
     seq: Seq,
     target: &Path,
     paths: &[RelPath],
+    verified: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
     let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
@@ -336,7 +396,7 @@ pub fn restore_tree(
         }
     }
     std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
-    let tree = RealTree::new(target);
+    let tree = RealTree::new_batch(target);
     let total: u64 = entries.iter().map(|(_, e)| e.version.size()).sum();
     let mut report = RestoreReport {
         seq,
@@ -366,7 +426,7 @@ pub fn restore_tree(
                 report.symlinks += 1;
             }
             NodeKind::File => {
-                let content = Checked::new(store.chunks().clone(), &v.content)?;
+                let content = Checked::new(store.chunks().clone(), &v.content, !verified)?;
                 tree.put_file(p, &content, &v.meta, &v.xattrs)
                     .map_err(|err| {
                         // A chunk that fails its hash surfaces as an I/O error from the copy.
@@ -435,23 +495,23 @@ mod tests {
         (d, remote, repo)
     }
 
+    /// Clones `repo` into a new store `b` beside the pushed one.
+    fn clone_b(d: &tempfile::TempDir, repo: &Repo) -> (Arc<Store>, Result<CloneReport>) {
+        let b = Store::open_or_create(&d.path().join("b")).unwrap();
+        let dev = pick_device(repo, None, None).unwrap();
+        let spool = d.path().join("spool");
+        let r = clone_into(&b, repo, &dev, "mem", &spool, &mut |_, _, _| {});
+        (b, r)
+    }
+
     #[test]
     fn clone_and_restore_round_trip_through_memory() {
         let (d, remote, _) = pushed();
         let (repo, _) = Repo::open(remote, "pw", false).unwrap();
-        let b = Store::open_or_create(&d.path().join("b")).unwrap();
-        let dev = pick_device(&repo, None, None).unwrap();
-        clone_into(
-            &b,
-            &repo,
-            &dev,
-            "mem",
-            &d.path().join("spool"),
-            &mut |_, _, _| {},
-        )
-        .unwrap();
+        let (b, r) = clone_b(&d, &repo);
+        r.unwrap();
         let out = d.path().join("out");
-        let r = restore_tree(&b, b.head(), &out, &[], &mut |_, _| {}).unwrap();
+        let r = restore_tree(&b, b.head(), &out, &[], true, &mut |_, _| {}).unwrap();
         assert_eq!(r.files, 1);
         assert_eq!(std::fs::read(out.join("notes/a.md")).unwrap(), b"alpha");
     }
@@ -473,18 +533,8 @@ mod tests {
             }
         }
         repo.put_sealed(&name, &layout::pack_struct(&seg)).unwrap();
-        let b = Store::open_or_create(&d.path().join("b")).unwrap();
-        let dev = pick_device(&repo, None, None).unwrap();
-        let err = clone_into(
-            &b,
-            &repo,
-            &dev,
-            "mem",
-            &d.path().join("spool"),
-            &mut |_, _, _| {},
-        )
-        .unwrap_err()
-        .to_string();
+        let (b, r) = clone_b(&d, &repo);
+        let err = r.unwrap_err().to_string();
         assert!(err.contains(".."), "{err}");
         assert_eq!(b.head(), Seq::ZERO, "nothing applied");
     }

@@ -121,8 +121,17 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
     }
     let payload = &rec[45..end];
     if h.compressed {
-        zstd::bulk::decompress(payload, h.raw_len as usize)
-            .ok()
+        thread_local! {
+            // A context per thread: making one per chunk cost more than decompressing it.
+            static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+        }
+        UNZSTD
+            .with(|z| {
+                z.borrow_mut()
+                    .as_mut()
+                    .and_then(|d| d.decompress(payload, h.raw_len as usize).ok())
+            })
             .filter(|d| d.len() == h.raw_len as usize)
             .ok_or_else(|| corrupt("compressed payload does not decode"))
     } else {
