@@ -338,7 +338,13 @@ fn clone_and_check_out(
     store_dir: &Path,
     json: bool,
 ) -> Result<()> {
-    let s = commands::restore::clone_store(repo, entry, device, store_dir)?;
+    let s = commands::restore::clone_store(
+        repo,
+        entry,
+        device,
+        store_dir,
+        clawfs::replicate::restore::ChunkCheck::Hash,
+    )?;
     s.flush()?;
     let mut remotes = Remotes::load(store_dir)?;
     if !remotes.remotes.iter().any(|r| r.name == entry.name) {

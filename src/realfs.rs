@@ -125,7 +125,10 @@ impl RealTree {
         fs::rename(&tmp, &dest).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })?;
-        sync_dir(&dir)
+        if self.each_durable {
+            sync_dir(&dir)?;
+        }
+        Ok(())
     }
 
     /// Makes `path` a directory with `mode` (an existing one just gets the mode).

@@ -114,6 +114,7 @@ pub fn clone_store(
     entry: &RemoteEntry,
     device: Option<&str>,
     store_dir: &Path,
+    check: restore::ChunkCheck,
 ) -> Result<Arc<Store>> {
     let existed = store_dir.join("catalog").exists();
     let store = Store::open_or_create(store_dir)?;
@@ -132,6 +133,7 @@ pub fn clone_store(
         &device,
         &entry.name,
         &spool,
+        check,
         &mut |what, d, t| {
             if let Some(b) = &b {
                 b.set_message(what.to_string());
@@ -206,11 +208,17 @@ pub fn run_from(
         None => restore::pick_device(&repo, None, own.as_deref())?,
     };
     let t0 = std::time::Instant::now();
-    let store = clone_store(&repo, &entry, Some(&device), &scratch.path().join("store"))?;
+    // Only CRCs at clone time: the restore below hashes every chunk as it writes it.
+    let store = clone_store(
+        &repo,
+        &entry,
+        Some(&device),
+        &scratch.path().join("store"),
+        restore::ChunkCheck::CrcOnly,
+    )?;
     tracing::debug!(elapsed = ?t0.elapsed(), "cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
-    // The scratch store was filled by a clone that hashed every chunk.
-    let r = write_tree(&store, seq, target, &paths, true)?;
+    let r = write_tree(&store, seq, target, &paths, false)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "tree written");
     drop(store);
     drop(scratch);

@@ -79,6 +79,16 @@ pub fn pick_device(repo: &Repo, asked: Option<&str>, own: Option<&str>) -> Resul
     }
 }
 
+/// How much a clone checks of each chunk record beyond the pack's authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkCheck {
+    /// CRC and SHA-256: for a store that is kept.
+    Hash,
+    /// CRC only: for a scratch store whose only reader is a restore that hashes every chunk
+    /// before writing it (`restore_tree` with `verified = false`).
+    CrcOnly,
+}
+
 /// Rebuilds `store` (which must be empty) from `device`'s history on the remote, and records
 /// the remote as holding all of it, under `remote_name`. `spool` is a scratch directory.
 pub fn clone_into(
@@ -87,6 +97,7 @@ pub fn clone_into(
     device: &str,
     remote_name: &str,
     spool: &Path,
+    check: ChunkCheck,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<CloneReport> {
     if store.head() != Seq::ZERO {
@@ -170,8 +181,8 @@ pub fn clone_into(
                 let Some((pack, entries)) = all.get(n) else {
                     break;
                 };
-                let r =
-                    fetch_pack(store, repo, pack, entries).map(|ids| held_mx.lock().extend(ids));
+                let r = fetch_pack(store, repo, pack, entries, check)
+                    .map(|ids| held_mx.lock().extend(ids));
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     // Stop handing out work after a failure.
@@ -244,6 +255,7 @@ fn fetch_pack(
     repo: &Repo,
     pack: &str,
     entries: &[layout::IndexEntry],
+    check: ChunkCheck,
 ) -> Result<Vec<ChunkId>> {
     let plain = repo.get_sealed(pack)?;
     let mut ids = Vec::with_capacity(entries.len());
@@ -253,7 +265,7 @@ fn fetch_pack(
             .ok_or_else(|| ReplicaError::BadObject(format!("{pack}: index points past its end")))?;
         let id = store
             .packs()
-            .put_record(rec)
+            .put_record(rec, check == ChunkCheck::Hash)
             .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
         if id != e.id {
             return Err(ReplicaError::BadObject(format!(
@@ -404,6 +416,7 @@ pub fn restore_tree(
         ..Default::default()
     };
     let mut dirs = Vec::new();
+    let mut files = Vec::new();
     for (p, e) in &entries {
         // Parents of a restored path that are not themselves restored.
         if let Some((parent, _)) = p.split() {
@@ -425,19 +438,51 @@ pub fn restore_tree(
                     .map_err(io(format!("writing {p}")))?;
                 report.symlinks += 1;
             }
-            NodeKind::File => {
-                let content = Checked::new(store.chunks().clone(), &v.content, !verified)?;
-                tree.put_file(p, &content, &v.meta, &v.xattrs)
-                    .map_err(|err| {
-                        // A chunk that fails its hash surfaces as an I/O error from the copy.
-                        ReplicaError::Io(format!("writing {p}: {err}"))
-                    })?;
-                report.files += 1;
-                report.bytes += v.content.size;
-                progress(report.bytes, total);
-            }
+            NodeKind::File => files.push((p, v)),
         }
     }
+    // Files by two workers: reading, decompressing and hashing chunks keeps a core busy.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = crossbeam_channel::unbounded::<Result<u64>>();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            let (tx, files, next, tree) = (tx.clone(), &files, &next, &tree);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((p, v)) = files.get(i) else { break };
+                let r = Checked::new(store.chunks().clone(), &v.content, !verified)
+                    .map_err(ReplicaError::from)
+                    .and_then(|content| {
+                        tree.put_file(p, &content, &v.meta, &v.xattrs)
+                            .map_err(|err| {
+                                // A chunk that fails its hash surfaces as an I/O error of the copy.
+                                ReplicaError::Io(format!("writing {p}: {err}"))
+                            })
+                    })
+                    .map(|()| v.content.size);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut first_err = None;
+        for r in rx.iter() {
+            match r {
+                Ok(n) => {
+                    report.files += 1;
+                    report.bytes += n;
+                    progress(report.bytes, total);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })?;
     // Directory times last, after their contents stopped changing them.
     for (p, meta) in dirs.iter().rev().filter(|(_, m)| m.mtime_ns > 0) {
         let path = tree.path(p);
@@ -500,7 +545,15 @@ mod tests {
         let b = Store::open_or_create(&d.path().join("b")).unwrap();
         let dev = pick_device(repo, None, None).unwrap();
         let spool = d.path().join("spool");
-        let r = clone_into(&b, repo, &dev, "mem", &spool, &mut |_, _, _| {});
+        let r = clone_into(
+            &b,
+            repo,
+            &dev,
+            "mem",
+            &spool,
+            ChunkCheck::Hash,
+            &mut |_, _, _| {},
+        );
         (b, r)
     }
 

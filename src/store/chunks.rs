@@ -251,19 +251,22 @@ impl PackStore {
     }
 
     /// Stores a record made by [`raw_record`](Self::raw_record) elsewhere, after checking
-    /// its CRC and that its content hashes to the id it names. Returns that id.
-    pub fn put_record(&self, rec: &[u8]) -> Result<ChunkId> {
+    /// its CRC and — with `hash` — that its content hashes to the id it names (a store that
+    /// only feeds a restore which hashes every chunk it writes skips that). Returns the id.
+    pub fn put_record(&self, rec: &[u8], hash: bool) -> Result<ChunkId> {
         let bad = |detail: &str| StoreError::CorruptPack {
             pack: PackId(0),
             offset: 0,
             detail: format!("received record: {detail}"),
         };
-        let id = pack::record_id(rec).ok_or_else(|| bad("no record header"))?;
-        let data = pack::decode_record(PackId(0), 0, rec, &id)?;
-        if ChunkId::of(&data) != id {
-            return Err(bad("content does not hash to its id"));
+        let (id, raw_len) = pack::check_crc(rec).ok_or_else(|| bad("bad header, length or CRC"))?;
+        if hash {
+            let data = pack::decode_record(PackId(0), 0, rec, &id)?;
+            if ChunkId::of(&data) != id {
+                return Err(bad("content does not hash to its id"));
+            }
         }
-        self.append(id, rec, data.len() as u32)?;
+        self.append(id, rec, raw_len)?;
         Ok(id)
     }
 

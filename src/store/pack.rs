@@ -144,6 +144,18 @@ pub fn record_id(rec: &[u8]) -> Option<ChunkId> {
     parse_header(rec).map(|h| h.id)
 }
 
+/// The (id, plaintext length) of a whole record whose length and CRC check out, without
+/// decompressing it.
+pub fn check_crc(rec: &[u8]) -> Option<(ChunkId, u32)> {
+    let h = parse_header(rec)?;
+    let end = 45 + h.stored_len as usize;
+    if rec.len() != end + 4 {
+        return None;
+    }
+    let crc = u32::from_le_bytes(rec[end..].try_into().ok()?);
+    (crc32fast::hash(&rec[..end]) == crc).then_some((h.id, h.raw_len))
+}
+
 /// An open pack being appended to.
 pub struct PackWriter {
     /// The pack's id.
