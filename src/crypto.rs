@@ -17,7 +17,7 @@
 //! The associated data is the object's name, so an object moved or copied to another name (or
 //! from another repository, whose key differs) fails authentication like a tampered one.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -185,6 +185,22 @@ pub fn open_with(key: &[u8; 32], name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| tampered())
 }
 
+/// [`open_with`] on an owned buffer, decrypting in place (no second copy of a large object).
+pub fn open_owned_with(key: &[u8; 32], name: &str, mut sealed: Vec<u8>) -> Result<Vec<u8>> {
+    let tampered = || CryptoError::Tampered {
+        name: name.to_string(),
+    };
+    if sealed.len() < SEAL_OVERHEAD || &sealed[..8] != SEAL_MAGIC {
+        return Err(tampered());
+    }
+    let nonce = *XNonce::from_slice(&sealed[8..8 + NONCE_LEN]);
+    sealed.drain(..8 + NONCE_LEN);
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place(&nonce, name.as_bytes(), &mut sealed)
+        .map_err(|_| tampered())?;
+    Ok(sealed)
+}
+
 impl RepoConfig {
     /// A new repository: a fresh master key wrapped under `passphrase`.
     pub fn create(passphrase: &str) -> Result<(RepoConfig, MasterKey)> {
@@ -262,6 +278,11 @@ impl Keys {
         open_with(&self.data, name, sealed)
     }
 
+    /// [`Keys::open`] on an owned buffer, in place.
+    pub fn open_owned(&self, name: &str, sealed: Vec<u8>) -> Result<Vec<u8>> {
+        open_owned_with(&self.data, name, sealed)
+    }
+
     /// A keyed name for content: HMAC(name key, kind ‖ SHA-256(content)), hex. Stable, so
     /// uploading the same thing twice writes the same object.
     pub fn keyed_id(&self, kind: &str, content: &[u8]) -> String {
@@ -328,6 +349,20 @@ mod tests {
             s[i] ^= 1 << bit;
             prop_assert!(k.open("packs/x", &s).is_err());
         }
+    }
+
+    #[test]
+    fn opening_in_place_equals_opening_a_copy() {
+        let k = keys();
+        let s = k.seal("packs/p", &[5u8; 10_000]);
+        assert_eq!(
+            k.open_owned("packs/p", s.clone()).unwrap(),
+            k.open("packs/p", &s).unwrap()
+        );
+        let mut bad = s.clone();
+        bad[100] ^= 1;
+        assert!(k.open_owned("packs/p", bad).is_err());
+        assert!(k.open_owned("packs/q", s).is_err());
     }
 
     #[test]

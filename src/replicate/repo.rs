@@ -115,7 +115,7 @@ impl Repo {
     /// Downloads and opens an object; tampering or truncation is an error.
     pub fn get_sealed(&self, name: &str) -> Result<Vec<u8>> {
         let sealed = self.remote.get(name)?;
-        Ok(self.keys.open(name, &sealed)?)
+        Ok(self.keys.open_owned(name, sealed)?)
     }
 
     /// Downloads, opens and decodes a structured object.

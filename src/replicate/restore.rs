@@ -27,6 +27,9 @@ use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
 use crate::store::replica::check_record;
 use crate::store::{Store, StoreError};
 
+/// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
+const PACK_FETCHERS: usize = 4;
+
 /// What a clone brought in.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CloneReport {
@@ -167,13 +170,13 @@ pub fn clone_into(
             }
         }
     }
-    // Two workers: fetching, authenticating, decompressing and hashing keep both cores busy.
+    // Several fetchers: waiting on the network overlaps with authenticating and storing.
     let total = all.len() as u64;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let held_mx = parking_lot::Mutex::new(Vec::<ChunkId>::new());
     let (tx, rx) = crossbeam_channel::unbounded::<Result<()>>();
     std::thread::scope(|scope| {
-        for _ in 0..2 {
+        for _ in 0..PACK_FETCHERS {
             let tx = tx.clone();
             let (all, next, held_mx) = (&all, &next, &held_mx);
             scope.spawn(move || loop {
