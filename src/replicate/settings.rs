@@ -180,3 +180,26 @@ impl Remotes {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_and_name_their_next_time() {
+        assert_eq!(Schedule::parse("continuous").unwrap(), Schedule::Continuous);
+        let hourly = Schedule::parse("hourly").unwrap();
+        assert_eq!(hourly.to_string(), "hourly");
+        let now = crate::store::catalog::now_ns();
+        let next = hourly.next_after(now).unwrap();
+        assert!(
+            next > now && next - now <= 3_600_000_000_000,
+            "within the hour"
+        );
+        let every5 = Schedule::parse("*/5 * * * *").unwrap();
+        assert!(every5.next_after(now).unwrap() - now <= 300_000_000_000);
+        assert_eq!(Schedule::Continuous.next_after(now), Some(now));
+        let err = Schedule::parse("every tuesday").unwrap_err().to_string();
+        assert!(err.contains("cron expression"), "{err}");
+    }
+}
