@@ -100,6 +100,14 @@ fn s3_remote(sb: &Sandbox, s3: &S3s, extra: &[&str]) {
     sb.ok(&args);
 }
 
+/// `cmd… URL --endpoint EP --path-style rest…`
+fn s3_args<'a>(cmd: &[&'a str], url: &'a str, ep: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = cmd.to_vec();
+    v.extend_from_slice(&[url, "--endpoint", ep, "--path-style"]);
+    v.extend_from_slice(rest);
+    v
+}
+
 /// A fresh machine: own HOME and store, same passphrase and keys.
 fn new_machine() -> Sandbox {
     let sb = Sandbox::new();
@@ -184,16 +192,12 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     // Only some paths.
     let ep = s3.endpoint();
     let part = nm.home.path().join("part");
-    nm.ok(&[
-        "restore",
-        "--from",
+    nm.ok(&s3_args(
+        &["restore", "--from"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-        part.to_str().unwrap(),
-        "workspace/scripts",
-    ]);
+        &[part.to_str().unwrap(), "workspace/scripts"],
+    ));
     assert_eq!(
         std::fs::read_dir(&part).unwrap().count(),
         1,
@@ -202,15 +206,12 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     assert!(part.join("workspace/scripts/run.sh").exists());
 
     // A restore never writes into a non-empty directory.
-    let err = nm.fails(&[
-        "restore",
-        "--from",
+    let err = nm.fails(&s3_args(
+        &["restore", "--from"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-        part.to_str().unwrap(),
-    ]);
+        &[part.to_str().unwrap()],
+    ));
     assert!(err.contains("not empty"), "{err}");
 }
 
@@ -301,14 +302,7 @@ fn the_bucket_holds_no_plaintext_and_every_tampered_object_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
     assert!(!target.exists());
     let ep = s3.endpoint();
-    let err = nm.fails(&[
-        "clone",
-        "--from",
-        "s3://bkt/agent",
-        "--endpoint",
-        &ep,
-        "--path-style",
-    ]);
+    let err = nm.fails(&s3_args(&["clone", "--from"], "s3://bkt/agent", &ep, &[]));
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!nm.store.join("catalog").exists());
 
@@ -494,15 +488,7 @@ fn moto_round_trip_and_clear_errors_for_bad_endpoints_buckets_and_keys() {
     // moto signs a '/' inside a list prefix unlike the SigV4 spec, so the repository sits at
     // the bucket's root here (s3s-fs, which checks signatures, covers prefixes).
     let url = format!("s3://{BUCKET}");
-    sb.ok(&[
-        "remote",
-        "add",
-        "moto",
-        &url,
-        "--endpoint",
-        &ep,
-        "--path-style",
-    ]);
+    sb.ok(&s3_args(&["remote", "add", "moto"], &url, &ep, &[]));
     sb.mount();
     populate(&sb);
     sb.settle();
@@ -514,50 +500,33 @@ fn moto_round_trip_and_clear_errors_for_bad_endpoints_buckets_and_keys() {
     nm.set_env("AWS_ACCESS_KEY_ID", "moto");
     nm.set_env("AWS_SECRET_ACCESS_KEY", "moto");
     let t = nm.home.path().join("t");
-    nm.ok(&[
-        "restore",
-        "--from",
+    nm.ok(&s3_args(
+        &["restore", "--from"],
         &url,
-        "--endpoint",
         &ep,
-        "--path-style",
-        t.to_str().unwrap(),
-    ]);
+        &[t.to_str().unwrap()],
+    ));
     assert_eq!(snapshot(&t), without_secrets(now));
 
-    let err = sb.fails(&[
-        "remote",
-        "add",
-        "nb",
+    let err = sb.fails(&s3_args(
+        &["remote", "add", "nb"],
         "s3://no-such-bucket",
-        "--endpoint",
         &ep,
-        "--path-style",
-    ]);
+        &[],
+    ));
     assert!(err.contains("bucket does not exist"), "{err}");
     sb.set_env("CLAWFS_REMOTE_RETRIES", "1");
-    let err = sb.fails(&[
-        "remote",
-        "add",
-        "down",
+    let err = sb.fails(&s3_args(
+        &["remote", "add", "down"],
         "s3://b",
-        "--endpoint",
         "http://127.0.0.1:9",
-        "--path-style",
-    ]);
+        &[],
+    ));
     assert!(err.contains("Connection refused"), "{err}");
     let s3 = S3s::start();
     sb.set_env("AWS_SECRET_ACCESS_KEY", "wrong");
     let ep = s3.endpoint();
-    let err = sb.fails(&[
-        "remote",
-        "add",
-        "keys",
-        "s3://bkt/x",
-        "--endpoint",
-        &ep,
-        "--path-style",
-    ]);
+    let err = sb.fails(&s3_args(&["remote", "add", "keys"], "s3://bkt/x", &ep, &[]));
     assert!(err.contains("access denied"), "{err}");
     assert_eq!(
         sb.ok(&["remote", "list"]).lines().count(),
@@ -576,19 +545,12 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
     let pf = pass_file.to_str().unwrap();
     // Access keys given once: stored sealed, never in plain text.
     a.set_env("CLAWFS_SECRET_ACCESS_KEY", SECRET_KEY);
-    a.ok(&[
-        "--passphrase-file",
-        pf,
-        "remote",
-        "add",
-        "origin",
+    a.ok(&s3_args(
+        &["--passphrase-file", pf, "remote", "add", "origin"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-        "--access-key-id",
-        ACCESS_KEY,
-    ]);
+        &["--access-key-id", ACCESS_KEY],
+    ));
     let remotes = std::fs::read_to_string(a.store.join("remotes.json")).unwrap();
     assert!(!remotes.contains(SECRET_KEY));
     let mode = std::fs::metadata(a.store.join("remotes.json"))
@@ -608,26 +570,20 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
     a.ok(&["--passphrase-file", pf, "remote", "passwd", "origin"]);
     assert_eq!(s3.objects(), before);
     let b = new_machine();
-    let err = b.fails(&[
-        "remote",
-        "add",
-        "origin",
+    let err = b.fails(&s3_args(
+        &["remote", "add", "origin"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-    ]);
+        &[],
+    ));
     assert!(err.contains("wrong passphrase"), "{err}");
     b.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
-    let added = b.ok(&[
-        "remote",
-        "add",
-        "origin",
+    let added = b.ok(&s3_args(
+        &["remote", "add", "origin"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-    ]);
+        &[],
+    ));
     assert!(added.contains("opened the existing"), "{added}");
     // The new machine: an empty directory is filled from the remote, then mounted.
     b.ok(&["mount", "--restore-if-empty", b.dir.to_str().unwrap()]);
@@ -642,15 +598,12 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
     // A second machine with its own history shares the bucket under its own device id.
     let c = new_machine();
     c.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
-    c.ok(&[
-        "remote",
-        "add",
-        "origin",
+    c.ok(&s3_args(
+        &["remote", "add", "origin"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-    ]);
+        &[],
+    ));
     c.mount();
     c.write("OTHER.md", b"another machine\n");
     c.settle();
@@ -663,15 +616,12 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
     d.set_env("CLAWFS_PASSPHRASE", "a brand new passphrase");
     let target = d.home.path().join("t");
     let t = target.to_str().unwrap();
-    let err = d.fails(&[
-        "restore",
-        "--from",
+    let err = d.fails(&s3_args(
+        &["restore", "--from"],
         "s3://bkt/agent",
-        "--endpoint",
         &ep,
-        "--path-style",
-        t,
-    ]);
+        &[t],
+    ));
     assert!(err.contains("--device"), "{err}");
     assert!(!target.exists());
     let other = devices

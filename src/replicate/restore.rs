@@ -172,38 +172,17 @@ pub fn clone_into(
     }
     // Several fetchers: waiting on the network overlaps with authenticating and storing.
     let total = all.len() as u64;
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let held_mx = parking_lot::Mutex::new(Vec::<ChunkId>::new());
-    let (tx, rx) = crossbeam_channel::unbounded::<Result<()>>();
-    std::thread::scope(|scope| {
-        for _ in 0..PACK_FETCHERS {
-            let tx = tx.clone();
-            let (all, next, held_mx) = (&all, &next, &held_mx);
-            scope.spawn(move || loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((pack, entries)) = all.get(n) else {
-                    break;
-                };
-                let r = fetch_pack(store, repo, pack, entries, check)
-                    .map(|ids| held_mx.lock().extend(ids));
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    // Stop handing out work after a failure.
-                    next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut first_err = None;
-        for (done, r) in rx.iter().enumerate() {
-            progress("packs", done as u64 + 1, total);
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    })?;
+    in_parallel(
+        PACK_FETCHERS,
+        &all,
+        |(pack, entries)| {
+            let ids = fetch_pack(store, repo, pack, entries, check)?;
+            held_mx.lock().extend(ids);
+            Ok(())
+        },
+        |done, _| progress("packs", done, total),
+    )?;
     report.packs = total;
     held.extend(held_mx.into_inner());
     report.chunks = held.len() as u64;
@@ -249,6 +228,46 @@ pub fn clone_into(
     let _ = std::fs::remove_dir_all(spool);
     report.traffic = repo.traffic();
     Ok(report)
+}
+
+/// Runs `work` on every item with `workers` threads; `done(count, result)` runs on the calling
+/// thread as each item finishes. After the first failure no new item starts; that failure is
+/// returned once the running ones end.
+fn in_parallel<T: Sync, R: Send>(
+    workers: usize,
+    items: &[T],
+    work: impl Fn(&T) -> Result<R> + Sync,
+    mut done: impl FnMut(u64, R),
+) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = crossbeam_channel::unbounded::<Result<R>>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (tx, next, work) = (tx.clone(), &next, &work);
+            scope.spawn(move || {
+                while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let r = work(item);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        next.store(usize::MAX / 2, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut first_err = None;
+        for (i, r) in rx.iter().enumerate() {
+            match r {
+                Ok(v) => done(i as u64 + 1, v),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })
 }
 
 /// Downloads one pack, authenticates it, and stores each record it holds (CRC and hash
@@ -445,47 +464,22 @@ pub fn restore_tree(
         }
     }
     // Files by two workers: reading, decompressing and hashing chunks keeps a core busy.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (tx, rx) = crossbeam_channel::unbounded::<Result<u64>>();
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            let (tx, files, next, tree) = (tx.clone(), &files, &next, &tree);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((p, v)) = files.get(i) else { break };
-                let r = Checked::new(store.chunks().clone(), &v.content, !verified)
-                    .map_err(ReplicaError::from)
-                    .and_then(|content| {
-                        tree.put_file(p, &content, &v.meta, &v.xattrs)
-                            .map_err(|err| {
-                                // A chunk that fails its hash surfaces as an I/O error of the copy.
-                                ReplicaError::Io(format!("writing {p}: {err}"))
-                            })
-                    })
-                    .map(|()| v.content.size);
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut first_err = None;
-        for r in rx.iter() {
-            match r {
-                Ok(n) => {
-                    report.files += 1;
-                    report.bytes += n;
-                    progress(report.bytes, total);
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    })?;
+    in_parallel(
+        2,
+        &files,
+        |(p, v)| {
+            let content = Checked::new(store.chunks().clone(), &v.content, !verified)?;
+            tree.put_file(p, &content, &v.meta, &v.xattrs)
+                // A chunk that fails its hash surfaces as an I/O error of the copy.
+                .map_err(|err| ReplicaError::Io(format!("writing {p}: {err}")))?;
+            Ok(v.content.size)
+        },
+        |_, n| {
+            report.files += 1;
+            report.bytes += n;
+            progress(report.bytes, total);
+        },
+    )?;
     // Directory times last, after their contents stopped changing them.
     for (p, meta) in dirs.iter().rev().filter(|(_, m)| m.mtime_ns > 0) {
         let path = tree.path(p);
