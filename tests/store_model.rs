@@ -247,6 +247,20 @@ fn check_all(store: &Store, snaps: &[(Seq, BTreeMap<String, Seen>)]) -> Result<(
     Ok(())
 }
 
+/// Opens the store again. sled's I/O threads can hold its lock file for a moment after the last
+/// handle is dropped, so "busy" right after a close is waited out (the daemon does the same).
+fn reopen(dir: &std::path::Path) -> Arc<Store> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Err(clawfs::store::StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
@@ -271,7 +285,7 @@ proptest! {
             }
             check_all(&store, &snaps)?;
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         check_all(&store, &snaps)?;
     }
 }
