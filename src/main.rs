@@ -338,10 +338,11 @@ fn clone_and_check_out(
     store_dir: &Path,
     json: bool,
 ) -> Result<()> {
+    let device = clawfs::replicate::restore::pick_device(repo, device, None)?;
     let s = commands::restore::clone_store(
         repo,
-        entry,
-        device,
+        &entry.name,
+        &device,
         store_dir,
         clawfs::replicate::restore::ChunkCheck::Hash,
     )?;

@@ -108,31 +108,23 @@ pub fn open_repo(entry: &RemoteEntry, pass_file: Option<&Path>) -> Result<Repo> 
     Ok(Repo::open(Arc::new(OpendalRemote::new(&spec)?), &pass, false)?.0)
 }
 
-/// Clones `repo` into a fresh store at `store_dir`; on failure the store is removed again.
+/// Clones `device`'s history from `repo` into a fresh store at `store_dir`; on failure what
+/// the clone made there is removed again.
 pub fn clone_store(
     repo: &Repo,
-    entry: &RemoteEntry,
-    device: Option<&str>,
+    remote_name: &str,
+    device: &str,
     store_dir: &Path,
     check: restore::ChunkCheck,
 ) -> Result<Arc<Store>> {
     let existed = store_dir.join("catalog").exists();
     let store = Store::open_or_create(store_dir)?;
-    if existed && store.head() != crate::ids::Seq::ZERO {
-        bail!(
-            "the store at {} already holds history; clone into a new directory",
-            store_dir.display()
-        );
-    }
-    let device = restore::pick_device(repo, device, None)?;
     let b = bar("clone");
-    let spool = store_dir.join("clone-spool");
     let r = restore::clone_into(
         &store,
         repo,
-        &device,
-        &entry.name,
-        &spool,
+        device,
+        remote_name,
         check,
         &mut |what, d, t| {
             if let Some(b) = &b {
@@ -149,7 +141,7 @@ pub fn clone_store(
         drop(store);
         if !existed {
             // Only what the clone made: remotes.json and config.json stay.
-            for d in ["catalog", "packs", "clone-spool"] {
+            for d in ["catalog", "packs"] {
                 let _ = std::fs::remove_dir_all(store_dir.join(d));
             }
         }
@@ -211,8 +203,8 @@ pub fn run_from(
     // Only CRCs at clone time: the restore below hashes every chunk as it writes it.
     let store = clone_store(
         &repo,
-        &entry,
-        Some(&device),
+        &entry.name,
+        &device,
         &scratch.path().join("store"),
         restore::ChunkCheck::CrcOnly,
     )?;

@@ -1,10 +1,11 @@
 //! Bringing history back: clone a remote into a store, and write a tree out of a store.
 //!
-//! A clone checks everything before the store is usable: every log segment is authenticated,
-//! names its own range and repository, and every record in it passes
-//! [`check_record`](crate::store::replica::check_record) (no `..`, no absolute path, no record
-//! outside its epoch); every chunk record is CRC-checked and hashed against its id as it is
-//! stored. The caller removes a store whose clone failed, so a bad remote leaves nothing.
+//! A clone checks everything it brings in: every log segment is authenticated and names its
+//! own range and repository, and every record in it passes
+//! [`check_record`](crate::store::replica::check_record) before its epoch is applied (no `..`,
+//! no absolute path, no record outside its epoch); every chunk record is CRC-checked (and, for
+//! a kept store, hashed against its id) as it is stored. The caller removes a store whose
+//! clone failed, so a bad remote leaves nothing.
 //!
 //! Writing a tree out ([`restore_tree`]) refuses a non-empty target, checks every chunk's
 //! SHA-256 as it streams it, and writes each file through a temp file renamed into place.
@@ -18,13 +19,12 @@ use serde::Serialize;
 use crate::ids::{ChunkId, Seq};
 use crate::realfs::RealTree;
 use crate::relpath::RelPath;
-use crate::replicate::layout::{self, DeviceState, Index, LogSegment};
+use crate::replicate::layout::{self, DeviceState, Index};
 use crate::replicate::push::{self, PushState};
 use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, NodeKind};
 use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
-use crate::store::replica::check_record;
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -93,13 +93,13 @@ pub enum ChunkCheck {
 }
 
 /// Rebuilds `store` (which must be empty) from `device`'s history on the remote, and records
-/// the remote as holding all of it, under `remote_name`. `spool` is a scratch directory.
+/// the remote as holding all of it, under `remote_name`. On error the store holds a partial
+/// clone: the caller removes it.
 pub fn clone_into(
     store: &Store,
     repo: &Repo,
     device: &str,
     remote_name: &str,
-    spool: &Path,
     check: ChunkCheck,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<CloneReport> {
@@ -123,20 +123,12 @@ pub fn clone_into(
         device: device.to_string(),
         ..Default::default()
     };
-    // 1. Every segment: authenticate, check, spool to disk; gather the indexes they name.
-    std::fs::create_dir_all(spool)
-        .map_err(|e| ReplicaError::Io(format!("creating {}: {e}", spool.display())))?;
+    // 1. Every segment, authenticated, applied epoch by epoch as if recorded here
+    //    (`apply_epochs` checks every record first); gather the indexes they name.
     let mut indexes: Vec<String> = Vec::new();
-    let mut next_node = 1;
     for (i, (_, _, name)) in segs.iter().enumerate() {
         progress("log", i as u64, segs.len() as u64);
         let seg = repo.segment(name)?;
-        for e in &seg.epochs {
-            for (k, v) in &e.records {
-                check_record(e.seq, k, v)
-                    .map_err(|err| ReplicaError::BadObject(format!("{name}: {err}")))?;
-            }
-        }
         for ix in &seg.indexes {
             if !ix.starts_with("index/") || ix.contains("..") {
                 return Err(ReplicaError::BadObject(format!(
@@ -147,14 +139,18 @@ pub fn clone_into(
                 indexes.push(ix.clone());
             }
         }
-        next_node = next_node.max(seg.next_node);
-        std::fs::write(spool.join(format!("{i:08}.seg")), layout::pack_struct(&seg))
-            .map_err(|e| ReplicaError::Io(format!("spooling the log: {e}")))?;
+        store
+            .apply_epochs(&seg.epochs, seg.next_node)
+            .map_err(|e| match e {
+                StoreError::CorruptCatalog { .. } => {
+                    ReplicaError::BadObject(format!("{name}: {e}"))
+                }
+                e => e.into(),
+            })?;
         report.segments += 1;
         report.head = seg.to;
     }
-    // 2. Every pack the indexes name: authenticate, then store each record (CRC + hash).
-    let mut held: Vec<ChunkId> = Vec::new();
+    // 2. Every pack the indexes name: authenticate, then store each record.
     let mut packs_seen: HashSet<String> = HashSet::new();
     let mut all: Vec<(String, Vec<layout::IndexEntry>)> = Vec::new();
     for ix in &indexes {
@@ -172,31 +168,21 @@ pub fn clone_into(
     }
     // Several fetchers: waiting on the network overlaps with authenticating and storing.
     let total = all.len() as u64;
-    let held_mx = parking_lot::Mutex::new(Vec::<ChunkId>::new());
+    let held = parking_lot::Mutex::new(Vec::<ChunkId>::new());
     in_parallel(
         PACK_FETCHERS,
         &all,
         |(pack, entries)| {
             let ids = fetch_pack(store, repo, pack, entries, check)?;
-            held_mx.lock().extend(ids);
+            held.lock().extend(ids);
             Ok(())
         },
         |done, _| progress("packs", done, total),
     )?;
+    let held = held.into_inner();
     report.packs = total;
-    held.extend(held_mx.into_inner());
     report.chunks = held.len() as u64;
-    // 3. The catalogue, epoch by epoch, as if recorded here.
-    for i in 0..segs.len() {
-        let p = spool.join(format!("{i:08}.seg"));
-        let bytes = std::fs::read(&p)
-            .map_err(|e| ReplicaError::Io(format!("reading {}: {e}", p.display())))?;
-        let seg: LogSegment =
-            layout::unpack_struct("spooled segment", &bytes).map_err(ReplicaError::Io)?;
-        store.apply_epochs(&seg.epochs, next_node)?;
-        let _ = std::fs::remove_file(&p);
-    }
-    // 4. Marks and sessions.
+    // 3. Marks and sessions.
     match repo.get_struct::<DeviceState>(&layout::marks_name(device)) {
         Ok(ds) => {
             for s in &ds.sessions {
@@ -211,7 +197,7 @@ pub fn clone_into(
         Err(ReplicaError::Remote(crate::remote::RemoteError::NotFound(_))) => {}
         Err(e) => return Err(e),
     }
-    // 5. This store continues that device's history, and the remote holds all of it.
+    // 4. This store continues that device's history, and the remote holds all of it.
     push::set_device_id(store, device)?;
     push::note_chunks(store, remote_name, held.into_iter())?;
     push::save_state(
@@ -225,7 +211,6 @@ pub fn clone_into(
     )?;
     // Not flushed here: a scratch store never needs to be durable; a kept one is flushed by
     // its caller (`Store::flush`).
-    let _ = std::fs::remove_dir_all(spool);
     report.traffic = repo.traffic();
     Ok(report)
 }
@@ -497,6 +482,7 @@ mod tests {
     use super::*;
     use crate::ids::SessionId;
     use crate::remote::{MemRemote, Remote};
+    use crate::replicate::layout::LogSegment;
     use crate::replicate::settings::{RemoteEntry, Schedule};
     use crate::store::catalog::{decode, encode, Change, Meta};
     use crate::store::schema;
@@ -541,16 +527,7 @@ mod tests {
     fn clone_b(d: &tempfile::TempDir, repo: &Repo) -> (Arc<Store>, Result<CloneReport>) {
         let b = Store::open_or_create(&d.path().join("b")).unwrap();
         let dev = pick_device(repo, None, None).unwrap();
-        let spool = d.path().join("spool");
-        let r = clone_into(
-            &b,
-            repo,
-            &dev,
-            "mem",
-            &spool,
-            ChunkCheck::Hash,
-            &mut |_, _, _| {},
-        );
+        let r = clone_into(&b, repo, &dev, "mem", ChunkCheck::Hash, &mut |_, _, _| {});
         (b, r)
     }
 
