@@ -112,16 +112,7 @@ pub fn run(ctx: &mut Ctx, remote: Option<&str>, wait: bool) -> Result<()> {
         if let Some(b) = b {
             b.finish_and_clear();
         }
-        match r {
-            Ok(r) => reports.push(r),
-            Err(e) => {
-                if let Ok(mut st) = push::load_state(&store, &n) {
-                    st.last_error = Some(e.to_string());
-                    let _ = push::save_state(&store, &n, &st);
-                }
-                return Err(anyhow!("push to {n} failed: {e}"));
-            }
-        }
+        reports.push(r.map_err(|e| anyhow!("push to {n} failed: {e}"))?);
     }
     report(ctx, &reports)
 }

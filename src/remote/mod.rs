@@ -129,6 +129,18 @@ impl Traffic {
     pub fn requests(&self) -> u64 {
         self.puts + self.gets + self.lists + self.deletes
     }
+
+    /// What happened since `earlier` (counts only grow).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            puts: self.puts - earlier.puts,
+            gets: self.gets - earlier.gets,
+            lists: self.lists - earlier.lists,
+            deletes: self.deletes - earlier.deletes,
+            bytes_up: self.bytes_up - earlier.bytes_up,
+            bytes_down: self.bytes_down - earlier.bytes_down,
+        }
+    }
 }
 
 /// Counts the requests and bytes that pass through to `inner`.

@@ -51,6 +51,13 @@ pub enum ReplicaError {
     Store(#[from] StoreError),
 }
 
+impl From<sled::Error> for ReplicaError {
+    /// Replication state lives in side trees of the store: their errors are store errors.
+    fn from(e: sled::Error) -> Self {
+        ReplicaError::Store(e.into())
+    }
+}
+
 /// Result alias of replication.
 pub type Result<T> = std::result::Result<T, ReplicaError>;
 

@@ -69,12 +69,11 @@ fn chunk_tree(store: &Store, remote: &str) -> Result<sled::Tree> {
 /// This store's device id, made on first use.
 pub fn device_id(store: &Store) -> Result<String> {
     let t = store.side_tree(STATE_TREE)?;
-    if let Some(v) = t.get(DEVICE_KEY).map_err(crate::store::StoreError::from)? {
+    if let Some(v) = t.get(DEVICE_KEY)? {
         return Ok(String::from_utf8_lossy(&v).into_owned());
     }
     let id = super::new_device_id();
-    t.insert(DEVICE_KEY, id.as_bytes())
-        .map_err(crate::store::StoreError::from)?;
+    t.insert(DEVICE_KEY, id.as_bytes())?;
     Ok(id)
 }
 
@@ -82,43 +81,24 @@ pub fn device_id(store: &Store) -> Result<String> {
 pub fn set_device_id(store: &Store, id: &str) -> Result<()> {
     store
         .side_tree(STATE_TREE)?
-        .insert(DEVICE_KEY, id.as_bytes())
-        .map_err(crate::store::StoreError::from)?;
+        .insert(DEVICE_KEY, id.as_bytes())?;
     Ok(())
 }
 
 /// The state of a remote.
 pub fn load_state(store: &Store, remote: &str) -> Result<PushState> {
     let t = store.side_tree(STATE_TREE)?;
-    Ok(
-        match t
-            .get(remote.as_bytes())
-            .map_err(crate::store::StoreError::from)?
-        {
-            Some(v) => serde_json::from_slice(&v).unwrap_or_default(),
-            None => PushState::default(),
-        },
-    )
+    Ok(match t.get(remote.as_bytes())? {
+        Some(v) => serde_json::from_slice(&v).unwrap_or_default(),
+        None => PushState::default(),
+    })
 }
 
 /// Saves the state of a remote.
 pub fn save_state(store: &Store, remote: &str, s: &PushState) -> Result<()> {
     store
         .side_tree(STATE_TREE)?
-        .insert(remote.as_bytes(), serde_json::to_vec(s).expect("encodes"))
-        .map_err(crate::store::StoreError::from)?;
-    Ok(())
-}
-
-/// Forgets everything about a remote (`remote remove`).
-pub fn forget(store: &Store, remote: &str) -> Result<()> {
-    store
-        .side_tree(STATE_TREE)?
-        .remove(remote.as_bytes())
-        .map_err(crate::store::StoreError::from)?;
-    chunk_tree(store, remote)?
-        .clear()
-        .map_err(crate::store::StoreError::from)?;
+        .insert(remote.as_bytes(), serde_json::to_vec(s).expect("encodes"))?;
     Ok(())
 }
 
@@ -129,12 +109,30 @@ pub fn note_chunks(store: &Store, remote: &str, ids: impl Iterator<Item = ChunkI
     for id in ids {
         b.insert(&id.0, &[][..]);
     }
-    t.apply_batch(b).map_err(crate::store::StoreError::from)?;
+    t.apply_batch(b)?;
     Ok(())
 }
 
-/// Pushes every epoch the remote lacks. `progress(done, total)` counts bytes of chunk records.
+/// Pushes every epoch the remote lacks. `progress(done, total)` counts chunk records. A
+/// failure is also kept in the remote's state, with its time, for `status` to show until a
+/// push succeeds.
 pub fn push(
+    store: &Store,
+    repo: &Repo,
+    entry: &RemoteEntry,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PushReport> {
+    let r = push_inner(store, repo, entry, progress);
+    if let Err(e) = &r {
+        if let Ok(mut st) = load_state(store, &entry.name) {
+            st.last_error = Some(format!("{e} ({})", crate::when::show_time(now_ns())));
+            let _ = save_state(store, &entry.name, &st);
+        }
+    }
+    r
+}
+
+fn push_inner(
     store: &Store,
     repo: &Repo,
     entry: &RemoteEntry,
@@ -183,15 +181,7 @@ pub fn push(
         save_state(store, &entry.name, &state)?;
     }
     push_marks(store, repo, &device, head, &mut state)?;
-    let t = repo.traffic();
-    report.traffic = Traffic {
-        puts: t.puts - before.puts,
-        gets: t.gets - before.gets,
-        lists: t.lists - before.lists,
-        deletes: t.deletes - before.deletes,
-        bytes_up: t.bytes_up - before.bytes_up,
-        bytes_down: t.bytes_down - before.bytes_down,
-    };
+    report.traffic = repo.traffic().since(&before);
     state.last_push_ns = Some(now_ns());
     state.last_error = None;
     state.bytes_up += report.traffic.bytes_up;
@@ -244,7 +234,7 @@ fn reconcile(
         // The remote lost what we pushed (a new bucket under the same name): start over.
         tracing::warn!(device, remote_to = %remote_to, pushed = %state.pushed, "the remote holds less than was pushed to it; pushing again from there");
         state.pushed = remote_to;
-        have.clear().map_err(crate::store::StoreError::from)?;
+        have.clear()?;
         state.marks_digest = None;
     }
     Ok(())
@@ -338,10 +328,7 @@ fn needed_chunks(
     let mut seen: HashSet<ChunkId> = HashSet::new();
     let mut out = Vec::new();
     let missing = |id: &ChunkId, seen: &HashSet<ChunkId>| -> Result<bool> {
-        Ok(!seen.contains(id)
-            && !have
-                .contains_key(id.0)
-                .map_err(crate::store::StoreError::from)?)
+        Ok(!seen.contains(id) && !have.contains_key(id.0)?)
     };
     for e in epochs {
         for (k, v) in &e.records {

@@ -56,8 +56,6 @@ pub struct LiveState {
     pub locked: Option<String>,
     /// A push is running.
     pub pushing: bool,
-    /// Next retry after a failure (ns since the Unix epoch).
-    pub retry_at_ns: Option<i64>,
 }
 
 /// Handle to the replicator thread. Dropping it stops and joins the thread.
@@ -291,7 +289,6 @@ impl Worker {
             Ok(r) => {
                 t.failures = 0;
                 t.retry_at = None;
-                l.retry_at_ns = None;
                 if store.head() == started_head {
                     t.dirty = None;
                 }
@@ -303,11 +300,7 @@ impl Worker {
                 let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
                 let wait = base.min(MAX_BACKOFF) + jitter;
                 t.retry_at = Some(Instant::now() + wait);
-                l.retry_at_ns = Some(now_ns() + wait.as_nanos() as i64);
-                if let Ok(mut st) = push::load_state(&store, &name) {
-                    st.last_error = Some(format!("{} ({})", e, crate::when::show_time(now_ns())));
-                    let _ = push::save_state(&store, &name, &st);
-                }
+                tracing::debug!(remote = %name, ?wait, "retrying after: {e}");
             }
         }
         result
