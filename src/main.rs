@@ -389,12 +389,7 @@ fn restore_if_empty_dir(
     }
     let entry = remotes.get(None)?;
     let pass = pass.context("--restore-if-empty needs the passphrase")?;
-    let spec = entry.spec_with_keys(Some(pass))?;
-    let (repo, _) = clawfs::replicate::repo::Repo::open(
-        std::sync::Arc::new(clawfs::remote::OpendalRemote::new(&spec)?),
-        pass,
-        false,
-    )?;
+    let repo = clawfs::replicate::repo::Repo::open_entry(entry, pass)?;
     if repo.devices()?.is_empty() {
         return Ok(());
     }

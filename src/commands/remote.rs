@@ -187,17 +187,16 @@ pub fn run(
             let entry = remotes.get(Some(name))?.clone();
             let old = passphrase::obtain(pass_file, &format!("remote {name}"))?;
             let spec = entry.spec_with_keys(Some(&old))?;
-            let (repo, _) = Repo::open(Arc::new(OpendalRemote::new(&spec)?), &old, false)?;
+            let repo = Repo::open_entry(&entry, &old)?;
             let new = passphrase::obtain_new(&format!("remote {name}"))?;
-            repo.change_passphrase(&old, &new)?;
+            let config = repo.change_passphrase(&old, &new)?;
             // The cached config and the sealed access keys follow the new passphrase.
-            let (repo, _) = Repo::open(Arc::new(OpendalRemote::new(&spec)?), &new, false)?;
             let e = remotes
                 .remotes
                 .iter_mut()
                 .find(|r| &r.name == name)
                 .expect("found above");
-            e.config = Some(repo.config().clone());
+            e.config = Some(config);
             if let Some((id, secret)) = &spec.access_key {
                 e.access_key = Some(LocalSecret::seal(
                     &new,
@@ -218,8 +217,7 @@ pub fn run(
         RemoteCmd::Devices { name } => {
             let entry = remotes.get(name.as_deref())?.clone();
             let pass = passphrase::obtain(pass_file, &format!("remote {}", entry.name))?;
-            let spec = entry.spec_with_keys(Some(&pass))?;
-            let (repo, _) = Repo::open(Arc::new(OpendalRemote::new(&spec)?), &pass, false)?;
+            let repo = Repo::open_entry(&entry, &pass)?;
             let mut rows = Vec::new();
             for d in repo.devices()? {
                 let segs = repo.segments(&d)?;

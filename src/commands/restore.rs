@@ -10,7 +10,6 @@ use crate::commands::push::bar;
 use crate::commands::{human, Ctx};
 use crate::config;
 use crate::relpath::RelPath;
-use crate::remote::OpendalRemote;
 use crate::replicate::passphrase;
 use crate::replicate::repo::Repo;
 use crate::replicate::restore::{self, RestoreReport};
@@ -104,8 +103,7 @@ pub fn remote_entry(store_dir: &Path, from: &str, opts: &RemoteOpts) -> Result<R
 /// Opens a remote's repository for reading.
 pub fn open_repo(entry: &RemoteEntry, pass_file: Option<&Path>) -> Result<Repo> {
     let pass = passphrase::obtain(pass_file, &format!("remote {}", entry.name))?;
-    let spec = entry.spec_with_keys(Some(&pass))?;
-    Ok(Repo::open(Arc::new(OpendalRemote::new(&spec)?), &pass, false)?.0)
+    Ok(Repo::open_entry(entry, &pass)?)
 }
 
 /// Clones `device`'s history from `repo` into a fresh store at `store_dir`; on failure what

@@ -76,11 +76,16 @@ struct Target {
 
 /// Opens a remote's repository with a passphrase, from its cached config when it has one.
 pub fn connect(entry: &RemoteEntry, passphrase: &str) -> Result<Repo> {
-    let spec = entry.spec_with_keys(Some(passphrase))?;
-    let remote = Arc::new(OpendalRemote::new(&spec)?);
     match &entry.config {
-        Some(cfg) => Repo::from_cached(remote, cfg.clone(), passphrase),
-        None => Ok(Repo::open(remote, passphrase, false)?.0),
+        Some(cfg) => {
+            let spec = entry.spec_with_keys(Some(passphrase))?;
+            Repo::from_cached(
+                Arc::new(OpendalRemote::new(&spec)?),
+                cfg.clone(),
+                passphrase,
+            )
+        }
+        None => Repo::open_entry(entry, passphrase),
     }
 }
 

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use crate::crypto::{CryptoError, Keys, RepoConfig};
-use crate::remote::{Counting, Remote, RemoteError, Traffic};
+use crate::remote::{Counting, OpendalRemote, Remote, RemoteError, Traffic};
 use crate::replicate::layout::{self, LogSegment};
+use crate::replicate::settings::RemoteEntry;
 use crate::replicate::{ReplicaError, Result};
 
 fn wrong(e: CryptoError, what: &str) -> ReplicaError {
@@ -54,6 +55,13 @@ impl Repo {
         }
     }
 
+    /// Opens a configured remote's repository, reading its `config` from the remote (stored
+    /// access keys are opened with the same passphrase).
+    pub fn open_entry(entry: &RemoteEntry, passphrase: &str) -> Result<Repo> {
+        let spec = entry.spec_with_keys(Some(passphrase))?;
+        Ok(Repo::open(Arc::new(OpendalRemote::new(&spec)?), passphrase, false)?.0)
+    }
+
     /// Opens the repository with a copy of its config (no request is made).
     pub fn from_cached(
         remote: Arc<dyn Remote>,
@@ -95,14 +103,15 @@ impl Repo {
     }
 
     /// Re-wraps the master key under a new passphrase; nothing else is rewritten.
-    pub fn change_passphrase(&self, old: &str, new: &str) -> Result<()> {
+    /// Returns the new config.
+    pub fn change_passphrase(&self, old: &str, new: &str) -> Result<RepoConfig> {
         let master = self
             .config
             .unlock(old)
             .map_err(|e| wrong(e, &self.remote.describe()))?;
         let cfg = self.config.rewrap(&master, new)?;
         self.remote.put(layout::CONFIG, &cfg.to_bytes())?;
-        Ok(())
+        Ok(cfg)
     }
 
     /// Seals and uploads an object.
