@@ -26,11 +26,7 @@ fn mount8(s: &Sandbox, args: &[&str]) {
         .env("HOME", s.home.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
 }
 
 #[test]

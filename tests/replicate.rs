@@ -117,15 +117,10 @@ fn new_machine() -> Sandbox {
     sb
 }
 
-/// Restores the latest moment from the s3 remote into a new directory of `nm`; must succeed.
-fn restore_ok(nm: &Sandbox, s3: &S3s, name: &str) -> std::path::PathBuf {
+/// Restores from the s3 remote into a new directory of `nm`; must succeed.
+fn restore_ok(nm: &Sandbox, s3: &S3s, name: &str, extra: &[&str]) -> std::path::PathBuf {
     let target = nm.home.path().join(name);
-    let out = restore_from_s3(nm, s3, &target, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&restore_from_s3(nm, s3, &target, extra));
     target
 }
 
@@ -164,7 +159,7 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     sb.unmount();
 
     let nm = new_machine();
-    let target = restore_ok(&nm, &s3, "restored");
+    let target = restore_ok(&nm, &s3, "restored", &[]);
     assert_eq!(snapshot(&target), without_secrets(now.clone()));
     assert!(
         !target.join("credentials").exists(),
@@ -176,13 +171,7 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     );
     assert_eq!(rows, "alpha\nbeta\n");
 
-    let past = nm.home.path().join("past");
-    let out = restore_from_s3(&nm, &s3, &past, &["--at", "before-edit"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let past = restore_ok(&nm, &s3, "past", &["--at", "before-edit"]);
     assert_eq!(snapshot(&past), before);
     assert_eq!(
         std::fs::read_to_string(past.join("MEMORY.md")).unwrap(),
@@ -308,12 +297,7 @@ fn the_bucket_holds_no_plaintext_and_every_tampered_object_is_refused() {
 
     // And with everything intact, it works.
     nm.set_env("CLAWFS_PASSPHRASE", PASS);
-    let out = restore_from_s3(&nm, &s3, &nm.home.path().join("fine"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore_ok(&nm, &s3, "fine", &[]);
 }
 
 #[test]
@@ -451,7 +435,7 @@ fn pushes_survive_a_server_outage_and_a_killed_daemon() {
     sb.unmount();
 
     let nm = new_machine();
-    let target = restore_ok(&nm, &s3, "r");
+    let target = restore_ok(&nm, &s3, "r", &[]);
     assert_eq!(snapshot(&target), without_secrets(now));
 }
 

@@ -158,6 +158,15 @@ impl Sandbox {
     }
 }
 
+/// Panics with the program's stderr unless it succeeded.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn sh_in(dir: &Path, script: &str) -> String {
     let out = Command::new("bash")
         .arg("-ec")

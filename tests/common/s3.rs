@@ -150,11 +150,7 @@ impl Moto {
             ))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::assert_ok(&out);
         m
     }
 
