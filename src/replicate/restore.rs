@@ -186,7 +186,7 @@ pub fn clone_into(
     match repo.get_struct::<DeviceState>(&layout::marks_name(device)) {
         Ok(ds) => {
             for s in &ds.sessions {
-                store.import_session(s)?;
+                store.put_session(s)?;
             }
             for m in ds.marks.iter().filter(|m| m.seq <= store.head()) {
                 if store.mark(&m.name)?.is_none() {

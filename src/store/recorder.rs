@@ -892,19 +892,19 @@ impl Recorder {
 
 /// A batch that remembers the keys it writes, so the epoch's journal entry can list them.
 #[derive(Default)]
-struct Journaled {
+pub(crate) struct Journaled {
     batch: sled::Batch,
     keys: Vec<Vec<u8>>,
 }
 
 impl Journaled {
-    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.keys.push(key.as_ref().to_vec());
         self.batch.insert(key.as_ref(), value.as_ref());
     }
 
     /// The batch with the journal entry of epoch `seq` added.
-    fn finish(mut self, seq: Seq) -> sled::Batch {
+    pub(crate) fn finish(mut self, seq: Seq) -> sled::Batch {
         self.batch
             .insert(&schema::journal_key(seq), encode(&self.keys));
         self.batch

@@ -8,7 +8,8 @@
 
 use crate::ids::{NodeId, Seq};
 use crate::relpath::RelPath;
-use crate::store::catalog::{decode, encode, Change, Dentry, Epoch, NodeVersion, SessionInfo};
+use crate::store::catalog::{decode, Change, Dentry, Epoch, NodeVersion};
+use crate::store::recorder::Journaled;
 use crate::store::{read_u64, schema, Result, Store, StoreError};
 
 /// One catalogue record.
@@ -72,27 +73,22 @@ impl Store {
             }
             expect = expect.next();
         }
+        let next_node = next_node.max(self.next_node()?);
         for e in epochs {
-            let mut batch = sled::Batch::default();
-            let mut keys = Vec::with_capacity(e.records.len());
+            let mut journaled = Journaled::default();
             for (k, v) in &e.records {
-                batch.insert(k.as_slice(), v.as_slice());
-                keys.push(k.clone());
+                journaled.insert(k, v);
             }
-            batch.insert(&schema::journal_key(e.seq), encode(&keys));
+            let mut batch = journaled.finish(e.seq);
             batch.insert(schema::meta_key(schema::META_HEAD), &e.seq.0.to_be_bytes());
-            let nn = next_node.max(self.next_node()?);
-            batch.insert(schema::meta_key(schema::META_NEXT_NODE), &nn.to_be_bytes());
+            batch.insert(
+                schema::meta_key(schema::META_NEXT_NODE),
+                &next_node.to_be_bytes(),
+            );
             self.cat.apply_batch(batch)?;
             self.set_head(e.seq);
         }
         Ok(())
-    }
-
-    /// Records a session received from a remote (sessions are not epochs: they are kept in
-    /// the device's marks object).
-    pub fn import_session(&self, s: &SessionInfo) -> Result<()> {
-        self.put_session(s)
     }
 }
 
