@@ -339,13 +339,7 @@ fn clone_and_check_out(
     json: bool,
 ) -> Result<()> {
     let device = clawfs::replicate::restore::pick_device(repo, device, None)?;
-    let s = commands::restore::clone_store(
-        repo,
-        &entry.name,
-        &device,
-        store_dir,
-        clawfs::replicate::restore::ChunkCheck::Hash,
-    )?;
+    let s = commands::restore::clone_store(repo, &entry.name, &device, store_dir)?;
     s.flush()?;
     let mut remotes = Remotes::load(store_dir)?;
     if !remotes.remotes.iter().any(|r| r.name == entry.name) {
@@ -356,7 +350,16 @@ fn clone_and_check_out(
         remotes.save(store_dir)?;
     }
     let head = s.head();
-    let r = clawfs::replicate::restore::restore_tree(&s, head, dir, &[], true, &mut |_, _| {})?;
+    let r = clawfs::replicate::restore::restore_tree(
+        &clawfs::replicate::restore::TreeSource {
+            verified: true,
+            ..clawfs::replicate::restore::TreeSource::store(&s)
+        },
+        head,
+        dir,
+        &[],
+        &mut |_, _| {},
+    )?;
     clawfs::realfs::RealTree::new_batch(dir).sync_all()?;
     if json {
         println!("{}", serde_json::to_string(&r)?);

@@ -14,7 +14,14 @@ use crate::replicate::passphrase;
 use crate::replicate::repo::Repo;
 use crate::replicate::restore::{self, RestoreReport};
 use crate::replicate::settings::{RemoteEntry, Remotes};
+use crate::replicate::ReplicaError;
+use crate::store::chunks::SpoolStore;
+use crate::store::content::ChunkCache;
 use crate::store::Store;
+
+/// Chunks a restore from a remote keeps decoded: each is written once, so only chunk lists
+/// shared by many files gain from the cache.
+const RESTORE_CACHE_ENTRIES: usize = 64;
 
 fn paths_of(paths: &[PathBuf]) -> Result<Vec<RelPath>> {
     paths
@@ -48,14 +55,13 @@ fn say(json: bool, out: &mut dyn std::io::Write, r: &RestoreReport) -> Result<()
 }
 
 fn write_tree(
-    store: &Store,
+    src: &restore::TreeSource,
     seq: crate::ids::Seq,
     target: &Path,
     paths: &[RelPath],
-    verified: bool,
-) -> Result<RestoreReport> {
+) -> Result<RestoreReport, ReplicaError> {
     let b = bar("restore");
-    let r = restore::restore_tree(store, seq, target, paths, verified, &mut |d, t| {
+    let r = restore::restore_tree(src, seq, target, paths, &mut |d, t| {
         if let Some(b) = &b {
             b.set_length(t);
             b.set_position(d);
@@ -64,7 +70,7 @@ fn write_tree(
     if let Some(b) = b {
         b.finish_and_clear();
     }
-    Ok(r?)
+    r
 }
 
 /// From the local store (runs in the daemon when one is mounted).
@@ -74,7 +80,12 @@ pub fn run_local(ctx: &mut Ctx, at: &str, target: &Path, paths: &[PathBuf]) -> R
     if target.starts_with(&ctx.dir) {
         bail!("restore into a directory outside {} (to put files back in place, use `clawfs rollback`)", ctx.dir.display());
     }
-    let r = write_tree(&ctx.store, seq, &target, &paths_of(paths)?, false)?;
+    let r = write_tree(
+        &restore::TreeSource::store(&ctx.store),
+        seq,
+        &target,
+        &paths_of(paths)?,
+    )?;
     crate::realfs::RealTree::new_batch(&target).sync_all()?;
     say(ctx.json, ctx.out, &r)
 }
@@ -113,25 +124,17 @@ pub fn clone_store(
     remote_name: &str,
     device: &str,
     store_dir: &Path,
-    check: restore::ChunkCheck,
 ) -> Result<Arc<Store>> {
     let existed = store_dir.join("catalog").exists();
     let store = Store::open_or_create(store_dir)?;
     let b = bar("clone");
-    let r = restore::clone_into(
-        &store,
-        repo,
-        device,
-        remote_name,
-        check,
-        &mut |what, d, t| {
-            if let Some(b) = &b {
-                b.set_message(what.to_string());
-                b.set_length(t);
-                b.set_position(d);
-            }
-        },
-    );
+    let r = restore::clone_into(&store, repo, device, remote_name, &mut |what, d, t| {
+        if let Some(b) = &b {
+            b.set_message(what.to_string());
+            b.set_length(t);
+            b.set_position(d);
+        }
+    });
     if let Some(b) = b {
         b.finish_and_clear();
     }
@@ -164,7 +167,8 @@ pub struct FromRemote<'a> {
     pub paths: &'a [PathBuf],
 }
 
-/// From a remote: clone into a scratch store, write the tree, drop the scratch store.
+/// From a remote: clone the catalogue into a scratch store and the chunks into a spool beside
+/// it, write the tree, drop both.
 pub fn run_from(
     req: &FromRemote,
     store_dir: &Path,
@@ -198,17 +202,59 @@ pub fn run_from(
         None => restore::pick_device(&repo, None, own.as_deref())?,
     };
     let t0 = std::time::Instant::now();
-    // Only CRCs at clone time: the restore below hashes every chunk as it writes it.
-    let store = clone_store(
-        &repo,
-        &entry.name,
-        &device,
-        &scratch.path().join("store"),
-        restore::ChunkCheck::CrcOnly,
-    )?;
-    tracing::debug!(elapsed = ?t0.elapsed(), "cloned into the scratch store");
+    let store = Store::open_or_create(&scratch.path().join("store"))?;
+    let cloning = {
+        let b = bar("clone");
+        let r = restore::clone_catalog(&store, &repo, &device, &mut |what, d, t| {
+            if let Some(b) = &b {
+                b.set_message(what.to_string());
+                b.set_length(t);
+                b.set_position(d);
+            }
+        });
+        if let Some(b) = b {
+            b.finish_and_clear();
+        }
+        r?
+    };
+    tracing::debug!(elapsed = ?t0.elapsed(), "catalogue cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
-    let r = write_tree(&store, seq, target, &paths, false)?;
+    // Packs stream into a spool while the tree is written, each file as soon as its chunks are
+    // in. Only CRCs at fetch time: the restore hashes every chunk as it writes it, and writes
+    // into a staging directory that is thrown away if anything fails, fetching included.
+    let spool = Arc::new(SpoolStore::new(scratch.path()));
+    spool.expect(cloning.chunk_ids());
+    let chunks = Arc::new(ChunkCache::new(spool.clone(), RESTORE_CACHE_ENTRIES));
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            let dest = restore::ChunkDest::Spool(&spool);
+            let r = restore::fetch_packs(&store, &repo, &cloning, dest, &mut |_, _, _| {});
+            spool.close(r.as_ref().err().map(|e| e.to_string()));
+            let _ = done_tx.send(r.map(|_| ()));
+        });
+        // Every pack must arrive intact before the tree is moved into place, even one this
+        // moment does not need: a damaged repository is refused, not half-used.
+        let fetched = || {
+            done_rx
+                .recv()
+                .unwrap_or_else(|_| Err(ReplicaError::Io("the pack fetcher stopped".into())))
+        };
+        let src = restore::TreeSource {
+            store: &store,
+            chunks: &chunks,
+            verified: false,
+            complete: &fetched,
+        };
+        let written = write_tree(&src, seq, target, &paths);
+        if written.is_err() && !spool.close(None) {
+            // The fetch failed first, and that is why the write did: say why it failed.
+            if let Ok(Err(e)) = done_rx.recv() {
+                return Err(e);
+            }
+        }
+        written
+    })?;
     tracing::debug!(elapsed = ?t0.elapsed(), "tree written");
     drop(store);
     drop(scratch);

@@ -11,6 +11,7 @@
 //! SHA-256 as it streams it, and writes each file through a temp file renamed into place.
 
 use std::collections::{BTreeSet, HashSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::replicate::push::{self, PushState};
 use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, NodeKind};
+use crate::store::chunks::SpoolStore;
 use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
@@ -82,14 +84,31 @@ pub fn pick_device(repo: &Repo, asked: Option<&str>, own: Option<&str>) -> Resul
     }
 }
 
-/// How much a clone checks of each chunk record beyond the pack's authentication.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChunkCheck {
-    /// CRC and SHA-256: for a store that is kept.
-    Hash,
-    /// CRC only: for a scratch store whose only reader is a restore that hashes every chunk
-    /// before writing it (`restore_tree` with `verified = false`).
-    CrcOnly,
+/// Where a clone puts the chunks it fetches.
+#[derive(Clone, Copy)]
+pub enum ChunkDest<'a> {
+    /// Into the store's packs, each record CRC-checked and hashed: a store that is kept.
+    Store,
+    /// Into a restore's spool, each record CRC-checked: the restore hashes every chunk before
+    /// writing it (`restore_tree` with `verified = false`).
+    Spool(&'a SpoolStore),
+}
+
+/// A clone whose catalogue is in: what it read so far, and the packs that hold its chunks.
+pub struct Cloning {
+    /// The report so far (log segments, head, traffic).
+    pub report: CloneReport,
+    /// Every pack the log's indexes name, with the records each holds.
+    packs: Vec<(String, Vec<layout::IndexEntry>)>,
+}
+
+impl Cloning {
+    /// Every chunk the packs hold.
+    pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.packs
+            .iter()
+            .flat_map(|(_, es)| es.iter().map(|e| e.id))
+    }
 }
 
 /// Rebuilds `store` (which must be empty) from `device`'s history on the remote, and records
@@ -100,9 +119,40 @@ pub fn clone_into(
     repo: &Repo,
     device: &str,
     remote_name: &str,
-    check: ChunkCheck,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<CloneReport> {
+    let cloning = clone_catalog(store, repo, device, progress)?;
+    let held = fetch_packs(store, repo, &cloning, ChunkDest::Store, progress)?;
+    let mut report = cloning.report;
+    report.packs = cloning.packs.len() as u64;
+    report.chunks = held.len() as u64;
+    // This store continues that device's history, and the remote holds all of it.
+    push::set_device_id(store, device)?;
+    push::note_chunks(store, remote_name, held.into_iter())?;
+    push::save_state(
+        store,
+        remote_name,
+        &PushState {
+            pushed: store.head(),
+            last_push_ns: Some(now_ns()),
+            ..Default::default()
+        },
+    )?;
+    // Not flushed here: the caller flushes the kept store (`Store::flush`).
+    report.traffic = repo.traffic();
+    Ok(report)
+}
+
+/// The first half of a clone: every log segment of `device`, authenticated, applied epoch by
+/// epoch to `store` (which must be empty) as if recorded there (`apply_epochs` checks every
+/// record first), its marks and sessions, and the indexes the log names. Then
+/// [`fetch_packs`] brings the chunks.
+pub fn clone_catalog(
+    store: &Store,
+    repo: &Repo,
+    device: &str,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Cloning> {
     if store.head() != Seq::ZERO {
         return Err(ReplicaError::Usage(format!(
             "the store at {} already holds history; clone into a new directory",
@@ -123,8 +173,6 @@ pub fn clone_into(
         device: device.to_string(),
         ..Default::default()
     };
-    // 1. Every segment, authenticated, applied epoch by epoch as if recorded here
-    //    (`apply_epochs` checks every record first); gather the indexes they name.
     let mut indexes: Vec<String> = Vec::new();
     for (i, (_, _, name)) in segs.iter().enumerate() {
         progress("log", i as u64, segs.len() as u64);
@@ -150,9 +198,8 @@ pub fn clone_into(
         report.segments += 1;
         report.head = seg.to;
     }
-    // 2. Every pack the indexes name: authenticate, then store each record.
     let mut packs_seen: HashSet<String> = HashSet::new();
-    let mut all: Vec<(String, Vec<layout::IndexEntry>)> = Vec::new();
+    let mut packs = Vec::new();
     for ix in &indexes {
         let index: Index = repo.get_struct(ix)?;
         for (pack, entries) in index.packs {
@@ -162,27 +209,11 @@ pub fn clone_into(
                 )));
             }
             if packs_seen.insert(pack.clone()) {
-                all.push((pack, entries));
+                packs.push((pack, entries));
             }
         }
     }
-    // Several fetchers: waiting on the network overlaps with authenticating and storing.
-    let total = all.len() as u64;
-    let held = parking_lot::Mutex::new(Vec::<ChunkId>::new());
-    in_parallel(
-        PACK_FETCHERS,
-        &all,
-        |(pack, entries)| {
-            let ids = fetch_pack(store, repo, pack, entries, check)?;
-            held.lock().extend(ids);
-            Ok(())
-        },
-        |done, _| progress("packs", done, total),
-    )?;
-    let held = held.into_inner();
-    report.packs = total;
-    report.chunks = held.len() as u64;
-    // 3. Marks and sessions.
+    // Marks and sessions.
     match repo.get_struct::<DeviceState>(&layout::marks_name(device)) {
         Ok(ds) => {
             for s in &ds.sessions {
@@ -197,22 +228,33 @@ pub fn clone_into(
         Err(ReplicaError::Remote(crate::remote::RemoteError::NotFound(_))) => {}
         Err(e) => return Err(e),
     }
-    // 4. This store continues that device's history, and the remote holds all of it.
-    push::set_device_id(store, device)?;
-    push::note_chunks(store, remote_name, held.into_iter())?;
-    push::save_state(
-        store,
-        remote_name,
-        &PushState {
-            pushed: store.head(),
-            last_push_ns: Some(now_ns()),
-            ..Default::default()
-        },
-    )?;
-    // Not flushed here: a scratch store never needs to be durable; a kept one is flushed by
-    // its caller (`Store::flush`).
     report.traffic = repo.traffic();
-    Ok(report)
+    Ok(Cloning { report, packs })
+}
+
+/// The second half of a clone: every pack, authenticated, its records stored into `dest`.
+/// Several fetchers, so that waiting on the network overlaps with checking and storing.
+/// Returns the chunks stored.
+pub fn fetch_packs(
+    store: &Store,
+    repo: &Repo,
+    cloning: &Cloning,
+    dest: ChunkDest,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Vec<ChunkId>> {
+    let total = cloning.packs.len() as u64;
+    let held = parking_lot::Mutex::new(Vec::<ChunkId>::new());
+    in_parallel(
+        PACK_FETCHERS,
+        &cloning.packs,
+        |(pack, entries)| {
+            let ids = fetch_pack(store, repo, pack, entries, dest)?;
+            held.lock().extend(ids);
+            Ok(())
+        },
+        |done, _| progress("packs", done, total),
+    )?;
+    Ok(held.into_inner())
 }
 
 /// Runs `work` on every item with `workers` threads; `done(count, result)` runs on the calling
@@ -255,16 +297,33 @@ fn in_parallel<T: Sync, R: Send>(
     })
 }
 
-/// Downloads one pack, authenticates it, and stores each record it holds (CRC and hash
-/// checked by `put_record`). Returns the chunks stored.
+/// Downloads one pack, authenticates it, and stores each record it holds: CRC-checked and
+/// hashed into the store's packs (`put_record`), or CRC-checked into the spool. Returns the
+/// chunks stored.
 fn fetch_pack(
     store: &Store,
     repo: &Repo,
     pack: &str,
     entries: &[layout::IndexEntry],
-    check: ChunkCheck,
+    dest: ChunkDest,
 ) -> Result<Vec<ChunkId>> {
+    if let ChunkDest::Spool(spool) = dest {
+        if spool.is_closed() {
+            // Its reader gave up: the error it gives is the one that counts.
+            return Err(ReplicaError::Usage("the restore stopped".into()));
+        }
+    }
     let plain = repo.get_sealed(pack)?;
+    if let ChunkDest::Spool(spool) = dest {
+        let runs: Vec<_> = entries
+            .iter()
+            .map(|e| (e.id, e.offset as u64, e.len))
+            .collect();
+        spool
+            .add_records(&plain, &runs)
+            .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
+        return Ok(entries.iter().map(|e| e.id).collect());
+    }
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         let rec = plain
@@ -272,7 +331,7 @@ fn fetch_pack(
             .ok_or_else(|| ReplicaError::BadObject(format!("{pack}: index points past its end")))?;
         let id = store
             .packs()
-            .put_record(rec, check == ChunkCheck::Hash)
+            .put_record(rec, true)
             .map_err(|err| ReplicaError::BadObject(format!("{pack}: {err}")))?;
         if id != e.id {
             return Err(ReplicaError::BadObject(format!(
@@ -299,6 +358,9 @@ pub struct RestoreReport {
     pub symlinks: u64,
     /// File bytes written.
     pub bytes: u64,
+    /// Directories written, with the mode and time they get once their contents are in.
+    #[serde(skip)]
+    dirs_meta: Vec<(RelPath, crate::store::catalog::Meta)>,
 }
 
 /// File content that checks each chunk's SHA-256 as it is read.
@@ -367,21 +429,47 @@ impl ReadAt for Checked {
     }
 }
 
-/// Writes the tree (or only `paths`) as of `seq` into `target`, which must be empty or absent.
-/// Files are written atomically but not synced one by one: the caller makes them durable with
-/// one [`RealTree::sync_all`] (after dropping any scratch store, whose pages need no writing).
-/// Every chunk's SHA-256 is checked as it is written, unless `verified` says a clone into this
-/// store has just checked them all.
+/// Where a restore reads a tree from.
+pub struct TreeSource<'a> {
+    /// The catalogue.
+    pub store: &'a Store,
+    /// The content: the store's own chunks, or a restore's spool, which may still be filling.
+    pub chunks: &'a Arc<ChunkCache>,
+    /// A clone into this store has just hashed every chunk: skip hashing them again.
+    pub verified: bool,
+    /// Called once every file is written, before the tree is moved into place: an error
+    /// (the spool's fetch failed) throws the written tree away.
+    pub complete: &'a (dyn Fn() -> Result<()> + Sync),
+}
+
+impl<'a> TreeSource<'a> {
+    /// A store's own tree and chunks, every chunk hashed as it is written.
+    pub fn store(store: &'a Store) -> TreeSource<'a> {
+        TreeSource {
+            store,
+            chunks: store.chunks(),
+            verified: false,
+            complete: &|| Ok(()),
+        }
+    }
+}
+
+/// Writes the tree (or only `paths`) as of `seq` from `src` into `target`, which must be empty
+/// or absent. All or nothing: the tree is written into a staging directory inside `target`
+/// and moved into place only once every file is complete and `src.complete` agrees; on error
+/// the staging directory is removed (and `target`, if this made it). Files are not synced one
+/// by one: the caller makes them durable with one [`RealTree::sync_all`]. Every chunk's
+/// SHA-256 is checked as it is written, unless `src.verified`.
 pub fn restore_tree(
-    store: &Store,
+    src: &TreeSource,
     seq: Seq,
     target: &Path,
     paths: &[RelPath],
-    verified: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
+    let store = src.store;
     let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
-    match std::fs::read_dir(target) {
+    let created = match std::fs::read_dir(target) {
         Ok(mut d) => {
             if d.next().is_some() {
                 return Err(ReplicaError::Usage(format!(
@@ -389,10 +477,11 @@ pub fn restore_tree(
                     target.display()
                 )));
             }
+            false
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(ReplicaError::Io(format!("{}: {e}", target.display()))),
-    }
+    };
     let roots: Vec<RelPath> = if paths.is_empty() {
         vec![RelPath::root()]
     } else {
@@ -415,16 +504,71 @@ pub fn restore_tree(
         }
     }
     std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
-    let tree = RealTree::new_batch(target);
+    let staging = target.join(format!(".clawfs-restore.{:08x}", rand::random::<u32>()));
+    let written = std::fs::create_dir(&staging)
+        .map_err(io(format!("creating {}", staging.display())))
+        .and_then(|()| {
+            let staged = RealTree::new_batch(&staging);
+            let mut report = write_entries(&staged, src, &entries, &seen, progress)?;
+            (src.complete)()?;
+            // Into place: move what was staged up into the target, then apply the root's
+            // mode and the directories' times (after their contents stopped changing them).
+            for e in
+                std::fs::read_dir(&staging).map_err(io(format!("reading {}", staging.display())))?
+            {
+                let name = e
+                    .map_err(io(format!("reading {}", staging.display())))?
+                    .file_name();
+                std::fs::rename(staging.join(&name), target.join(&name))
+                    .map_err(io(format!("moving {} into place", name.to_string_lossy())))?;
+            }
+            std::fs::remove_dir(&staging).map_err(io(format!("removing {}", staging.display())))?;
+            let tree = RealTree::new_batch(target);
+            for (p, meta) in report.dirs_meta.iter().rev() {
+                let path = tree.path(p);
+                if p.is_root() {
+                    let _ = std::fs::set_permissions(
+                        &path,
+                        std::fs::Permissions::from_mode(meta.mode & 0o7777),
+                    );
+                }
+                if meta.mtime_ns > 0 {
+                    let t = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_nanos(meta.mtime_ns as u64);
+                    if let Ok(f) = std::fs::File::open(&path) {
+                        let _ = f.set_modified(t);
+                    }
+                }
+            }
+            report.dirs_meta.clear();
+            report.seq = seq;
+            report.target = target.to_path_buf();
+            Ok(report)
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+        if created {
+            let _ = std::fs::remove_dir(target);
+        }
+    }
+    written
+}
+
+/// Writes `entries` into `tree` (the staging directory): directories and symlinks first, then
+/// files by two workers (reading, decompressing and hashing chunks keeps a core busy, and a
+/// worker may wait for a chunk still on its way).
+fn write_entries(
+    tree: &RealTree,
+    src: &TreeSource,
+    entries: &[(RelPath, crate::store::query::Entry)],
+    seen: &BTreeSet<RelPath>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
     let total: u64 = entries.iter().map(|(_, e)| e.version.size()).sum();
-    let mut report = RestoreReport {
-        seq,
-        target: target.to_path_buf(),
-        ..Default::default()
-    };
-    let mut dirs = Vec::new();
+    let mut report = RestoreReport::default();
     let mut files = Vec::new();
-    for (p, e) in &entries {
+    for (p, e) in entries {
         // Parents of a restored path that are not themselves restored.
         if let Some((parent, _)) = p.split() {
             if !parent.is_root() && !seen.contains(&parent) {
@@ -437,7 +581,7 @@ pub fn restore_tree(
             NodeKind::Dir => {
                 tree.mkdir(p, v.meta.mode)
                     .map_err(io(format!("creating {p}")))?;
-                dirs.push((p.clone(), v.meta));
+                report.dirs_meta.push((p.clone(), v.meta));
                 report.dirs += 1;
             }
             NodeKind::Symlink => {
@@ -448,12 +592,11 @@ pub fn restore_tree(
             NodeKind::File => files.push((p, v)),
         }
     }
-    // Files by two workers: reading, decompressing and hashing chunks keeps a core busy.
     in_parallel(
         2,
         &files,
         |(p, v)| {
-            let content = Checked::new(store.chunks().clone(), &v.content, !verified)?;
+            let content = Checked::new(src.chunks.clone(), &v.content, !src.verified)?;
             tree.put_file(p, &content, &v.meta, &v.xattrs)
                 // A chunk that fails its hash surfaces as an I/O error of the copy.
                 .map_err(|err| ReplicaError::Io(format!("writing {p}: {err}")))?;
@@ -465,15 +608,6 @@ pub fn restore_tree(
             progress(report.bytes, total);
         },
     )?;
-    // Directory times last, after their contents stopped changing them.
-    for (p, meta) in dirs.iter().rev().filter(|(_, m)| m.mtime_ns > 0) {
-        let path = tree.path(p);
-        let t =
-            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(meta.mtime_ns.max(0) as u64);
-        if let Ok(f) = std::fs::File::open(&path) {
-            let _ = f.set_modified(t);
-        }
-    }
     Ok(report)
 }
 
@@ -527,7 +661,7 @@ mod tests {
     fn clone_b(d: &tempfile::TempDir, repo: &Repo) -> (Arc<Store>, Result<CloneReport>) {
         let b = Store::open_or_create(&d.path().join("b")).unwrap();
         let dev = pick_device(repo, None, None).unwrap();
-        let r = clone_into(&b, repo, &dev, "mem", ChunkCheck::Hash, &mut |_, _, _| {});
+        let r = clone_into(&b, repo, &dev, "mem", &mut |_, _, _| {});
         (b, r)
     }
 
@@ -538,7 +672,7 @@ mod tests {
         let (b, r) = clone_b(&d, &repo);
         r.unwrap();
         let out = d.path().join("out");
-        let r = restore_tree(&b, b.head(), &out, &[], true, &mut |_, _| {}).unwrap();
+        let r = restore_tree(&TreeSource::store(&b), b.head(), &out, &[], &mut |_, _| {}).unwrap();
         assert_eq!(r.files, 1);
         assert_eq!(std::fs::read(out.join("notes/a.md")).unwrap(), b"alpha");
     }

@@ -1,6 +1,6 @@
 //! The chunk store contract and its implementations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -327,6 +327,156 @@ impl ChunkStore for PackStore {
     }
 }
 
+/// Chunk records spooled into unlinked temp files and found through an index in memory: the
+/// chunk store of a restore from a remote, which needs its chunks once, neither durable nor
+/// catalogued. A received pack goes in whole, in one write, and is read back through the page
+/// cache; memory holds only the index (about 60 bytes a chunk).
+///
+/// Readers may run while packs still arrive: chunks announced with [`SpoolStore::expect`] are
+/// waited for by `get` until they are added or the spool is [closed](SpoolStore::close).
+pub struct SpoolStore {
+    dir: PathBuf,
+    files: RwLock<Vec<Arc<File>>>,
+    state: Mutex<SpoolState>,
+    arrived: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct SpoolState {
+    /// Chunk id → (file, offset, record length).
+    index: HashMap<ChunkId, (u32, u64, u32)>,
+    /// Chunks still to come.
+    expected: HashSet<ChunkId>,
+    /// No more will come.
+    closed: bool,
+    /// Why, when something went wrong.
+    failed: Option<String>,
+}
+
+impl SpoolStore {
+    /// A spool whose files live (unlinked) in `dir`.
+    pub fn new(dir: &Path) -> SpoolStore {
+        SpoolStore {
+            dir: dir.to_path_buf(),
+            files: RwLock::new(Vec::new()),
+            state: Mutex::new(SpoolState::default()),
+            arrived: parking_lot::Condvar::new(),
+        }
+    }
+
+    /// Announces chunks that are on their way: `get` waits for them instead of failing.
+    pub fn expect(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        let mut st = self.state.lock();
+        let SpoolState {
+            index, expected, ..
+        } = &mut *st;
+        expected.extend(ids.into_iter().filter(|id| !index.contains_key(id)));
+    }
+
+    /// No more chunks will come (`why` says what went wrong, if anything): readers waiting for
+    /// an expected chunk get an error instead of waiting forever. Returns whether this call
+    /// closed it (the first reason given is kept).
+    pub fn close(&self, why: Option<String>) -> bool {
+        let mut st = self.state.lock();
+        if st.closed {
+            return false;
+        }
+        st.closed = true;
+        st.expected.clear();
+        st.failed = why;
+        self.arrived.notify_all();
+        true
+    }
+
+    /// Whether [`SpoolStore::close`] was called: a filler stops there.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Adds a run of records (a received pack) in one write. `entries` give each record's id,
+    /// offset and length in `bytes`; every record is checked (bounds, CRC, id) before anything
+    /// is added, and the error names the first bad one.
+    pub fn add_records(&self, bytes: &[u8], entries: &[(ChunkId, u64, u32)]) -> Result<()> {
+        for &(id, offset, len) in entries {
+            let bad = |detail: &str| StoreError::CorruptPack {
+                pack: PackId(self.files.read().len() as u64),
+                offset,
+                detail: detail.to_string(),
+            };
+            let rec = bytes
+                .get(offset as usize..offset as usize + len as usize)
+                .ok_or_else(|| bad("a record lies past the end"))?;
+            match pack::check_crc(rec) {
+                Some((got, _)) if got == id => {}
+                Some(_) => return Err(bad("record holds another chunk than the index says")),
+                None => return Err(bad("bad record header, length or CRC")),
+            }
+        }
+        let mut f = tempfile::tempfile_in(&self.dir).ctx(|| "creating a spool file".into())?;
+        std::io::Write::write_all(&mut f, bytes).ctx(|| "spooling chunks".into())?;
+        let n = {
+            let mut files = self.files.write();
+            files.push(Arc::new(f));
+            files.len() as u32 - 1
+        };
+        let mut st = self.state.lock();
+        for &(id, offset, len) in entries {
+            st.index.entry(id).or_insert((n, offset, len));
+            st.expected.remove(&id);
+        }
+        self.arrived.notify_all();
+        Ok(())
+    }
+
+    /// Where a chunk is, waiting for it if it is expected.
+    fn wait_for(&self, id: &ChunkId) -> Result<(u32, u64, u32)> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(loc) = st.index.get(id) {
+                return Ok(*loc);
+            }
+            if !st.expected.contains(id) {
+                return Err(match &st.failed {
+                    Some(why) => StoreError::Io {
+                        what: format!("chunk {id} never arrived"),
+                        source: std::io::Error::other(why.clone()),
+                    },
+                    None => StoreError::MissingChunk(*id),
+                });
+            }
+            self.arrived.wait(&mut st);
+        }
+    }
+}
+
+impl ChunkStore for SpoolStore {
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+        if self.has(&id)? {
+            return Ok(0);
+        }
+        let rec = pack::encode_record(&id, data);
+        self.add_records(&rec, &[(id, 0, rec.len() as u32)])?;
+        Ok(rec.len() as u64)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (n, off, len) = self.wait_for(id)?;
+        let f = self.files.read()[n as usize].clone();
+        let mut rec = vec![0u8; len as usize];
+        f.read_exact_at(&mut rec, off)
+            .ctx(|| format!("reading spooled chunk {id}"))?;
+        pack::decode_record(PackId(n as u64), off, &rec, id)
+    }
+
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.state.lock().index.contains_key(id))
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! One contract suite, run over every implementation.
@@ -368,6 +518,52 @@ mod tests {
     #[test]
     fn memory_store_meets_the_contract() {
         contract(&MemChunkStore::default());
+    }
+
+    #[test]
+    fn spool_store_meets_the_contract_and_refuses_a_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SpoolStore::new(dir.path());
+        contract(&spool);
+        let a = vec![9u8; 5000];
+        let mut rec = pack::encode_record(&ChunkId::of(&a), &a);
+        let len = rec.len() as u32;
+        let last = rec.len() - 1;
+        rec[last] ^= 1;
+        let err = spool
+            .add_records(&rec, &[(ChunkId::of(&a), 0, len)])
+            .unwrap_err();
+        assert!(err.to_string().contains("CRC"), "{err}");
+        assert!(!spool.has(&ChunkId::of(&a)).unwrap(), "nothing added");
+        let err = spool
+            .add_records(&rec, &[(ChunkId::of(&a), 1, len)])
+            .unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+    }
+
+    #[test]
+    fn spool_readers_wait_for_expected_chunks_until_they_arrive_or_the_spool_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SpoolStore::new(dir.path());
+        let (a, b) = (vec![1u8; 4000], vec![2u8; 4000]);
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        spool.expect([ia, ib]);
+        let unknown = ChunkId::of(b"never announced");
+        assert!(matches!(
+            spool.get(&unknown),
+            Err(StoreError::MissingChunk(_))
+        ));
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| spool.get(&ia));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            spool.put(ia, &a).unwrap();
+            assert_eq!(reader.join().unwrap().unwrap(), a);
+            let reader = s.spawn(|| spool.get(&ib));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            spool.close(Some("pack 3 failed its authentication".into()));
+            let err = reader.join().unwrap().unwrap_err().to_string();
+            assert!(err.contains("pack 3 failed"), "{err}");
+        });
     }
 
     #[test]
