@@ -117,6 +117,22 @@ pub fn open_repo(entry: &RemoteEntry, pass_file: Option<&Path>) -> Result<Repo> 
     Ok(Repo::open_entry(entry, &pass)?)
 }
 
+/// Runs `f` with a progress callback that draws a "clone" bar on a terminal.
+fn with_clone_bar<T>(f: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> T) -> T {
+    let b = bar("clone");
+    let r = f(&mut |what, done, total| {
+        if let Some(b) = &b {
+            b.set_message(what.to_string());
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    r
+}
+
 /// Clones `device`'s history from `repo` into a fresh store at `store_dir`; on failure what
 /// the clone made there is removed again.
 pub fn clone_store(
@@ -127,17 +143,8 @@ pub fn clone_store(
 ) -> Result<Arc<Store>> {
     let existed = store_dir.join("catalog").exists();
     let store = Store::open_or_create(store_dir)?;
-    let b = bar("clone");
-    let r = restore::clone_into(&store, repo, device, remote_name, &mut |what, d, t| {
-        if let Some(b) = &b {
-            b.set_message(what.to_string());
-            b.set_length(t);
-            b.set_position(d);
-        }
-    });
-    if let Some(b) = b {
-        b.finish_and_clear();
-    }
+    let r =
+        with_clone_bar(|progress| restore::clone_into(&store, repo, device, remote_name, progress));
     if let Err(e) = r {
         drop(store);
         if !existed {
@@ -203,20 +210,8 @@ pub fn run_from(
     };
     let t0 = std::time::Instant::now();
     let store = Store::open_or_create(&scratch.path().join("store"))?;
-    let cloning = {
-        let b = bar("clone");
-        let r = restore::clone_catalog(&store, &repo, &device, &mut |what, d, t| {
-            if let Some(b) = &b {
-                b.set_message(what.to_string());
-                b.set_length(t);
-                b.set_position(d);
-            }
-        });
-        if let Some(b) = b {
-            b.finish_and_clear();
-        }
-        r?
-    };
+    let cloning =
+        with_clone_bar(|progress| restore::clone_catalog(&store, &repo, &device, progress))?;
     tracing::debug!(elapsed = ?t0.elapsed(), "catalogue cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
     // Packs stream into a spool while the tree is written, each file as soon as its chunks are
