@@ -75,6 +75,10 @@ pub struct PackStore {
 }
 
 const META_OPEN_PACK: &[u8] = b"\0open_pack";
+/// (pack id, length) of the open pack at its last sync: every record below that length is
+/// indexed (its index entry was inserted before this key, and sled recovers a prefix), so a
+/// reopen checks only the records after it instead of looking up every record of the pack.
+const META_OPEN_PACK_INDEXED: &[u8] = b"\0open_pack_indexed";
 
 impl PackStore {
     /// Opens the packs in `dir` with `index` as the chunk index. The pack that was open for
@@ -97,8 +101,16 @@ impl PackStore {
             })?));
             if pack::pack_path(dir, id).exists() {
                 let (w, records, torn) = PackWriter::reopen(dir, id)?;
+                let indexed_below = store
+                    .index
+                    .get(META_OPEN_PACK_INDEXED)?
+                    .and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok())
+                    .filter(|v| v[..8] == id.0.to_be_bytes())
+                    .map_or(0, |v| {
+                        u64::from_be_bytes(v[8..].try_into().expect("8 bytes"))
+                    });
                 // A crash between appending a record and indexing it leaves an unindexed record.
-                for (cid, loc) in &records {
+                for (cid, loc) in records.iter().filter(|(_, l)| l.offset >= indexed_below) {
                     if !store.index.contains_key(cid.0)? {
                         store
                             .index
@@ -322,6 +334,10 @@ impl ChunkStore for PackStore {
     fn sync(&self) -> Result<()> {
         if let Some(w) = self.writer.lock().as_ref() {
             w.sync()?;
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&w.id.0.to_be_bytes());
+            v[8..].copy_from_slice(&w.len().to_be_bytes());
+            self.index.insert(META_OPEN_PACK_INDEXED, &v)?;
         }
         Ok(())
     }
@@ -577,6 +593,25 @@ mod tests {
         let a = b"alpha".repeat(1000);
         assert_eq!(ps.get(&ChunkId::of(&a)).unwrap(), a);
         assert_eq!(ps.verify_all().unwrap(), 802);
+    }
+
+    #[test]
+    fn reopen_reindexes_records_appended_after_the_last_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let open = || PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap());
+        let ps = open().unwrap();
+        let (a, b) = (vec![1u8; 3000], vec![2u8; 3000]);
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        ps.put(ia, &a).unwrap();
+        ps.sync().unwrap();
+        ps.put(ib, &b).unwrap();
+        // The process died before b's index entry reached the catalogue.
+        ps.index.remove(ib.0).unwrap();
+        drop(ps);
+        let ps = open().unwrap();
+        assert_eq!(ps.get(&ia).unwrap(), a);
+        assert_eq!(ps.get(&ib).unwrap(), b, "found again by the reopen's scan");
     }
 
     #[test]
