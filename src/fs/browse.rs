@@ -382,6 +382,13 @@ fn attr_of(
 }
 
 impl Filesystem for Browse {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Sequential reads of past files in 1 MiB requests, not the kernel's default 128 KiB.
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::trace_span!("browse.lookup", parent = parent.0, ?name).entered();
         let r = (|| {
@@ -479,6 +486,19 @@ impl Filesystem for Browse {
                 reply.error(Errno::EIO)
             }
         }
+    }
+
+    /// close(2): nothing was written, so nothing to flush (an unanswered flush is logged as
+    /// "not implemented" on every close).
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
     }
 
     fn release(
