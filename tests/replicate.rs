@@ -592,6 +592,17 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
     c.write("OTHER.md", b"another machine\n");
     c.settle();
     c.ok(&["push", "--wait"]);
+    // Its own history by default, even while the daemon holds its store.
+    let own = c.home.path().join("own");
+    c.ok(&["restore", "--from", "origin", own.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(own.join("OTHER.md")).unwrap(),
+        b"another machine\n"
+    );
+    assert!(
+        !own.join("MEMORY.md").exists(),
+        "not the other device's tree"
+    );
     c.unmount();
     let devices = c.ok(&["remote", "devices"]);
     assert_eq!(devices.lines().count(), 2, "{devices}");

@@ -201,9 +201,9 @@ pub fn run_from(
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
         )?;
-    let own = Store::open(store_dir)
-        .ok()
-        .and_then(|s| crate::replicate::push::device_id(&s).ok());
+    // This machine's own history by default: its device id is read beside the store, which
+    // the mount daemon may hold open.
+    let own = crate::replicate::push::published_device_id(store_dir);
     let device = match device {
         Some(d) => d.to_string(),
         None => restore::pick_device(&repo, None, own.as_deref())?,

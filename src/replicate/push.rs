@@ -7,6 +7,7 @@
 //! content and adopted instead of uploaded again.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,11 +70,15 @@ fn chunk_tree(store: &Store, remote: &str) -> Result<sled::Tree> {
 /// This store's device id, made on first use.
 pub fn device_id(store: &Store) -> Result<String> {
     let t = store.side_tree(STATE_TREE)?;
-    if let Some(v) = t.get(DEVICE_KEY)? {
-        return Ok(String::from_utf8_lossy(&v).into_owned());
-    }
-    let id = super::new_device_id();
-    t.insert(DEVICE_KEY, id.as_bytes())?;
+    let id = match t.get(DEVICE_KEY)? {
+        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+        None => {
+            let id = super::new_device_id();
+            t.insert(DEVICE_KEY, id.as_bytes())?;
+            id
+        }
+    };
+    publish_device_id(store.dir(), &id);
     Ok(id)
 }
 
@@ -82,7 +87,29 @@ pub fn set_device_id(store: &Store, id: &str) -> Result<()> {
     store
         .side_tree(STATE_TREE)?
         .insert(DEVICE_KEY, id.as_bytes())?;
+    publish_device_id(store.dir(), id);
     Ok(())
+}
+
+/// The file beside the catalogue that names the store's device id, so that a command can
+/// learn it without opening the store (which the mount daemon holds).
+const DEVICE_FILE: &str = "device-id";
+
+fn publish_device_id(store_dir: &Path, id: &str) {
+    let path = store_dir.join(DEVICE_FILE);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(id) {
+        if let Err(e) = std::fs::write(&path, id) {
+            tracing::warn!(error = %e, path = %path.display(), "could not write the device id file");
+        }
+    }
+}
+
+/// The device id of the store in `store_dir`, if it has one, without opening the store.
+pub fn published_device_id(store_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(store_dir.join(DEVICE_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The state of a remote.
