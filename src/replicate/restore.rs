@@ -592,6 +592,8 @@ fn write_entries(
             NodeKind::File => files.push((p, v)),
         }
     }
+    // Largest first: a big file started last would leave one worker writing it alone.
+    files.sort_by_key(|(_, v)| std::cmp::Reverse(v.content.size));
     in_parallel(
         2,
         &files,
