@@ -8,7 +8,8 @@
 //! clone failed, so a bad remote leaves nothing.
 //!
 //! Writing a tree out ([`restore_tree`]) refuses a non-empty target, checks every chunk's
-//! SHA-256 as it streams it, and writes each file through a temp file renamed into place.
+//! SHA-256 as it streams it, and writes into a staging directory that is moved into place only
+//! when everything is written, so a failed restore leaves the target as it was.
 
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +25,7 @@ use crate::replicate::layout::{self, DeviceState, Index};
 use crate::replicate::push::{self, PushState};
 use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
-use crate::store::catalog::{now_ns, NodeKind};
+use crate::store::catalog::{now_ns, Meta, NodeKind};
 use crate::store::chunks::SpoolStore;
 use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
 use crate::store::{Store, StoreError};
@@ -358,9 +359,6 @@ pub struct RestoreReport {
     pub symlinks: u64,
     /// File bytes written.
     pub bytes: u64,
-    /// Directories written, with the mode and time they get once their contents are in.
-    #[serde(skip)]
-    dirs_meta: Vec<(RelPath, crate::store::catalog::Meta)>,
 }
 
 /// File content that checks each chunk's SHA-256 as it is read.
@@ -509,7 +507,7 @@ pub fn restore_tree(
         .map_err(io(format!("creating {}", staging.display())))
         .and_then(|()| {
             let staged = RealTree::new_batch(&staging);
-            let mut report = write_entries(&staged, src, &entries, &seen, progress)?;
+            let (mut report, dirs) = write_entries(&staged, src, &entries, &seen, progress)?;
             (src.complete)()?;
             // Into place: move what was staged up into the target, then apply the root's
             // mode and the directories' times (after their contents stopped changing them).
@@ -524,7 +522,7 @@ pub fn restore_tree(
             }
             std::fs::remove_dir(&staging).map_err(io(format!("removing {}", staging.display())))?;
             let tree = RealTree::new_batch(target);
-            for (p, meta) in report.dirs_meta.iter().rev() {
+            for (p, meta) in dirs.iter().rev() {
                 let path = tree.path(p);
                 if p.is_root() {
                     let _ = std::fs::set_permissions(
@@ -540,7 +538,6 @@ pub fn restore_tree(
                     }
                 }
             }
-            report.dirs_meta.clear();
             report.seq = seq;
             report.target = target.to_path_buf();
             Ok(report)
@@ -556,17 +553,19 @@ pub fn restore_tree(
 
 /// Writes `entries` into `tree` (the staging directory): directories and symlinks first, then
 /// files by two workers (reading, decompressing and hashing chunks keeps a core busy, and a
-/// worker may wait for a chunk still on its way).
+/// worker may wait for a chunk still on its way). Returns what it wrote, and the directories
+/// with the mode and time they get once their contents are in place.
 fn write_entries(
     tree: &RealTree,
     src: &TreeSource,
     entries: &[(RelPath, crate::store::query::Entry)],
     seen: &BTreeSet<RelPath>,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<RestoreReport> {
+) -> Result<(RestoreReport, Vec<(RelPath, Meta)>)> {
     let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
     let total: u64 = entries.iter().map(|(_, e)| e.version.size()).sum();
     let mut report = RestoreReport::default();
+    let mut dirs = Vec::new();
     let mut files = Vec::new();
     for (p, e) in entries {
         // Parents of a restored path that are not themselves restored.
@@ -581,7 +580,7 @@ fn write_entries(
             NodeKind::Dir => {
                 tree.mkdir(p, v.meta.mode)
                     .map_err(io(format!("creating {p}")))?;
-                report.dirs_meta.push((p.clone(), v.meta));
+                dirs.push((p.clone(), v.meta));
                 report.dirs += 1;
             }
             NodeKind::Symlink => {
@@ -610,7 +609,7 @@ fn write_entries(
             progress(report.bytes, total);
         },
     )?;
-    Ok(report)
+    Ok((report, dirs))
 }
 
 #[cfg(test)]
@@ -620,7 +619,7 @@ mod tests {
     use crate::remote::{MemRemote, Remote};
     use crate::replicate::layout::LogSegment;
     use crate::replicate::settings::{RemoteEntry, Schedule};
-    use crate::store::catalog::{decode, encode, Change, Meta};
+    use crate::store::catalog::{decode, encode, Change};
     use crate::store::schema;
 
     fn entry() -> RemoteEntry {
