@@ -186,8 +186,9 @@ pub fn run(
         RemoteCmd::Passwd { name } => {
             let entry = remotes.get(Some(name))?.clone();
             let old = passphrase::obtain(pass_file, &format!("remote {name}"))?;
+            // One spec: opening stored access keys costs a key derivation.
             let spec = entry.spec_with_keys(Some(&old))?;
-            let repo = Repo::open_entry(&entry, &old)?;
+            let repo = Repo::open_spec(&spec, &old)?;
             let new = passphrase::obtain_new(&format!("remote {name}"))?;
             let config = repo.change_passphrase(&old, &new)?;
             // The cached config and the sealed access keys follow the new passphrase.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::crypto::{CryptoError, Keys, RepoConfig};
-use crate::remote::{Counting, OpendalRemote, Remote, RemoteError, Traffic};
+use crate::remote::{Counting, OpendalRemote, Remote, RemoteError, RemoteSpec, Traffic};
 use crate::replicate::layout::{self, LogSegment};
 use crate::replicate::settings::RemoteEntry;
 use crate::replicate::{ReplicaError, Result};
@@ -58,8 +58,12 @@ impl Repo {
     /// Opens a configured remote's repository, reading its `config` from the remote (stored
     /// access keys are opened with the same passphrase).
     pub fn open_entry(entry: &RemoteEntry, passphrase: &str) -> Result<Repo> {
-        let spec = entry.spec_with_keys(Some(passphrase))?;
-        Ok(Repo::open(Arc::new(OpendalRemote::new(&spec)?), passphrase, false)?.0)
+        Repo::open_spec(&entry.spec_with_keys(Some(passphrase))?, passphrase)
+    }
+
+    /// Opens the existing repository a spec (with its access keys) points at.
+    pub fn open_spec(spec: &RemoteSpec, passphrase: &str) -> Result<Repo> {
+        Ok(Repo::open(Arc::new(OpendalRemote::new(spec)?), passphrase, false)?.0)
     }
 
     /// Opens the repository with a copy of its config (no request is made).
