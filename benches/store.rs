@@ -37,6 +37,16 @@ const META: Meta = Meta {
     mtime_ns: 0,
 };
 
+/// Prints the median and largest of the bytes stored per commit; nothing when the benchmark
+/// was filtered out and never ran.
+fn print_bytes(what: &str, stored: &mut [u64]) {
+    stored.sort_unstable();
+    if let Some(max) = stored.last() {
+        let median = stored[stored.len() / 2];
+        println!("bytes: {what}: median {median} B, max {max} B stored");
+    }
+}
+
 fn fresh() -> (tempfile::TempDir, Arc<Store>, Recorder) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_or_create(dir.path()).unwrap();
@@ -95,11 +105,9 @@ fn append(c: &mut Criterion) {
                 })
             },
         );
-        stored.sort();
-        println!(
-            "bytes: append 1 KiB to {mib} MiB: median {} B, max {} B stored per commit",
-            stored[stored.len() / 2],
-            stored.last().unwrap()
+        print_bytes(
+            &format!("append 1 KiB to {mib} MiB (per commit)"),
+            &mut stored,
         );
         drop(store);
     }
@@ -121,12 +129,7 @@ fn in_place(c: &mut Criterion) {
         })
     });
     g.finish();
-    stored.sort();
-    println!(
-        "bytes: 4 KiB in-place write into 100 MiB: median {} B, max {} B stored",
-        stored[stored.len() / 2],
-        stored.last().unwrap()
-    );
+    print_bytes("4 KiB in-place write into 100 MiB", &mut stored);
 }
 
 fn text(n: usize, seed: u64) -> Vec<u8> {
@@ -173,11 +176,9 @@ fn temp_rename(c: &mut Criterion) {
         })
     });
     g.finish();
-    stored.sort();
-    println!(
-        "bytes: 1 MiB text rewritten via temp+rename, one line inserted: median {} B, max {} B stored",
-        stored[stored.len() / 2],
-        stored.last().unwrap()
+    print_bytes(
+        "1 MiB text rewritten via temp+rename, one line inserted",
+        &mut stored,
     );
 }
 
