@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ChunkId;
-use crate::store::chunker::{Policy, AVG_CHUNK, MAX_CHUNK};
+use crate::store::chunker::{Policy, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 use crate::store::chunks::ChunkStore;
 use crate::store::error::{Result, StoreError};
 
@@ -305,9 +305,27 @@ pub fn rewrite(
             }
             let window = &buf[(pos - buf_start) as usize..];
             let eof = pos + window.len() as u64 >= new_size;
-            let n = policy
+            let mut n = policy
                 .cut(pos, window, eof)
                 .unwrap_or(window.len().min(MAX_CHUNK));
+            // Beyond `end` the old content is unchanged, so a cut at an old chunk's start
+            // lines up again and every old chunk after it is reused: a write costs the chunks
+            // it touches. Left to content-defined cuts alone, a cut that a write moved could
+            // take ten chunks (~250 KB) to line up with the old ones.
+            if !cur.at_end() {
+                let next_old = cur.chunk_end()?;
+                let here = pos + n as u64;
+                let forced = next_old >= end
+                    && next_old <= new_size
+                    && (next_old < here
+                        // Reach it now rather than leave a sliver of less than a minimum
+                        // chunk before it, so repeated edits do not grind a file into slivers.
+                        || (next_old - here < MIN_CHUNK as u64
+                            && next_old - pos <= MAX_CHUNK as u64));
+                if forced {
+                    n = (next_old - pos) as usize;
+                }
+            }
             let data = &window[..n];
             let id = ChunkId::of(data);
             out.stats.hashed += n as u64;
@@ -616,6 +634,52 @@ mod tests {
         assert_eq!(read_all(&c, &next), data);
         assert!(stats.hashed < 200_000, "{stats:?}");
         assert!(stats.stored < 140_000, "{stats:?}");
+    }
+
+    /// The old chunks that bytes `[a, b)` fall in, as (start, end) offsets.
+    fn chunks_touched(c: &ChunkCache, content: &Content, a: u64, b: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        for seg in &content.segments {
+            for chunk in c.leaf(&seg.leaf).unwrap().iter() {
+                let end = off + chunk.len as u64;
+                if end > a && off < b {
+                    out.push((off, end));
+                }
+                off = end;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_in_place_write_costs_only_the_chunks_it_touches() {
+        let c = cache();
+        let mut data = random(8 << 20, 5);
+        let (mut content, _) = write_new(&c, &data);
+        for i in 0..300u64 {
+            let off = (i * 7_919_993) % (data.len() as u64 - 4096);
+            let end = off + 4096;
+            data[off as usize..end as usize].copy_from_slice(&random(4096, 100 + i));
+            let touched = chunks_touched(&c, &content, off, end);
+            let (next, stats) = rewrite(
+                &c,
+                &content,
+                &data,
+                data.len() as u64,
+                &[(off, end)],
+                Policy::Cdc,
+            )
+            .unwrap();
+            let cost: u64 = touched.iter().map(|(a, b)| b - a).sum();
+            assert!(
+                stats.hashed <= cost,
+                "write {i} at {off}: hashed {} bytes, touched chunks {touched:?}",
+                stats.hashed
+            );
+            content = next;
+        }
+        assert_eq!(read_all(&c, &content), data);
     }
 
     proptest! {
