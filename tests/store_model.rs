@@ -38,7 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => p.clone().prop_map(Op::Mkdir),
         3 => p.clone().prop_map(Op::Create),
         2 => hot.clone().prop_map(Op::Create),
-        4 => (hot.clone(), 0u32..150_000, 1u32..40_000, any::<u8>()).prop_map(|(a, b, c, d)| Op::Write(a, b, c, d)),
+        4 => (hot.clone(), 0u32..150_000, 1u32..100_000, any::<u8>()).prop_map(|(a, b, c, d)| Op::Write(a, b, c, d)),
         2 => (p.clone(), 0u32..150_000, 1u32..40_000, any::<u8>()).prop_map(|(a, b, c, d)| Op::Write(a, b, c, d)),
         3 => (hot, 0u32..200_000).prop_map(|(a, b)| Op::Truncate(a, b)),
         2 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
@@ -147,7 +147,12 @@ impl Model {
                     file.resize(end, 0);
                 }
                 file[off as usize..end].copy_from_slice(&data);
-                rec.write(&rp(i), off as u64, &data).unwrap();
+                // Both ways in: borrowed (copied) and owned (kept as the pending buffer).
+                if fill % 2 == 0 {
+                    rec.write(&rp(i), off as u64, &data).unwrap();
+                } else {
+                    rec.write_owned(&rp(i), off as u64, data).unwrap();
+                }
             }
             Op::Truncate(i, size) => {
                 let Some(Obj::File(f)) = self.paths.get(PATHS[i]) else {

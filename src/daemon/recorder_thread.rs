@@ -253,7 +253,7 @@ impl Recording {
                 meta,
                 target,
             } => self.rec.create(&path, kind, meta, &target).map(drop),
-            FsEvent::Write { path, offset, data } => self.rec.write(&path, offset, &data),
+            FsEvent::Write { path, offset, data } => self.rec.write_owned(&path, offset, data),
             FsEvent::Truncate { path, size } => self.rec.truncate(&path, size),
             FsEvent::Meta { path, update } => self.rec.set_meta(&path, update),
             FsEvent::Xattr { path, name, value } => {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -71,6 +72,8 @@ pub struct PackStore {
     dir: PathBuf,
     index: sled::Tree,
     writer: Mutex<Option<PackWriter>>,
+    /// Records appended since open, counted under the writer lock.
+    appended: AtomicU64,
     readers: RwLock<HashMap<PackId, Arc<File>>>,
 }
 
@@ -90,6 +93,7 @@ impl PackStore {
             dir: dir.to_path_buf(),
             index,
             writer: Mutex::new(None),
+            appended: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
         };
         if let Some(v) = store.index.get(META_OPEN_PACK)? {
@@ -278,14 +282,25 @@ impl PackStore {
                 return Err(bad("content does not hash to its id"));
             }
         }
-        self.append(id, rec, raw_len)?;
+        self.append(id, rec, raw_len, None)?;
         Ok(id)
     }
 
-    fn append(&self, id: ChunkId, record: &[u8], raw_len: u32) -> Result<u64> {
+    /// Appends `record` unless chunk `id` is stored. `absent_at` is the append count at which
+    /// the caller found the chunk absent: if nothing was appended since, it still is, and the
+    /// index is not asked again.
+    fn append(
+        &self,
+        id: ChunkId,
+        record: &[u8],
+        raw_len: u32,
+        absent_at: Option<u64>,
+    ) -> Result<u64> {
         let mut w = self.writer.lock();
         // Checked again under the lock: two threads may race to store the same chunk.
-        if self.index.contains_key(id.0)? {
+        if absent_at != Some(self.appended.load(Ordering::Acquire))
+            && self.index.contains_key(id.0)?
+        {
             return Ok(0);
         }
         if w.as_ref().is_none_or(|w| w.len() >= PACK_TARGET) {
@@ -309,17 +324,19 @@ impl PackStore {
         // The record reached the kernel before the index names it.
         self.index
             .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
+        self.appended.fetch_add(1, Ordering::Release);
         Ok(record.len() as u64)
     }
 }
 
 impl ChunkStore for PackStore {
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+        let absent_at = self.appended.load(Ordering::Acquire);
         if self.index.contains_key(id.0)? {
             return Ok(0);
         }
         let record = pack::encode_record(&id, data);
-        self.append(id, &record, data.len() as u32)
+        self.append(id, &record, data.len() as u32, Some(absent_at))
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {

@@ -370,16 +370,22 @@ mod tests {
         use rand::{RngCore, SeedableRng};
         let mut random = vec![0u8; 16 << 10];
         rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut random);
-        let words = ["agent", "memory", "tool", "session", "user", "said", "model", "ok"];
+        let words = [
+            "agent", "memory", "tool", "session", "user", "said", "model", "ok",
+        ];
         let mut text = String::new();
         for i in 0..60_000 {
             text.push_str(words[(random[i % random.len()] as usize + i / 7) % words.len()]);
-            text.push(if random[(i * 31) % random.len()] < 20 { '\n' } else { ' ' });
+            text.push(if random[(i * 31) % random.len()] < 20 {
+                '\n'
+            } else {
+                ' '
+            });
         }
         let zstd_output = zstd::bulk::compress(text.as_bytes(), 3).unwrap();
         assert!(zstd_output.len() > 32 << 10, "{}", zstd_output.len());
-        let json = br#"{"role":"assistant","content":"ok, saved it to MEMORY.md","ts":1763}"#
-            .repeat(300);
+        let json =
+            br#"{"role":"assistant","content":"ok, saved it to MEMORY.md","ts":1763}"#.repeat(300);
         let base64 = hex::encode(&random).into_bytes();
         let mut page = vec![0u8; 4096];
         page[..1000].copy_from_slice(&random[..1000]);
@@ -392,7 +398,10 @@ mod tests {
         // Skipped or not, every record decodes to its bytes.
         for data in [&random[..], &json[..], &page[..]] {
             let id = ChunkId::of(data);
-            assert_eq!(decode_record(PackId(1), 16, &encode_record(&id, data), &id).unwrap(), data);
+            assert_eq!(
+                decode_record(PackId(1), 16, &encode_record(&id, data), &id).unwrap(),
+                data
+            );
         }
     }
 

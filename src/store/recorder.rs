@@ -11,6 +11,7 @@
 //! it does not know) is an error. The overlay turns such errors into a re-import of the path
 //! from the real file, so versioning heals itself instead of drifting.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -86,8 +87,12 @@ impl Base {
     }
 }
 
+/// A written extent at least this long is kept as the buffer it arrived in, not copied onto the
+/// extent before it.
+const KEEP_BUFFER: usize = 64 << 10;
+
 impl PendingData {
-    fn write(&mut self, off: u64, data: &[u8]) {
+    fn write(&mut self, off: u64, data: Cow<'_, [u8]>) {
         if data.is_empty() {
             return;
         }
@@ -116,10 +121,13 @@ impl PendingData {
             .range_mut(..off)
             .next_back()
             .filter(|(s, v)| **s + v.len() as u64 == off);
-        match prev {
-            Some((_, v)) => v.extend_from_slice(data),
-            None => {
-                self.extents.insert(off, data.to_vec());
+        match (prev, data) {
+            (Some((_, v)), Cow::Borrowed(data)) => v.extend_from_slice(data),
+            (Some((_, v)), Cow::Owned(data)) if data.len() < KEEP_BUFFER => {
+                v.extend_from_slice(&data)
+            }
+            (_, data) => {
+                self.extents.insert(off, data.into_owned());
             }
         }
         self.size = self.size.max(end);
@@ -472,6 +480,16 @@ impl Recorder {
 
     /// `data` written at `offset` of the file at `path`.
     pub fn write(&mut self, path: &RelPath, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_cow(path, offset, Cow::Borrowed(data))
+    }
+
+    /// Like [`write`](Self::write), keeping `data` as the pending buffer instead of copying
+    /// it: what the daemon does with the copy it already made of a FUSE write.
+    pub fn write_owned(&mut self, path: &RelPath, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.write_cow(path, offset, Cow::Owned(data))
+    }
+
+    fn write_cow(&mut self, path: &RelPath, offset: u64, data: Cow<'_, [u8]>) -> Result<()> {
         let (node, d) = self.file_data(path)?;
         let before = d.extent_bytes();
         d.write(offset, data);
