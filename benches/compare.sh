@@ -67,6 +67,7 @@ print("%.3f" % (time.perf_counter() - t0))
 PY
 
 declare -A T
+hwm=""
 for wl in seqwrite seqread smallfiles wal gen mutate; do
   for fs in native bindfs clawfs; do
     if [ "$wl" = mutate ] && [ "$fs" = clawfs ]; then
@@ -75,6 +76,7 @@ for wl in seqwrite seqread smallfiles wal gen mutate; do
     fi
     T[$wl,$fs]=$(python3 "$work/wl.py" "$wl" "$work/$fs" "$fixtures")
   done
+  hwm+=" $wl $(( $(awk '/VmHWM/ {print $2}' /proc/"$pid"/status) / 1024 ))"
 done
 sleep 1.5
 added=$("$bin" -C "$work/clawfs" --json log --since "$((before + 1))" --limit 100000 | python3 -c 'import json,sys; print(sum(json.loads(l)["stored_bytes"] for l in sys.stdin))')
@@ -91,6 +93,6 @@ for wl in seqwrite seqread smallfiles wal gen mutate; do
   printf "%-34s %8ss %8ss %8ss %7.2fx %7.2fx\n" "$(label $wl)" "$n" "$b" "$c" \
     "$(python3 -c "print($b/$n)")" "$(python3 -c "print($c/$n)")"
 done
-echo "clawfs daemon peak RSS: $((rss / 1024)) MiB"
+echo "clawfs daemon peak RSS: $((rss / 1024)) MiB (peak after each workload, MiB:$hwm)"
 echo "store bytes added by mutate.py: $added ($(python3 -c "print(round($added/1e6,2))") MB)"
 echo "store size after all workloads: $(python3 -c "print(round($store/1e6,1))") MB"

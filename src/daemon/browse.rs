@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::daemon::mount::{mounted_type, FS_TYPE};
 use crate::fs::browse::Browse;
+use crate::fs::sys;
 use crate::ids::Seq;
 use crate::store::Store;
 
@@ -68,6 +69,7 @@ pub fn spawn_in_process(store: Arc<Store>, mountpoint: &Path, at: Option<Seq>) -
 
 /// Serves a view in this process until it is unmounted (the standalone daemon).
 pub fn serve(store_dir: &Path, mountpoint: &Path, at: Option<&str>) -> Result<()> {
+    sys::limit_malloc_arenas();
     let store = Store::open(store_dir)?;
     let at = at.map(|w| crate::when::resolve(&store, w)).transpose()?;
     let session = fuser::Session::new(Browse::new(store, at), mountpoint, &config())

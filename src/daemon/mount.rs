@@ -221,6 +221,7 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
 /// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
+    sys::limit_malloc_arenas();
     let store = Store::open_or_create(store_dir).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;
     cfg.dir = Some(dir.to_path_buf());

@@ -247,3 +247,16 @@ pub fn removexattr(p: &CStr, name: &OsStr) -> io::Result<()> {
 pub fn mtime_ns(st: &libc::stat) -> i64 {
     st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
 }
+
+/// Keeps a daemon's heap from growing with its thread count. glibc gives every thread that
+/// allocates under contention an arena of its own and rarely hands their freed memory back; a
+/// mount's FUSE threads each pass 1 MiB write buffers to the recorder, so memory freed in one
+/// arena was never reused by another (a 290 MB tree written through the mount: 97 MiB peak
+/// RSS with the default arenas, 70 MiB with two). Called first thing in a daemon.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator, which it synchronises itself.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
