@@ -117,6 +117,36 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
     assert_eq!(s.read("cache/big.bin").len(), 100_000);
 }
 
+/// The kernel asks a FUSE filesystem for no O_TMPFILE operation (there is none in the protocol
+/// fuser speaks), so the open fails with EOPNOTSUPP before reaching the daemon. What matters is
+/// that the refusal is that clean error, which programs and libcs fall back from, and that the
+/// fallback (a named temp file, unlinked while open) works and leaves nothing behind.
+#[test]
+fn o_tmpfile_is_refused_cleanly_and_temporary_files_fall_back() {
+    let s = Sandbox::new();
+    s.mount();
+    s.write("SOUL.md", b"soul");
+    let out = s.sh(
+        r#"python3 - <<'PY'
+import errno, os, tempfile
+try:
+    os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600)
+    print("opened")
+except OSError as e:
+    print("EOPNOTSUPP" if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])
+with tempfile.TemporaryFile(dir=".") as f:
+    f.write(b"scratch" * 1000)
+    f.seek(0)
+    assert f.read() == b"scratch" * 1000
+print(sorted(os.listdir(".")))
+PY"#,
+    );
+    assert_eq!(out, "EOPNOTSUPP\n['SOUL.md']\n");
+    s.settle();
+    assert_eq!(s.read("SOUL.md"), b"soul");
+    assert_eq!(s.ok(&["cat", "SOUL.md"]), "soul");
+}
+
 #[test]
 fn concurrent_writers_and_appends_are_all_recorded() {
     let s = Sandbox::new();
