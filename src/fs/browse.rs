@@ -449,7 +449,7 @@ impl Filesystem for Browse {
                 if v.kind != NodeKind::File {
                     return Err(Errno::EISDIR);
                 }
-                Ok(self.store.reader(v.content))
+                Ok(self.store.reader(v.content).streaming())
             }
             _ => Err(Errno::EISDIR),
         });

@@ -35,6 +35,12 @@ pub trait ChunkStore: Send + Sync {
     fn has(&self, id: &ChunkId) -> Result<bool>;
     /// Write barrier: makes every earlier `put` durable.
     fn sync(&self) -> Result<()>;
+    /// `get(id)` for a chunk that follows chunk `prev` in a file being read: a store that keeps
+    /// a file's chunks next to each other can look there first.
+    fn get_after(&self, id: &ChunkId, prev: Option<&ChunkId>) -> Result<Vec<u8>> {
+        let _ = prev;
+        self.get(id)
+    }
 }
 
 /// Chunks in memory: for unit tests of the layers above.
@@ -75,7 +81,15 @@ pub struct PackStore {
     /// Records appended since open, counted under the writer lock.
     appended: AtomicU64,
     readers: RwLock<HashMap<PackId, Arc<File>>>,
+    /// Where recently read chunks were: see [`ChunkStore::get_after`].
+    recent: Mutex<lru::LruCache<ChunkId, ChunkLoc>>,
 }
+
+/// Chunk locations remembered from reads, for finding the chunk after each.
+const RECENT_LOCATIONS: usize = 4096;
+/// A record header claiming a longer payload than this is not followed (chunks are at most
+/// 64 KiB, leaves about 9 KiB).
+const MAX_STORED_LEN: u32 = 1 << 20;
 
 const META_OPEN_PACK: &[u8] = b"\0open_pack";
 /// (pack id, length) of the open pack at its last sync: every record below that length is
@@ -95,6 +109,9 @@ impl PackStore {
             writer: Mutex::new(None),
             appended: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
+            recent: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(RECENT_LOCATIONS).expect("nonzero"),
+            )),
         };
         if let Some(v) = store.index.get(META_OPEN_PACK)? {
             let id = PackId(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
@@ -255,6 +272,21 @@ impl PackStore {
 }
 
 impl PackStore {
+    /// Chunk `id` read from the record at `offset` of `pack`, if that record is chunk `id` and
+    /// checks out; `None` sends the caller to the index.
+    fn read_if_there(&self, id: &ChunkId, pack: PackId, offset: u64) -> Option<Vec<u8>> {
+        let f = self.reader(pack).ok()?;
+        let mut head = [0u8; pack::HEADER_BYTES];
+        f.read_exact_at(&mut head, offset).ok()?;
+        let (named, loc) = pack::header_location(pack, offset, &head)?;
+        if named != *id || loc.stored_len > MAX_STORED_LEN {
+            return None;
+        }
+        let data = self.read_at(id, &loc).ok()?;
+        self.recent.lock().put(*id, loc);
+        Some(data)
+    }
+
     /// The stored record of a chunk, byte for byte (compressed, CRC-checked): what the
     /// replicator ships, so a chunk is compressed once, on this machine.
     pub fn raw_record(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -346,6 +378,24 @@ impl ChunkStore for PackStore {
 
     fn has(&self, id: &ChunkId) -> Result<bool> {
         Ok(self.index.contains_key(id.0)?)
+    }
+
+    /// A file written front to back has its new chunks appended one after another, so the
+    /// record after `prev`'s is tried first: if its header names `id`, the chunk index (a random
+    /// lookup, several disk reads on a cold store) is not asked. The record's CRC and id are
+    /// checked as on every read.
+    fn get_after(&self, id: &ChunkId, prev: Option<&ChunkId>) -> Result<Vec<u8>> {
+        let prev_loc = prev.and_then(|p| self.recent.lock().get(p).copied());
+        if let Some(p) = prev_loc {
+            let next = p.offset + RECORD_OVERHEAD + u64::from(p.stored_len);
+            if let Some(hit) = self.read_if_there(id, p.pack, next) {
+                return Ok(hit);
+            }
+        }
+        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
+        let data = self.read_at(id, &loc)?;
+        self.recent.lock().put(*id, loc);
+        Ok(data)
     }
 
     fn sync(&self) -> Result<()> {
@@ -546,6 +596,21 @@ mod tests {
                 assert_eq!(store.get(&ChunkId::of(&d)).unwrap(), d);
             }
         }
+        // `get_after` is `get`, whatever chunk it is told came before.
+        let ids: Vec<(ChunkId, Vec<u8>)> = (0..200u32)
+            .map(|i| format!("1-{i}").repeat(50).into_bytes())
+            .map(|d| (ChunkId::of(&d), d))
+            .collect();
+        for w in ids.windows(2) {
+            assert_eq!(store.get_after(&w[1].0, Some(&w[0].0)).unwrap(), w[1].1);
+            assert_eq!(store.get_after(&w[0].0, Some(&w[1].0)).unwrap(), w[0].1);
+            assert_eq!(store.get_after(&w[1].0, Some(&tid)).unwrap(), w[1].1);
+        }
+        assert_eq!(store.get_after(&id, None).unwrap(), a);
+        assert!(matches!(
+            store.get_after(&ChunkId::of(b"never stored"), Some(&ids[0].0)),
+            Err(StoreError::MissingChunk(_))
+        ));
     }
 
     #[test]
@@ -629,6 +694,38 @@ mod tests {
         let ps = open().unwrap();
         assert_eq!(ps.get(&ia).unwrap(), a);
         assert_eq!(ps.get(&ib).unwrap(), b, "found again by the reopen's scan");
+    }
+
+    #[test]
+    fn a_chunk_after_the_one_before_it_is_read_without_the_index_but_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 3000]).collect();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| ChunkId::of(c)).collect();
+        for (id, c) in ids.iter().zip(&chunks) {
+            ps.put(*id, c).unwrap();
+        }
+        assert_eq!(ps.get_after(&ids[0], None).unwrap(), chunks[0]);
+        // Without an index entry, the chunk after a read one is still found, next to it.
+        let loc1 = ps.locate(&ids[1]).unwrap().unwrap();
+        ps.index.remove(ids[1].0).unwrap();
+        assert_eq!(ps.get_after(&ids[1], Some(&ids[0])).unwrap(), chunks[1]);
+        assert!(matches!(ps.get(&ids[1]), Err(StoreError::MissingChunk(_))));
+        // A flipped payload byte in the next record: found there, refused by its CRC, and
+        // the index's answer (the same damaged record) is refused too.
+        let loc2 = ps.locate(&ids[2]).unwrap().unwrap();
+        assert_eq!(
+            loc2.offset,
+            loc1.offset + RECORD_OVERHEAD + u64::from(loc1.stored_len)
+        );
+        let path = pack::pack_path(&dir.path().join("packs"), loc2.pack);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[loc2.offset as usize + 60] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        ps.readers.write().clear();
+        let err = ps.get_after(&ids[2], Some(&ids[1])).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 
     #[test]

@@ -123,10 +123,16 @@ impl ChunkCache {
 
     /// A chunk's bytes, shared.
     pub fn get_shared(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        self.get_shared_after(id, None)
+    }
+
+    /// A chunk's bytes, shared, for a chunk that follows `prev` in a file being read (see
+    /// [`ChunkStore::get_after`]).
+    pub fn get_shared_after(&self, id: &ChunkId, prev: Option<&ChunkId>) -> Result<Arc<Vec<u8>>> {
         if let Some(d) = self.lru.lock().get(id) {
             return Ok(d.clone());
         }
-        let d = Arc::new(self.inner.get(id)?);
+        let d = Arc::new(self.inner.get_after(id, prev)?);
         self.lru.lock().put(*id, d.clone());
         Ok(d)
     }
@@ -145,7 +151,13 @@ pub struct ContentReader {
     content: Content,
     seg_starts: Vec<u64>,
     leaf: Mutex<Option<(usize, LoadedLeaf)>>,
+    streaming: bool,
 }
+
+/// A streaming reader fetches the chunks of a leaf it enters on this many threads at once.
+const STREAM_THREADS: usize = 4;
+/// Leaves with fewer chunks are read chunk by chunk even when streaming.
+const STREAM_MIN_CHUNKS: usize = 16;
 
 impl ContentReader {
     /// A reader over `content`.
@@ -161,7 +173,18 @@ impl ContentReader {
             content,
             seg_starts,
             leaf: Mutex::new(None),
+            streaming: false,
         }
+    }
+
+    /// A reader for front-to-back reads of a store that may be cold: entering a leaf fetches
+    /// all of its chunks (typically 128, ~2 MiB) into the chunk cache on several threads before
+    /// the first is returned, so the disk reads of the packs, and of the chunk index for chunks
+    /// not found next to the one before, overlap (a cold 100 MiB file from a 1,000,000-version
+    /// store: 270 → 314–389 MB/s).
+    pub fn streaming(mut self) -> ContentReader {
+        self.streaming = true;
+        self
     }
 
     /// The content being read.
@@ -177,6 +200,9 @@ impl ContentReader {
             }
         }
         let leaf = self.chunks.leaf(&self.content.segments[seg].leaf)?;
+        if self.streaming && leaf.len() >= STREAM_MIN_CHUNKS {
+            self.fetch_all(&leaf)?;
+        }
         let mut starts = Vec::with_capacity(leaf.len());
         let mut off = self.seg_starts[seg];
         for c in leaf.iter() {
@@ -186,6 +212,30 @@ impl ContentReader {
         let starts = Arc::new(starts);
         *cached = Some((seg, (leaf.clone(), starts.clone())));
         Ok((leaf, starts))
+    }
+}
+
+impl ContentReader {
+    /// Brings every chunk of `leaf` into the chunk cache, [`STREAM_THREADS`] at a time.
+    fn fetch_all(&self, leaf: &[ChunkRef]) -> Result<()> {
+        let per_thread = leaf.len().div_ceil(STREAM_THREADS);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..leaf.len())
+                .step_by(per_thread)
+                .map(|from| {
+                    s.spawn(move || {
+                        let to = (from + per_thread).min(leaf.len());
+                        (from..to).try_for_each(|i| {
+                            let prev = i.checked_sub(1).map(|p| &leaf[p].id);
+                            self.chunks.get_shared_after(&leaf[i].id, prev).map(drop)
+                        })
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("chunk fetch panicked"))
+        })
     }
 }
 
@@ -200,7 +250,8 @@ impl ReadAt for ContentReader {
             let seg = self.seg_starts.partition_point(|&s| s <= pos) - 1;
             let (leaf, starts) = self.leaf_at(seg)?;
             let ci = starts.partition_point(|&s| s <= pos) - 1;
-            let data = self.chunks.get_shared(&leaf[ci].id)?;
+            let prev = ci.checked_sub(1).map(|p| &leaf[p].id);
+            let data = self.chunks.get_shared_after(&leaf[ci].id, prev)?;
             let within = (pos - starts[ci]) as usize;
             if data.len() != leaf[ci].len as usize || within >= data.len() {
                 return Err(StoreError::CorruptCatalog {
@@ -650,6 +701,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_streaming_reader_reads_what_a_plain_one_does() {
+        let c = cache();
+        let data = random(6 << 20, 8);
+        let (content, _) = write_new(&c, &data);
+        assert!(content.segments.len() > 1, "several leaves");
+        let r = ContentReader::new(c.clone(), content).streaming();
+        let mut got = vec![0u8; data.len()];
+        // Odd-sized reads that straddle chunks and leaves.
+        let mut off = 0;
+        while off < got.len() {
+            let end = (off + 300_001).min(got.len());
+            assert_eq!(
+                r.read_at(off as u64, &mut got[off..end]).unwrap(),
+                end - off
+            );
+            off = end;
+        }
+        assert!(got == data);
     }
 
     #[test]

@@ -177,6 +177,24 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
     }
 }
 
+/// Length of a record's header: everything before the payload.
+pub const HEADER_BYTES: usize = 45;
+
+/// The chunk a record header at `offset` of `pack` names, and where its record is, if `head`
+/// (at least [`HEADER_BYTES`]) is a record header at all. Nothing is checked beyond the magic:
+/// the record's CRC is checked when it is read.
+pub fn header_location(pack: PackId, offset: u64, head: &[u8]) -> Option<(ChunkId, ChunkLoc)> {
+    let h = parse_header(head)?;
+    let loc = ChunkLoc {
+        pack,
+        offset,
+        stored_len: h.stored_len,
+        raw_len: h.raw_len,
+        compressed: h.compressed,
+    };
+    Some((h.id, loc))
+}
+
 /// The chunk id a record names in its header, if it has a header at all.
 pub fn record_id(rec: &[u8]) -> Option<ChunkId> {
     parse_header(rec).map(|h| h.id)
