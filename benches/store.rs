@@ -92,7 +92,6 @@ fn append(c: &mut Criterion) {
     g.sample_size(30);
     for mib in [1usize, 10, 100] {
         let (_d, store, mut rec) = with_file(mib << 20);
-        let extra = random(1024, 9);
         let mut size = (mib << 20) as u64;
         let mut stored = Vec::new();
         g.bench_with_input(
@@ -100,7 +99,8 @@ fn append(c: &mut Criterion) {
             &mib,
             |b, _| {
                 b.iter(|| {
-                    rec.write(&p("f"), size, &extra).unwrap();
+                    // New bytes each time: a repeated kilobyte would be deduplicated.
+                    rec.write(&p("f"), size, &random(1024, size)).unwrap();
                     size += 1024;
                     stored.push(rec.commit(false).unwrap().unwrap().stored_bytes);
                 })

@@ -126,8 +126,7 @@ fn o_tmpfile_is_refused_cleanly_and_temporary_files_fall_back() {
     let s = Sandbox::new();
     s.mount();
     s.write("SOUL.md", b"soul");
-    let out = s.sh(
-        r#"python3 - <<'PY'
+    let out = s.sh(r#"python3 - <<'PY'
 import errno, os, tempfile
 try:
     os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600)
@@ -139,8 +138,7 @@ with tempfile.TemporaryFile(dir=".") as f:
     f.seek(0)
     assert f.read() == b"scratch" * 1000
 print(sorted(os.listdir(".")))
-PY"#,
-    );
+PY"#);
     assert_eq!(out, "EOPNOTSUPP\n['SOUL.md']\n");
     s.settle();
     assert_eq!(s.read("SOUL.md"), b"soul");
