@@ -181,7 +181,7 @@ impl ContentReader {
     /// all of its chunks (typically 128, ~2 MiB) into the chunk cache on several threads before
     /// the first is returned, so the disk reads of the packs, and of the chunk index for chunks
     /// not found next to the one before, overlap (a cold 100 MiB file from a 1,000,000-version
-    /// store: 270 → 314–389 MB/s).
+    /// store: 270 → 314–392 MB/s).
     pub fn streaming(mut self) -> ContentReader {
         self.streaming = true;
         self
