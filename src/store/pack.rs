@@ -26,8 +26,10 @@ pub const PACK_MAGIC: &[u8; 8] = b"CLAWPACK";
 pub const PACK_VERSION: u32 = 1;
 /// Length of the pack header.
 pub const HEADER_LEN: u64 = 16;
-/// Bytes of a record besides its payload.
-pub const RECORD_OVERHEAD: u64 = 4 + 1 + 4 + 4 + 32 + 4;
+/// Length of a record's header: everything before the payload (magic, flags, two lengths, id).
+pub const HEADER_BYTES: usize = 4 + 1 + 4 + 4 + 32;
+/// Bytes of a record besides its payload: the header and the CRC.
+pub const RECORD_OVERHEAD: u64 = HEADER_BYTES as u64 + 4;
 /// A pack is sealed once it reaches this size.
 pub const PACK_TARGET: u64 = 8 << 20;
 const RECORD_MAGIC: &[u8; 4] = b"CHNK";
@@ -127,14 +129,14 @@ struct RecordHeader {
 }
 
 fn parse_header(buf: &[u8]) -> Option<RecordHeader> {
-    if buf.len() < 45 || &buf[..4] != RECORD_MAGIC {
+    if buf.len() < HEADER_BYTES || &buf[..4] != RECORD_MAGIC {
         return None;
     }
     Some(RecordHeader {
         compressed: buf[4] & FLAG_ZSTD != 0,
         raw_len: u32::from_le_bytes(buf[5..9].try_into().ok()?),
         stored_len: u32::from_le_bytes(buf[9..13].try_into().ok()?),
-        id: ChunkId(buf[13..45].try_into().ok()?),
+        id: ChunkId(buf[13..HEADER_BYTES].try_into().ok()?),
     })
 }
 
@@ -146,7 +148,7 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
         detail: detail.to_string(),
     };
     let h = parse_header(rec).ok_or_else(|| corrupt("bad record header"))?;
-    let end = 45 + h.stored_len as usize;
+    let end = HEADER_BYTES + h.stored_len as usize;
     if rec.len() != end + 4 {
         return Err(corrupt("record length does not match its header"));
     }
@@ -157,7 +159,7 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
     if h.id != *want {
         return Err(corrupt("record holds another chunk than the index says"));
     }
-    let payload = &rec[45..end];
+    let payload = &rec[HEADER_BYTES..end];
     if h.compressed {
         thread_local! {
             // A context per thread: making one per chunk cost more than decompressing it.
@@ -177,12 +179,9 @@ pub fn decode_record(pack: PackId, offset: u64, rec: &[u8], want: &ChunkId) -> R
     }
 }
 
-/// Length of a record's header: everything before the payload.
-pub const HEADER_BYTES: usize = 45;
-
 /// The chunk a record header at `offset` of `pack` names, and where its record is, if `head`
 /// (at least [`HEADER_BYTES`]) is a record header at all. Nothing is checked beyond the magic:
-/// the record's CRC is checked when it is read.
+/// the caller checks the record's CRC when it reads it.
 pub fn header_location(pack: PackId, offset: u64, head: &[u8]) -> Option<(ChunkId, ChunkLoc)> {
     let h = parse_header(head)?;
     let loc = ChunkLoc {
@@ -204,7 +203,7 @@ pub fn record_id(rec: &[u8]) -> Option<ChunkId> {
 /// decompressing it.
 pub fn check_crc(rec: &[u8]) -> Option<(ChunkId, u32)> {
     let h = parse_header(rec)?;
-    let end = 45 + h.stored_len as usize;
+    let end = HEADER_BYTES + h.stored_len as usize;
     if rec.len() != end + 4 {
         return None;
     }
@@ -327,13 +326,15 @@ pub fn scan(file: &File, id: PackId) -> Result<(u64, Vec<Located>)> {
     }
     let mut off = HEADER_LEN;
     let mut out = Vec::new();
-    let mut hdr = [0u8; 45];
+    let mut hdr = [0u8; HEADER_BYTES];
     while off + RECORD_OVERHEAD <= len {
         if file.read_exact_at(&mut hdr, off).is_err() {
             break;
         }
-        let Some(h) = parse_header(&hdr) else { break };
-        let rec_len = RECORD_OVERHEAD + h.stored_len as u64;
+        let Some((cid, loc)) = header_location(id, off, &hdr) else {
+            break;
+        };
+        let rec_len = RECORD_OVERHEAD + loc.stored_len as u64;
         if off + rec_len > len {
             break;
         }
@@ -345,16 +346,7 @@ pub fn scan(file: &File, id: PackId) -> Result<(u64, Vec<Located>)> {
         if crc32fast::hash(&rec[..body]) != crc {
             break;
         }
-        out.push((
-            h.id,
-            ChunkLoc {
-                pack: id,
-                offset: off,
-                stored_len: h.stored_len,
-                raw_len: h.raw_len,
-                compressed: h.compressed,
-            },
-        ));
+        out.push((cid, loc));
         off += rec_len;
     }
     Ok((off, out))
