@@ -213,9 +213,7 @@ impl ContentReader {
         *cached = Some((seg, (leaf.clone(), starts.clone())));
         Ok((leaf, starts))
     }
-}
 
-impl ContentReader {
     /// Brings every chunk of `leaf` into the chunk cache, [`STREAM_THREADS`] at a time.
     fn fetch_all(&self, leaf: &[ChunkRef]) -> Result<()> {
         let per_thread = leaf.len().div_ceil(STREAM_THREADS);
