@@ -15,6 +15,23 @@ use clawfs::replicate::passphrase;
 use clawfs::replicate::settings::Remotes;
 use clawfs::store::{Store, StoreError};
 
+/// Where log lines go: standard error, without ever failing. The daemon's standard error is its
+/// log file in the store; when that disk is full, losing log lines is right and stopping the
+/// daemon (as a failed `eprintln!` would) is not: the writers would lose their mount.
+struct LogOutput;
+
+impl Write for LogOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(
@@ -34,7 +51,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CLAWFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogOutput)
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -46,7 +64,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("clawfs: {e:#}");
+            let _ = writeln!(std::io::stderr(), "clawfs: {e:#}");
             ExitCode::from(1)
         }
     }

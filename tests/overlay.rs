@@ -186,3 +186,84 @@ fn mount_errors_are_clear() {
     let err = s.fails(&["mount", s.dir.to_str().unwrap()]);
     assert!(err.contains("already mounted"), "{err}");
 }
+
+/// A tmpfs of a given size, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs at {}", at.display());
+        SmallFs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_store_disk_costs_versions_never_files() {
+    let s = Sandbox::new();
+    let fs = SmallFs::mount(&s.store, "12m");
+    s.mount();
+    let blob = |i: u32| -> Vec<u8> {
+        let mut x = 0x9e37_79b9_u32.wrapping_mul(i + 1);
+        (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    // 40 MiB of incompressible files into a store with room for a quarter of them: every write
+    // succeeds, because the real files do not live in the store.
+    for i in 0..40 {
+        s.write(&format!("data/f{i:02}.bin"), &blob(i));
+    }
+    for i in 0..40 {
+        assert!(s.read(&format!("data/f{i:02}.bin")) == blob(i), "f{i:02}");
+    }
+    s.settle();
+    let st = &s.json(&["status"])[0];
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("No space left on device"), "status: {st}");
+    // Unmounting works, and leaves the plain files.
+    s.unmount();
+    for i in 0..40 {
+        assert!(s.read(&format!("data/f{i:02}.bin")) == blob(i), "f{i:02}");
+    }
+    // With room again, the store opens and the next mount versions what the full one missed.
+    fs.resize("100m");
+    s.mount();
+    for i in [0, 20, 39] {
+        let out = s.raw(&["cat", &format!("data/f{i:02}.bin")]);
+        assert!(
+            out.status.success() && out.stdout == blob(i),
+            "f{i:02} is not versioned after the remount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    s.unmount();
+}

@@ -24,7 +24,7 @@ use crate::ids::SessionId;
 use crate::relpath::RelPath;
 use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Filesystem type name: mounts show as `fuse.clawfs` (OpenClaw picks SQLite's journal mode
 /// from it).
@@ -518,9 +518,10 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The daemon holds the store's lock until it exits; wait for it too.
+    // The daemon holds the store's lock until it exits; wait for it too. (Only the lock: a
+    // store that cannot open for another reason, such as a full disk, is no reason to wait.)
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Store::open(store).is_err() {
+    while matches!(Store::open(store), Err(StoreError::Busy(_))) {
         if Instant::now() > deadline {
             break;
         }

@@ -19,7 +19,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The catalogue database failed.
-    #[error("catalogue: {0}")]
+    #[error("catalogue: {}", show_sled(.0))]
     Catalog(#[from] sled::Error),
     /// The store was written by a format this build does not know.
     #[error("store at {path} has format version {found}; this clawfs reads version {expected} (upgrade clawfs, or use another --store)")]
@@ -95,5 +95,13 @@ impl<T> IoContext<T> for io::Result<T> {
             what: what(),
             source,
         })
+    }
+}
+
+/// sled shows its I/O errors with `Debug` ("IO error: Os { code: 28, … }"); say them plainly.
+fn show_sled(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
     }
 }
