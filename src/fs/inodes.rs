@@ -24,20 +24,63 @@ struct Inode {
     _pin: Option<std::os::fd::OwnedFd>,
 }
 
-/// Inode number → known links, with the kernel's lookup counts.
+/// Inode number → known links, with the kernel's lookup counts, and the links the other way
+/// round, so that an unlink or rename finds its inode without looking at every other one.
+#[derive(Debug, Default)]
+struct Table {
+    inodes: HashMap<u64, Inode>,
+    /// parent → name → inode.
+    names: HashMap<u64, HashMap<OsString, u64>>,
+}
+
+impl Table {
+    /// Links `ino` as `name` in `parent`, first among its links; whatever that name linked
+    /// before loses the link.
+    fn link(&mut self, ino: u64, parent: u64, name: &OsStr) {
+        let dir = self.names.entry(parent).or_default();
+        let old = dir.insert(name.to_os_string(), ino);
+        if let Some(old) = old.filter(|&o| o != ino) {
+            if let Some(e) = self.inodes.get_mut(&old) {
+                e.links.retain(|(p, n)| !(*p == parent && n == name));
+            }
+        }
+        if let Some(e) = self.inodes.get_mut(&ino) {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+            e.links.insert(0, (parent, name.to_os_string()));
+        }
+    }
+
+    /// Removes the link `name` in `parent`, whichever inode had it.
+    fn unlink(&mut self, parent: u64, name: &OsStr) {
+        let Some(dir) = self.names.get_mut(&parent) else {
+            return;
+        };
+        let Some(ino) = dir.remove(name) else {
+            return;
+        };
+        if dir.is_empty() {
+            self.names.remove(&parent);
+        }
+        if let Some(e) = self.inodes.get_mut(&ino) {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+}
+
+/// The inode table of one mount.
 #[derive(Debug)]
 pub struct Inodes {
-    map: RwLock<HashMap<u64, Inode>>,
+    map: RwLock<Table>,
     root_ino: u64,
 }
 
 impl Inodes {
     /// A table whose root directory has real inode number `root_ino`.
     pub fn new(root_ino: u64) -> Inodes {
-        let mut map = HashMap::new();
-        map.insert(ROOT, Inode::default());
+        let mut t = Table::default();
+        t.inodes.insert(ROOT, Inode::default());
         Inodes {
-            map: RwLock::new(map),
+            map: RwLock::new(t),
             root_ino,
         }
     }
@@ -73,14 +116,14 @@ impl Inodes {
         name: &OsStr,
         pin: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
     ) {
-        let mut map = self.map.write();
-        let e = map.entry(ino).or_default();
+        let mut t = self.map.write();
+        let e = t.inodes.entry(ino).or_default();
         if e.lookups == 0 && e._pin.is_none() {
             e._pin = pin();
         }
         e.lookups += 1;
         if !e.links.iter().any(|(p, n)| *p == parent && n == name) {
-            e.links.insert(0, (parent, name.to_os_string()));
+            t.link(ino, parent, name);
         }
     }
 
@@ -89,49 +132,56 @@ impl Inodes {
         if ino == ROOT {
             return;
         }
-        let mut map = self.map.write();
-        if let Some(e) = map.get_mut(&ino) {
-            e.lookups = e.lookups.saturating_sub(n);
-            if e.lookups == 0 {
-                map.remove(&ino);
+        let mut t = self.map.write();
+        let Some(e) = t.inodes.get_mut(&ino) else {
+            return;
+        };
+        e.lookups = e.lookups.saturating_sub(n);
+        if e.lookups == 0 {
+            let e = t.inodes.remove(&ino).expect("just seen");
+            for (p, n) in &e.links {
+                if t.names.get(p).and_then(|d| d.get(n.as_os_str())) == Some(&ino) {
+                    t.unlink(*p, n);
+                }
             }
         }
     }
 
     /// The name `name` in `parent` is gone (unlink, rmdir, or renamed away).
     pub fn unlink(&self, parent: u64, name: &OsStr) {
-        let mut map = self.map.write();
-        for e in map.values_mut() {
-            e.links.retain(|(p, n)| !(*p == parent && n == name));
-        }
+        self.map.write().unlink(parent, name);
     }
 
     /// `ino` was renamed from (`parent`, `name`) to (`newparent`, `newname`).
     pub fn rename(&self, ino: u64, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
-        self.unlink(newparent, newname);
-        let mut map = self.map.write();
-        if let Some(e) = map.get_mut(&ino) {
-            e.links.retain(|(p, n)| !(*p == parent && n == name));
-            e.links.insert(0, (newparent, newname.to_os_string()));
+        let mut t = self.map.write();
+        t.unlink(newparent, newname);
+        if !t.inodes.contains_key(&ino) {
+            return;
         }
+        if t.names.get(&parent).and_then(|d| d.get(name)) == Some(&ino) {
+            t.unlink(parent, name);
+        } else if let Some(e) = t.inodes.get_mut(&ino) {
+            e.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+        t.link(ino, newparent, newname);
     }
 
     /// Adds a link without taking a reference (the other side of `RENAME_EXCHANGE`).
     pub fn relink(&self, ino: u64, parent: u64, name: &OsStr) {
-        let mut map = self.map.write();
-        if let Some(e) = map.get_mut(&ino) {
-            e.links.retain(|(p, n)| !(*p == parent && n == name));
-            e.links.insert(0, (parent, name.to_os_string()));
+        let mut t = self.map.write();
+        if t.inodes.contains_key(&ino) {
+            t.link(ino, parent, name);
         }
     }
 
     /// The path of `ino` relative to the root (`""` for the root), if it is still linked.
     pub fn path(&self, ino: u64) -> Option<OsString> {
-        let map = self.map.read();
+        let t = self.map.read();
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
-            let e = map.get(&cur)?;
+            let e = t.inodes.get(&cur)?;
             let (p, n) = e.links.first()?;
             parts.push(n);
             cur = *p;
@@ -176,8 +226,24 @@ mod tests {
         assert_eq!(t.path(11).unwrap(), "hard");
         t.unlink(ROOT, OsStr::new("hard"));
         assert_eq!(t.path(11).unwrap(), "e/f");
+        // A name that now links another inode is no longer the old one's.
+        t.remember(12, 10, OsStr::new("g"));
+        t.remember(13, 10, OsStr::new("g"));
+        assert_eq!(t.path(13).unwrap(), "e/g");
+        assert!(t.path(12).is_none());
+        // Renaming over a name takes it from its old inode.
+        t.rename(11, 10, OsStr::new("f"), 10, OsStr::new("g"));
+        assert_eq!(t.path(11).unwrap(), "e/g");
+        assert!(t.path(13).is_none());
+        t.unlink(10, OsStr::new("g"));
+        assert!(t.path(11).is_none());
         t.forget(11, 2);
         assert!(t.path(11).is_none());
+        // Forgetting an inode drops its names: the name can link a new inode.
+        t.remember(14, ROOT, OsStr::new("n"));
+        t.forget(14, 1);
+        t.remember(15, ROOT, OsStr::new("n"));
+        assert_eq!(t.path(15).unwrap(), "n");
         assert_eq!(t.path(ROOT).unwrap(), "");
         assert_eq!(t.fuse_ino(2), ROOT);
     }
