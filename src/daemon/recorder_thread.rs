@@ -156,6 +156,7 @@ pub struct Recording {
     pub filter: Filter,
     first_pending: Option<Instant>,
     unflushed: bool,
+    flushed_at: Instant,
     /// The last error, for `status`.
     pub last_error: Option<String>,
     /// Epochs committed by this session.
@@ -239,6 +240,7 @@ impl Recording {
             filter,
             first_pending: None,
             unflushed: false,
+            flushed_at: Instant::now(),
             last_error: None,
             epochs: 0,
         }
@@ -442,11 +444,21 @@ impl Recording {
         match self.rec.commit(durable) {
             Ok(Some(_)) => {
                 self.epochs += 1;
-                self.unflushed = !durable;
+                if durable {
+                    self.flushed();
+                } else {
+                    self.unflushed = true;
+                    // Committed epochs sit in the catalogue's memory until it is flushed: under
+                    // a steady stream of writes, flush at least every second, so a crash of the
+                    // daemon costs at most the last second of versions (never a real byte).
+                    if self.flushed_at.elapsed() >= MAX_EPOCH_AGE {
+                        self.flush();
+                    }
+                }
             }
             Ok(None) => {
                 if durable {
-                    self.unflushed = false;
+                    self.flushed();
                 }
             }
             Err(e) => {
@@ -464,6 +476,20 @@ impl Recording {
             }
         }
         self.first_pending = None;
+    }
+
+    /// Makes every committed epoch durable.
+    fn flush(&mut self) {
+        if let Err(e) = self.rec.store().flush() {
+            tracing::error!(error = %e, "flushing the store failed");
+            self.last_error = Some(format!("flush failed: {e}"));
+        }
+        self.flushed();
+    }
+
+    fn flushed(&mut self) {
+        self.unflushed = false;
+        self.flushed_at = Instant::now();
     }
 }
 
@@ -576,13 +602,8 @@ fn run(mut r: Recording, rx: Receiver<Msg>) {
                 if r.first_pending.is_some() {
                     r.commit(false);
                 } else if r.unflushed {
-                    // The last epochs survive a process crash already; make them survive a
-                    // power loss too, a second after the writes stopped.
-                    if let Err(e) = r.rec.store().flush() {
-                        tracing::error!(error = %e, "flushing the store failed");
-                        r.last_error = Some(format!("flush failed: {e}"));
-                    }
-                    r.unflushed = false;
+                    // A second after the writes stopped, the last epochs are made durable.
+                    r.flush();
                 }
             }
         }

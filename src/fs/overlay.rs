@@ -934,11 +934,9 @@ impl Filesystem for Overlay {
             let _order = self.order.lock();
             self.record_mtime(&h);
         }
-        // Then the version: committed (it survives a crash of the daemon) when fsync returns,
-        // and on disk within a second (the recorder's flush). Waiting for that flush here would
-        // add two disk flushes to every fsync; a power loss can cost at most the last second
-        // of history, never file data, and the next mount captures the files as they are.
-        self.rec.commit(false, true);
+        // Then the version, durable too when fsync returns: what the writer asked the disk to
+        // keep, the history keeps. (Other epochs reach the disk within a second.)
+        self.rec.commit(true, true);
         reply.ok();
     }
 
@@ -1078,7 +1076,7 @@ impl Filesystem for Overlay {
         });
         match r {
             Ok(()) => {
-                self.rec.commit(false, true);
+                self.rec.commit(true, true);
                 reply.ok()
             }
             Err(e) => reply.error(e),

@@ -18,6 +18,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An epoch failed half-written and could not be taken back.
+    #[error("epoch {0} cannot be written: an earlier epoch failed half-written (reopen the store to discard it)")]
+    Unfinished(crate::ids::Seq),
     /// The catalogue database failed.
     #[error("catalogue: {}", show_sled(.0))]
     Catalog(#[from] sled::Error),

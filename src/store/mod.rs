@@ -21,7 +21,7 @@ pub mod rollback;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::ids::Seq;
@@ -42,6 +42,9 @@ pub struct Store {
     packs: Arc<PackStore>,
     chunks: Arc<ChunkCache>,
     head: AtomicU64,
+    /// Set when an epoch failed half-written and could not be taken back: no epoch may reuse
+    /// its seq until [`Store::open`] discards it, so commits are refused until then.
+    broken: AtomicBool,
     on_commit: parking_lot::Mutex<Option<crossbeam_channel::Sender<Seq>>>,
 }
 
@@ -105,6 +108,9 @@ impl Store {
             }
         }
         let head = read_u64(&cat, schema::META_HEAD)?.unwrap_or(0);
+        if discard_unfinished_epoch(&cat, Seq(head).next())? {
+            db.flush()?;
+        }
         let packs = Arc::new(PackStore::open(
             &dir.join("packs"),
             db.open_tree(schema::TREE_CHUNKS)?,
@@ -120,6 +126,7 @@ impl Store {
             packs,
             chunks,
             head: AtomicU64::new(head),
+            broken: AtomicBool::new(false),
             on_commit: parking_lot::Mutex::new(None),
         }))
     }
@@ -142,6 +149,49 @@ impl Store {
     /// The pack files.
     pub fn packs(&self) -> &Arc<PackStore> {
         &self.packs
+    }
+
+    /// Writes the records of epoch `seq` and makes it the head.
+    ///
+    /// Not one `sled::Batch`: sled writes out and syncs its log buffer twice for every batch
+    /// (`pin_log`), which was half the cost of a small epoch. Instead the epoch's journal entry
+    /// goes first, then its records in order (the epoch header and time key last), then the head.
+    /// Readers see nothing past the head. sled recovers a prefix of its log, so after a crash the
+    /// epoch is whole, absent, or named by a journal entry just past the head, which
+    /// [`Store::open`] discards before anything can reuse its seq.
+    pub(crate) fn write_epoch(
+        &self,
+        seq: Seq,
+        epoch: recorder::Journaled,
+        next_node: u64,
+    ) -> Result<()> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Unfinished(seq));
+        }
+        let keys: Vec<&Vec<u8>> = epoch.records.iter().map(|(k, _)| k).collect();
+        self.cat.insert(schema::journal_key(seq), encode(&keys))?;
+        let written = (|| -> Result<()> {
+            for (k, v) in &epoch.records {
+                self.cat.insert(k.as_slice(), v.as_slice())?;
+            }
+            self.cat.insert(
+                schema::meta_key(schema::META_NEXT_NODE),
+                &next_node.to_be_bytes(),
+            )?;
+            self.cat
+                .insert(schema::meta_key(schema::META_HEAD), &seq.0.to_be_bytes())?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            // In memory is enough: were the removals lost in a crash, the journal entry (removed
+            // last) would still be there for `open` to find.
+            if let Err(e2) = discard_unfinished_epoch(&self.cat, seq) {
+                tracing::error!(error = %e2, %seq, "a half-written epoch could not be taken back: no more epochs until the store is reopened");
+                self.broken.store(true, Ordering::Release);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Makes everything committed so far durable: packs first, then the catalogue.
@@ -238,5 +288,82 @@ fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
                 detail: "bad length".into(),
             },
         )?))),
+    }
+}
+
+/// Removes the records of epoch `seq` if it was begun but never became the head (a crash or a
+/// failed write in [`Store::write_epoch`]): its journal entry names them. Says whether there was
+/// one.
+fn discard_unfinished_epoch(cat: &sled::Tree, seq: Seq) -> Result<bool> {
+    let Some(j) = cat.get(schema::journal_key(seq))? else {
+        return Ok(false);
+    };
+    let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of unfinished epoch {seq}"))?;
+    tracing::warn!(%seq, records = keys.len(), "discarding an epoch that was cut off before it was committed");
+    for k in &keys {
+        cat.remove(k)?;
+    }
+    cat.remove(schema::journal_key(seq))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionId;
+    use crate::relpath::RelPath;
+    use catalog::{Meta, NodeKind};
+
+    fn names(store: &Store, seq: Seq) -> Vec<String> {
+        let root = RelPath::root();
+        store
+            .list(&root, seq)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    /// A crash between an epoch's first record and its head leaves records past the head. The
+    /// next open must take them away, or the next epoch (which gets the same seq) would show
+    /// them as its own.
+    #[test]
+    fn an_epoch_cut_off_before_its_head_is_discarded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let meta = Meta::default();
+        {
+            let store = Store::open_or_create(dir.path()).unwrap();
+            let mut rec = store.recorder(SessionId(1)).unwrap();
+            rec.create(&p("a"), NodeKind::File, meta, "").unwrap();
+            assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(1));
+            for g in ["ghost1", "ghost2", "ghost3"] {
+                rec.create(&p(g), NodeKind::File, meta, "").unwrap();
+            }
+            assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(2));
+            // As if the process died after the records were written and before the head was.
+            store
+                .cat
+                .insert(schema::meta_key(schema::META_HEAD), &1u64.to_be_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.head(), Seq(1));
+        assert!(store
+            .cat
+            .get(schema::journal_key(Seq(2)))
+            .unwrap()
+            .is_none());
+        let mut rec = store.recorder(SessionId(2)).unwrap();
+        rec.create(&p("b"), NodeKind::File, meta, "").unwrap();
+        assert_eq!(rec.commit(false).unwrap().unwrap().seq, Seq(2));
+        assert_eq!(names(&store, Seq(2)), ["a", "b"]);
+        assert_eq!(store.changes(Seq(2)).unwrap().len(), 1);
+        let journal = store.epoch_records(Seq(2)).unwrap().unwrap();
+        assert!(journal
+            .records
+            .iter()
+            .all(|(k, _)| !String::from_utf8_lossy(k).contains("ghost")));
     }
 }

@@ -5,7 +5,8 @@
 //! are kept as byte extents (copies of what was written), so that an epoch is an exact cut of the
 //! write history even while the real file keeps changing. [`Recorder::commit`] turns the pending
 //! operations into one epoch: every touched file is re-chunked around its dirty ranges only,
-//! every record is written in one `sled::Batch` (atomic), and the head moves forward.
+//! its records are written, and the head moves forward (`Store::write_epoch`: whole or not at
+//! all, even across a crash).
 //!
 //! The recorder is strict: an operation that does not fit the recorded tree (a write to a path
 //! it does not know) is an error. The overlay turns such errors into a re-import of the path
@@ -810,8 +811,8 @@ impl Recorder {
     }
 
     /// Commits every pending operation as one epoch. With `durable`, the epoch survives a power
-    /// loss when this returns; without, it survives a crash of the process, and the next
-    /// durable commit (or [`Store::flush`]) makes it durable. Returns `None` when nothing was
+    /// loss when this returns; without, it is visible at once and the next durable commit (or
+    /// [`Store::flush`]) makes it survive a crash. Returns `None` when nothing was
     /// pending. On error nothing is committed and the pending operations are dropped: the
     /// caller decides what to re-import.
     pub fn commit(&mut self, durable: bool) -> Result<Option<Committed>> {
@@ -884,17 +885,11 @@ impl Recorder {
         };
         batch.insert(schema::epoch_key(seq), encode(&epoch));
         batch.insert(schema::time_key(time_ns, seq), &[][..]);
-        let mut batch = batch.finish(seq);
-        batch.insert(
-            schema::meta_key(schema::META_NEXT_NODE),
-            &self.next_node.to_be_bytes(),
-        );
-        batch.insert(schema::meta_key(schema::META_HEAD), &seq.0.to_be_bytes());
         if durable {
             // Chunks first: no durable record may name a chunk that is not durable.
             store.packs().sync()?;
         }
-        store.cat.apply_batch(batch)?;
+        store.write_epoch(seq, batch, self.next_node)?;
         if durable {
             store.db.flush()?;
         }
@@ -908,23 +903,15 @@ impl Recorder {
     }
 }
 
-/// A batch that remembers the keys it writes, so the epoch's journal entry can list them.
+/// The records of one epoch, in the order they are written (see [`Store::write_epoch`]).
 #[derive(Default)]
 pub(crate) struct Journaled {
-    batch: sled::Batch,
-    keys: Vec<Vec<u8>>,
+    pub(crate) records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Journaled {
     pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.keys.push(key.as_ref().to_vec());
-        self.batch.insert(key.as_ref(), value.as_ref());
-    }
-
-    /// The batch with the journal entry of epoch `seq` added.
-    pub(crate) fn finish(mut self, seq: Seq) -> sled::Batch {
-        self.batch
-            .insert(&schema::journal_key(seq), encode(&self.keys));
-        self.batch
+        self.records
+            .push((key.as_ref().to_vec(), value.as_ref().to_vec()));
     }
 }

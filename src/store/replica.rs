@@ -57,8 +57,7 @@ impl Store {
     }
 
     /// Applies epochs received from a remote, in order, to this store; they must continue its
-    /// head exactly. Each epoch goes in as one batch with its journal entry, as if recorded
-    /// here. Every record is checked with [`check_record`] before anything is written.
+    /// head exactly. Each epoch goes in with its journal entry, as if recorded here. Every record is checked with [`check_record`] before anything is written.
     pub fn apply_epochs(&self, epochs: &[EpochRecords], next_node: u64) -> Result<()> {
         let mut expect = self.head().next();
         for e in epochs {
@@ -79,13 +78,7 @@ impl Store {
             for (k, v) in &e.records {
                 journaled.insert(k, v);
             }
-            let mut batch = journaled.finish(e.seq);
-            batch.insert(schema::meta_key(schema::META_HEAD), &e.seq.0.to_be_bytes());
-            batch.insert(
-                schema::meta_key(schema::META_NEXT_NODE),
-                &next_node.to_be_bytes(),
-            );
-            self.cat.apply_batch(batch)?;
+            self.write_epoch(e.seq, journaled, next_node)?;
             self.set_head(e.seq);
         }
         Ok(())

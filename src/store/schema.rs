@@ -9,10 +9,12 @@
 //! ```
 //!
 //! # Catalogue
-//! Two sled trees. Everything an epoch commits lives in one tree, [`TREE_CATALOG`], so that an
-//! epoch is applied with one `sled::Batch`, which sled applies atomically: after a crash an epoch
-//! is either wholly there or wholly absent, never half-visible. Records of different kinds are
-//! told apart by a one-byte key prefix. Chunk locations live in a tree of their own,
+//! Two sled trees. Everything an epoch commits lives in one tree, [`TREE_CATALOG`]; records of
+//! different kinds are told apart by a one-byte key prefix. An epoch is written as its
+//! [`JOURNAL`] entry first, then its records, then [`META_HEAD`]; readers never look past the
+//! head, and sled recovers a prefix of its log, so after a crash an epoch is whole or absent,
+//! never half-visible (a journal entry just past the head marks one cut off: opening the store
+//! removes what it names; see `Store::write_epoch`). Chunk locations live in a tree of their own,
 //! [`TREE_CHUNKS`], written as chunks are packed (an index entry for a chunk that no epoch
 //! references yet is harmless; one that an epoch references is always written before it).
 //!
