@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same workloads on a native directory, a bindfs mount and a clawfs mount (release build,
-# versioning on), in one run; prints seconds and ratios to native, the clawfs daemon's peak RSS,
-# and the store bytes `mutate.py` added. Needs root and bindfs (apt-get install bindfs).
+# versioning on), in one run, each over a fresh ext4 of its own; prints seconds and ratios to
+# native, the clawfs daemon's peak RSS, and the store bytes `mutate.py` added. Needs root and bindfs (apt-get install bindfs).
 #   benches/compare.sh [FIXTURES_DIR]   (default: ../shared/fixtures/agent-state)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,19 @@ cleanup() {
   cd /
   "$bin" unmount "$work/clawfs" >/dev/null 2>&1 || fusermount3 -u -z "$work/clawfs" 2>/dev/null || true
   fusermount3 -u -z "$work/bindfs" 2>/dev/null || umount -l "$work/bindfs" 2>/dev/null || true
+  for d in native bindfs-src clawfs; do umount -l "$work/$d" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Each contestant writes to a fresh ext4 of its own. On one shared file system, files deleted by
+# the contestant before slow the next one's creates: ext4 skips inodes freed in the last minute
+# (five when their table block is dirty), reading each one's block to find out.
+for d in native bindfs-src clawfs; do
+  truncate -s 6G "$work/$d.img"
+  mkfs.ext4 -q -F "$work/$d.img"
+  mount -o loop "$work/$d.img" "$work/$d"
+  chmod 0755 "$work/$d"
+done
 bindfs "$work/bindfs-src" "$work/bindfs"
 "$bin" mount "$work/clawfs" >/dev/null
 pid=$(pgrep -f "mount --foreground $work/clawfs" | head -1)
