@@ -267,3 +267,80 @@ fn a_full_store_disk_costs_versions_never_files() {
     }
     s.unmount();
 }
+
+/// Runs a shell command as `nobody`.
+fn as_nobody(dir: &std::path::Path, script: &str) {
+    let st = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "as nobody: {script}");
+}
+
+/// Writing or truncating a set-user-ID file without privilege clears the bit (and set-group-ID
+/// when group-executable), as on the real file system; the daemon does it (the kernel leaves it
+/// to us, see `drop_suid`), and the history records the new mode.
+#[test]
+fn unprivileged_writes_clear_set_id_bits_as_natively() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new();
+    let plain = s.home.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    for d in [s.home.path(), s.dir.as_path(), plain.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    s.mount();
+    let cases = [
+        ("write", "printf x >> f"),
+        ("truncate", "truncate -s 1 f"),
+        ("o_trunc", ": > f"),
+    ];
+    for dir in [plain.as_path(), s.dir.as_path()] {
+        for (name, script) in cases {
+            for (mode, after) in [(0o6777, 0o0777), (0o6767, 0o2767)] {
+                let f = dir.join("f");
+                std::fs::write(&f, b"data").unwrap();
+                std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+                as_nobody(dir, script);
+                let got = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+                assert_eq!(
+                    got,
+                    after,
+                    "{name} of a {mode:o} file in {}: {got:o}",
+                    dir.display()
+                );
+            }
+        }
+        // Root keeps the bits (CAP_FSETID).
+        let f = dir.join("f");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        std::fs::write(&f, b"root").unwrap();
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o6777
+        );
+    }
+    // The versioned mode follows the real one: a view of the newest moment shows it.
+    as_nobody(&s.dir, "printf y >> f");
+    let seq = s.settle().to_string();
+    let view = s.home.path().join("view");
+    std::fs::create_dir_all(&view).unwrap();
+    s.ok(&["browse", view.to_str().unwrap(), "--at", &seq]);
+    let got = std::fs::metadata(view.join("f"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    s.ok(&["unmount", view.to_str().unwrap()]);
+    // (Views are read-only: they show no write bits.)
+    assert_eq!(got, 0o0555, "{got:o}");
+}

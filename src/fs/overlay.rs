@@ -111,6 +111,25 @@ fn file_type(mode: u32) -> FileType {
     }
 }
 
+/// Clears the set-user-ID bit of a regular file, and its set-group-ID bit if group-executable,
+/// as the kernel does when someone without `CAP_FSETID` writes or truncates it (with
+/// `FUSE_HANDLE_KILLPRIV_V2` that is ours to do: the daemon's own writes, as root, keep them).
+/// Returns the new permission bits if they changed.
+fn drop_suid(f: &File) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let st = sys::fstat(f.as_raw_fd())?;
+    let mode = st.st_mode & 0o7777;
+    let mut new = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        new &= !libc::S_ISGID;
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || new == mode {
+        return Ok(None);
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(new))?;
+    Ok(Some(new))
+}
+
 fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
     match t {
         None => libc::timespec {
@@ -412,6 +431,11 @@ impl Filesystem for Overlay {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // We clear set-user/group-ID bits on writes and truncations ourselves (see
+            // `drop_suid`); in return the kernel stops asking for `security.capability` before
+            // every write, one round trip per write(2). (The real file system drops the
+            // capability itself when the daemon writes.)
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -464,7 +488,7 @@ impl Filesystem for Overlay {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -491,6 +515,7 @@ impl Filesystem for Overlay {
             return reply.error(Errno::ENOENT);
         }
         let _order = self.order.lock();
+        let mut suid_dropped = false;
         let result = (|| -> io::Result<()> {
             let by_fd = |f: &File| format!("/proc/self/fd/{}", f.as_raw_fd());
             if let Some(m) = mode {
@@ -511,13 +536,18 @@ impl Filesystem for Overlay {
                 }
             }
             if let Some(s) = size {
-                match (&handle, &path) {
-                    (Some(h), _) => sys::ftruncate(&h.file, s)?,
+                let opened;
+                let f = match (&handle, &path) {
+                    (Some(h), _) => &h.file,
                     (None, Some(p)) => {
-                        let f = sys::open_at(fd, p, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
-                        sys::ftruncate(&f, s)?;
+                        opened = sys::open_at(fd, p, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                        &opened
                     }
                     _ => unreachable!(),
+                };
+                sys::ftruncate(f, s)?;
+                if req.uid() != 0 && drop_suid(f)?.is_some() {
+                    suid_dropped = true;
                 }
             }
             if atime.is_some() || mtime.is_some() {
@@ -554,7 +584,7 @@ impl Filesystem for Overlay {
             self.rec.send(FsEvent::Meta {
                 path: p,
                 update: MetaUpdate {
-                    mode: mode.map(|_| st.st_mode & 0o7777),
+                    mode: (mode.is_some() || suid_dropped).then_some(st.st_mode & 0o7777),
                     uid: uid.map(|_| st.st_uid),
                     gid: gid.map(|_| st.st_gid),
                     mtime_ns: Some(sys::mtime_ns(&st)),
@@ -777,8 +807,28 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         if f & libc::O_TRUNC != 0 && writable {
+            let dropped = if req.uid() != 0 {
+                match drop_suid(&file) {
+                    Ok(m) => m,
+                    Err(e) => return reply.error(errno(e)),
+                }
+            } else {
+                None
+            };
             if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Truncate { path: p, size: 0 });
+                self.rec.send(FsEvent::Truncate {
+                    path: p.clone(),
+                    size: 0,
+                });
+                if let Some(mode) = dropped {
+                    self.rec.send(FsEvent::Meta {
+                        path: p,
+                        update: MetaUpdate {
+                            mode: Some(mode),
+                            ..MetaUpdate::default()
+                        },
+                    });
+                }
             }
         }
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
@@ -828,7 +878,7 @@ impl Filesystem for Overlay {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -852,6 +902,14 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         h.wrote.store(true, Ordering::Relaxed);
+        let dropped = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            match drop_suid(&h.file) {
+                Ok(m) => m,
+                Err(e) => return reply.error(errno(e)),
+            }
+        } else {
+            None
+        };
         if let Some(p) = self
             .live
             .inodes
@@ -859,10 +917,19 @@ impl Filesystem for Overlay {
             .and_then(|p| self.versioned(&p))
         {
             self.rec.send(FsEvent::Write {
-                path: p,
+                path: p.clone(),
                 offset,
                 data: data.to_vec(),
             });
+            if let Some(mode) = dropped {
+                self.rec.send(FsEvent::Meta {
+                    path: p,
+                    update: MetaUpdate {
+                        mode: Some(mode),
+                        ..MetaUpdate::default()
+                    },
+                });
+            }
         }
         reply.written(data.len() as u32);
     }
