@@ -155,19 +155,22 @@ impl Store {
     ///
     /// Not one `sled::Batch`: sled writes out and syncs its log buffer twice for every batch
     /// (`pin_log`), which was half the cost of a small epoch. Instead the epoch's journal entry
-    /// goes first, then its records in order (the epoch header and time key last), then the head.
+    /// goes first, then its records in key order, then the head.
     /// Readers see nothing past the head. sled recovers a prefix of its log, so after a crash the
     /// epoch is whole, absent, or named by a journal entry just past the head, which
     /// [`Store::open`] discards before anything can reuse its seq.
     pub(crate) fn write_epoch(
         &self,
         seq: Seq,
-        epoch: recorder::Journaled,
+        mut epoch: recorder::Journaled,
         next_node: u64,
     ) -> Result<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unfinished(seq));
         }
+        // In key order, as a batch would: neighbouring inserts land in the same sled pages,
+        // which keeps the pages compact for later reads.
+        epoch.records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<&Vec<u8>> = epoch.records.iter().map(|(k, _)| k).collect();
         self.cat.insert(schema::journal_key(seq), encode(&keys))?;
         let written = (|| -> Result<()> {
