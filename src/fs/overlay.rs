@@ -380,6 +380,19 @@ impl Overlay {
         }
     }
 
+    /// Tells the recorder the permission bits [`drop_suid`] left on `path`, if it changed them.
+    fn record_mode(&self, path: RelPath, dropped: Option<u32>) {
+        if let Some(mode) = dropped {
+            self.rec.send(FsEvent::Meta {
+                path,
+                update: MetaUpdate {
+                    mode: Some(mode),
+                    ..MetaUpdate::default()
+                },
+            });
+        }
+    }
+
     fn parent_of(path: &OsStr) -> &OsStr {
         let b = path.as_bytes();
         match b.iter().rposition(|&c| c == b'/') {
@@ -820,15 +833,7 @@ impl Filesystem for Overlay {
                     path: p.clone(),
                     size: 0,
                 });
-                if let Some(mode) = dropped {
-                    self.rec.send(FsEvent::Meta {
-                        path: p,
-                        update: MetaUpdate {
-                            mode: Some(mode),
-                            ..MetaUpdate::default()
-                        },
-                    });
-                }
+                self.record_mode(p, dropped);
             }
         }
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
@@ -921,15 +926,7 @@ impl Filesystem for Overlay {
                 offset,
                 data: data.to_vec(),
             });
-            if let Some(mode) = dropped {
-                self.rec.send(FsEvent::Meta {
-                    path: p,
-                    update: MetaUpdate {
-                        mode: Some(mode),
-                        ..MetaUpdate::default()
-                    },
-                });
-            }
+            self.record_mode(p, dropped);
         }
         reply.written(data.len() as u32);
     }
