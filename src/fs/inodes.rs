@@ -37,29 +37,33 @@ impl Table {
     /// Links `ino` as `name` in `parent`, first among its links; whatever that name linked
     /// before loses the link.
     fn link(&mut self, ino: u64, parent: u64, name: &OsStr) {
-        let dir = self.names.entry(parent).or_default();
-        let old = dir.insert(name.to_os_string(), ino);
-        if let Some(old) = old.filter(|&o| o != ino) {
-            if let Some(e) = self.inodes.get_mut(&old) {
-                e.links.retain(|(p, n)| !(*p == parent && n == name));
-            }
-        }
+        self.unlink(parent, name);
+        self.names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_os_string(), ino);
         if let Some(e) = self.inodes.get_mut(&ino) {
-            e.links.retain(|(p, n)| !(*p == parent && n == name));
             e.links.insert(0, (parent, name.to_os_string()));
         }
     }
 
     /// Removes the link `name` in `parent`, whichever inode had it.
     fn unlink(&mut self, parent: u64, name: &OsStr) {
-        let Some(dir) = self.names.get_mut(&parent) else {
-            return;
-        };
-        let Some(ino) = dir.remove(name) else {
-            return;
-        };
-        if dir.is_empty() {
-            self.names.remove(&parent);
+        if let Some(&ino) = self.names.get(&parent).and_then(|d| d.get(name)) {
+            self.unlink_from(ino, parent, name);
+        }
+    }
+
+    /// Removes the link `name` in `parent` from `ino`'s links, and from the name index if the
+    /// name is `ino`'s there.
+    fn unlink_from(&mut self, ino: u64, parent: u64, name: &OsStr) {
+        if let Some(dir) = self.names.get_mut(&parent) {
+            if dir.get(name) == Some(&ino) {
+                dir.remove(name);
+                if dir.is_empty() {
+                    self.names.remove(&parent);
+                }
+            }
         }
         if let Some(e) = self.inodes.get_mut(&ino) {
             e.links.retain(|(p, n)| !(*p == parent && n == name));
@@ -140,9 +144,7 @@ impl Inodes {
         if e.lookups == 0 {
             let e = t.inodes.remove(&ino).expect("just seen");
             for (p, n) in &e.links {
-                if t.names.get(p).and_then(|d| d.get(n.as_os_str())) == Some(&ino) {
-                    t.unlink(*p, n);
-                }
+                t.unlink_from(ino, *p, n);
             }
         }
     }
@@ -159,11 +161,7 @@ impl Inodes {
         if !t.inodes.contains_key(&ino) {
             return;
         }
-        if t.names.get(&parent).and_then(|d| d.get(name)) == Some(&ino) {
-            t.unlink(parent, name);
-        } else if let Some(e) = t.inodes.get_mut(&ino) {
-            e.links.retain(|(p, n)| !(*p == parent && n == name));
-        }
+        t.unlink_from(ino, parent, name);
         t.link(ino, newparent, newname);
     }
 

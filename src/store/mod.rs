@@ -155,10 +155,10 @@ impl Store {
     ///
     /// Not one `sled::Batch`: sled writes out and syncs its log buffer twice for every batch
     /// (`pin_log`), which was half the cost of a small epoch. Instead the epoch's journal entry
-    /// goes first, then its records in key order, then the head.
-    /// Readers see nothing past the head. sled recovers a prefix of its log, so after a crash the
-    /// epoch is whole, absent, or named by a journal entry just past the head, which
-    /// [`Store::open`] discards before anything can reuse its seq.
+    /// goes first, then its records in key order, then the head. Readers see nothing past the
+    /// head. sled recovers a prefix of its log, so after a crash the epoch is whole, absent, or
+    /// named by a journal entry just past the head, which [`Store::open`] discards before
+    /// anything can reuse its seq.
     pub(crate) fn write_epoch(
         &self,
         seq: Seq,

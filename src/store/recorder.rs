@@ -903,7 +903,7 @@ impl Recorder {
     }
 }
 
-/// The records of one epoch, in the order they are written (see [`Store::write_epoch`]).
+/// The records of one epoch, as the recorder made them ([`Store::write_epoch`] writes them).
 #[derive(Default)]
 pub(crate) struct Journaled {
     pub(crate) records: Vec<(Vec<u8>, Vec<u8>)>,

@@ -57,7 +57,8 @@ impl Store {
     }
 
     /// Applies epochs received from a remote, in order, to this store; they must continue its
-    /// head exactly. Each epoch goes in with its journal entry, as if recorded here. Every record is checked with [`check_record`] before anything is written.
+    /// head exactly. Each epoch goes in with its journal entry, as if recorded here. Every
+    /// record is checked with [`check_record`] before anything is written.
     pub fn apply_epochs(&self, epochs: &[EpochRecords], next_node: u64) -> Result<()> {
         let mut expect = self.head().next();
         for e in epochs {
@@ -74,11 +75,10 @@ impl Store {
         }
         let next_node = next_node.max(self.next_node()?);
         for e in epochs {
-            let mut journaled = Journaled::default();
-            for (k, v) in &e.records {
-                journaled.insert(k, v);
-            }
-            self.write_epoch(e.seq, journaled, next_node)?;
+            let records = Journaled {
+                records: e.records.clone(),
+            };
+            self.write_epoch(e.seq, records, next_node)?;
             self.set_head(e.seq);
         }
         Ok(())
