@@ -133,8 +133,20 @@ while True:
         // A write in flight when the daemon died may be torn (the kernel stops a pwrite between
         // pages when a fatal signal is pending), but its writer got an error, not an OK: only
         // records after the last acknowledged one may be torn.
-        let broken: Vec<&str> = all
-            .lines()
+        // A tear is followed directly by the next record appended to that file (in this round
+        // or a later one): each record starts a piece of its own.
+        let pieces = all.lines().flat_map(|l| {
+            let mut starts: Vec<usize> = l.match_indices("round ").map(|(i, _)| i).collect();
+            if starts.first() != Some(&0) {
+                starts.insert(0, 0);
+            }
+            starts.push(l.len());
+            starts
+                .windows(2)
+                .map(|w| &l[w[0]..w[1]])
+                .collect::<Vec<_>>()
+        });
+        let broken: Vec<&str> = pieces
             .filter(|l| l.len() != 203 || !l.starts_with("round ") || !l.ends_with("xxx"))
             .filter(|l| {
                 let prefix = format!("round {round} record ");
@@ -144,7 +156,10 @@ while True:
                     .and_then(|n| n.parse::<u64>().ok())
                 {
                     Some(n) => n <= last,
-                    None => !l.starts_with("round "),
+                    // Another round's record, or a tear too short to carry a number.
+                    None => {
+                        !(l.starts_with("round ") || (!l.is_empty() && "round ".starts_with(*l)))
+                    }
                 }
             })
             .collect();
