@@ -29,6 +29,11 @@ use crate::store::pack::{self, ChunkLoc, PackWriter, PACK_TARGET, RECORD_OVERHEA
 pub trait ChunkStore: Send + Sync {
     /// Stores a chunk; returns the bytes newly written (0 when it was already present).
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64>;
+    /// Stores several chunks, as `put` each would; returns the bytes newly written. A store
+    /// that writes to files writes a batch at once.
+    fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<u64> {
+        chunks.iter().map(|&(id, data)| self.put(id, data)).sum()
+    }
     /// Reads a chunk back.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
     /// Whether a chunk is present.
@@ -78,6 +83,8 @@ pub struct PackStore {
     dir: PathBuf,
     index: sled::Tree,
     writer: Mutex<Option<PackWriter>>,
+    /// Packs sealed since the last [`sync`](ChunkStore::sync), synced there.
+    sealed: Mutex<Vec<PackWriter>>,
     /// Records appended since open, counted under the writer lock.
     appended: AtomicU64,
     readers: RwLock<HashMap<PackId, Arc<File>>>,
@@ -107,6 +114,7 @@ impl PackStore {
             dir: dir.to_path_buf(),
             index,
             writer: Mutex::new(None),
+            sealed: Mutex::new(Vec::new()),
             appended: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             recent: Mutex::new(lru::LruCache::new(
@@ -307,57 +315,65 @@ impl PackStore {
             offset: 0,
             detail: format!("received record: {detail}"),
         };
-        let (id, raw_len) = pack::check_crc(rec).ok_or_else(|| bad("bad header, length or CRC"))?;
+        let record = pack::Record::parse(rec).ok_or_else(|| bad("bad header, length or CRC"))?;
+        let id = record.location(PackId(0), 0).0;
         if hash {
             let data = pack::decode_record(PackId(0), 0, rec, &id)?;
             if ChunkId::of(&data) != id {
                 return Err(bad("content does not hash to its id"));
             }
         }
-        self.append(id, rec, raw_len, None)?;
+        self.append(vec![(id, record)], None)?;
         Ok(id)
     }
 
-    /// Appends `record` unless chunk `id` is stored. `absent_at` is the append count at which
-    /// the caller found the chunk absent: if nothing was appended since, it still is, and the
-    /// index is not asked again.
+    /// Appends the records of the chunks that are not stored yet. `absent_at` is the append
+    /// count at which the caller found them all absent: if nothing was appended since, they
+    /// still are, and the index is not asked again.
     fn append(
         &self,
-        id: ChunkId,
-        record: &[u8],
-        raw_len: u32,
+        mut records: Vec<(ChunkId, pack::Record<'_>)>,
         absent_at: Option<u64>,
     ) -> Result<u64> {
         let mut w = self.writer.lock();
         // Checked again under the lock: two threads may race to store the same chunk.
-        if absent_at != Some(self.appended.load(Ordering::Acquire))
-            && self.index.contains_key(id.0)?
-        {
+        if absent_at != Some(self.appended.load(Ordering::Acquire)) {
+            let mut fresh = Vec::with_capacity(records.len());
+            for (id, rec) in records {
+                if !self.index.contains_key(id.0)? {
+                    fresh.push((id, rec));
+                }
+            }
+            records = fresh;
+        }
+        if records.is_empty() {
             return Ok(0);
         }
         if w.as_ref().is_none_or(|w| w.len() >= PACK_TARGET) {
             if let Some(old) = w.take() {
-                old.sync()?;
+                // Synced at the next barrier; its pages start out now.
+                old.start_writeback();
+                self.sealed.lock().push(old);
             }
             let nw = PackWriter::create(&self.dir, self.next_pack_id()?)?;
             self.index.insert(META_OPEN_PACK, &nw.id.0.to_be_bytes())?;
             *w = Some(nw);
         }
         let writer = w.as_mut().expect("just opened");
-        let offset = writer.append(record)?;
-        let stored_len = record.len() as u64 - RECORD_OVERHEAD;
-        let loc = ChunkLoc {
-            pack: writer.id,
-            offset,
-            stored_len: stored_len as u32,
-            raw_len,
-            compressed: stored_len < raw_len as u64,
-        };
-        // The record reached the kernel before the index names it.
-        self.index
-            .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
-        self.appended.fetch_add(1, Ordering::Release);
-        Ok(record.len() as u64)
+        let recs: Vec<pack::Record<'_>> = records.into_iter().map(|(_, r)| r).collect();
+        let mut offset = writer.append(&recs)?;
+        let mut written = 0;
+        // The records reached the kernel before the index names them.
+        for rec in &recs {
+            let (id, loc) = rec.location(writer.id, offset);
+            self.index
+                .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
+            offset += rec.len();
+            written += rec.len();
+        }
+        self.appended
+            .fetch_add(recs.len() as u64, Ordering::Release);
+        Ok(written)
     }
 }
 
@@ -367,8 +383,18 @@ impl ChunkStore for PackStore {
         if self.index.contains_key(id.0)? {
             return Ok(0);
         }
-        let record = pack::encode_record(&id, data);
-        self.append(id, &record, data.len() as u32, Some(absent_at))
+        self.append(vec![(id, pack::Record::encode(&id, data))], Some(absent_at))
+    }
+
+    fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<u64> {
+        let absent_at = self.appended.load(Ordering::Acquire);
+        let mut records: Vec<(ChunkId, pack::Record<'_>)> = Vec::with_capacity(chunks.len());
+        for &(id, data) in chunks {
+            if !records.iter().any(|(r, _)| *r == id) && !self.index.contains_key(id.0)? {
+                records.push((id, pack::Record::encode(&id, data)));
+            }
+        }
+        self.append(records, Some(absent_at))
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -399,6 +425,12 @@ impl ChunkStore for PackStore {
     }
 
     fn sync(&self) -> Result<()> {
+        let mut sealed = self.sealed.lock();
+        while let Some(old) = sealed.first() {
+            old.sync()?;
+            sealed.remove(0);
+        }
+        drop(sealed);
         if let Some(w) = self.writer.lock().as_ref() {
             w.sync()?;
             let mut v = [0u8; 16];
@@ -579,6 +611,20 @@ mod tests {
         store.put(tid, &tiny).unwrap();
         assert_eq!(store.get(&tid).unwrap(), tiny);
         store.sync().unwrap();
+        // A batch: one chunk already stored, one twice, two new.
+        let (b, c) = (b"bravo".repeat(900), b"charlie".repeat(700));
+        let (bid, cid) = (ChunkId::of(&b), ChunkId::of(&c));
+        let batch = [(id, &a[..]), (bid, &b[..]), (bid, &b[..]), (cid, &c[..])];
+        let stored = store.put_batch(&batch).unwrap();
+        assert!(stored > 0);
+        assert_eq!(
+            store.put_batch(&batch).unwrap(),
+            0,
+            "put_batch is idempotent"
+        );
+        assert_eq!(store.get(&bid).unwrap(), b);
+        assert_eq!(store.get(&cid).unwrap(), c);
+        assert_eq!(store.get(&id).unwrap(), a);
         // Many chunks across threads.
         std::thread::scope(|s| {
             for t in 0..4u8 {
@@ -674,7 +720,7 @@ mod tests {
         let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
         let a = b"alpha".repeat(1000);
         assert_eq!(ps.get(&ChunkId::of(&a)).unwrap(), a);
-        assert_eq!(ps.verify_all().unwrap(), 802);
+        assert_eq!(ps.verify_all().unwrap(), 804);
     }
 
     #[test]

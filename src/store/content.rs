@@ -284,6 +284,9 @@ pub struct RewriteStats {
 /// Only the chunks around dirty ranges are re-cut: from the start of the chunk holding the first
 /// dirty byte until a new cut lines up with an old one after the last dirty byte. Every other
 /// chunk, and every leaf that holds none of the changed chunks, is reused as is.
+///
+/// New chunks are stored a window of the file at a time. When there is much to hash, a second
+/// thread compresses and writes one window while this one cuts and hashes the next.
 pub fn rewrite(
     chunks: &ChunkCache,
     base: &Content,
@@ -293,6 +296,128 @@ pub fn rewrite(
     policy: Policy,
 ) -> Result<(Content, RewriteStats)> {
     let regions = regions(base.size, new_size, dirty);
+    let store = chunks.store().as_ref();
+    let to_hash: u64 = regions.iter().map(|(a, b)| b - a).sum();
+    if to_hash < PIPELINE_MIN {
+        let mut sink = Sink::new(store, None);
+        return rewrite_regions(chunks, base, source, new_size, &regions, policy, &mut sink);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+        let packer =
+            s.spawn(move || -> Result<u64> { rx.iter().map(|batch| batch.store(store)).sum() });
+        let mut sink = Sink::new(store, Some(tx));
+        let result = rewrite_regions(chunks, base, source, new_size, &regions, policy, &mut sink);
+        drop(sink); // closes the channel: the packer finishes what it has and returns
+        let packed = packer.join().unwrap_or_else(|_| {
+            Err(StoreError::Io {
+                what: "storing new chunks".into(),
+                source: std::io::Error::other("the chunk writer thread panicked"),
+            })
+        });
+        match (result, packed) {
+            (Ok((content, mut stats)), Ok(stored)) => {
+                stats.stored += stored;
+                Ok((content, stats))
+            }
+            // The packer's error explains a window the sink could not hand over.
+            (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+        }
+    })
+}
+
+/// Bytes to hash from which a rewrite stores its chunks on a second thread: below it, starting
+/// a thread costs more than the overlap saves.
+const PIPELINE_MIN: u64 = 4 << 20;
+/// Largest window of the file read and stored at a time. Windows start at four maximal chunks
+/// (an edit in place reads little) and double up to this (a large write is stored in batches
+/// of about this size).
+const WINDOW_MAX: usize = 1 << 20;
+
+/// New chunks of a window of the file, stored together.
+struct Batch {
+    window: Vec<u8>,
+    /// (id, offset in `window`, length).
+    chunks: Vec<(ChunkId, usize, usize)>,
+}
+
+impl Batch {
+    fn store(&self, store: &dyn ChunkStore) -> Result<u64> {
+        let items: Vec<(ChunkId, &[u8])> = self
+            .chunks
+            .iter()
+            .map(|&(id, at, n)| (id, &self.window[at..at + n]))
+            .collect();
+        store.put_batch(&items)
+    }
+}
+
+/// Where new chunks go: stored a window at a time, on this thread or handed to a packer thread.
+struct Sink<'a> {
+    store: &'a dyn ChunkStore,
+    /// Where windows go to be stored by the packer thread, if there is one.
+    to_packer: Option<crossbeam_channel::Sender<Batch>>,
+    /// New chunks in the current window: (id, offset in the window, length).
+    chunks: Vec<(ChunkId, usize, usize)>,
+    /// Bytes stored on this thread.
+    stored: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(store: &'a dyn ChunkStore, to_packer: Option<crossbeam_channel::Sender<Batch>>) -> Self {
+        Sink {
+            store,
+            to_packer,
+            chunks: Vec::new(),
+            stored: 0,
+        }
+    }
+
+    /// Notes a new chunk at `at..at + n` of the current window.
+    fn add(&mut self, id: ChunkId, at: usize, n: usize) {
+        self.chunks.push((id, at, n));
+    }
+
+    /// Stores (or hands over) the current window's new chunks; returns the next window,
+    /// holding `window[keep..]`.
+    fn next_window(&mut self, mut window: Vec<u8>, keep: usize) -> Result<Vec<u8>> {
+        if self.chunks.is_empty() {
+            window.drain(..keep);
+            return Ok(window);
+        }
+        let chunks = std::mem::take(&mut self.chunks);
+        match &self.to_packer {
+            None => {
+                let batch = Batch { window, chunks };
+                self.stored += batch.store(self.store)?;
+                let mut window = batch.window;
+                window.drain(..keep);
+                Ok(window)
+            }
+            Some(tx) => {
+                let mut next = Vec::with_capacity(window.capacity());
+                next.extend_from_slice(&window[keep..]);
+                tx.send(Batch { window, chunks })
+                    .map_err(|_| StoreError::Io {
+                        what: "storing new chunks".into(),
+                        source: std::io::Error::other("the chunk writer thread stopped"),
+                    })?;
+                Ok(next)
+            }
+        }
+    }
+}
+
+/// [`rewrite`] over merged dirty `regions`, storing new chunks through `sink`.
+fn rewrite_regions(
+    chunks: &ChunkCache,
+    base: &Content,
+    source: &dyn ReadAt,
+    new_size: u64,
+    regions: &[(u64, u64)],
+    policy: Policy,
+    sink: &mut Sink<'_>,
+) -> Result<(Content, RewriteStats)> {
     let mut cur = OldCursor::new(chunks, &base.segments, base.size);
     let mut out = LeafBuilder::new(chunks);
     let mut buf: Vec<u8> = Vec::new();
@@ -325,8 +450,10 @@ pub fn rewrite(
             }
         }
         let mut pos = cur.offset();
-        buf.clear();
+        let all = buf.len();
+        buf = sink.next_window(std::mem::take(&mut buf), all)?;
         let mut buf_start = pos;
+        let mut span = 4 * MAX_CHUNK;
         loop {
             if pos >= new_size {
                 cur.skip_to_end();
@@ -335,9 +462,10 @@ pub fn rewrite(
             // Keep at least one maximal chunk (or the rest of the file) in the window.
             let have = (buf_start + buf.len() as u64) - pos;
             if have < MAX_CHUNK as u64 && buf_start + (buf.len() as u64) < new_size {
-                buf.drain(..(pos - buf_start) as usize);
+                buf = sink.next_window(std::mem::take(&mut buf), (pos - buf_start) as usize)?;
                 buf_start = pos;
-                let want = ((4 * MAX_CHUNK) as u64).min(new_size - pos) as usize;
+                let want = (span as u64).min(new_size - pos) as usize;
+                span = (span * 2).min(WINDOW_MAX);
                 let old = buf.len();
                 buf.resize(want.max(old), 0);
                 let got = source.read_at(pos + old as u64, &mut buf[old..])?;
@@ -375,10 +503,9 @@ pub fn rewrite(
                     n = (next_old - pos) as usize;
                 }
             }
-            let data = &window[..n];
-            let id = ChunkId::of(data);
+            let id = ChunkId::of(&window[..n]);
             out.stats.hashed += n as u64;
-            out.stats.stored += chunks.store().put(id, data)?;
+            sink.add(id, (pos - buf_start) as usize, n);
             out.push_chunk(ChunkRef { id, len: n as u32 })?;
             pos += n as u64;
             cur.skip_through(pos)?;
@@ -398,8 +525,10 @@ pub fn rewrite(
             out.push_chunk(cur.next_chunk()?)?;
         }
     }
-    let stats = out.stats;
-    let segments = out.finish()?;
+    let all = buf.len();
+    sink.next_window(buf, all)?;
+    let (segments, mut stats) = out.finish()?;
+    stats.stored += sink.stored;
     debug_assert_eq!(segments.iter().map(|s| s.bytes).sum::<u64>(), new_size);
     Ok((
         Content {
@@ -593,9 +722,9 @@ impl<'a> LeafBuilder<'a> {
         self.pending.clear();
         Ok(())
     }
-    fn finish(mut self) -> Result<Vec<Segment>> {
+    fn finish(mut self) -> Result<(Vec<Segment>, RewriteStats)> {
         self.flush()?;
-        Ok(self.out)
+        Ok((self.out, self.stats))
     }
 }
 
@@ -649,6 +778,82 @@ mod tests {
             Policy::for_file(&data[..data.len().min(100)]),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_large_write_stored_on_a_second_thread_is_cut_and_counted_as_on_one() {
+        let c = cache();
+        let data = random(9 << 20, 11);
+        assert!(data.len() as u64 >= PIPELINE_MIN);
+        let (content, stats) = write_new(&c, &data);
+        assert_eq!(read_all(&c, &content), data);
+        let leaves: Vec<Arc<Vec<ChunkRef>>> = content
+            .segments
+            .iter()
+            .map(|s| c.leaf(&s.leaf).unwrap())
+            .collect();
+        let lens: Vec<usize> = leaves
+            .iter()
+            .flat_map(|l| l.iter().map(|r| r.len as usize))
+            .collect();
+        assert_eq!(lens, crate::store::chunker::cut_all(Policy::Cdc, &data));
+        let leaf_bytes: u64 = leaves.iter().map(|l| encode_leaf(l).len() as u64).sum();
+        assert_eq!(
+            stats.stored,
+            data.len() as u64 + leaf_bytes,
+            "each chunk and leaf once"
+        );
+        assert_eq!(stats.hashed, data.len() as u64);
+    }
+
+    /// A chunk store whose puts fail after the first few.
+    struct Failing {
+        inner: MemChunkStore,
+        left: std::sync::atomic::AtomicI32,
+    }
+
+    impl ChunkStore for Failing {
+        fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
+            if self.left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+                return Err(StoreError::Io {
+                    what: "test".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
+            self.inner.put(id, data)
+        }
+        fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+            self.inner.get(id)
+        }
+        fn has(&self, id: &ChunkId) -> Result<bool> {
+            self.inner.has(id)
+        }
+        fn sync(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_store_that_fails_midway_fails_the_rewrite_on_either_path() {
+        for size in [1 << 20, 12 << 20] {
+            let failing = Failing {
+                inner: MemChunkStore::default(),
+                left: 20.into(),
+            };
+            let c = ChunkCache::new(Arc::new(failing), 64);
+            let data = random(size, 12);
+            let dirty = [(0, data.len() as u64)];
+            let err = rewrite(
+                &c,
+                &Content::default(),
+                &data,
+                size as u64,
+                &dirty,
+                Policy::Cdc,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("No space left"), "{size}: {err}");
+        }
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! passes [`PACK_TARGET`] bytes, then sealed (never written again) and a new one started. Packs
 //! are the unit the replicator uploads, so the local and remote layouts match.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -91,33 +92,92 @@ pub fn worth_compressing(data: &[u8]) -> bool {
     squares * 128 > n * n
 }
 
-/// Encodes one record. Compression is skipped for chunks that do not look
-/// [worth compressing](worth_compressing), and when it saves less than 1/32 of the chunk.
-pub fn encode_record(id: &ChunkId, data: &[u8]) -> Vec<u8> {
-    thread_local! {
-        // A compression context per thread: creating one per chunk costs more than compressing.
-        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-            std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
+/// A record ready to be written, in three parts (header, payload, CRC), so that a batch of
+/// records goes out in one `writev` without its payloads being copied.
+pub struct Record<'a> {
+    head: [u8; HEADER_BYTES],
+    payload: Cow<'a, [u8]>,
+    crc: [u8; 4],
+}
+
+impl<'a> Record<'a> {
+    /// Encodes chunk `data` (whose id is `id`). Compression is skipped for chunks that do not
+    /// look [worth compressing](worth_compressing), and when it saves less than 1/32 of the
+    /// chunk.
+    pub fn encode(id: &ChunkId, data: &'a [u8]) -> Record<'a> {
+        thread_local! {
+            // A compression context per thread: creating one per chunk costs more than
+            // compressing.
+            static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                std::cell::RefCell::new(zstd::bulk::Compressor::new(1).ok());
+        }
+        let compressed = if worth_compressing(data) {
+            ZSTD.with(|z| z.borrow_mut().as_mut().and_then(|c| c.compress(data).ok()))
+        } else {
+            None
+        };
+        let (flags, payload) = match compressed {
+            Some(c) if c.len() + data.len() / 32 < data.len() => (FLAG_ZSTD, Cow::Owned(c)),
+            _ => (0, Cow::Borrowed(data)),
+        };
+        let mut head = [0u8; HEADER_BYTES];
+        head[..4].copy_from_slice(RECORD_MAGIC);
+        head[4] = flags;
+        head[5..9].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        head[9..13].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        head[13..].copy_from_slice(&id.0);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.update(&payload);
+        Record {
+            head,
+            payload,
+            crc: crc.finalize().to_le_bytes(),
+        }
     }
-    let compressed = if worth_compressing(data) {
-        ZSTD.with(|z| z.borrow_mut().as_mut().and_then(|c| c.compress(data).ok()))
-    } else {
-        None
-    };
-    let (flags, payload): (u8, &[u8]) = match &compressed {
-        Some(c) if c.len() + data.len() / 32 < data.len() => (FLAG_ZSTD, c),
-        _ => (0, data),
-    };
-    let mut rec = Vec::with_capacity(RECORD_OVERHEAD as usize + payload.len());
-    rec.extend_from_slice(RECORD_MAGIC);
-    rec.push(flags);
-    rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    rec.extend_from_slice(&id.0);
-    rec.extend_from_slice(payload);
-    let crc = crc32fast::hash(&rec);
-    rec.extend_from_slice(&crc.to_le_bytes());
-    rec
+
+    /// A whole record made elsewhere, if its header, length and CRC check out.
+    pub fn parse(rec: &'a [u8]) -> Option<Record<'a>> {
+        check_crc(rec)?;
+        let end = rec.len() - 4;
+        Some(Record {
+            head: rec[..HEADER_BYTES].try_into().ok()?,
+            payload: Cow::Borrowed(&rec[HEADER_BYTES..end]),
+            crc: rec[end..].try_into().ok()?,
+        })
+    }
+
+    /// Where this record is once written at `offset` of `pack`, and the chunk it holds.
+    pub fn location(&self, pack: PackId, offset: u64) -> (ChunkId, ChunkLoc) {
+        header_location(pack, offset, &self.head).expect("an encoded header parses")
+    }
+
+    /// Length of the whole record.
+    pub fn len(&self) -> u64 {
+        RECORD_OVERHEAD + self.payload.len() as u64
+    }
+
+    /// Always false: a record has at least its header and CRC.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The record's bytes, in order.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [&self.head, &self.payload, &self.crc]
+    }
+
+    /// The record as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len() as usize);
+        self.parts().iter().for_each(|p| v.extend_from_slice(p));
+        v
+    }
+}
+
+/// Encodes one record as one buffer: see [`Record::encode`].
+pub fn encode_record(id: &ChunkId, data: &[u8]) -> Vec<u8> {
+    Record::encode(id, data).to_vec()
 }
 
 /// What a record's header says.
@@ -281,15 +341,56 @@ impl PackWriter {
         self.len == HEADER_LEN
     }
 
-    /// Appends an encoded record with one `write` (so a crash of the process never leaves half
-    /// of it in the page cache); returns its offset.
-    pub fn append(&mut self, record: &[u8]) -> Result<u64> {
+    /// Appends encoded records; returns the offset of the first. They go out in as few
+    /// `writev` calls as the kernel allows (one, on a local file system), so a crash of the
+    /// process leaves whole records in the page cache. When a write fails (a full disk), the
+    /// pack is cut back to where it was, so the next append starts on a record boundary.
+    pub fn append(&mut self, records: &[Record<'_>]) -> Result<u64> {
         let off = self.len;
-        self.file
-            .write_all(record)
-            .ctx(|| format!("appending to pack {}", self.id))?;
-        self.len += record.len() as u64;
+        let total: u64 = records.iter().map(Record::len).sum();
+        let mut slices: Vec<IoSlice<'_>> = records
+            .iter()
+            .flat_map(|r| r.parts().map(IoSlice::new))
+            .collect();
+        let mut bufs = &mut slices[..];
+        let mut result = Ok(());
+        while !bufs.is_empty() {
+            // At most IOV_MAX slices a call; the rest go in the next.
+            let n = bufs.len().min(1024);
+            match self.file.write_vectored(&bufs[..n]) {
+                Ok(0) => {
+                    result = Err(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(k) => IoSlice::advance_slices(&mut bufs, k),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            if let Err(cut) = self.file.set_len(self.len) {
+                tracing::error!(pack = %self.id, error = %cut, "could not cut a failed append off the pack; the next open cuts it");
+            }
+            return Err(StoreError::Io {
+                what: format!("appending to pack {}", self.id),
+                source: e,
+            });
+        }
+        self.len += total;
         Ok(off)
+    }
+
+    /// Starts writing the pack's pages out, without waiting: a sealed pack is synced at the
+    /// next barrier, which then finds little left to do.
+    pub fn start_writeback(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on an fd this writer owns; no memory is passed.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     /// Makes every appended record durable.
@@ -420,12 +521,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = PackWriter::create(dir.path(), PackId(3)).unwrap();
         let a = vec![1u8; 5000];
-        let off = w.append(&encode_record(&ChunkId::of(&a), &a)).unwrap();
+        let off = w.append(&[Record::encode(&ChunkId::of(&a), &a)]).unwrap();
         assert_eq!(off, HEADER_LEN);
+        drop(w);
         let b = vec![2u8; 5000];
         let rec_b = encode_record(&ChunkId::of(&b), &b);
-        w.append(&rec_b[..rec_b.len() / 2]).unwrap();
-        drop(w);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(pack_path(dir.path(), PackId(3)))
+            .unwrap();
+        f.write_all(&rec_b[..rec_b.len() / 2]).unwrap();
+        drop(f);
         let (w, recs, torn) = PackWriter::reopen(dir.path(), PackId(3)).unwrap();
         assert!(torn);
         assert_eq!(recs.len(), 1);
