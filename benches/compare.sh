@@ -3,6 +3,8 @@
 # versioning on), in one run, each over a fresh ext4 of its own; prints seconds and ratios to
 # native, the clawfs daemon's peak RSS, and the store bytes `mutate.py` added. Needs root and bindfs (apt-get install bindfs).
 #   benches/compare.sh [FIXTURES_DIR]   (default: ../shared/fixtures/agent-state)
+#   WORKLOADS="seqwrite smallfiles" benches/compare.sh   runs only those (seqread needs seqwrite,
+#   mutate needs gen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -76,9 +78,11 @@ elif kind == "mutate":
 print("%.3f" % (time.perf_counter() - t0))
 PY
 
+workloads=${WORKLOADS:-seqwrite seqread smallfiles wal gen mutate}
 declare -A T
 hwm=""
-for wl in seqwrite seqread smallfiles wal gen mutate; do
+before=""
+for wl in $workloads; do
   for fs in native bindfs clawfs; do
     if [ "$wl" = mutate ] && [ "$fs" = clawfs ]; then
       sleep 1.5  # let the epoch of gen.py close, so mutate's bytes are its own
@@ -89,7 +93,9 @@ for wl in seqwrite seqread smallfiles wal gen mutate; do
   hwm+=" $wl $(( $(awk '/VmHWM/ {print $2}' /proc/"$pid"/status) / 1024 ))"
 done
 sleep 1.5
-added=$("$bin" -C "$work/clawfs" --json log --since "$((before + 1))" --limit 100000 | python3 -c 'import json,sys; print(sum(json.loads(l)["stored_bytes"] for l in sys.stdin))')
+if [ -n "$before" ]; then
+  added=$("$bin" -C "$work/clawfs" --json log --since "$((before + 1))" --limit 100000 | python3 -c 'import json,sys; print(sum(json.loads(l)["stored_bytes"] for l in sys.stdin))')
+fi
 rss=$(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)
 store=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["store_bytes"])')
 
@@ -98,11 +104,11 @@ label() { case $1 in
   seqwrite) echo "512 MiB seq write (1 MiB + fsync)";; seqread) echo "512 MiB seq read (cold)";;
   smallfiles) echo "5000 x 4 KiB create/stat/unlink";; wal) echo "2000 SQLite WAL transactions";;
   gen) echo "gen.py (~290 MB, 15k files)";; mutate) echo "mutate.py (an hour of agent work)";; esac; }
-for wl in seqwrite seqread smallfiles wal gen mutate; do
+for wl in $workloads; do
   n=${T[$wl,native]} b=${T[$wl,bindfs]} c=${T[$wl,clawfs]}
   printf "%-34s %8ss %8ss %8ss %7.2fx %7.2fx\n" "$(label $wl)" "$n" "$b" "$c" \
     "$(python3 -c "print($b/$n)")" "$(python3 -c "print($c/$n)")"
 done
 echo "clawfs daemon peak RSS: $((rss / 1024)) MiB (peak after each workload, MiB:$hwm)"
-echo "store bytes added by mutate.py: $added ($(python3 -c "print(round($added/1e6,2))") MB)"
+[ -z "$before" ] || echo "store bytes added by mutate.py: $added ($(python3 -c "print(round($added/1e6,2))") MB)"
 echo "store size after all workloads: $(python3 -c "print(round($store/1e6,1))") MB"

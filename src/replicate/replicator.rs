@@ -188,7 +188,14 @@ impl Worker {
     }
 
     fn run(mut self, rx: Receiver<Msg>, commits: Receiver<Seq>) {
+        let idle = crossbeam_channel::never();
         loop {
+            // With no remote there is nothing to push: commits do not wake the thread.
+            let commits = if self.targets.is_empty() {
+                &idle
+            } else {
+                &commits
+            };
             select! {
                 recv(rx) -> m => match m {
                     Err(_) | Ok(Msg::Shutdown) => return,
