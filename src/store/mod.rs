@@ -316,6 +316,7 @@ mod tests {
     use crate::ids::SessionId;
     use crate::relpath::RelPath;
     use catalog::{Meta, NodeKind};
+    use recorder::RenameMode;
 
     fn names(store: &Store, seq: Seq) -> Vec<String> {
         let root = RelPath::root();
@@ -368,5 +369,41 @@ mod tests {
             .records
             .iter()
             .all(|(k, _)| !String::from_utf8_lossy(k).contains("ghost")));
+    }
+
+    /// The recorder remembers directory entries between commits. What it remembers must follow
+    /// its own commits (a rename, an unlink) and be forgotten when someone else moves the head.
+    #[test]
+    fn the_recorders_remembered_entries_follow_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let meta = Meta::default();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        rec.create(&p("d"), NodeKind::Dir, meta, "").unwrap();
+        rec.create(&p("d/x"), NodeKind::File, meta, "").unwrap();
+        rec.commit(false).unwrap();
+        let x = rec.resolve_now(&p("d/x")).unwrap().unwrap();
+        assert!(
+            rec.resolve_now(&p("d/y")).unwrap().is_none(),
+            "remembered as absent"
+        );
+        rec.rename(&p("d/x"), &p("d/y"), RenameMode::Replace)
+            .unwrap();
+        rec.commit(false).unwrap();
+        assert_eq!(rec.resolve_now(&p("d/y")).unwrap(), Some(x));
+        assert!(rec.resolve_now(&p("d/x")).unwrap().is_none());
+        rec.unlink(&p("d/y")).unwrap();
+        rec.commit(false).unwrap();
+        assert!(rec.resolve_now(&p("d/y")).unwrap().is_none());
+        assert!(
+            rec.resolve_now(&p("d/z")).unwrap().is_none(),
+            "remembered as absent"
+        );
+        // Another writer creates d/z: the first recorder's memory of its absence is stale.
+        let mut other = store.recorder(SessionId(2)).unwrap();
+        other.create(&p("d/z"), NodeKind::File, meta, "").unwrap();
+        other.commit(false).unwrap();
+        assert!(rec.resolve_now(&p("d/z")).unwrap().is_some());
     }
 }

@@ -13,6 +13,7 @@
 //! from the real file, so versioning heals itself instead of drifting.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -220,7 +221,22 @@ pub struct Recorder {
     change_index: HashMap<(String, Op), usize>,
     pending_bytes: u64,
     last_time: i64,
+    settled: RefCell<Settled>,
 }
+
+/// Directory entries as of the head, remembered from lookups and commits. Resolving a path asks
+/// the catalogue about each component (a range scan in sled), and the recorder resolves a path
+/// for nearly every change it records: creating, writing, closing and removing one small file
+/// asked about the same two entries a dozen times.
+struct Settled {
+    /// The head the entries are valid at: another writer moving the head empties the cache.
+    head: Seq,
+    /// `None`: no entry of that name.
+    entries: lru::LruCache<(NodeId, String), Option<Dentry>>,
+}
+
+/// Entries the recorder remembers (about 100 bytes each).
+const SETTLED_ENTRIES: usize = 16 * 1024;
 
 impl Store {
     /// The writer of this store, recording as `session`. Only one may exist per store.
@@ -241,6 +257,12 @@ impl Store {
             change_index: HashMap::new(),
             pending_bytes: 0,
             last_time,
+            settled: RefCell::new(Settled {
+                head: self.head(),
+                entries: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(SETTLED_ENTRIES).expect("nonzero"),
+                ),
+            }),
         })
     }
 }
@@ -269,13 +291,24 @@ impl Recorder {
     // ---- the tree as it is now: committed state with pending operations on top ----
 
     fn dentry_now(&self, parent: NodeId, name: &str) -> Result<Option<Dentry>> {
-        if let Some(d) = self.dentries.get(&(parent, name.to_string())) {
+        let key = (parent, name.to_string());
+        if let Some(d) = self.dentries.get(&key) {
             return Ok(Some(d.clone()));
         }
-        Ok(self
-            .store
-            .dentry_at(parent, name, self.store.head())?
-            .map(|(_, d)| d))
+        let head = self.store.head();
+        {
+            let mut settled = self.settled.borrow_mut();
+            if settled.head != head {
+                settled.entries.clear();
+                settled.head = head;
+            }
+            if let Some(d) = settled.entries.get(&key) {
+                return Ok(d.clone());
+            }
+        }
+        let d = self.store.dentry_at(parent, name, head)?.map(|(_, d)| d);
+        self.settled.borrow_mut().entries.put(key, d.clone());
+        Ok(d)
     }
 
     fn lookup(&self, parent: NodeId, name: &str) -> Result<Option<(NodeId, NodeKind)>> {
@@ -829,7 +862,8 @@ impl Recorder {
 
     fn commit_inner(&mut self, durable: bool) -> Result<Committed> {
         let store = Arc::clone(&self.store);
-        let seq = store.head().next();
+        let before = store.head();
+        let seq = before.next();
         // Times never go backwards, so "the moment at time T" is well defined.
         let time_ns = now_ns().max(self.last_time);
         let mut batch = Journaled::default();
@@ -864,10 +898,11 @@ impl Recorder {
                 schema::version_value(node, seq),
             );
         }
-        for ((parent, name), d) in std::mem::take(&mut self.dentries) {
+        let dentries = std::mem::take(&mut self.dentries);
+        for ((parent, name), d) in &dentries {
             batch.insert(
-                schema::dentry_key(&parent_key(parent), &name, seq),
-                encode(&d),
+                schema::dentry_key(&parent_key(*parent), name, seq),
+                encode(d),
             );
         }
         let changes = std::mem::take(&mut self.changes);
@@ -895,6 +930,15 @@ impl Recorder {
         }
         store.set_head(seq);
         self.last_time = time_ns;
+        let settled = self.settled.get_mut();
+        if settled.head == before {
+            for (key, d) in dentries {
+                settled.entries.put(key, Some(d));
+            }
+        } else {
+            settled.entries.clear();
+        }
+        settled.head = seq;
         Ok(Committed {
             seq,
             stored_bytes: stored,
