@@ -303,7 +303,7 @@ pub fn rewrite(
         return rewrite_regions(chunks, base, source, new_size, &regions, policy, &mut sink);
     }
     std::thread::scope(|s| {
-        let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
         let packer =
             s.spawn(move || -> Result<u64> { rx.iter().map(|batch| batch.store(store)).sum() });
         let mut sink = Sink::new(store, Some(tx));
@@ -332,7 +332,7 @@ const PIPELINE_MIN: u64 = 4 << 20;
 /// Largest window of the file read and stored at a time. Windows start at four maximal chunks
 /// (an edit in place reads little) and double up to this (a large write is stored in batches
 /// of about this size).
-const WINDOW_MAX: usize = 1 << 20;
+const WINDOW_MAX: usize = 512 << 10;
 
 /// New chunks of a window of the file, stored together.
 struct Batch {
