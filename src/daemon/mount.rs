@@ -93,13 +93,21 @@ pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
         bail!("{} is not a directory", dir.display());
     }
     let dir = dir.canonicalize()?;
-    if let Some(t) = mounted_type(&dir) {
-        if t.starts_with("fuse.clawfs") {
-            bail!(
+    if mounted_type(&dir).is_some_and(|t| t.starts_with("fuse.clawfs")) {
+        // The kernel may answer a stat of a dead mount's root from attributes it cached (for a
+        // second): statfs always asks the daemon. The mount may also vanish in between (the
+        // dead daemon's auto-unmount watcher): then statfs sees the plain directory.
+        match sys::statfs_path(&dir) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+                tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
+                lazy_unmount(&dir)?;
+            }
+            Ok(st) if st.f_type != sys::FUSE_SUPER_MAGIC => {}
+            _ => bail!(
                 "{} is already mounted by clawfs (see `clawfs status {}`)",
                 dir.display(),
                 dir.display()
-            );
+            ),
         }
     }
     let store_abs = crate::config::absolute(store, &std::env::current_dir()?);

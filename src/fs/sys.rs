@@ -180,6 +180,22 @@ pub fn statvfs(fd: RawFd) -> io::Result<libc::statvfs> {
     }
 }
 
+/// `statfs` of a path. On a FUSE mount it always reaches the daemon (nothing caches it), so it
+/// tells a live mount from one whose daemon died.
+pub fn statfs_path(path: &std::path::Path) -> io::Result<libc::statfs> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid C string; `st` is written before read.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        check(libc::statfs(c.as_ptr(), &mut st))?;
+        Ok(st)
+    }
+}
+
+/// `f_type` of a FUSE file system in `statfs`.
+pub const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
+
 /// The `/proc/self/fd/<dir>/<path>` name of a path, for calls that have no `*at()` form (xattrs).
 pub fn proc_path(dir: RawFd, path: &OsStr) -> CString {
     let mut v = format!("/proc/self/fd/{dir}").into_bytes();
