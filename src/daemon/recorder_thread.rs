@@ -34,6 +34,8 @@ use crate::store::StoreError;
 pub const MAX_EPOCH_AGE: Duration = Duration::from_secs(1);
 /// An epoch closes once this many written bytes wait in memory.
 pub const MAX_PENDING_BYTES: u64 = 16 << 20;
+/// A commit that hashed this much hands the memory it freed back to the system.
+const TRIM_AFTER_BYTES: u64 = 4 << 20;
 /// Messages that may wait in the channel (each write carries at most 1 MiB).
 pub const CHANNEL_DEPTH: usize = 16;
 
@@ -442,8 +444,11 @@ impl Recording {
     pub fn commit(&mut self, durable: bool) {
         let paths = self.rec.pending_paths();
         match self.rec.commit(durable) {
-            Ok(Some(_)) => {
+            Ok(Some(c)) => {
                 self.epochs += 1;
+                if c.hashed_bytes >= TRIM_AFTER_BYTES {
+                    crate::fs::sys::release_free_memory();
+                }
                 if durable {
                     self.flushed();
                 } else {

@@ -236,7 +236,7 @@ struct Settled {
 }
 
 /// Entries the recorder remembers (about 100 bytes each).
-const SETTLED_ENTRIES: usize = 16 * 1024;
+const SETTLED_ENTRIES: usize = 4096;
 
 impl Store {
     /// The writer of this store, recording as `session`. Only one may exist per store.
