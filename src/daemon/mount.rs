@@ -71,14 +71,23 @@ pub fn mounted_type(dir: &Path) -> Option<String> {
         .next_back()
 }
 
+/// Whether an error from `dir` says its FUSE daemon is gone.
+fn is_dead_mount(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
+/// A daemon that died leaves its mount behind: clears it so the mount can go on.
+fn clear_dead_mount(dir: &Path) -> Result<()> {
+    tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
+    lazy_unmount(dir)
+}
+
 /// Checks `dir` and `store` before mounting; returns the directory's absolute path.
 pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-            // A daemon that died leaves its mount behind: clear it and go on.
-            tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
-            lazy_unmount(dir)?;
+        Err(e) if is_dead_mount(&e) => {
+            clear_dead_mount(dir)?;
             std::fs::metadata(dir)?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -98,10 +107,7 @@ pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
         // second): statfs always asks the daemon. The mount may also vanish in between (the
         // dead daemon's auto-unmount watcher): then statfs sees the plain directory.
         match sys::statfs_path(&dir) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-                tracing::warn!(dir = %dir.display(), "removing a stale clawfs mount left by a daemon that died");
-                lazy_unmount(&dir)?;
-            }
+            Err(e) if is_dead_mount(&e) => clear_dead_mount(&dir)?,
             Ok(st) if st.f_type != sys::FUSE_SUPER_MAGIC => {}
             _ => bail!(
                 "{} is already mounted by clawfs (see `clawfs status {}`)",

@@ -316,32 +316,28 @@ impl PackStore {
             detail: format!("received record: {detail}"),
         };
         let record = pack::Record::parse(rec).ok_or_else(|| bad("bad header, length or CRC"))?;
-        let id = record.location(PackId(0), 0).0;
+        let id = record.id();
         if hash {
             let data = pack::decode_record(PackId(0), 0, rec, &id)?;
             if ChunkId::of(&data) != id {
                 return Err(bad("content does not hash to its id"));
             }
         }
-        self.append(vec![(id, record)], None)?;
+        self.append(vec![record], None)?;
         Ok(id)
     }
 
     /// Appends the records of the chunks that are not stored yet. `absent_at` is the append
     /// count at which the caller found them all absent: if nothing was appended since, they
     /// still are, and the index is not asked again.
-    fn append(
-        &self,
-        mut records: Vec<(ChunkId, pack::Record<'_>)>,
-        absent_at: Option<u64>,
-    ) -> Result<u64> {
+    fn append(&self, mut records: Vec<pack::Record<'_>>, absent_at: Option<u64>) -> Result<u64> {
         let mut w = self.writer.lock();
         // Checked again under the lock: two threads may race to store the same chunk.
         if absent_at != Some(self.appended.load(Ordering::Acquire)) {
             let mut fresh = Vec::with_capacity(records.len());
-            for (id, rec) in records {
-                if !self.index.contains_key(id.0)? {
-                    fresh.push((id, rec));
+            for rec in records {
+                if !self.index.contains_key(rec.id().0)? {
+                    fresh.push(rec);
                 }
             }
             records = fresh;
@@ -360,11 +356,10 @@ impl PackStore {
             *w = Some(nw);
         }
         let writer = w.as_mut().expect("just opened");
-        let recs: Vec<pack::Record<'_>> = records.into_iter().map(|(_, r)| r).collect();
-        let mut offset = writer.append(&recs)?;
+        let mut offset = writer.append(&records)?;
         let mut written = 0;
         // The records reached the kernel before the index names them.
-        for rec in &recs {
+        for rec in &records {
             let (id, loc) = rec.location(writer.id, offset);
             self.index
                 .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
@@ -372,7 +367,7 @@ impl PackStore {
             written += rec.len();
         }
         self.appended
-            .fetch_add(recs.len() as u64, Ordering::Release);
+            .fetch_add(records.len() as u64, Ordering::Release);
         Ok(written)
     }
 }
@@ -383,15 +378,15 @@ impl ChunkStore for PackStore {
         if self.index.contains_key(id.0)? {
             return Ok(0);
         }
-        self.append(vec![(id, pack::Record::encode(&id, data))], Some(absent_at))
+        self.append(vec![pack::Record::encode(&id, data)], Some(absent_at))
     }
 
     fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<u64> {
         let absent_at = self.appended.load(Ordering::Acquire);
-        let mut records: Vec<(ChunkId, pack::Record<'_>)> = Vec::with_capacity(chunks.len());
+        let mut records: Vec<pack::Record<'_>> = Vec::with_capacity(chunks.len());
         for &(id, data) in chunks {
-            if !records.iter().any(|(r, _)| *r == id) && !self.index.contains_key(id.0)? {
-                records.push((id, pack::Record::encode(&id, data)));
+            if !records.iter().any(|r| r.id() == id) && !self.index.contains_key(id.0)? {
+                records.push(pack::Record::encode(&id, data));
             }
         }
         self.append(records, Some(absent_at))

@@ -147,6 +147,11 @@ impl<'a> Record<'a> {
         })
     }
 
+    /// The chunk this record holds.
+    pub fn id(&self) -> ChunkId {
+        ChunkId(self.head[13..].try_into().expect("32 bytes"))
+    }
+
     /// Where this record is once written at `offset` of `pack`, and the chunk it holds.
     pub fn location(&self, pack: PackId, offset: u64) -> (ChunkId, ChunkLoc) {
         header_location(pack, offset, &self.head).expect("an encoded header parses")
