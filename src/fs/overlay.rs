@@ -38,8 +38,9 @@ use crate::store::recorder::{MetaUpdate, RenameMode};
 /// How long the kernel may cache names. Every change goes through us (a rollback invalidates
 /// what it replaces), so names stay valid.
 const ENTRY_TTL: Duration = Duration::from_secs(1);
-/// How long the kernel may cache a file's attributes: not at all. Link counts and ctimes change
-/// in ways the kernel cannot see (another name of the same inode), and POSIX tools check them.
+/// How long the kernel may cache a file's attributes from a `GETATTR` or `SETATTR`: not at all.
+/// Link counts and ctimes change in ways the kernel cannot see (another name of the same inode),
+/// and POSIX tools check them. (Entries, from lookups and creates, carry `ENTRY_TTL` for both.)
 const ATTR_TTL: Duration = Duration::ZERO;
 /// How long the kernel may cache a directory's attributes. A path walk checks every directory's
 /// permissions: uncached, that was a `GETATTR` for the mount's root and one for each directory on
