@@ -52,6 +52,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(|| LogOutput)
+        // Colour only for a person at a terminal: the daemon's stderr is its log file (or
+        // journald), where escape codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
     match run(cli) {

@@ -117,6 +117,33 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
     assert_eq!(s.read("cache/big.bin").len(), 100_000);
 }
 
+/// Python asks `TCGETS` of every file it opens (`isatty`). The answer must be the one a plain
+/// file gives (ENOTTY), and the daemon must not log a warning for each: it once did, one line
+/// per open, into a log nothing rotates.
+#[test]
+fn ioctls_on_files_answer_enotty_without_filling_the_log() {
+    let s = Sandbox::new();
+    s.mount();
+    let out = s.sh(r#"python3 - <<'PY'
+import errno, fcntl, termios
+for i in range(40):
+    with open("note%d.md" % i, "w") as f:
+        f.write("x")
+        assert not f.isatty()
+        try:
+            fcntl.ioctl(f.fileno(), termios.TCGETS, bytes(64))
+            raise SystemExit("TCGETS succeeded on a regular file")
+        except OSError as e:
+            assert e.errno == errno.ENOTTY, e
+print("ok")
+PY"#);
+    assert_eq!(out.trim(), "ok");
+    s.unmount();
+    let log = std::fs::read_to_string(s.store.join("daemon.log")).unwrap_or_default();
+    assert!(!log.contains("ioctl"), "{log}");
+    assert_eq!(s.ok(&["cat", "note39.md"]), "x");
+}
+
 /// The kernel asks a FUSE filesystem for no O_TMPFILE operation (there is none in the protocol
 /// fuser speaks), so the open fails with EOPNOTSUPP before reaching the daemon. What matters is
 /// that the refusal is that clean error, which programs and libcs fall back from, and that the

@@ -5,7 +5,7 @@
 //! gitignore-style patterns in the store's `config.json` (`"ignore": [...]`); a pattern starting
 //! with `!` versions what an earlier pattern excluded.
 
-use globset::{Glob, GlobMatcher};
+use globset::{Candidate, Glob, GlobSet, GlobSetBuilder};
 
 /// Patterns not versioned by default.
 pub const DEFAULT_IGNORES: &[&str] = &[
@@ -20,13 +20,17 @@ pub const DEFAULT_IGNORES: &[&str] = &[
 /// Decides, for a path relative to the tree root, whether it is versioned.
 #[derive(Clone, Debug)]
 pub struct Filter {
-    rules: Vec<(GlobMatcher, bool)>,
+    /// Every rule's globs, matched in one pass (the overlay asks for each write and create).
+    globs: GlobSet,
+    /// For each glob of `globs`, in rule order: true when a match means "not versioned".
+    ignores: Vec<bool>,
 }
 
 impl Filter {
     /// The default rules followed by `extra` (gitignore-style; `!` negates).
     pub fn new(extra: &[String]) -> Result<Filter, globset::Error> {
-        let mut rules = Vec::new();
+        let mut globs = GlobSetBuilder::new();
+        let mut ignores = Vec::new();
         let all = DEFAULT_IGNORES
             .iter()
             .map(|s| s.to_string())
@@ -39,20 +43,24 @@ impl Filter {
             let p = p.trim_start_matches('/');
             // `dir/` and bare names match at any depth and everything below, as in gitignore.
             let p = p.trim_end_matches('/');
-            let mut globs = vec![p.to_string(), format!("{p}/**")];
+            let mut expanded = vec![p.to_string(), format!("{p}/**")];
             // `cache/**` also covers the directory `cache` itself.
             if let Some(dir) = p.strip_suffix("/**") {
-                globs.push(dir.to_string());
+                expanded.push(dir.to_string());
             }
             if !p.contains('/') {
-                globs.push(format!("**/{p}"));
-                globs.push(format!("**/{p}/**"));
+                expanded.push(format!("**/{p}"));
+                expanded.push(format!("**/{p}/**"));
             }
-            for g in globs {
-                rules.push((Glob::new(&g)?.compile_matcher(), !neg));
+            for g in expanded {
+                globs.add(Glob::new(&g)?);
+                ignores.push(!neg);
             }
         }
-        Ok(Filter { rules })
+        Ok(Filter {
+            globs: globs.build()?,
+            ignores,
+        })
     }
 
     /// True when changes to `path` are recorded.
@@ -60,13 +68,13 @@ impl Filter {
         if path.is_empty() {
             return true;
         }
-        let mut ignored = false;
-        for (m, ignore) in &self.rules {
-            if m.is_match(path) {
-                ignored = *ignore;
-            }
+        let path = Candidate::new(path);
+        if !self.globs.is_match_candidate(&path) {
+            return true;
         }
-        !ignored
+        // The last rule that matches decides, as in gitignore.
+        let last = self.globs.matches_candidate(&path).into_iter().max();
+        !last.is_some_and(|i| self.ignores[i])
     }
 }
 
