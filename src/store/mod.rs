@@ -98,7 +98,21 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .unwrap_or(u32::MAX);
-                if found != schema::FORMAT_VERSION {
+                if schema::UPGRADABLE_FORMATS.contains(&found) {
+                    // Marked first: from now on epochs are written the new way, and a build
+                    // that only knows the old format must refuse the store, not misread it.
+                    tracing::info!(
+                        store = %dir.display(),
+                        from = found,
+                        to = schema::FORMAT_VERSION,
+                        "upgrading the store's format (nothing is rewritten)"
+                    );
+                    cat.insert(
+                        schema::meta_key(schema::META_FORMAT),
+                        &schema::FORMAT_VERSION.to_be_bytes(),
+                    )?;
+                    db.flush()?;
+                } else if found != schema::FORMAT_VERSION {
                     return Err(StoreError::UnknownFormat {
                         path: dir.to_path_buf(),
                         found,
@@ -163,7 +177,7 @@ impl Store {
         &self,
         seq: Seq,
         mut epoch: recorder::Journaled,
-        next_node: u64,
+        next_node: Option<u64>,
     ) -> Result<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unfinished(seq));
@@ -177,10 +191,12 @@ impl Store {
             for (k, v) in &epoch.records {
                 self.cat.insert(k.as_slice(), v.as_slice())?;
             }
-            self.cat.insert(
-                schema::meta_key(schema::META_NEXT_NODE),
-                &next_node.to_be_bytes(),
-            )?;
+            if let Some(next) = next_node {
+                self.cat.insert(
+                    schema::meta_key(schema::META_NEXT_NODE),
+                    &next.to_be_bytes(),
+                )?;
+            }
             self.cat
                 .insert(schema::meta_key(schema::META_HEAD), &seq.0.to_be_bytes())?;
             Ok(())
@@ -405,5 +421,87 @@ mod tests {
         other.create(&p("d/z"), NodeKind::File, meta, "").unwrap();
         other.commit(false).unwrap();
         assert!(rec.resolve_now(&p("d/z")).unwrap().is_some());
+    }
+
+    fn set_format(store: &Store, v: u32) {
+        store
+            .cat
+            .insert(schema::meta_key(schema::META_FORMAT), &v.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+    }
+
+    /// A store of a format this build does not know is refused in one clear line and left as
+    /// it was; one of the previous format opens, reads the same, and is marked as upgraded.
+    #[test]
+    fn an_unknown_format_is_refused_untouched_and_the_previous_one_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        {
+            let store = Store::open_or_create(dir.path()).unwrap();
+            let mut rec = store.recorder(SessionId(1)).unwrap();
+            rec.create(&p("a"), NodeKind::File, Meta::default(), "")
+                .unwrap();
+            rec.commit(true).unwrap();
+            set_format(&store, 99);
+        }
+        let err = Store::open(dir.path())
+            .err()
+            .expect("format 99 must be refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("format version 99") && msg.contains("reads version 3"),
+            "{msg}"
+        );
+        // Refused twice the same way: the first refusal changed nothing.
+        assert!(Store::open(dir.path()).is_err());
+        {
+            let raw = sled::open(dir.path().join("catalog")).unwrap();
+            let cat = raw.open_tree(schema::TREE_CATALOG).unwrap();
+            let v = cat.get(schema::meta_key(schema::META_FORMAT)).unwrap();
+            assert_eq!(v.as_deref(), Some(&99u32.to_be_bytes()[..]));
+            cat.insert(schema::meta_key(schema::META_FORMAT), &2u32.to_be_bytes())
+                .unwrap();
+            raw.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(names(&store, Seq(1)), ["a"]);
+        let v = store
+            .cat
+            .get(schema::meta_key(schema::META_FORMAT))
+            .unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some(&schema::FORMAT_VERSION.to_be_bytes()[..])
+        );
+    }
+
+    /// A time names the newest epoch committed at or before it, whatever the number of epochs
+    /// (the search halves the range; an off-by-one shows at one end or the other).
+    #[test]
+    fn a_time_names_the_newest_epoch_at_or_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        assert_eq!(store.seq_at_time(i64::MAX).unwrap(), None);
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let mut times = Vec::new();
+        for i in 0..37 {
+            rec.create(&p(&format!("f{i}")), NodeKind::File, Meta::default(), "")
+                .unwrap();
+            let seq = rec.commit(false).unwrap().unwrap().seq;
+            times.push((seq, store.epoch(seq).unwrap().unwrap().time_ns));
+            if i % 5 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        let first = times[0].1;
+        assert_eq!(store.seq_at_time(first - 1).unwrap(), None);
+        assert_eq!(store.seq_at_time(i64::MAX).unwrap(), Some(Seq(37)));
+        for &(_, t) in &times {
+            // Several epochs may share a time: the newest of them is the moment.
+            let newest = times.iter().filter(|(_, u)| *u <= t).map(|(s, _)| *s).max();
+            assert_eq!(store.seq_at_time(t).unwrap(), newest, "at {t}");
+        }
     }
 }

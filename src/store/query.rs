@@ -278,19 +278,29 @@ impl Store {
     }
 
     /// The newest epoch committed at or before `time_ns`.
+    ///
+    /// Epochs are numbered 1..=head without gaps and their times never go backwards (a
+    /// recorder starts from the head's time), so this is a binary search over the epoch
+    /// headers: about 20 lookups among a million epochs, and no index to write per epoch.
     pub fn seq_at_time(&self, time_ns: i64) -> Result<Option<Seq>> {
-        let hi = schema::time_key(time_ns, Seq(u64::MAX));
-        let lo = schema::time_key(i64::MIN, Seq(0));
-        let head = self.head();
-        for kv in self.cat.range(lo..=hi).rev() {
-            let (k, _) = kv?;
-            if let Some(s) = schema::time_key_seq(&k) {
-                if s <= head {
-                    return Ok(Some(s));
-                }
+        let (mut lo, mut hi) = (1u64, self.head().0);
+        let mut found = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let epoch = self
+                .epoch(Seq(mid))?
+                .ok_or_else(|| StoreError::CorruptCatalog {
+                    what: format!("epoch {mid}"),
+                    detail: "missing below the head".into(),
+                })?;
+            if epoch.time_ns <= time_ns {
+                found = Some(Seq(mid));
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// The node and epoch a version id names.

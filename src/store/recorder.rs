@@ -215,6 +215,8 @@ pub struct Recorder {
     store: Arc<Store>,
     session: SessionId,
     next_node: u64,
+    /// `next_node` as the catalogue has it.
+    stored_next_node: u64,
     dentries: BTreeMap<(NodeId, String), Dentry>,
     nodes: HashMap<NodeId, PendingNode>,
     changes: Vec<Change>,
@@ -251,6 +253,7 @@ impl Store {
             store: Arc::clone(self),
             session,
             next_node,
+            stored_next_node: next_node,
             dentries: BTreeMap::new(),
             nodes: HashMap::new(),
             changes: Vec::new(),
@@ -919,12 +922,15 @@ impl Recorder {
             stored_bytes: stored,
         };
         batch.insert(schema::epoch_key(seq), encode(&epoch));
-        batch.insert(schema::time_key(time_ns, seq), &[][..]);
         if durable {
             // Chunks first: no durable record may name a chunk that is not durable.
             store.packs().sync()?;
         }
-        store.write_epoch(seq, batch, self.next_node)?;
+        // The next node id is written only when this epoch used one: most epochs change files
+        // that exist, and one record less per epoch is a tenth of a small epoch's cost.
+        let next_node = (self.next_node != self.stored_next_node).then_some(self.next_node);
+        store.write_epoch(seq, batch, next_node)?;
+        self.stored_next_node = self.next_node;
         if durable {
             store.db.flush()?;
         }

@@ -73,12 +73,13 @@ impl Store {
             }
             expect = expect.next();
         }
-        let next_node = next_node.max(self.next_node()?);
+        let stored = self.next_node()?;
+        let mut next_node = (next_node > stored).then_some(next_node);
         for e in epochs {
             let records = Journaled {
                 records: e.records.clone(),
             };
-            self.write_epoch(e.seq, records, next_node)?;
+            self.write_epoch(e.seq, records, next_node.take())?;
             self.set_head(e.seq);
         }
         Ok(())

@@ -32,7 +32,7 @@
 //! | [`VERSION`] | version id | node id, seq |
 //! | [`MARK`] | name bytes | [`crate::store::catalog::Mark`] |
 //! | [`SESSION`] | session id | [`crate::store::catalog::SessionInfo`] |
-//! | [`TIME`] | time (ns since epoch), seq | empty: lets a time resolve to a seq |
+//! | [`TIME`] | time (ns since epoch), seq | empty; written by format 2 only, no longer read |
 //! | [`JOURNAL`] | seq | the keys epoch `seq` wrote (bincode `Vec<Vec<u8>>`), besides `META` |
 //!
 //! Every record an epoch writes (besides `META`) is immutable once written: the journal entry
@@ -43,8 +43,18 @@
 
 use crate::ids::{NodeId, Seq, VersionId};
 
-/// The format version this build reads and writes. A store with another refuses to open.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build reads and writes. A store with another refuses to open,
+/// except one of [`UPGRADABLE_FORMATS`].
+///
+/// - 3: epochs no longer write [`TIME`] records (a time is found by a binary search over the
+///   epoch headers), nor [`META_NEXT_NODE`] when they created no node.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// Older formats this build opens and upgrades in place by rewriting the format number alone:
+/// everything format 3 reads is there (a format-2 store's [`TIME`] records are left, unread).
+/// The upgrade makes a build that knows only the old format refuse the store rather than
+/// resolve times from an index the new epochs no longer extend.
+pub const UPGRADABLE_FORMATS: &[u32] = &[2];
 
 /// Sled tree holding every record an epoch commits.
 pub const TREE_CATALOG: &str = "catalog";
@@ -67,7 +77,7 @@ pub const VERSION: u8 = b'V';
 pub const MARK: u8 = b'A';
 /// Prefix of mount sessions.
 pub const SESSION: u8 = b'S';
-/// Prefix of the time index.
+/// Prefix of format 2's time index (logs received from format-2 stores still carry it).
 pub const TIME: u8 = b'T';
 
 /// Prefix of the epoch journal.
@@ -216,16 +226,6 @@ pub fn journal_key(seq: Seq) -> [u8; 9] {
     k
 }
 
-/// Key of the time index.
-pub fn time_key(time_ns: i64, seq: Seq) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = TIME;
-    // Offset so that negative times (never expected) still sort before positive ones.
-    k[1..9].copy_from_slice(&((time_ns as u64) ^ (1 << 63)).to_be_bytes());
-    k[9..].copy_from_slice(&seq.0.to_be_bytes());
-    k
-}
-
 /// Decodes the seq of a time key.
 pub fn time_key_seq(k: &[u8]) -> Option<Seq> {
     Some(Seq(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
@@ -250,11 +250,6 @@ mod tests {
             let (ka, kb) = (node_key(NodeId(node), Seq(a)), node_key(NodeId(node), Seq(b)));
             prop_assert_eq!(a.cmp(&b), kb.cmp(&ka));
             prop_assert_eq!(node_key_seq(&ka), Some(Seq(a)));
-        }
-
-        #[test]
-        fn time_keys_sort_by_time(t1 in any::<i64>(), t2 in any::<i64>()) {
-            prop_assert_eq!(t1.cmp(&t2), time_key(t1, Seq(0)).cmp(&time_key(t2, Seq(0))));
         }
     }
 
