@@ -276,6 +276,12 @@ impl Overlay {
         if unsafe { libc::geteuid() } != 0 {
             return;
         }
+        // Created by root for root: the real file system already made it root's, with a
+        // set-group-id parent's group if it has one, as `chown` below would.
+        // SAFETY: getegid has no preconditions.
+        if req.uid() == 0 && req.gid() == unsafe { libc::getegid() } {
+            return;
+        }
         let gid = match sys::lstat_at(self.fd(), parent) {
             Ok(p) if p.st_mode & libc::S_ISGID != 0 => p.st_gid,
             _ => req.gid(),
@@ -958,7 +964,10 @@ impl Filesystem for Overlay {
         // close(2) waits for FLUSH, not RELEASE: this is where "close of a written file" closes
         // the epoch.
         if let Ok(h) = self.handle(fh) {
-            if h.wrote.load(Ordering::Relaxed) {
+            // Cleared here, so RELEASE (or the next FLUSH of a dup) records again only if
+            // something was written since: pages of a shared mapping written back after
+            // close come as WRITEs on this handle and set it again.
+            if h.wrote.swap(false, Ordering::Relaxed) {
                 let _order = self.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
