@@ -37,7 +37,7 @@ impl StoreConfig {
 
     /// Writes the settings atomically.
     pub fn save(&self, store: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(store)?;
+        crate::store::private_dir(store)?;
         let tmp = store.join("config.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("encode"))?;
         std::fs::rename(tmp, store.join("config.json"))

@@ -189,6 +189,32 @@ fn concurrent_writers_and_appends_are_all_recorded() {
     }
 }
 
+/// The store holds every version of every file, secrets included, in plain form: it is its
+/// owner's alone, whatever the umask (the daemon runs with 0), and a store directory left open
+/// by an older build is closed at the next mount.
+#[test]
+fn the_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new();
+    std::fs::create_dir_all(&s.store).unwrap();
+    std::fs::set_permissions(&s.store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.mount();
+    s.write("credentials/token.json", b"{\"token\": \"secret\"}");
+    s.settle();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&s.store), 0o700);
+    let packs: Vec<_> = std::fs::read_dir(s.store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!packs.is_empty());
+    for p in &packs {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    assert_eq!(mode(&s.store.join("daemon.log")), 0o600);
+    s.unmount();
+}
+
 #[test]
 fn mount_errors_are_clear() {
     let s = Sandbox::new();

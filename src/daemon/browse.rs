@@ -1,6 +1,7 @@
 //! Serving time-travel views: inside the running mount daemon (which owns the store), or in a
 //! daemon of their own when nothing is mounted.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -92,10 +93,11 @@ pub fn spawn_background(store: &Path, mountpoint: &Path, at: Option<&str>) -> Re
     if let Some(a) = at {
         c.arg("--at").arg(a);
     }
-    std::fs::create_dir_all(store)?;
+    crate::store::private_dir(store)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(store.join("browse.log"))?;
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())

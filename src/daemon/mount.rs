@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -183,7 +184,7 @@ pub fn lazy_unmount(dir: &Path) -> Result<()> {
 /// Starts the daemon in the background and waits until it serves the mount (or failed).
 pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe()?;
-    std::fs::create_dir_all(store)?;
+    crate::store::private_dir(store)?;
     let log = store.join("daemon.log");
     let mut child = Command::new(exe);
     child
@@ -390,6 +391,7 @@ fn redirect_output() {
     if let Ok(f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
     {
         // SAFETY: dup2 onto the standard descriptors of this process; `f` stays open meanwhile.

@@ -142,7 +142,7 @@ impl Remotes {
         let p = path(store);
         let tmp = store.join(".remotes.json.tmp");
         let io = |e: std::io::Error| ReplicaError::Io(format!("writing {}: {e}", p.display()));
-        std::fs::create_dir_all(store).map_err(io)?;
+        crate::store::private_dir(store).map_err(io)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

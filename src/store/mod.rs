@@ -62,12 +62,10 @@ impl Store {
     fn open_inner(dir: &Path, create: bool) -> Result<Arc<Store>> {
         use error::IoContext;
         let cat_dir = dir.join("catalog");
-        if !cat_dir.exists() {
-            if !create {
-                return Err(StoreError::NotAStore(dir.to_path_buf()));
-            }
-            std::fs::create_dir_all(dir).ctx(|| format!("creating store {}", dir.display()))?;
+        if !cat_dir.exists() && !create {
+            return Err(StoreError::NotAStore(dir.to_path_buf()));
         }
+        private_dir(dir).ctx(|| format!("creating store {}", dir.display()))?;
         let db = sled::Config::new()
             .path(&cat_dir)
             // Flushes are ours: after the packs are synced, never before (see `ChunkStore`).
@@ -296,6 +294,26 @@ impl Store {
     pub fn set_commit_listener(&self, tx: crossbeam_channel::Sender<Seq>) {
         *self.on_commit.lock() = Some(tx);
     }
+}
+
+/// Creates `dir` (and missing parents) readable by its owner alone, and makes an existing one
+/// of ours so. A store holds every version of every file in plain form (`credentials/**`
+/// too), so it is as private as the keys it may hold: other users can neither read its history
+/// nor plant records in its packs. The daemon runs with umask 0 (modes in FUSE requests are
+/// already masked), so the directory's mode is what keeps the files inside private.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let md = std::fs::metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    if md.mode() & 0o077 != 0 && md.uid() == unsafe { libc::geteuid() } {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::info!(dir = %dir.display(), "store directory made private (mode 0700)");
+    }
+    Ok(())
 }
 
 fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::ids::{ChunkId, PackId};
@@ -292,6 +293,7 @@ impl PackWriter {
             .create_new(true)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .ctx(|| format!("creating pack {}", path.display()))?;
         let mut header = Vec::with_capacity(16);
