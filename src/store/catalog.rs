@@ -153,6 +153,29 @@ pub struct Epoch {
     pub stored_bytes: u64,
 }
 
+/// What a small epoch's header record carries after the [`Epoch`] itself (format 3): its
+/// changes and the keys of its other records, so that such an epoch is one record fewer per
+/// change and needs no journal entry. See `schema` for when an epoch is written this way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochBody {
+    /// The encoded [`Change`]s, in order.
+    pub changes: Vec<Vec<u8>>,
+    /// The keys of the epoch's other records (its journal), in key order.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Splits an epoch header record into the header and, for a compact epoch, its body.
+pub fn decode_epoch(bytes: &[u8], seq: crate::ids::Seq) -> Result<(Epoch, Option<EpochBody>)> {
+    let epoch: Epoch = decode(bytes, || format!("epoch {seq}"))?;
+    let used = bincode::serialized_size(&epoch).expect("an epoch header has a size") as usize;
+    let rest = bytes.get(used..).unwrap_or_default();
+    if rest.is_empty() {
+        return Ok((epoch, None));
+    }
+    let body = decode(rest, || format!("changes of epoch {seq}"))?;
+    Ok((epoch, Some(body)))
+}
+
 /// One change in an epoch, for `log`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {

@@ -166,11 +166,16 @@ impl Store {
     /// Writes the records of epoch `seq` and makes it the head.
     ///
     /// Not one `sled::Batch`: sled writes out and syncs its log buffer twice for every batch
-    /// (`pin_log`), which was half the cost of a small epoch. Instead the epoch's journal entry
-    /// goes first, then its records in key order, then the head. Readers see nothing past the
-    /// head. sled recovers a prefix of its log, so after a crash the epoch is whole, absent, or
-    /// named by a journal entry just past the head, which [`Store::open`] discards before
-    /// anything can reuse its seq.
+    /// (`pin_log`), which was half the cost of a small epoch. Instead the epoch's journal goes
+    /// first, then its records in key order, then the head. Readers see nothing past the head.
+    /// sled recovers a prefix of its log, so after a crash the epoch is whole, absent, or named
+    /// by a journal just past the head, which [`Store::open`] discards before anything can
+    /// reuse its seq.
+    ///
+    /// `epoch` holds the records in their exchanged shape (header, changes, the rest). A small
+    /// epoch is stored compact: its header record carries its changes and its journal
+    /// ([`catalog::EpochBody`]), so it is written first and stands for both; a large one keeps
+    /// a journal entry and one record per change (`schema` says which is which).
     pub(crate) fn write_epoch(
         &self,
         seq: Seq,
@@ -183,10 +188,50 @@ impl Store {
         // In key order, as a batch would: neighbouring inserts land in the same sled pages,
         // which keeps the pages compact for later reads.
         epoch.records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let keys: Vec<&Vec<u8>> = epoch.records.iter().map(|(k, _)| k).collect();
-        self.cat.insert(schema::journal_key(seq), encode(&keys))?;
+        let epoch_key = schema::epoch_key(seq);
+        let change_prefix = schema::change_prefix(seq);
+        let mut header = None;
+        let mut changes = Vec::new();
+        let mut others = Vec::with_capacity(epoch.records.len());
+        for (k, v) in epoch.records {
+            if k.as_slice() == epoch_key.as_slice() {
+                header = Some(v);
+            } else if k.starts_with(&change_prefix) && k.len() == change_prefix.len() + 4 {
+                changes.push((k, v));
+            } else {
+                others.push((k, v));
+            }
+        }
+        let header = header.ok_or_else(|| StoreError::CorruptCatalog {
+            what: format!("epoch {seq}"),
+            detail: "no header record".into(),
+        })?;
+        // Only the header itself: a body that came with it (from a log) is never trusted; the
+        // journal is made here, from the records that are written.
+        let (header, _) = catalog::decode_epoch(&header, seq)?;
+        let mut header = encode(&header);
+        let body = catalog::EpochBody {
+            changes: changes.iter().map(|(_, v)| v.clone()).collect(),
+            keys: others.iter().map(|(k, _)| k.clone()).collect(),
+        };
+        let compact = changes.len() <= schema::COMPACT_MAX_CHANGES
+            && others.len() <= schema::COMPACT_MAX_RECORDS
+            && bincode::serialized_size(&body).is_ok_and(|n| n <= schema::COMPACT_MAX_BYTES);
+        let records = if compact {
+            header.extend_from_slice(&encode(&body));
+            self.cat.insert(epoch_key, header)?;
+            others
+        } else {
+            let mut records = others;
+            records.extend(changes);
+            records.push((epoch_key.to_vec(), header));
+            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let keys: Vec<&Vec<u8>> = records.iter().map(|(k, _)| k).collect();
+            self.cat.insert(schema::journal_key(seq), encode(&keys))?;
+            records
+        };
         let written = (|| -> Result<()> {
-            for (k, v) in &epoch.records {
+            for (k, v) in &records {
                 self.cat.insert(k.as_slice(), v.as_slice())?;
             }
             if let Some(next) = next_node {
@@ -200,7 +245,7 @@ impl Store {
             Ok(())
         })();
         if let Err(e) = written {
-            // In memory is enough: were the removals lost in a crash, the journal entry (removed
+            // In memory is enough: were the removals lost in a crash, the journal (removed
             // last) would still be there for `open` to find.
             if let Err(e2) = discard_unfinished_epoch(&self.cat, seq) {
                 tracing::error!(error = %e2, %seq, "a half-written epoch could not be taken back: no more epochs until the store is reopened");
@@ -328,19 +373,26 @@ fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
     }
 }
 
-/// Removes the records of epoch `seq` if it was begun but never became the head (a crash or a
-/// failed write in [`Store::write_epoch`]): its journal entry names them. Says whether there was
-/// one.
+/// Removes the records of an epoch that was cut off before its head was written (a crash, or a
+/// failed write in [`Store::write_epoch`]): its journal names them, as a journal entry or, for a
+/// compact epoch, inside its header record. Says whether there was one.
 fn discard_unfinished_epoch(cat: &sled::Tree, seq: Seq) -> Result<bool> {
-    let Some(j) = cat.get(schema::journal_key(seq))? else {
+    let (keys, journal) = if let Some(j) = cat.get(schema::journal_key(seq))? {
+        let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of unfinished epoch {seq}"))?;
+        (keys, schema::journal_key(seq))
+    } else if let Some(h) = cat.get(schema::epoch_key(seq))? {
+        match catalog::decode_epoch(&h, seq)? {
+            (_, Some(body)) => (body.keys, schema::epoch_key(seq)),
+            (_, None) => return Ok(false),
+        }
+    } else {
         return Ok(false);
     };
-    let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of unfinished epoch {seq}"))?;
     tracing::warn!(%seq, records = keys.len(), "discarding an epoch that was cut off before it was committed");
     for k in &keys {
         cat.remove(k)?;
     }
-    cat.remove(schema::journal_key(seq))?;
+    cat.remove(journal)?;
     Ok(true)
 }
 
@@ -365,8 +417,12 @@ mod tests {
     /// A crash between an epoch's first record and its head leaves records past the head. The
     /// next open must take them away, or the next epoch (which gets the same seq) would show
     /// them as its own.
-    #[test]
-    fn an_epoch_cut_off_before_its_head_is_discarded_at_open() {
+    /// Both ways an epoch is stored: compact (a few changes: its header is its journal) and
+    /// with a journal entry (more changes than a compact epoch may carry).
+    #[rstest::rstest]
+    #[case::compact(3)]
+    #[case::journaled(schema::COMPACT_MAX_CHANGES + 1)]
+    fn an_epoch_cut_off_before_its_head_is_discarded_at_open(#[case] ghosts: usize) {
         let dir = tempfile::tempdir().unwrap();
         let p = |s: &str| RelPath::new(s).unwrap();
         let meta = Meta::default();
@@ -375,8 +431,9 @@ mod tests {
             let mut rec = store.recorder(SessionId(1)).unwrap();
             rec.create(&p("a"), NodeKind::File, meta, "").unwrap();
             assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(1));
-            for g in ["ghost1", "ghost2", "ghost3"] {
-                rec.create(&p(g), NodeKind::File, meta, "").unwrap();
+            for g in 0..ghosts {
+                rec.create(&p(&format!("ghost{g}")), NodeKind::File, meta, "")
+                    .unwrap();
             }
             assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(2));
             // As if the process died after the records were written and before the head was.
@@ -388,21 +445,59 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.head(), Seq(1));
-        assert!(store
-            .cat
-            .get(schema::journal_key(Seq(2)))
-            .unwrap()
-            .is_none());
+        for k in [schema::journal_key(Seq(2)), schema::epoch_key(Seq(2))] {
+            assert!(store.cat.get(k).unwrap().is_none());
+        }
+        let ghostly = |k: &[u8]| String::from_utf8_lossy(k).contains("ghost");
+        assert!(store.cat.iter().keys().all(|k| !ghostly(&k.unwrap())));
         let mut rec = store.recorder(SessionId(2)).unwrap();
         rec.create(&p("b"), NodeKind::File, meta, "").unwrap();
         assert_eq!(rec.commit(false).unwrap().unwrap().seq, Seq(2));
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
         assert_eq!(store.changes(Seq(2)).unwrap().len(), 1);
         let journal = store.epoch_records(Seq(2)).unwrap().unwrap();
-        assert!(journal
+        assert!(journal.records.iter().all(|(k, _)| !ghostly(k)));
+    }
+
+    /// The records an epoch ships are the same whichever way it is stored, and a received
+    /// epoch is stored the way its size says: a clone rebuilds the same catalogue.
+    #[rstest::rstest]
+    #[case::compact(2)]
+    #[case::journaled(schema::COMPACT_MAX_CHANGES + 5)]
+    fn an_epoch_ships_and_replays_the_same_whichever_way_it_is_stored(#[case] files: usize) {
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open_or_create(a.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        rec.create(&p("d"), NodeKind::Dir, Meta::default(), "")
+            .unwrap();
+        for i in 0..files {
+            rec.create(&p(&format!("d/f{i}")), NodeKind::File, Meta::default(), "")
+                .unwrap();
+        }
+        let seq = rec.commit(false).unwrap().unwrap().seq;
+        let compact = store.cat.get(schema::journal_key(seq)).unwrap().is_none();
+        assert_eq!(compact, files < schema::COMPACT_MAX_CHANGES);
+        let shipped = store.epoch_records(seq).unwrap().unwrap();
+        // Header, one record per change, then the rest: the shape every epoch travels in.
+        let changes = shipped
             .records
             .iter()
-            .all(|(k, _)| !String::from_utf8_lossy(k).contains("ghost")));
+            .filter(|(k, _)| k[0] == schema::CHANGE)
+            .count();
+        assert_eq!(changes, files + 1);
+        assert!(shipped.records.iter().all(|(k, _)| k[0] != schema::JOURNAL));
+        let clone = Store::open_or_create(b.path()).unwrap();
+        clone
+            .apply_epochs(std::slice::from_ref(&shipped), store.next_node().unwrap())
+            .unwrap();
+        assert_eq!(clone.epoch_records(seq).unwrap().unwrap(), shipped);
+        assert_eq!(clone.changes(seq).unwrap(), store.changes(seq).unwrap());
+        assert_eq!(
+            clone.list(&p("d"), seq).unwrap().len(),
+            store.list(&p("d"), seq).unwrap().len()
+        );
+        assert_eq!(store.changes(seq).unwrap().len(), files + 1);
     }
 
     /// The recorder remembers directory entries between commits. What it remembers must follow

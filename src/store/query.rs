@@ -269,6 +269,15 @@ impl Store {
 
     /// The changes an epoch carries.
     pub fn changes(&self, seq: Seq) -> Result<Vec<Change>> {
+        if let Some(h) = self.cat.get(schema::epoch_key(seq))? {
+            if let (_, Some(body)) = crate::store::catalog::decode_epoch(&h, seq)? {
+                return body
+                    .changes
+                    .iter()
+                    .map(|c| decode(c, || format!("change of epoch {seq}")))
+                    .collect();
+            }
+        }
         let mut out = Vec::new();
         for kv in self.cat.scan_prefix(schema::change_prefix(seq)) {
             let (_, v) = kv?;

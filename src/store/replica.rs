@@ -8,7 +8,7 @@
 
 use crate::ids::{NodeId, Seq};
 use crate::relpath::RelPath;
-use crate::store::catalog::{decode, Change, Dentry, Epoch, NodeVersion};
+use crate::store::catalog::{decode, decode_epoch, encode, Change, Dentry, NodeVersion};
 use crate::store::recorder::Journaled;
 use crate::store::{read_u64, schema, Result, Store, StoreError};
 
@@ -27,11 +27,29 @@ pub struct EpochRecords {
 impl Store {
     /// The records epoch `seq` committed, or `None` if it was not committed.
     pub fn epoch_records(&self, seq: Seq) -> Result<Option<EpochRecords>> {
-        let Some(j) = self.cat.get(schema::journal_key(seq))? else {
-            return Ok(None);
+        let mut records = Vec::new();
+        let keys: Vec<Vec<u8>> = if let Some(j) = self.cat.get(schema::journal_key(seq))? {
+            decode(&j, || format!("journal of epoch {seq}"))?
+        } else {
+            // A compact epoch goes out in the same shape as any other: header, one record per
+            // change, the rest.
+            if seq > self.head() {
+                return Ok(None);
+            }
+            let Some(h) = self.cat.get(schema::epoch_key(seq))? else {
+                return Ok(None);
+            };
+            let (header, body) = decode_epoch(&h, seq)?;
+            let body = body.ok_or_else(|| StoreError::CorruptCatalog {
+                what: format!("epoch {seq}"),
+                detail: "neither a journal entry nor a compact header".into(),
+            })?;
+            records.push((schema::epoch_key(seq).to_vec(), encode(&header)));
+            for (i, c) in body.changes.into_iter().enumerate() {
+                records.push((schema::change_key(seq, i as u32).to_vec(), c));
+            }
+            body.keys
         };
-        let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of epoch {seq}"))?;
-        let mut records = Vec::with_capacity(keys.len());
         for k in keys {
             let v = self
                 .cat
@@ -42,6 +60,7 @@ impl Store {
                 })?;
             records.push((k, v.to_vec()));
         }
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Some(EpochRecords { seq, records }))
     }
 
@@ -130,7 +149,11 @@ pub fn check_record(seq: Seq, k: &[u8], v: &[u8]) -> Result<()> {
     match k.first().copied() {
         Some(schema::EPOCH) => {
             wrong_seq(schema::epoch_key_seq(k))?;
-            decode::<Epoch>(v, || format!("epoch {seq}"))?;
+            // Epochs travel as a bare header; anything after it is refused here, not dropped
+            // later.
+            if decode_epoch(v, seq)?.1.is_some() {
+                return Err(bad(seq, "an epoch header with a body".into()));
+            }
         }
         Some(schema::CHANGE) => {
             wrong_seq(schema::epoch_key_seq(k))?;

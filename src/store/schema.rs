@@ -10,11 +10,11 @@
 //!
 //! # Catalogue
 //! Two sled trees. Everything an epoch commits lives in one tree, [`TREE_CATALOG`]; records of
-//! different kinds are told apart by a one-byte key prefix. An epoch is written as its
-//! [`JOURNAL`] entry first, then its records, then [`META_HEAD`]; readers never look past the
-//! head, and sled recovers a prefix of its log, so after a crash an epoch is whole or absent,
-//! never half-visible (a journal entry just past the head marks one cut off: opening the store
-//! removes what it names; see `Store::write_epoch`). Chunk locations live in a tree of their own,
+//! different kinds are told apart by a one-byte key prefix. An epoch is written as its journal
+//! first (a [`JOURNAL`] entry, or the header of a compact epoch), then its records, then
+//! [`META_HEAD`]; readers never look past the head, and sled recovers a prefix of its log, so
+//! after a crash an epoch is whole or absent, never half-visible (a journal just past the head
+//! marks one cut off: opening the store removes what it names; see `Store::write_epoch`). Chunk locations live in a tree of their own,
 //! [`TREE_CHUNKS`], written as chunks are packed (an index entry for a chunk that no epoch
 //! references yet is harmless; one that an epoch references is always written before it).
 //!
@@ -25,19 +25,20 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | [`META`] | name bytes | see the `META_*` names |
-//! | [`EPOCH`] | seq | [`crate::store::catalog::Epoch`] |
-//! | [`CHANGE`] | seq, index u32 | [`crate::store::catalog::Change`] |
+//! | [`EPOCH`] | seq | [`crate::store::catalog::Epoch`], then for a compact epoch its [`crate::store::catalog::EpochBody`] |
+//! | [`CHANGE`] | seq, index u32 | [`crate::store::catalog::Change`] (epochs that are not compact) |
 //! | [`DENTRY`] | parent path, 0, name, 0, !seq | [`crate::store::catalog::Dentry`] |
 //! | [`NODE`] | node id, !seq | [`crate::store::catalog::NodeVersion`] |
 //! | [`VERSION`] | version id | node id, seq |
 //! | [`MARK`] | name bytes | [`crate::store::catalog::Mark`] |
 //! | [`SESSION`] | session id | [`crate::store::catalog::SessionInfo`] |
 //! | [`TIME`] | time (ns since epoch), seq | empty; written by format 2 only, no longer read |
-//! | [`JOURNAL`] | seq | the keys epoch `seq` wrote (bincode `Vec<Vec<u8>>`), besides `META` |
+//! | [`JOURNAL`] | seq | the keys epoch `seq` wrote (bincode `Vec<Vec<u8>>`), besides `META` (epochs that are not compact) |
 //!
 //! Every record an epoch writes (besides `META`) is immutable once written: the journal entry
-//! names them, so the replicator can ship exactly one epoch's records, and a clone can apply
-//! them in order to rebuild the catalogue.
+//! (or a compact epoch's header) names them, so the replicator can ship exactly one epoch's
+//! records, and a clone can apply them in order to rebuild the catalogue. Epochs travel in one
+//! shape whichever way they are stored: header, one [`CHANGE`] record per change, the rest.
 //!
 //! Values are bincode-encoded serde structs.
 
@@ -47,8 +48,22 @@ use crate::ids::{NodeId, Seq, VersionId};
 /// except one of [`UPGRADABLE_FORMATS`].
 ///
 /// - 3: epochs no longer write [`TIME`] records (a time is found by a binary search over the
-///   epoch headers), nor [`META_NEXT_NODE`] when they created no node.
+///   epoch headers), nor [`META_NEXT_NODE`] when they created no node; a small epoch is
+///   stored compact (see [`COMPACT_MAX_CHANGES`]).
 pub const FORMAT_VERSION: u32 = 3;
+
+/// An epoch with at most this many changes, [`COMPACT_MAX_RECORDS`] other records and a body of
+/// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
+/// the keys of its other records (`catalog::EpochBody`) and it has no [`CHANGE`] or
+/// [`JOURNAL`] records. The header record is then written first and is the journal. A file
+/// created and closed is one epoch of 6 records instead of 8; an unlink 3 instead of 5. Larger
+/// epochs keep one record per change, so no record grows large (sled 0.34 rewrites a value
+/// with its page).
+pub const COMPACT_MAX_CHANGES: usize = 64;
+/// See [`COMPACT_MAX_CHANGES`].
+pub const COMPACT_MAX_RECORDS: usize = 256;
+/// See [`COMPACT_MAX_CHANGES`].
+pub const COMPACT_MAX_BYTES: u64 = 16 << 10;
 
 /// Older formats this build opens and upgrades in place by rewriting the format number alone:
 /// everything format 3 reads is there (a format-2 store's [`TIME`] records are left, unread).
