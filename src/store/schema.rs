@@ -56,7 +56,7 @@ pub const FORMAT_VERSION: u32 = 3;
 /// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
 /// the keys of its other records (`catalog::EpochBody`) and it has no [`CHANGE`] or
 /// [`JOURNAL`] records. The header record is then written first and is the journal. A file
-/// created and closed is one epoch of 6 records instead of 8; an unlink 3 instead of 5. Larger
+/// created and closed is one epoch of 6 records (9 in format 2); an unlink 3 (7 in format 2). Larger
 /// epochs keep one record per change, so no record grows large (sled 0.34 rewrites a value
 /// with its page).
 pub const COMPACT_MAX_CHANGES: usize = 64;
