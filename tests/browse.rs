@@ -152,7 +152,15 @@ fn past_moments_read_back_exactly_beside_the_live_mount_and_without_it() {
     let mp = s.home.path().join("offline-view");
     browse(&s, &mp, Some(&last.to_string()));
     assert_eq!(snapshot(&mp), snapshot(last_copy));
+    // Python asks TCGETS of every file it opens: ENOTTY, and no line in the view's log.
+    let out = common::sh_in(
+        &mp,
+        "python3 -c 'import glob; fs = [open(p, \"rb\") for p in glob.glob(\"**/*.json\", recursive=True)]; assert fs and not any(f.isatty() for f in fs); print(len(fs))'",
+    );
+    assert!(out.trim().parse::<u32>().unwrap() > 0, "{out}");
     s.ok(&["unmount", mp.to_str().unwrap()]);
+    let log = std::fs::read_to_string(s.store.join("browse.log")).unwrap_or_default();
+    assert!(!log.contains("ioctl"), "{log}");
     let err = s.fails(&["unmount", mp.to_str().unwrap()]);
     assert!(err.contains("not mounted"), "{err}");
 }

@@ -501,6 +501,22 @@ impl Filesystem for Browse {
         reply.ok();
     }
 
+    /// ENOTTY, as for a file system without ioctls, and without fuser's default warning in the
+    /// log for each (Python asks `TCGETS` of every file it opens).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn release(
         &self,
         _req: &Request,
