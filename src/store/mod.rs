@@ -119,7 +119,7 @@ impl Store {
                 }
             }
         }
-        let head = read_u64(&cat, schema::META_HEAD)?.unwrap_or(0);
+        let head = read_head(&cat)?.map_or(0, |(seq, _)| seq);
         if discard_unfinished_epoch(&cat, Seq(head).next())? {
             db.flush()?;
         }
@@ -180,7 +180,7 @@ impl Store {
         &self,
         seq: Seq,
         mut epoch: recorder::Journaled,
-        next_node: Option<u64>,
+        next_node: u64,
     ) -> Result<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unfinished(seq));
@@ -234,14 +234,11 @@ impl Store {
             for (k, v) in &records {
                 self.cat.insert(k.as_slice(), v.as_slice())?;
             }
-            if let Some(next) = next_node {
-                self.cat.insert(
-                    schema::meta_key(schema::META_NEXT_NODE),
-                    &next.to_be_bytes(),
-                )?;
-            }
+            let mut head = [0u8; 16];
+            head[..8].copy_from_slice(&seq.0.to_be_bytes());
+            head[8..].copy_from_slice(&next_node.to_be_bytes());
             self.cat
-                .insert(schema::meta_key(schema::META_HEAD), &seq.0.to_be_bytes())?;
+                .insert(schema::meta_key(schema::META_HEAD), &head)?;
             Ok(())
         })();
         if let Err(e) = written {
@@ -361,6 +358,32 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The head record: the last committed epoch and, from format 3 on, the next unused node id.
+fn read_head(tree: &sled::Tree) -> Result<Option<(u64, Option<u64>)>> {
+    let Some(v) = tree.get(schema::meta_key(schema::META_HEAD))? else {
+        return Ok(None);
+    };
+    let word = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+    match v.len() {
+        8 => Ok(Some((word(0), None))),
+        16 => Ok(Some((word(0), Some(word(8))))),
+        n => Err(StoreError::CorruptCatalog {
+            what: "head".into(),
+            detail: format!("{n} bytes"),
+        }),
+    }
+}
+
+impl Store {
+    /// The next unused node id as the catalogue has it, if it has one.
+    pub(crate) fn stored_next_node(&self) -> Result<Option<u64>> {
+        match read_head(&self.cat)? {
+            Some((_, Some(next))) => Ok(Some(next)),
+            _ => read_u64(&self.cat, schema::META_NEXT_NODE),
+        }
+    }
+}
+
 fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
     match tree.get(schema::meta_key(name))? {
         None => Ok(None),
@@ -437,9 +460,11 @@ mod tests {
             }
             assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(2));
             // As if the process died after the records were written and before the head was.
+            let next = store.stored_next_node().unwrap().unwrap();
+            let head = [1u64.to_be_bytes(), next.to_be_bytes()].concat();
             store
                 .cat
-                .insert(schema::meta_key(schema::META_HEAD), &1u64.to_be_bytes())
+                .insert(schema::meta_key(schema::META_HEAD), head)
                 .unwrap();
             store.flush().unwrap();
         }
@@ -573,12 +598,32 @@ mod tests {
             let cat = raw.open_tree(schema::TREE_CATALOG).unwrap();
             let v = cat.get(schema::meta_key(schema::META_FORMAT)).unwrap();
             assert_eq!(v.as_deref(), Some(&99u32.to_be_bytes()[..]));
+            // As format 2 had it: the head alone, the next node id in a record of its own.
+            let head = cat
+                .get(schema::meta_key(schema::META_HEAD))
+                .unwrap()
+                .unwrap();
+            cat.insert(schema::meta_key(schema::META_HEAD), &head[..8])
+                .unwrap();
+            cat.insert(schema::meta_key(schema::META_NEXT_NODE), &head[8..])
+                .unwrap();
             cat.insert(schema::meta_key(schema::META_FORMAT), &2u32.to_be_bytes())
                 .unwrap();
             raw.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(names(&store, Seq(1)), ["a"]);
+        // New nodes continue from format 2's counter: no id is handed out twice.
+        let mut rec = store.recorder(SessionId(2)).unwrap();
+        rec.create(&p("b"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.commit(false).unwrap();
+        let (a, b) = (
+            rec.resolve_now(&p("a")).unwrap(),
+            rec.resolve_now(&p("b")).unwrap(),
+        );
+        assert_ne!(a.unwrap().0, b.unwrap().0);
+        assert_eq!(names(&store, Seq(2)), ["a", "b"]);
         let v = store
             .cat
             .get(schema::meta_key(schema::META_FORMAT))

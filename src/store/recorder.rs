@@ -215,8 +215,6 @@ pub struct Recorder {
     store: Arc<Store>,
     session: SessionId,
     next_node: u64,
-    /// `next_node` as the catalogue has it.
-    stored_next_node: u64,
     dentries: BTreeMap<(NodeId, String), Dentry>,
     nodes: HashMap<NodeId, PendingNode>,
     changes: Vec<Change>,
@@ -243,8 +241,7 @@ const SETTLED_ENTRIES: usize = 4096;
 impl Store {
     /// The writer of this store, recording as `session`. Only one may exist per store.
     pub fn recorder(self: &Arc<Self>, session: SessionId) -> Result<Recorder> {
-        let next_node = crate::store::read_u64(&self.cat, schema::META_NEXT_NODE)?
-            .unwrap_or(NodeId::ROOT.0 + 1);
+        let next_node = self.stored_next_node()?.unwrap_or(NodeId::ROOT.0 + 1);
         let last_time = match self.epoch(self.head())? {
             Some(e) => e.time_ns,
             None => 0,
@@ -253,7 +250,6 @@ impl Store {
             store: Arc::clone(self),
             session,
             next_node,
-            stored_next_node: next_node,
             dentries: BTreeMap::new(),
             nodes: HashMap::new(),
             changes: Vec::new(),
@@ -926,11 +922,7 @@ impl Recorder {
             // Chunks first: no durable record may name a chunk that is not durable.
             store.packs().sync()?;
         }
-        // The next node id is written only when this epoch used one: most epochs change files
-        // that exist, and one record less per epoch is a tenth of a small epoch's cost.
-        let next_node = (self.next_node != self.stored_next_node).then_some(self.next_node);
-        store.write_epoch(seq, batch, next_node)?;
-        self.stored_next_node = self.next_node;
+        store.write_epoch(seq, batch, self.next_node)?;
         if durable {
             store.db.flush()?;
         }

@@ -10,7 +10,7 @@ use crate::ids::{NodeId, Seq};
 use crate::relpath::RelPath;
 use crate::store::catalog::{decode, decode_epoch, encode, Change, Dentry, NodeVersion};
 use crate::store::recorder::Journaled;
-use crate::store::{read_u64, schema, Result, Store, StoreError};
+use crate::store::{schema, Result, Store, StoreError};
 
 /// One catalogue record.
 pub type Record = (Vec<u8>, Vec<u8>);
@@ -66,7 +66,7 @@ impl Store {
 
     /// The next unused node id.
     pub fn next_node(&self) -> Result<u64> {
-        Ok(read_u64(&self.cat, schema::META_NEXT_NODE)?.unwrap_or(1))
+        Ok(self.stored_next_node()?.unwrap_or(1))
     }
 
     /// A sled tree beside the catalogue for replication state (cursors, uploaded chunk sets).
@@ -92,13 +92,12 @@ impl Store {
             }
             expect = expect.next();
         }
-        let stored = self.next_node()?;
-        let mut next_node = (next_node > stored).then_some(next_node);
+        let next_node = next_node.max(self.next_node()?);
         for e in epochs {
             let records = Journaled {
                 records: e.records.clone(),
             };
-            self.write_epoch(e.seq, records, next_node.take())?;
+            self.write_epoch(e.seq, records, next_node)?;
             self.set_head(e.seq);
         }
         Ok(())

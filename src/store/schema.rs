@@ -48,15 +48,15 @@ use crate::ids::{NodeId, Seq, VersionId};
 /// except one of [`UPGRADABLE_FORMATS`].
 ///
 /// - 3: epochs no longer write [`TIME`] records (a time is found by a binary search over the
-///   epoch headers), nor [`META_NEXT_NODE`] when they created no node; a small epoch is
-///   stored compact (see [`COMPACT_MAX_CHANGES`]).
+///   epoch headers); the next node id rides in [`META_HEAD`]; a small epoch is stored
+///   compact (see [`COMPACT_MAX_CHANGES`]).
 pub const FORMAT_VERSION: u32 = 3;
 
 /// An epoch with at most this many changes, [`COMPACT_MAX_RECORDS`] other records and a body of
 /// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
 /// the keys of its other records (`catalog::EpochBody`) and it has no [`CHANGE`] or
 /// [`JOURNAL`] records. The header record is then written first and is the journal. A file
-/// created and closed is one epoch of 6 records (9 in format 2); an unlink 3 (7 in format 2). Larger
+/// created and closed is one epoch of 5 records (9 in format 2); an unlink 3 (7 in format 2). Larger
 /// epochs keep one record per change, so no record grows large (sled 0.34 rewrites a value
 /// with its page).
 pub const COMPACT_MAX_CHANGES: usize = 64;
@@ -100,9 +100,12 @@ pub const JOURNAL: u8 = b'J';
 
 /// `META` key: the format version (u32 BE).
 pub const META_FORMAT: &[u8] = b"format";
-/// `META` key: the last committed epoch (u64 BE). Nothing with a larger seq is visible.
+/// `META` key: the last committed epoch (u64 BE), then the next unused node id (u64 BE) as of
+/// that epoch (format 3; format 2 kept it in [`META_NEXT_NODE`]). Nothing with a larger seq is
+/// visible. One record, rewritten by every epoch, where two used to be.
 pub const META_HEAD: &[u8] = b"head";
-/// `META` key: the next unused node id (u64 BE).
+/// `META` key of format 2: the next unused node id (u64 BE). Read while [`META_HEAD`] carries
+/// none (an upgraded store before its first epoch); no longer written.
 pub const META_NEXT_NODE: &[u8] = b"next_node";
 
 /// Key of a `META` value.
