@@ -210,14 +210,16 @@ impl Store {
         // journal is made here, from the records that are written.
         let (header, _) = catalog::decode_epoch(&header, seq)?;
         let mut header = encode(&header);
-        let body = catalog::EpochBody {
-            changes: changes.iter().map(|(_, v)| v.clone()).collect(),
-            keys: others.iter().map(|(k, _)| k.clone()).collect(),
-        };
-        let compact = changes.len() <= schema::COMPACT_MAX_CHANGES
-            && others.len() <= schema::COMPACT_MAX_RECORDS
-            && bincode::serialized_size(&body).is_ok_and(|n| n <= schema::COMPACT_MAX_BYTES);
-        let records = if compact {
+        // The body is built only for an epoch small enough to be compact: a large one would
+        // copy every change and key just to be told no.
+        let body = (changes.len() <= schema::COMPACT_MAX_CHANGES
+            && others.len() <= schema::COMPACT_MAX_RECORDS)
+            .then(|| catalog::EpochBody {
+                changes: changes.iter().map(|(_, v)| v.clone()).collect(),
+                keys: others.iter().map(|(k, _)| k.clone()).collect(),
+            })
+            .filter(|b| bincode::serialized_size(b).is_ok_and(|n| n <= schema::COMPACT_MAX_BYTES));
+        let records = if let Some(body) = body {
             header.extend_from_slice(&encode(&body));
             self.cat.insert(epoch_key, header)?;
             others
@@ -440,6 +442,7 @@ mod tests {
     /// A crash between an epoch's first record and its head leaves records past the head. The
     /// next open must take them away, or the next epoch (which gets the same seq) would show
     /// them as its own.
+    ///
     /// Both ways an epoch is stored: compact (a few changes: its header is its journal) and
     /// with a journal entry (more changes than a compact epoch may carry).
     #[rstest::rstest]

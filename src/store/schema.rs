@@ -14,9 +14,10 @@
 //! first (a [`JOURNAL`] entry, or the header of a compact epoch), then its records, then
 //! [`META_HEAD`]; readers never look past the head, and sled recovers a prefix of its log, so
 //! after a crash an epoch is whole or absent, never half-visible (a journal just past the head
-//! marks one cut off: opening the store removes what it names; see `Store::write_epoch`). Chunk locations live in a tree of their own,
-//! [`TREE_CHUNKS`], written as chunks are packed (an index entry for a chunk that no epoch
-//! references yet is harmless; one that an epoch references is always written before it).
+//! marks one cut off: opening the store removes what it names; see `Store::write_epoch`).
+//! Chunk locations live in a tree of their own, [`TREE_CHUNKS`], written as chunks are packed
+//! (an index entry for a chunk that no epoch references yet is harmless; one that an epoch
+//! references is always written before it).
 //!
 //! All integers in keys are big-endian so that sled's byte order is numeric order. Sequence
 //! numbers inside keys are stored inverted (`!seq`) so that a forward scan from `(k, !s)` finds
@@ -56,9 +57,9 @@ pub const FORMAT_VERSION: u32 = 3;
 /// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
 /// the keys of its other records (`catalog::EpochBody`) and it has no [`CHANGE`] or
 /// [`JOURNAL`] records. The header record is then written first and is the journal. A file
-/// created and closed is one epoch of 5 records (9 in format 2); an unlink 3 (7 in format 2). Larger
-/// epochs keep one record per change, so no record grows large (sled 0.34 rewrites a value
-/// with its page).
+/// created and closed is one epoch of 5 records (9 in format 2); an unlink 3 (7 in format 2).
+/// Larger epochs keep one record per change, so no record grows large (sled 0.34 rewrites a
+/// value with its page).
 pub const COMPACT_MAX_CHANGES: usize = 64;
 /// See [`COMPACT_MAX_CHANGES`].
 pub const COMPACT_MAX_RECORDS: usize = 256;
