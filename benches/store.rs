@@ -37,13 +37,19 @@ const META: Meta = Meta {
     mtime_ns: 0,
 };
 
-/// Prints the median and largest of the bytes stored per commit; nothing when the benchmark
-/// was filtered out and never ran.
+/// Prints the median, 99th percentile and largest of the bytes stored per commit, and how many
+/// commits stored more than 64 KiB; nothing when the benchmark was filtered out and never ran.
 fn print_bytes(what: &str, stored: &mut [u64]) {
     stored.sort_unstable();
     if let Some(max) = stored.last() {
         let median = stored[stored.len() / 2];
-        println!("bytes: {what}: median {median} B, max {max} B stored");
+        let p99 = stored[stored.len() * 99 / 100];
+        let over = stored.iter().filter(|&&b| b > 64 << 10).count();
+        println!(
+            "bytes: {what}: median {median} B, p99 {p99} B, max {max} B stored; \
+             {over} of {} commits over 64 KiB",
+            stored.len()
+        );
     }
 }
 

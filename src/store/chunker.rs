@@ -14,7 +14,11 @@
 pub const MIN_CHUNK: usize = 4 * 1024;
 /// Target average content-defined chunk.
 pub const AVG_CHUNK: usize = 16 * 1024;
-/// Largest chunk of either policy.
+/// Largest content-defined chunk: two of them, with their pack record headers, fit in 64 KiB, so
+/// a small write that straddles a cut stores at most 64 KiB. (Up to here the cuts are those of a
+/// 64 KiB limit; about 2% of chunks reach it and are cut there.)
+pub const MAX_CDC_CHUNK: usize = 32 * 1024 - 64;
+/// Largest chunk of either policy (a SQLite database with 64 KiB pages).
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 const AVG_BITS: u32 = AVG_CHUNK.trailing_zeros();
@@ -65,6 +69,14 @@ impl Policy {
         Policy::Cdc
     }
 
+    /// The longest chunk this policy cuts.
+    pub fn max_len(self) -> usize {
+        match self {
+            Policy::Cdc => MAX_CDC_CHUNK,
+            Policy::Fixed(page) => page as usize,
+        }
+    }
+
     /// Length of the chunk that starts at file offset `start` and whose bytes begin `data`.
     /// Returns `None` when `data` is too short to decide and more of the file follows
     /// (`eof == false`); with `eof`, the rest of `data` is always enough.
@@ -85,20 +97,20 @@ impl Policy {
                 }
             }
             Policy::Cdc => {
-                if data.len() < MAX_CHUNK && !eof {
+                if data.len() < MAX_CDC_CHUNK && !eof {
                     // A cut found within `data` depends only on the bytes before it; if none is
                     // found, one might lie beyond what we have.
                     return cdc_cut(data);
                 }
-                Some(cdc_cut(data).unwrap_or(data.len().min(MAX_CHUNK)))
+                Some(cdc_cut(data).unwrap_or(data.len().min(MAX_CDC_CHUNK)))
             }
         }
     }
 }
 
-/// The first content-defined cut in `data`, if one lies within it (at most `MAX_CHUNK`).
+/// The first content-defined cut in `data`, if one lies within it (at most `MAX_CDC_CHUNK`).
 fn cdc_cut(data: &[u8]) -> Option<usize> {
-    let n = data.len().min(MAX_CHUNK);
+    let n = data.len().min(MAX_CDC_CHUNK);
     if n <= MIN_CHUNK {
         return if data.len() <= MIN_CHUNK {
             None
@@ -115,8 +127,8 @@ fn cdc_cut(data: &[u8]) -> Option<usize> {
     if cut.is_some() {
         return cut;
     }
-    if n == MAX_CHUNK {
-        Some(MAX_CHUNK)
+    if n == MAX_CDC_CHUNK {
+        Some(MAX_CDC_CHUNK)
     } else {
         None
     }
@@ -190,7 +202,7 @@ mod tests {
         let cuts = cut_all(Policy::Cdc, &data);
         assert_eq!(cuts.iter().sum::<usize>(), data.len());
         for &c in &cuts[..cuts.len() - 1] {
-            assert!((MIN_CHUNK..=MAX_CHUNK).contains(&c), "{c}");
+            assert!((MIN_CHUNK..=MAX_CDC_CHUNK).contains(&c), "{c}");
         }
         let avg = data.len() / cuts.len();
         assert!(

@@ -498,7 +498,7 @@ fn rewrite_regions(
                         // Reach it now rather than leave a sliver of less than a minimum
                         // chunk before it, so repeated edits do not grind a file into slivers.
                         || (next_old - here < MIN_CHUNK as u64
-                            && next_old - pos <= MAX_CHUNK as u64));
+                            && next_old - pos <= policy.max_len() as u64));
                 if forced {
                     n = (next_old - pos) as usize;
                 }
@@ -747,6 +747,7 @@ impl ReadAt for Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::chunker::MAX_CDC_CHUNK;
     use crate::store::chunks::MemChunkStore;
     use proptest::prelude::*;
     use rand::{RngCore, SeedableRng};
@@ -948,7 +949,7 @@ mod tests {
             .unwrap();
             let cost: u64 = touched.iter().map(|(a, b)| b - a).sum();
             assert!(
-                stats.hashed <= cost,
+                stats.hashed <= cost && cost <= 2 * MAX_CDC_CHUNK as u64,
                 "write {i} at {off}: hashed {} bytes, touched chunks {touched:?}",
                 stats.hashed
             );
