@@ -304,9 +304,19 @@ pub fn rewrite(
     }
     std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
-        let packer =
-            s.spawn(move || -> Result<u64> { rx.iter().map(|batch| batch.store(store)).sum() });
-        let mut sink = Sink::new(store, Some(tx));
+        // Stored windows come back to be filled again: fresh ones would be faulted in page by
+        // page (8% of the committing thread's time for a large write).
+        let (give_back, spare) = crossbeam_channel::bounded::<Vec<u8>>(2);
+        let packer = s.spawn(move || -> Result<u64> {
+            rx.iter()
+                .map(|batch| {
+                    let stored = batch.store(store)?;
+                    let _ = give_back.try_send(batch.window);
+                    Ok(stored)
+                })
+                .sum()
+        });
+        let mut sink = Sink::new(store, Some((tx, spare)));
         let result = rewrite_regions(chunks, base, source, new_size, &regions, policy, &mut sink);
         drop(sink); // closes the channel: the packer finishes what it has and returns
         let packed = packer.join().unwrap_or_else(|_| {
@@ -355,8 +365,12 @@ impl Batch {
 /// Where new chunks go: stored a window at a time, on this thread or handed to a packer thread.
 struct Sink<'a> {
     store: &'a dyn ChunkStore,
-    /// Where windows go to be stored by the packer thread, if there is one.
-    to_packer: Option<crossbeam_channel::Sender<Batch>>,
+    /// Where windows go to be stored by the packer thread, if there is one, and where it
+    /// hands them back.
+    to_packer: Option<(
+        crossbeam_channel::Sender<Batch>,
+        crossbeam_channel::Receiver<Vec<u8>>,
+    )>,
     /// New chunks in the current window: (id, offset in the window, length).
     chunks: Vec<(ChunkId, usize, usize)>,
     /// Bytes stored on this thread.
@@ -364,7 +378,13 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(store: &'a dyn ChunkStore, to_packer: Option<crossbeam_channel::Sender<Batch>>) -> Self {
+    fn new(
+        store: &'a dyn ChunkStore,
+        to_packer: Option<(
+            crossbeam_channel::Sender<Batch>,
+            crossbeam_channel::Receiver<Vec<u8>>,
+        )>,
+    ) -> Self {
         Sink {
             store,
             to_packer,
@@ -394,8 +414,11 @@ impl<'a> Sink<'a> {
                 window.drain(..keep);
                 Ok(window)
             }
-            Some(tx) => {
-                let mut next = Vec::with_capacity(window.capacity());
+            Some((tx, spare)) => {
+                let mut next = spare
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(window.capacity()));
+                next.clear();
                 next.extend_from_slice(&window[keep..]);
                 tx.send(Batch { window, chunks })
                     .map_err(|_| StoreError::Io {
