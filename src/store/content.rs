@@ -91,6 +91,15 @@ pub fn decode_leaf(data: &[u8]) -> Result<Vec<ChunkRef>> {
 pub trait ReadAt: Send + Sync {
     /// Fills as much of `buf` as lies before the end, from `offset`; returns how much.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Appends up to `len` bytes from `offset` (as many as lie before the end) to `out`;
+    /// returns how many. Sources held in memory override it to copy without zeroing first.
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        let old = out.len();
+        out.resize(old + len, 0);
+        let got = self.read_at(offset, &mut out[old..]);
+        out.truncate(old + *got.as_ref().unwrap_or(&0));
+        got
+    }
     /// Total length.
     fn len(&self) -> u64;
     /// True when empty.
@@ -490,9 +499,8 @@ fn rewrite_regions(
                 let want = (span as u64).min(new_size - pos) as usize;
                 span = (span * 2).min(WINDOW_MAX);
                 let old = buf.len();
-                buf.resize(want.max(old), 0);
-                let got = source.read_at(pos + old as u64, &mut buf[old..])?;
-                buf.truncate(old + got);
+                let got =
+                    source.read_append(pos + old as u64, want.saturating_sub(old), &mut buf)?;
                 if got == 0 && buf.is_empty() {
                     return Err(StoreError::Io {
                         what: "reading new content".into(),
@@ -760,6 +768,12 @@ impl ReadAt for Vec<u8> {
         let src = &self[offset as usize..];
         let n = src.len().min(buf.len());
         buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+    fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        let src = self.get(offset as usize..).unwrap_or_default();
+        let n = src.len().min(len);
+        out.extend_from_slice(&src[..n]);
         Ok(n)
     }
     fn len(&self) -> u64 {
