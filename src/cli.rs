@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "clawfs", version, about, long_about = None)]
 pub struct Cli {
-    /// The state directory (default: $OPENCLAW_STATE_DIR, else ~/.openclaw).
+    /// The state directory (default: the clawfs mount holding the current directory, else
+    /// $OPENCLAW_STATE_DIR, else ~/.openclaw).
     #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// The store (default: one per directory under $XDG_DATA_HOME/clawfs).

@@ -80,6 +80,16 @@ fn store_for(cli: &Cli, dir: &Path, cwd: &Path) -> PathBuf {
     }
 }
 
+/// The directory a command acts on when none is named: the clawfs mount around the current
+/// directory, else `$OPENCLAW_STATE_DIR`, else `~/.openclaw`. `mount` and `clone` start on a
+/// directory that is not mounted yet, so they take the latter two.
+fn unnamed_dir(cmd: &Cmd, cwd: &Path) -> PathBuf {
+    match cmd {
+        Cmd::Mount { .. } | Cmd::Clone { .. } => default_dir(),
+        _ => mount::mount_holding(cwd).unwrap_or_else(default_dir),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let cwd = std::env::current_dir().context("no current directory")?;
     let dir = absolute(
@@ -87,7 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .dir_arg()
             .or(cli.dir.as_ref())
             .cloned()
-            .unwrap_or_else(default_dir),
+            .unwrap_or_else(|| unnamed_dir(&cli.cmd, &cwd)),
         &cwd,
     );
     match &cli.cmd {

@@ -296,6 +296,57 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
     assert!(s.fails(&["rollback", "--to", "1"]).contains("--yes"));
 }
 
+/// Run inside a mounted tree that is not the default one, commands with no directory named act
+/// on that tree (its own default store), not on `$OPENCLAW_STATE_DIR`; `-C` still wins.
+#[test]
+fn commands_inside_a_mounted_tree_act_on_it() {
+    let s = Sandbox::new();
+    let work = s.home.path().join("agent2");
+    std::fs::create_dir_all(work.join("notes")).unwrap();
+    let work = work.canonicalize().unwrap();
+    // Like `Sandbox::cmd`, but with no --store: each tree finds its own default store.
+    let clawfs = |cwd: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .env("HOME", s.home.path())
+            .env_remove("XDG_DATA_HOME")
+            .env("OPENCLAW_STATE_DIR", &s.dir)
+            .env("CLAWFS_LOG", "warn")
+            .current_dir(cwd)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = clawfs(s.home.path(), &["mount", work.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    std::fs::write(work.join("notes/todo.md"), b"first\n").unwrap();
+    std::fs::write(work.join("notes/todo.md"), b"second\n").unwrap();
+    let inside = work.join("notes");
+    let (ok, out, err) = clawfs(&inside, &["--json", "status"]);
+    let status: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok && status["dir"] == work.to_str().unwrap(), "{out}{err}");
+    assert_eq!(status["mounted"], true, "{out}");
+    // A path relative to the current directory, inside the tree (both closes are committed
+    // within a second).
+    common::eventually("both versions of notes/todo.md in its history", || {
+        let (ok, out, _) = clawfs(&inside, &["--json", "history", "todo.md"]);
+        ok && out.lines().count() == 2
+    });
+    // Outside it, the default directory, which has no store yet.
+    let (ok, _, err) = clawfs(s.home.path(), &["status"]);
+    assert!(!ok && err.contains(".openclaw"), "{err}");
+    // Named explicitly, the named one.
+    let (ok, _, err) = clawfs(&inside, &["-C", s.dir.to_str().unwrap(), "log"]);
+    assert!(!ok && err.contains("no clawfs store"), "{err}");
+    let (ok, _, err) = clawfs(s.home.path(), &["unmount", work.to_str().unwrap()]);
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn errors_without_a_store_or_daemon_are_clear() {
     let s = Sandbox::new();

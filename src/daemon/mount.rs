@@ -72,6 +72,17 @@ pub fn mounted_type(dir: &Path) -> Option<String> {
         .next_back()
 }
 
+/// The innermost live clawfs mount holding `path`, if any: a command run inside a mounted tree
+/// acts on that tree, as git acts on the repository around the current directory.
+pub fn mount_holding(path: &Path) -> Option<PathBuf> {
+    let ty = format!("fuse.{FS_TYPE}");
+    mounts()
+        .into_iter()
+        .filter(|(mp, t)| *t == ty && path.starts_with(mp))
+        .map(|(mp, _)| mp)
+        .max_by_key(|mp| mp.components().count())
+}
+
 /// Whether an error from `dir` says its FUSE daemon is gone.
 fn is_dead_mount(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
