@@ -367,6 +367,12 @@ fn needed_chunks(
                 if !missing(&seg.leaf, &seen)? {
                     continue;
                 }
+                if seg.is_single() {
+                    // The chunk itself: no leaf lists it.
+                    seen.insert(seg.leaf);
+                    out.push(seg.leaf);
+                    continue;
+                }
                 let leaf = store.chunks().get_shared(&seg.leaf)?;
                 for r in decode_leaf(&leaf)? {
                     if missing(&r.id, &seen)? {

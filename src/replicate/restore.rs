@@ -380,6 +380,14 @@ impl Checked {
         let mut map = Vec::new();
         let mut off = 0u64;
         for seg in &content.segments {
+            if seg.is_single() {
+                // One chunk, checked against its id as it is read.
+                for r in chunks.leaf(seg)?.iter() {
+                    map.push((off, r.id, r.len));
+                    off += r.len as u64;
+                }
+                continue;
+            }
             let leaf = chunks.get_shared(&seg.leaf)?;
             if ChunkId::of(&leaf) != seg.leaf {
                 return Err(StoreError::CorruptCatalog {

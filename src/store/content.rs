@@ -6,6 +6,8 @@
 //! ```text
 //! leaf := "CLF1" (id:[u8;32] len:u32le)*
 //! ```
+//! A segment of a single chunk names that chunk itself and has no leaf (store format 4): a
+//! small file's version costs its one chunk.
 //! Leaves are content-addressed like chunks, so identical runs of a file share them. The two
 //! levels are what makes cost follow the change (invariant 4): a 1 KiB append to a 100 MiB file
 //! rewrites the last chunk, the last leaf (≤ 5 KiB) and the root (≤ 10 KiB), never the list of
@@ -39,15 +41,33 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
-/// A run of chunks stored as one leaf blob.
+/// A run of chunks stored as one leaf blob, or a single chunk stored without one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
-    /// The leaf blob listing the chunks.
+    /// The leaf blob listing the chunks; for a single segment, the chunk itself.
     pub leaf: ChunkId,
     /// Bytes of file content the chunks cover.
     pub bytes: u64,
-    /// How many chunks.
+    /// How many chunks the leaf lists; 0 marks a single segment (store format 4): one chunk,
+    /// named by `leaf`, of `bytes` bytes. A small file is one such segment, so each version of
+    /// it costs one chunk, where a leaf listing it used to cost a second.
     pub chunks: u32,
+}
+
+impl Segment {
+    /// A segment of the one chunk `c`, stored without a leaf.
+    pub fn single(c: ChunkRef) -> Segment {
+        Segment {
+            leaf: c.id,
+            bytes: u64::from(c.len),
+            chunks: 0,
+        }
+    }
+
+    /// True for a segment of one chunk stored without a leaf.
+    pub fn is_single(&self) -> bool {
+        self.chunks == 0
+    }
 }
 
 /// The bytes of one version of a file.
@@ -146,8 +166,16 @@ impl ChunkCache {
         Ok(d)
     }
 
-    fn leaf(&self, id: &ChunkId) -> Result<Arc<Vec<ChunkRef>>> {
-        Ok(Arc::new(decode_leaf(&self.get_shared(id)?)?))
+    /// The chunks of segment `s`, from its leaf blob (or the segment itself, if single).
+    pub fn leaf(&self, s: &Segment) -> Result<Arc<Vec<ChunkRef>>> {
+        if s.is_single() {
+            let len = u32::try_from(s.bytes).map_err(|_| StoreError::CorruptCatalog {
+                what: format!("chunk {}", s.leaf),
+                detail: format!("a single chunk of {} bytes", s.bytes),
+            })?;
+            return Ok(Arc::new(vec![ChunkRef { id: s.leaf, len }]));
+        }
+        Ok(Arc::new(decode_leaf(&self.get_shared(&s.leaf)?)?))
     }
 }
 
@@ -208,7 +236,7 @@ impl ContentReader {
                 return Ok((l.clone(), s.clone()));
             }
         }
-        let leaf = self.chunks.leaf(&self.content.segments[seg].leaf)?;
+        let leaf = self.chunks.leaf(&self.content.segments[seg])?;
         if self.streaming && leaf.len() >= STREAM_MIN_CHUNKS {
             self.fetch_all(&leaf)?;
         }
@@ -458,7 +486,7 @@ fn rewrite_regions(
     // average chunk.
     let tail_final = match base.segments.last() {
         Some(s) if new_size > base.size => chunks
-            .leaf(&s.leaf)?
+            .leaf(s)?
             .last()
             .is_some_and(|c| c.len as usize >= AVG_CHUNK),
         _ => true,
@@ -633,7 +661,7 @@ impl<'a> OldCursor<'a> {
     }
     fn load(&mut self) -> Result<&Arc<Vec<ChunkRef>>> {
         if self.leaf.is_none() {
-            let l = self.chunks.leaf(&self.segs[self.seg].leaf)?;
+            let l = self.chunks.leaf(&self.segs[self.seg])?;
             if l.is_empty() {
                 return Err(StoreError::CorruptCatalog {
                     what: "chunk list".into(),
@@ -729,7 +757,7 @@ impl<'a> LeafBuilder<'a> {
         }
         // A small run before a whole leaf: merge them, so repeated edits do not fragment the
         // list into tiny leaves.
-        let leaf = self.chunks.leaf(&s.leaf)?;
+        let leaf = self.chunks.leaf(&s)?;
         self.pending.extend_from_slice(&leaf);
         if self.pending.len() > LEAF_MAX {
             let rest = self.pending.split_off(self.pending.len() / 2);
@@ -740,6 +768,11 @@ impl<'a> LeafBuilder<'a> {
     }
     fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let [one] = self.pending[..] {
+            self.out.push(Segment::single(one));
+            self.pending.clear();
             return Ok(());
         }
         let blob = encode_leaf(&self.pending);
@@ -828,7 +861,7 @@ mod tests {
         let leaves: Vec<Arc<Vec<ChunkRef>>> = content
             .segments
             .iter()
-            .map(|s| c.leaf(&s.leaf).unwrap())
+            .map(|s| c.leaf(s).unwrap())
             .collect();
         let lens: Vec<usize> = leaves
             .iter()
@@ -929,11 +962,84 @@ mod tests {
     }
 
     /// The old chunks that bytes `[a, b)` fall in, as (start, end) offsets.
+    /// A file of one chunk is that chunk alone (no leaf stored); grown past one chunk it gets
+    /// a leaf, and cut back to one chunk it loses it again; every step reads back.
+    #[test]
+    fn a_one_chunk_file_is_stored_as_its_chunk_alone() {
+        let c = cache();
+        let small = random(10_000, 7);
+        let (content, stats) = write_new(&c, &small);
+        assert_eq!(content.segments.len(), 1);
+        assert!(content.segments[0].is_single(), "{content:?}");
+        assert_eq!(content.segments[0].leaf, ChunkId::of(&small));
+        assert_eq!(
+            stats.stored,
+            small.len() as u64,
+            "the chunk and nothing else"
+        );
+        assert_eq!(read_all(&c, &content), small);
+
+        let mut big = small.clone();
+        big.extend_from_slice(&random(300_000, 8));
+        let (grown, _) = rewrite(
+            &c,
+            &content,
+            &big,
+            big.len() as u64,
+            &[(small.len() as u64, big.len() as u64)],
+            Policy::Cdc,
+        )
+        .unwrap();
+        assert!(grown.segments.iter().all(|s| !s.is_single()), "{grown:?}");
+        assert_eq!(read_all(&c, &grown), big);
+
+        let cut = big[..5_000].to_vec();
+        let (shrunk, _) = rewrite(&c, &grown, &cut, 5_000, &[], Policy::Cdc).unwrap();
+        assert!(shrunk.segments.len() == 1 && shrunk.segments[0].is_single());
+        assert_eq!(read_all(&c, &shrunk), cut);
+    }
+
+    /// Format 3 stored a one-chunk file as a leaf listing that chunk: such content still
+    /// reads, and a write into it is rewritten as a single segment.
+    #[test]
+    fn a_format_3_leaf_of_one_chunk_reads_and_rewrites() {
+        let c = cache();
+        let mut data = random(9_000, 9);
+        let chunk = ChunkRef {
+            id: ChunkId::of(&data),
+            len: data.len() as u32,
+        };
+        c.store().put(chunk.id, &data).unwrap();
+        let blob = encode_leaf(&[chunk]);
+        c.store().put(ChunkId::of(&blob), &blob).unwrap();
+        let old = Content {
+            size: data.len() as u64,
+            segments: vec![Segment {
+                leaf: ChunkId::of(&blob),
+                bytes: data.len() as u64,
+                chunks: 1,
+            }],
+        };
+        assert_eq!(read_all(&c, &old), data);
+        data[100..200].fill(7);
+        let (new, _) = rewrite(
+            &c,
+            &old,
+            &data,
+            data.len() as u64,
+            &[(100, 200)],
+            Policy::Cdc,
+        )
+        .unwrap();
+        assert!(new.segments.len() == 1 && new.segments[0].is_single());
+        assert_eq!(read_all(&c, &new), data);
+    }
+
     fn chunks_touched(c: &ChunkCache, content: &Content, a: u64, b: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut off = 0;
         for seg in &content.segments {
-            for chunk in c.leaf(&seg.leaf).unwrap().iter() {
+            for chunk in c.leaf(seg).unwrap().iter() {
                 let end = off + chunk.len as u64;
                 if end > a && off < b {
                     out.push((off, end));

@@ -591,7 +591,8 @@ mod tests {
             .expect("format 99 must be refused");
         let msg = err.to_string();
         assert!(
-            msg.contains("format version 99") && msg.contains("reads version 3"),
+            msg.contains("format version 99")
+                && msg.contains(&format!("reads version {}", schema::FORMAT_VERSION)),
             "{msg}"
         );
         // Refused twice the same way: the first refusal changed nothing.
@@ -635,6 +636,37 @@ mod tests {
             v.as_deref(),
             Some(&schema::FORMAT_VERSION.to_be_bytes()[..])
         );
+    }
+
+    /// A format-3 store opens, reads the same, is marked with this build's format, and takes
+    /// new epochs.
+    #[test]
+    fn a_format_3_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| RelPath::new(s).unwrap();
+        {
+            let store = Store::open_or_create(dir.path()).unwrap();
+            let mut rec = store.recorder(SessionId(1)).unwrap();
+            rec.create(&p("a"), NodeKind::File, Meta::default(), "")
+                .unwrap();
+            rec.commit(true).unwrap();
+            set_format(&store, 3);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let v = store
+            .cat
+            .get(schema::meta_key(schema::META_FORMAT))
+            .unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some(&schema::FORMAT_VERSION.to_be_bytes()[..])
+        );
+        assert_eq!(names(&store, Seq(1)), ["a"]);
+        let mut rec = store.recorder(SessionId(2)).unwrap();
+        rec.create(&p("b"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.commit(false).unwrap();
+        assert_eq!(names(&store, Seq(2)), ["a", "b"]);
     }
 
     /// A time names the newest epoch committed at or before it, whatever the number of epochs

@@ -51,7 +51,9 @@ use crate::ids::{NodeId, Seq, VersionId};
 /// - 3: epochs no longer write [`TIME`] records (a time is found by a binary search over the
 ///   epoch headers); the next node id rides in [`META_HEAD`]; a small epoch is stored
 ///   compact (see [`COMPACT_MAX_CHANGES`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// - 4: a file's run of one chunk is stored without a leaf listing it (a single segment,
+///   `content::Segment::chunks` 0): a small file's version is one chunk, not two.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// An epoch with at most this many changes, [`COMPACT_MAX_RECORDS`] other records and a body of
 /// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
@@ -67,10 +69,11 @@ pub const COMPACT_MAX_RECORDS: usize = 256;
 pub const COMPACT_MAX_BYTES: u64 = 16 << 10;
 
 /// Older formats this build opens and upgrades in place by rewriting the format number alone:
-/// everything format 3 reads is there (a format-2 store's [`TIME`] records are left, unread).
+/// everything format 4 reads is there (a format-2 store's [`TIME`] records are left, unread;
+/// leaves of one chunk still read as they always did).
 /// The upgrade makes a build that knows only the old format refuse the store rather than
 /// resolve times from an index the new epochs no longer extend.
-pub const UPGRADABLE_FORMATS: &[u32] = &[2];
+pub const UPGRADABLE_FORMATS: &[u32] = &[2, 3];
 
 /// Sled tree holding every record an epoch commits.
 pub const TREE_CATALOG: &str = "catalog";
