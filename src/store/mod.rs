@@ -576,16 +576,8 @@ mod tests {
     /// it was; one of the previous format opens, reads the same, and is marked as upgraded.
     #[test]
     fn an_unknown_format_is_refused_untouched_and_the_previous_one_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
         let p = |s: &str| RelPath::new(s).unwrap();
-        {
-            let store = Store::open_or_create(dir.path()).unwrap();
-            let mut rec = store.recorder(SessionId(1)).unwrap();
-            rec.create(&p("a"), NodeKind::File, Meta::default(), "")
-                .unwrap();
-            rec.commit(true).unwrap();
-            set_format(&store, 99);
-        }
+        let dir = store_of_format(99);
         let err = Store::open(dir.path())
             .err()
             .expect("format 99 must be refused");
@@ -628,6 +620,27 @@ mod tests {
         );
         assert_ne!(a.unwrap().0, b.unwrap().0);
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
+        assert_marked_current(&store);
+    }
+
+    /// A store holding file `a` in epoch 1, then marked as of `format`.
+    fn store_of_format(format: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        rec.create(
+            &RelPath::new("a").unwrap(),
+            NodeKind::File,
+            Meta::default(),
+            "",
+        )
+        .unwrap();
+        rec.commit(true).unwrap();
+        set_format(&store, format);
+        dir
+    }
+
+    fn assert_marked_current(store: &Store) {
         let v = store
             .cat
             .get(schema::meta_key(schema::META_FORMAT))
@@ -642,29 +655,18 @@ mod tests {
     /// new epochs.
     #[test]
     fn a_format_3_store_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |s: &str| RelPath::new(s).unwrap();
-        {
-            let store = Store::open_or_create(dir.path()).unwrap();
-            let mut rec = store.recorder(SessionId(1)).unwrap();
-            rec.create(&p("a"), NodeKind::File, Meta::default(), "")
-                .unwrap();
-            rec.commit(true).unwrap();
-            set_format(&store, 3);
-        }
+        let dir = store_of_format(3);
         let store = Store::open(dir.path()).unwrap();
-        let v = store
-            .cat
-            .get(schema::meta_key(schema::META_FORMAT))
-            .unwrap();
-        assert_eq!(
-            v.as_deref(),
-            Some(&schema::FORMAT_VERSION.to_be_bytes()[..])
-        );
+        assert_marked_current(&store);
         assert_eq!(names(&store, Seq(1)), ["a"]);
         let mut rec = store.recorder(SessionId(2)).unwrap();
-        rec.create(&p("b"), NodeKind::File, Meta::default(), "")
-            .unwrap();
+        rec.create(
+            &RelPath::new("b").unwrap(),
+            NodeKind::File,
+            Meta::default(),
+            "",
+        )
+        .unwrap();
         rec.commit(false).unwrap();
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
     }
