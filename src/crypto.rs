@@ -49,8 +49,15 @@ const NONCE_LEN: usize = 24;
 /// Bytes a sealed object adds to its plaintext.
 pub const SEAL_OVERHEAD: usize = SEAL_MAGIC.len() + NONCE_LEN + 16;
 
-/// Format version of [`RepoConfig`].
-pub const REPO_FORMAT: u32 = 1;
+/// Format version of a repository, written in its [`RepoConfig`].
+///
+/// - 2: log segments may carry what store format 4 writes (a file's run of one chunk named
+///   without a leaf) and epochs without format 2's time index. A build that reads only
+///   repository format 1 would misread them, so the number goes up and such a build refuses
+///   the repository instead. A push to a format-1 repository marks it 2 first.
+pub const REPO_FORMAT: u32 = 2;
+/// Repository formats this build reads.
+pub const READABLE_REPO_FORMATS: &[u32] = &[1, 2];
 
 /// scrypt cost: 2^15 × 8 × 128 B = 32 MiB and ~100 ms per derivation, restic's choice.
 /// `CLAWFS_SCRYPT_LOG_N` lowers it for tests only.
@@ -226,13 +233,23 @@ impl RepoConfig {
     pub fn parse(bytes: &[u8]) -> Result<RepoConfig> {
         let cfg: RepoConfig = serde_json::from_slice(bytes)
             .map_err(|e| CryptoError::BadConfig(format!("not a clawfs repository config ({e})")))?;
-        if cfg.format != REPO_FORMAT {
+        if !READABLE_REPO_FORMATS.contains(&cfg.format) {
             return Err(CryptoError::BadConfig(format!(
-                "repository format {} is not supported by this clawfs (it reads format {REPO_FORMAT})",
+                "repository format {} is not supported by this clawfs (it reads formats \
+                 {READABLE_REPO_FORMATS:?}): a newer clawfs wrote it",
                 cfg.format
             )));
         }
         Ok(cfg)
+    }
+
+    /// This config marked with the current [`REPO_FORMAT`], if it has an older one (the key
+    /// and everything else unchanged).
+    pub fn upgraded(&self) -> Option<RepoConfig> {
+        (self.format < REPO_FORMAT).then(|| RepoConfig {
+            format: REPO_FORMAT,
+            ..self.clone()
+        })
     }
 
     /// The bytes of the `config` object.
@@ -253,9 +270,13 @@ impl RepoConfig {
         })?))
     }
 
-    /// The same master key wrapped under a new passphrase (`remote passwd`).
+    /// The same master key wrapped under a new passphrase (`remote passwd`), in the same
+    /// repository format.
     pub fn rewrap(&self, master: &MasterKey, new_passphrase: &str) -> Result<RepoConfig> {
-        RepoConfig::wrap(master, new_passphrase, self.repo_id.clone())
+        Ok(RepoConfig {
+            format: self.format,
+            ..RepoConfig::wrap(master, new_passphrase, self.repo_id.clone())?
+        })
     }
 }
 
@@ -389,6 +410,34 @@ mod tests {
         assert_eq!(re.unlock("battery staple").unwrap().0, master.0);
         assert!(re.unlock("correct horse").is_err());
         assert_eq!(re.repo_id, cfg.repo_id);
+    }
+
+    /// Formats 1 and 2 parse; a newer one is refused with a message saying so; an older one
+    /// is upgraded by its format number alone.
+    #[test]
+    fn repository_formats_are_checked() {
+        std::env::set_var("CLAWFS_SCRYPT_LOG_N", "10");
+        let (cfg, _) = RepoConfig::create("pw").unwrap();
+        assert_eq!(cfg.format, REPO_FORMAT);
+        assert!(cfg.upgraded().is_none());
+        let with = |format: u32| {
+            RepoConfig::parse(
+                &RepoConfig {
+                    format,
+                    ..cfg.clone()
+                }
+                .to_bytes(),
+            )
+        };
+        let old = with(1).unwrap();
+        let up = old.upgraded().unwrap();
+        assert_eq!(up.format, REPO_FORMAT);
+        assert_eq!(up.wrapped_key, cfg.wrapped_key);
+        let err = with(3).unwrap_err().to_string();
+        assert!(
+            err.contains("repository format 3") && err.contains("newer"),
+            "{err}"
+        );
     }
 
     #[test]

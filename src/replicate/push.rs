@@ -177,6 +177,9 @@ fn push_inner(
         remote: entry.name.clone(),
         ..Default::default()
     };
+    if state.pushed < head {
+        repo.ensure_current_format()?;
+    }
     while state.pushed < head {
         let epochs = next_epochs(store, state.pushed, head)?;
         let (from, to) = (epochs[0].seq, epochs[epochs.len() - 1].seq);

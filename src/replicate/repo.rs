@@ -1,5 +1,6 @@
 //! An unlocked repository on a remote: the remote, its config, and the derived keys.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::crypto::{CryptoError, Keys, RepoConfig};
@@ -25,6 +26,8 @@ pub struct Repo {
     remote: Counting<Arc<dyn Remote>>,
     config: RepoConfig,
     keys: Keys,
+    /// Set once the remote's config is known to carry the current format.
+    format_current: AtomicBool,
 }
 
 impl Repo {
@@ -46,6 +49,7 @@ impl Repo {
                         remote,
                         config,
                         keys,
+                        format_current: AtomicBool::new(true),
                     },
                     true,
                 ))
@@ -74,11 +78,36 @@ impl Repo {
     ) -> Result<Repo> {
         let remote = Counting::new(remote);
         let keys = unlock(&config, passphrase, &remote.describe())?;
+        let format_current = AtomicBool::new(config.upgraded().is_none());
         Ok(Repo {
             remote,
             config,
             keys,
+            format_current,
         })
+    }
+
+    /// Before writing what only the current format can say: marks a repository of an older
+    /// format with the current one, so that a build reading only the older format refuses it
+    /// rather than misreads it. The config is read afresh (another machine may have changed
+    /// its passphrase since ours was cached) and only its format number changes. Once per
+    /// `Repo`, and only for a repository that was older when opened.
+    pub fn ensure_current_format(&self) -> Result<()> {
+        if self.format_current.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let remote_config = RepoConfig::parse(&self.remote.get(layout::CONFIG)?)?;
+        if let Some(up) = remote_config.upgraded() {
+            tracing::info!(
+                remote = %self.remote.describe(),
+                from = remote_config.format,
+                to = up.format,
+                "marking the repository with the current format"
+            );
+            self.remote.put(layout::CONFIG, &up.to_bytes())?;
+        }
+        self.format_current.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The repository's config.

@@ -674,6 +674,45 @@ mod tests {
         (b, r)
     }
 
+    /// A repository written by a build of format 1 is marked 2 by the first push that adds to
+    /// it (only the format number changes), once, and still clones whole.
+    #[test]
+    fn a_push_marks_a_format_1_repository_with_the_current_format() {
+        let (d, remote, _) = pushed();
+        let config_with = |format: u32| {
+            let cfg =
+                crate::crypto::RepoConfig::parse(&remote.get(layout::CONFIG).unwrap()).unwrap();
+            crate::crypto::RepoConfig { format, ..cfg }
+        };
+        remote
+            .put(layout::CONFIG, &config_with(1).to_bytes())
+            .unwrap();
+        let (repo, _) = Repo::open(remote.clone(), "pw", false).unwrap();
+        let store = Store::open(&d.path().join("a")).unwrap();
+        // Nothing new: nothing is written, the format stays.
+        push::push(&store, &repo, &entry(), &mut |_, _| {}).unwrap();
+        let format = || {
+            crate::crypto::RepoConfig::parse(&remote.get(layout::CONFIG).unwrap())
+                .unwrap()
+                .format
+        };
+        assert_eq!(format(), 1);
+        let mut rec = store.recorder(SessionId(2)).unwrap();
+        let p = RelPath::new("notes/b.md").unwrap();
+        rec.create(&p, NodeKind::File, Meta::default(), "").unwrap();
+        rec.write(&p, 0, b"beta").unwrap();
+        rec.commit(true).unwrap();
+        push::push(&store, &repo, &entry(), &mut |_, _| {}).unwrap();
+        assert_eq!(format(), crate::crypto::REPO_FORMAT);
+        drop((rec, store));
+        let (repo, _) = Repo::open(remote, "pw", false).unwrap();
+        let (b, r) = clone_b(&d, &repo);
+        r.unwrap();
+        let out = d.path().join("out");
+        restore_tree(&TreeSource::store(&b), b.head(), &out, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(out.join("notes/b.md")).unwrap(), b"beta");
+    }
+
     #[test]
     fn clone_and_restore_round_trip_through_memory() {
         let (d, remote, _) = pushed();
