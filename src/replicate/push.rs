@@ -19,7 +19,6 @@ use crate::replicate::repo::Repo;
 use crate::replicate::settings::RemoteEntry;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{decode, now_ns, Change, Dentry, NodeVersion};
-use crate::store::content::decode_leaf;
 use crate::store::pack::PACK_TARGET;
 use crate::store::replica::EpochRecords;
 use crate::store::rollback::is_secret;
@@ -370,21 +369,17 @@ fn needed_chunks(
                 if !missing(&seg.leaf, &seen)? {
                     continue;
                 }
-                if seg.is_single() {
-                    // The chunk itself: no leaf lists it.
-                    seen.insert(seg.leaf);
-                    out.push(seg.leaf);
-                    continue;
-                }
-                let leaf = store.chunks().get_shared(&seg.leaf)?;
-                for r in decode_leaf(&leaf)? {
+                // A single segment's "leaf" is its chunk, listed here as its only chunk.
+                for r in store.chunks().leaf(seg)?.iter() {
                     if missing(&r.id, &seen)? {
                         seen.insert(r.id);
                         out.push(r.id);
                     }
                 }
-                seen.insert(seg.leaf);
-                out.push(seg.leaf);
+                if !seg.is_single() {
+                    seen.insert(seg.leaf);
+                    out.push(seg.leaf);
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, Meta, NodeKind};
 use crate::store::chunks::SpoolStore;
-use crate::store::content::{decode_leaf, ChunkCache, Content, ReadAt};
+use crate::store::content::{ChunkCache, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -380,22 +380,14 @@ impl Checked {
         let mut map = Vec::new();
         let mut off = 0u64;
         for seg in &content.segments {
-            if seg.is_single() {
-                // One chunk, checked against its id as it is read.
-                for r in chunks.leaf(seg)?.iter() {
-                    map.push((off, r.id, r.len));
-                    off += r.len as u64;
-                }
-                continue;
-            }
-            let leaf = chunks.get_shared(&seg.leaf)?;
-            if ChunkId::of(&leaf) != seg.leaf {
+            // A leaf is checked here; every chunk (a single segment's too) as it is read.
+            if !seg.is_single() && ChunkId::of(&chunks.get_shared(&seg.leaf)?) != seg.leaf {
                 return Err(StoreError::CorruptCatalog {
                     what: format!("chunk list {}", seg.leaf),
                     detail: "does not hash to its id".into(),
                 });
             }
-            for r in decode_leaf(&leaf)? {
+            for r in chunks.leaf(seg)?.iter() {
                 map.push((off, r.id, r.len));
                 off += r.len as u64;
             }
