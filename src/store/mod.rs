@@ -236,11 +236,10 @@ impl Store {
             for (k, v) in &records {
                 self.cat.insert(k.as_slice(), v.as_slice())?;
             }
-            let mut head = [0u8; 16];
-            head[..8].copy_from_slice(&seq.0.to_be_bytes());
-            head[8..].copy_from_slice(&next_node.to_be_bytes());
-            self.cat
-                .insert(schema::meta_key(schema::META_HEAD), &head)?;
+            self.cat.insert(
+                schema::meta_key(schema::META_HEAD),
+                &schema::head_value(seq, next_node),
+            )?;
             Ok(())
         })();
         if let Err(e) = written {
@@ -464,10 +463,12 @@ mod tests {
             assert_eq!(rec.commit(true).unwrap().unwrap().seq, Seq(2));
             // As if the process died after the records were written and before the head was.
             let next = store.stored_next_node().unwrap().unwrap();
-            let head = [1u64.to_be_bytes(), next.to_be_bytes()].concat();
             store
                 .cat
-                .insert(schema::meta_key(schema::META_HEAD), head)
+                .insert(
+                    schema::meta_key(schema::META_HEAD),
+                    &schema::head_value(Seq(1), next),
+                )
                 .unwrap();
             store.flush().unwrap();
         }

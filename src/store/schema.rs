@@ -108,6 +108,14 @@ pub const META_FORMAT: &[u8] = b"format";
 /// that epoch (format 3; format 2 kept it in [`META_NEXT_NODE`]). Nothing with a larger seq is
 /// visible. One record, rewritten by every epoch, where two used to be.
 pub const META_HEAD: &[u8] = b"head";
+/// The [`META_HEAD`] value: epoch `seq` committed, `next_node` the next unused node id.
+pub fn head_value(seq: Seq, next_node: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&seq.0.to_be_bytes());
+    v[8..].copy_from_slice(&next_node.to_be_bytes());
+    v
+}
+
 /// `META` key of format 2: the next unused node id (u64 BE). Read while [`META_HEAD`] carries
 /// none (an upgraded store before its first epoch); no longer written.
 pub const META_NEXT_NODE: &[u8] = b"next_node";
