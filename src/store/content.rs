@@ -399,15 +399,18 @@ impl Batch {
     }
 }
 
+/// The packer thread's two channels: windows to store, and stored windows handed back.
+type ToPacker = (
+    crossbeam_channel::Sender<Batch>,
+    crossbeam_channel::Receiver<Vec<u8>>,
+);
+
 /// Where new chunks go: stored a window at a time, on this thread or handed to a packer thread.
 struct Sink<'a> {
     store: &'a dyn ChunkStore,
     /// Where windows go to be stored by the packer thread, if there is one, and where it
     /// hands them back.
-    to_packer: Option<(
-        crossbeam_channel::Sender<Batch>,
-        crossbeam_channel::Receiver<Vec<u8>>,
-    )>,
+    to_packer: Option<ToPacker>,
     /// New chunks in the current window: (id, offset in the window, length).
     chunks: Vec<(ChunkId, usize, usize)>,
     /// Bytes stored on this thread.
@@ -415,13 +418,7 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(
-        store: &'a dyn ChunkStore,
-        to_packer: Option<(
-            crossbeam_channel::Sender<Batch>,
-            crossbeam_channel::Receiver<Vec<u8>>,
-        )>,
-    ) -> Self {
+    fn new(store: &'a dyn ChunkStore, to_packer: Option<ToPacker>) -> Self {
         Sink {
             store,
             to_packer,
@@ -961,7 +958,6 @@ mod tests {
         assert!(stats.stored < 140_000, "{stats:?}");
     }
 
-    /// The old chunks that bytes `[a, b)` fall in, as (start, end) offsets.
     /// A file of one chunk is that chunk alone (no leaf stored); grown past one chunk it gets
     /// a leaf, and cut back to one chunk it loses it again; every step reads back.
     #[test]
@@ -1035,6 +1031,7 @@ mod tests {
         assert_eq!(read_all(&c, &new), data);
     }
 
+    /// The old chunks that bytes `[a, b)` fall in, as (start, end) offsets.
     fn chunks_touched(c: &ChunkCache, content: &Content, a: u64, b: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut off = 0;
