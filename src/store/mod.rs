@@ -428,6 +428,20 @@ mod tests {
     use catalog::{Meta, NodeKind};
     use recorder::RenameMode;
 
+    /// Opens the store at `dir` as soon as it is free: sled's I/O threads can hold its lock for
+    /// a moment after the last handle is dropped (the daemon waits the same way).
+    fn open_when_free(dir: &Path) -> Result<Arc<Store>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn names(store: &Store, seq: Seq) -> Vec<String> {
         let root = RelPath::root();
         store
@@ -472,7 +486,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_when_free(dir.path()).unwrap();
         assert_eq!(store.head(), Seq(1));
         for k in [schema::journal_key(Seq(2)), schema::epoch_key(Seq(2))] {
             assert!(store.cat.get(k).unwrap().is_none());
@@ -579,7 +593,7 @@ mod tests {
     fn an_unknown_format_is_refused_untouched_and_the_previous_one_is_upgraded() {
         let p = |s: &str| RelPath::new(s).unwrap();
         let dir = store_of_format(99);
-        let err = Store::open(dir.path())
+        let err = open_when_free(dir.path())
             .err()
             .expect("format 99 must be refused");
         let msg = err.to_string();
@@ -589,9 +603,17 @@ mod tests {
             "{msg}"
         );
         // Refused twice the same way: the first refusal changed nothing.
-        assert!(Store::open(dir.path()).is_err());
+        assert!(open_when_free(dir.path()).is_err());
         {
-            let raw = sled::open(dir.path().join("catalog")).unwrap();
+            // As `open_when_free`: the refused open's sled may hold the lock a moment longer.
+            let raw = (0..1000)
+                .find_map(|_| {
+                    sled::open(dir.path().join("catalog")).ok().or_else(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        None
+                    })
+                })
+                .expect("the catalogue opens within 10 s");
             let cat = raw.open_tree(schema::TREE_CATALOG).unwrap();
             let v = cat.get(schema::meta_key(schema::META_FORMAT)).unwrap();
             assert_eq!(v.as_deref(), Some(&99u32.to_be_bytes()[..]));
@@ -608,7 +630,7 @@ mod tests {
                 .unwrap();
             raw.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_when_free(dir.path()).unwrap();
         assert_eq!(names(&store, Seq(1)), ["a"]);
         // New nodes continue from format 2's counter: no id is handed out twice.
         let mut rec = store.recorder(SessionId(2)).unwrap();
@@ -657,7 +679,7 @@ mod tests {
     #[test]
     fn a_format_3_store_is_upgraded() {
         let dir = store_of_format(3);
-        let store = Store::open(dir.path()).unwrap();
+        let store = open_when_free(dir.path()).unwrap();
         assert_marked_current(&store);
         assert_eq!(names(&store, Seq(1)), ["a"]);
         let mut rec = store.recorder(SessionId(2)).unwrap();
