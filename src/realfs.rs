@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -158,12 +158,21 @@ impl RealTree {
     }
 }
 
-/// Streams `content` into `out` in 1 MiB blocks.
+/// Streams `content` into `out` (a new, empty file) in 1 MiB blocks. Runs of zeros are left
+/// as holes, as `cp --sparse` does: a sparse file comes back sparse instead of filling the disk
+/// with zeros it never held.
 pub fn copy_out(content: &dyn ReadAt, out: &mut File) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 1 << 20;
+    let mut buf = vec![0u8; BLOCK as usize];
     let mut off = 0u64;
     let len = content.len();
     while off < len {
+        let zeros = content.zeros_at(off).min(len - off);
+        if zeros >= BLOCK {
+            off += zeros - zeros % BLOCK;
+            continue;
+        }
         let n = content
             .read_at(off, &mut buf)
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -173,10 +182,12 @@ pub fn copy_out(content: &dyn ReadAt, out: &mut File) -> io::Result<()> {
                 "stored content shorter than its size",
             ));
         }
-        out.write_all(&buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.write_all_at(&buf[..n], off)?;
+        }
         off += n as u64;
     }
-    Ok(())
+    out.set_len(len)
 }
 
 fn set_mtime(f: &File, mtime_ns: i64) -> io::Result<()> {

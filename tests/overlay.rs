@@ -321,6 +321,58 @@ fn a_full_store_disk_costs_versions_never_files() {
     s.unmount();
 }
 
+/// A sparse file (`truncate -s`, as disk images and preallocating writers make) is versioned
+/// at once, the writers after it are not held up, the store does not grow by its zeros, and a
+/// rollback brings it back sparse. The recorder used to hash every zero: `truncate -s 20G` kept
+/// it busy for a minute while every other writer waited on the full channel.
+#[test]
+fn a_sparse_file_of_64_gib_is_versioned_at_once_and_rolled_back_sparse() {
+    let s = Sandbox::new();
+    s.mount();
+    let size = 64u64 << 30;
+    s.sh("truncate -s 64G disk.img && printf tail >> disk.img");
+    let before = s.settle();
+    s.write("after.txt", b"written after");
+    common::eventually("the file written after it to be versioned", || {
+        s.raw(&["cat", "after.txt"]).stdout == b"written after"
+    });
+    s.sh(r#"python3 -c "import os; f = os.open('disk.img', os.O_WRONLY); os.pwrite(f, b'middle', 32 << 30)""#);
+    s.settle();
+    let versions = s.json(&["history", "disk.img"]);
+    assert!(versions.len() >= 3, "{versions:?}");
+    assert_eq!(versions[0]["size"].as_u64(), Some(size + 4), "{versions:?}");
+    let packs: u64 = std::fs::read_dir(s.store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(packs < 4 << 20, "the zeros took {packs} bytes of packs");
+
+    s.ok(&[
+        "rollback",
+        "--to",
+        &format!("#{before}"),
+        "--yes",
+        "disk.img",
+    ]);
+    let real = std::fs::File::open(s.path("disk.img")).unwrap();
+    let md = real.metadata().unwrap();
+    assert_eq!(md.len(), size + 4);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "rolled back dense: {} blocks",
+        md.blocks()
+    );
+    let at = |off: u64, n: usize| {
+        let mut b = vec![1u8; n];
+        std::os::unix::fs::FileExt::read_exact_at(&real, &mut b, off).unwrap();
+        b
+    };
+    assert_eq!(at(32 << 30, 6), vec![0; 6]);
+    assert_eq!(at(size, 4), b"tail");
+    drop(real);
+    s.unmount();
+}
+
 /// Runs a shell command as `nobody`.
 fn as_nobody(dir: &std::path::Path, script: &str) {
     let st = std::process::Command::new("setpriv")

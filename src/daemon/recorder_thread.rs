@@ -209,6 +209,17 @@ impl ReadAt for FileSource {
         }
         Ok(done)
     }
+    /// A hole in the real file, as `SEEK_DATA` finds it (0 where the file system cannot say).
+    fn zeros_at(&self, offset: u64) -> u64 {
+        if offset >= self.len {
+            return 0;
+        }
+        match sys::seek_data(&self.file, offset) {
+            Ok(Some(data)) => data.min(self.len).saturating_sub(offset),
+            Ok(None) => self.len - offset,
+            Err(_) => 0,
+        }
+    }
     fn len(&self) -> u64 {
         self.len
     }

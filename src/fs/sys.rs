@@ -170,6 +170,21 @@ pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
 }
 
+/// `lseek(SEEK_DATA)`: the first offset at or after `offset` that holds data, `None` when
+/// only a hole follows. A file system that does not track holes reports `offset` itself.
+pub fn seek_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
+    // SAFETY: a valid open fd; lseek reads nothing from memory.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 /// `fstatvfs`.
 pub fn statvfs(fd: RawFd) -> io::Result<libc::statvfs> {
     // SAFETY: `st` is written before read.

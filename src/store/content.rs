@@ -120,6 +120,15 @@ pub trait ReadAt: Send + Sync {
         out.truncate(old + *got.as_ref().unwrap_or(&0));
         got
     }
+    /// How many bytes from `offset` are known to be zeros without reading them: a hole in a
+    /// sparse file, or the gap a truncation opened. 0 when unknown (the default); never more
+    /// than lie before the end. A rewrite cuts and names chunks there without reading or
+    /// hashing them, so `truncate -s 1T` costs what its chunk list costs, not a pass over a
+    /// terabyte of zeros.
+    fn zeros_at(&self, offset: u64) -> u64 {
+        let _ = offset;
+        0
+    }
     /// Total length.
     fn len(&self) -> u64;
     /// True when empty.
@@ -301,6 +310,31 @@ impl ReadAt for ContentReader {
         Ok(done)
     }
 
+    /// The chunks of zeros from `offset` on (a file cut from a sparse one, or grown by a
+    /// truncation, is chunks of zeros): known from their ids, without reading them.
+    fn zeros_at(&self, offset: u64) -> u64 {
+        let mut pos = offset;
+        'segments: while pos < self.content.size {
+            let seg = self.seg_starts.partition_point(|&s| s <= pos) - 1;
+            let Ok((leaf, starts)) = self.leaf_at(seg) else {
+                break;
+            };
+            let Some(first) = starts.partition_point(|&s| s <= pos).checked_sub(1) else {
+                break;
+            };
+            let before = pos;
+            for (c, start) in leaf[first..].iter().zip(&starts[first..]) {
+                if zero_chunk_id(c.len as usize) != Some(c.id) {
+                    break 'segments;
+                }
+                pos = start + u64::from(c.len);
+            }
+            if pos <= before {
+                break; // a leaf that does not cover its bytes is no run of zeros
+            }
+        }
+        pos.min(self.content.size).saturating_sub(offset)
+    }
     fn len(&self) -> u64 {
         self.content.size
     }
@@ -478,6 +512,12 @@ fn rewrite_regions(
     let mut cur = OldCursor::new(chunks, &base.segments, base.size);
     let mut out = LeafBuilder::new(chunks);
     let mut buf: Vec<u8> = Vec::new();
+    // The run of zeros the source last told of, [start, end), and the lengths of the zero
+    // chunks stored so far.
+    let mut zeros = (0u64, 0u64);
+    let mut zero_ids: Vec<usize> = Vec::new();
+    // Content-defined cuts over so many zeros, at the end of the file or not: the length cut.
+    let mut zero_cuts: Vec<((usize, bool), usize)> = Vec::new();
     // A short chunk at the old end of the file was cut by the end, not by its content: it is
     // re-cut together with an append. A long one is kept, so an append re-hashes at most one
     // average chunk.
@@ -516,9 +556,26 @@ fn rewrite_regions(
                 cur.skip_to_end();
                 break;
             }
+            if pos > buf_start + buf.len() as u64 {
+                // Chunks of zeros were cut past what was read: the window starts afresh here.
+                let all = buf.len();
+                buf = sink.next_window(std::mem::take(&mut buf), all)?;
+                buf_start = pos;
+            }
+            // Before reading on, ask whether what follows is known to be zeros.
+            let frontier = buf_start + buf.len() as u64;
+            if frontier - pos < MAX_CHUNK as u64 && frontier < new_size && frontier >= zeros.1 {
+                zeros = (
+                    frontier,
+                    frontier + source.zeros_at(frontier).min(new_size - frontier),
+                );
+            }
+            // A chunk that lies wholly in those zeros is cut over zeros held in memory and
+            // named from a cache: its bytes are neither read nor hashed.
+            let in_zeros = zeros.0 <= pos && pos + policy.max_len() as u64 <= zeros.1;
             // Keep at least one maximal chunk (or the rest of the file) in the window.
             let have = (buf_start + buf.len() as u64) - pos;
-            if have < MAX_CHUNK as u64 && buf_start + (buf.len() as u64) < new_size {
+            if !in_zeros && have < MAX_CHUNK as u64 && buf_start + (buf.len() as u64) < new_size {
                 buf = sink.next_window(std::mem::take(&mut buf), (pos - buf_start) as usize)?;
                 buf_start = pos;
                 let want = (span as u64).min(new_size - pos) as usize;
@@ -536,11 +593,31 @@ fn rewrite_regions(
                     });
                 }
             }
-            let window = &buf[(pos - buf_start) as usize..];
+            let window = if in_zeros {
+                &ZEROS[..(zeros.1 - pos).min(MAX_CHUNK as u64) as usize]
+            } else {
+                &buf[(pos - buf_start) as usize..]
+            };
             let eof = pos + window.len() as u64 >= new_size;
-            let mut n = policy
-                .cut(pos, window, eof)
-                .unwrap_or(window.len().min(MAX_CHUNK));
+            let cut = |window: &[u8]| {
+                policy
+                    .cut(pos, window, eof)
+                    .unwrap_or(window.len().min(MAX_CHUNK))
+            };
+            let mut n = match (in_zeros, policy) {
+                // Where content-defined cuts fall in zeros depends only on how many there are.
+                (true, Policy::Cdc) => {
+                    match zero_cuts.iter().find(|c| c.0 == (window.len(), eof)) {
+                        Some(&(_, n)) => n,
+                        None => {
+                            let n = cut(window);
+                            zero_cuts.push(((window.len(), eof), n));
+                            n
+                        }
+                    }
+                }
+                _ => cut(window),
+            };
             // Beyond `end` the old content is unchanged, so a cut at an old chunk's start
             // lines up again and every old chunk after it is reused: a write costs the chunks
             // it touches. Left to content-defined cuts alone, a cut that a write moved could
@@ -559,9 +636,14 @@ fn rewrite_regions(
                     n = (next_old - pos) as usize;
                 }
             }
-            let id = ChunkId::of(&window[..n]);
-            out.stats.hashed += n as u64;
-            sink.add(id, (pos - buf_start) as usize, n);
+            let id = if in_zeros {
+                zero_chunk(&mut zero_ids, sink, n)?
+            } else {
+                out.stats.hashed += n as u64;
+                let id = ChunkId::of(&window[..n]);
+                sink.add(id, (pos - buf_start) as usize, n);
+                id
+            };
             out.push_chunk(ChunkRef { id, len: n as u32 })?;
             pos += n as u64;
             cur.skip_through(pos)?;
@@ -593,6 +675,36 @@ fn rewrite_regions(
         },
         stats,
     ))
+}
+
+/// Zeros for chunks cut in a known run of zeros (see [`ReadAt::zeros_at`]).
+static ZEROS: [u8; MAX_CHUNK] = [0; MAX_CHUNK];
+
+/// The id of the chunk of `n` zeros, stored through `sink` the first time a rewrite names it.
+fn zero_chunk(named: &mut Vec<usize>, sink: &mut Sink<'_>, n: usize) -> Result<ChunkId> {
+    let id = zero_chunk_id(n).expect("a cut is at most a maximal chunk");
+    if !named.contains(&n) {
+        sink.stored += sink.store.put(id, &ZEROS[..n])?;
+        named.push(n);
+    }
+    Ok(id)
+}
+
+/// The id of the chunk of `n` zeros (`None` past the largest chunk), from a small cache:
+/// zeros are cut into a few lengths only.
+pub fn zero_chunk_id(n: usize) -> Option<ChunkId> {
+    static KNOWN: Mutex<Vec<(usize, ChunkId)>> = Mutex::new(Vec::new());
+    let zeros = ZEROS.get(..n)?;
+    if let Some(&(_, id)) = KNOWN.lock().iter().find(|(len, _)| *len == n) {
+        return Some(id);
+    }
+    let id = ChunkId::of(zeros);
+    let mut known = KNOWN.lock();
+    if known.len() >= 64 {
+        known.remove(0);
+    }
+    known.push((n, id));
+    Some(id)
 }
 
 /// Dirty ranges, clipped to the new size, with the size change folded in, sorted and merged.
@@ -922,6 +1034,118 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("No space left"), "{size}: {err}");
         }
+    }
+
+    /// `len` bytes: `data` at `at`, zeros elsewhere, which it vouches for (see
+    /// [`ReadAt::zeros_at`]) when `vouch`; counts the bytes of those zeros that are read.
+    struct Sparse {
+        len: u64,
+        at: u64,
+        data: Vec<u8>,
+        vouch: bool,
+        zeros_read: std::sync::atomic::AtomicU64,
+    }
+
+    impl Sparse {
+        fn new(len: u64, at: u64, data: Vec<u8>, vouch: bool) -> Sparse {
+            let zeros_read = Default::default();
+            Sparse {
+                len,
+                at,
+                data,
+                vouch,
+                zeros_read,
+            }
+        }
+        fn end(&self) -> u64 {
+            self.at + self.data.len() as u64
+        }
+    }
+
+    impl ReadAt for Sparse {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            let n = (self.len.saturating_sub(offset) as usize).min(buf.len());
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                let pos = offset + i as u64;
+                *b = if (self.at..self.end()).contains(&pos) {
+                    self.data[(pos - self.at) as usize]
+                } else {
+                    0
+                };
+            }
+            let data = self.at.max(offset)..self.end().min(offset + n as u64);
+            let zeros = n as u64 - (data.end.saturating_sub(data.start));
+            self.zeros_read
+                .fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+        fn zeros_at(&self, offset: u64) -> u64 {
+            match offset {
+                _ if !self.vouch || offset >= self.len => 0,
+                o if o < self.at => self.at - o,
+                o if o >= self.end() => self.len - o,
+                _ => 0,
+            }
+        }
+        fn len(&self) -> u64 {
+            self.len
+        }
+    }
+
+    #[rstest::rstest]
+    #[case::content_defined(Policy::Cdc)]
+    #[case::sqlite_pages(Policy::Fixed(4096))]
+    fn known_zeros_are_cut_as_read_zeros_would_be_without_reading_them(#[case] policy: Policy) {
+        let (len, at, data) = (6 << 20, (2 << 20) + 777, random(300 << 10, 5));
+        let cut = |vouch: bool| {
+            let c = cache();
+            let src = Sparse::new(len, at, data.clone(), vouch);
+            let (content, stats) =
+                rewrite(&c, &Content::default(), &src, len, &[(0, len)], policy).unwrap();
+            (c, content, stats, src.zeros_read.into_inner())
+        };
+        let (c, vouched, stats, zeros_read) = cut(true);
+        let (_, read, plain, _) = cut(false);
+        assert_eq!(vouched, read, "the same cuts and chunks either way");
+        assert_eq!(plain.hashed, len);
+        assert!(
+            stats.hashed < data.len() as u64 + 2 * WINDOW_MAX as u64,
+            "{stats:?}"
+        );
+        assert!(
+            zeros_read < 2 * WINDOW_MAX as u64,
+            "{zeros_read} bytes of zeros read"
+        );
+        let r = ContentReader::new(c.clone(), vouched.clone());
+        let mut back = vec![0u8; len as usize];
+        assert_eq!(r.read_at(0, &mut back).unwrap(), back.len());
+        assert_eq!(&back[at as usize..][..data.len()], &data[..]);
+        assert!(back[..at as usize].iter().all(|&b| b == 0));
+        // The stored version knows its zeros too (a rollback writes them as holes).
+        let z = r.zeros_at(0);
+        assert!(z <= at && z + 2 * MAX_CHUNK as u64 > at, "{z}");
+        assert_eq!(r.zeros_at(at + 10), 0);
+    }
+
+    #[test]
+    fn a_file_grown_to_gigabytes_by_truncation_is_stored_without_reading_its_zeros() {
+        let c = cache();
+        let len = 8u64 << 30;
+        let src = Sparse::new(len, len - 10, b"tail bytes".to_vec(), true);
+        let (content, stats) =
+            rewrite(&c, &Content::default(), &src, len, &[(0, len)], Policy::Cdc).unwrap();
+        assert_eq!(content.size, len);
+        assert!(stats.hashed < 2 * WINDOW_MAX as u64, "{stats:?}");
+        assert!(stats.stored < 1 << 20, "{stats:?}");
+        assert!(src.zeros_read.into_inner() < 2 * WINDOW_MAX as u64);
+        let r = ContentReader::new(c.clone(), content);
+        let mut tail = [0u8; 14];
+        assert_eq!(r.read_at(len - 14, &mut tail).unwrap(), 14);
+        assert_eq!(&tail, b"\0\0\0\0tail bytes");
+        let mut mid = vec![1u8; 100_000];
+        r.read_at(len / 3, &mut mid).unwrap();
+        assert!(mid.iter().all(|&b| b == 0));
+        assert!(r.zeros_at(0) > len - (1 << 20));
     }
 
     #[test]

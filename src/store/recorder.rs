@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound::Excluded;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use crate::ids::{NodeId, Seq, SessionId, VersionId};
@@ -268,6 +268,30 @@ impl ReadAt for PendingData {
             }
         })?;
         Ok(n)
+    }
+    /// A gap no pending write covers is zeros beyond the valid base, and where the base
+    /// itself knows of zeros (a hole in an imported file).
+    fn zeros_at(&self, off: u64) -> u64 {
+        if off >= self.size {
+            return 0;
+        }
+        if let Some((s, v)) = self.extents.range(..=off).next_back() {
+            if s + v.len() as u64 > off {
+                return 0;
+            }
+        }
+        let gap_end = self
+            .extents
+            .range((Excluded(off), Unbounded))
+            .next()
+            .map_or(self.size, |(s, _)| *s);
+        if off < self.valid_base {
+            let base_zeros_end = off + self.base.reader().zeros_at(off);
+            if base_zeros_end < self.valid_base.min(gap_end) {
+                return base_zeros_end - off;
+            }
+        }
+        gap_end - off
     }
     fn len(&self) -> u64 {
         self.size
@@ -1035,7 +1059,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Pending writes and truncations over a base read back, through `read_at` and
-        /// `read_append`, as the same operations applied to a plain byte vector.
+        /// `read_append`, as the same operations applied to a plain byte vector; and every run
+        /// `zeros_at` vouches for is zeros (the base has none), and a gap a truncation opened
+        /// is always vouched for.
         #[test]
         fn pending_data_reads_as_the_bytes_written(
             base_len in 0usize..3000,
@@ -1074,6 +1100,15 @@ mod tests {
                 let n = d.read_append(off, len, &mut out).unwrap();
                 prop_assert_eq!(n, want.len());
                 prop_assert_eq!(&out[1..], want);
+                let z = d.zeros_at(off);
+                prop_assert!(off + z <= d.len().max(off));
+                if z > 0 {
+                    prop_assert!(model[off as usize..(off + z) as usize].iter().all(|&b| b == 0));
+                }
+                let written = d.extents.range(..=off).next_back().is_some_and(|(s, v)| s + v.len() as u64 > off);
+                if off >= d.valid_base && off < d.len() && !written {
+                    prop_assert!(z > 0, "the gap at {} is not vouched for", off);
+                }
             }
         }
     }
