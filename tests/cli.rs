@@ -157,6 +157,23 @@ fn delete_memory_md_and_get_it_back() {
     let h = s.json(&["history", "workspace/MEMORY.md"]);
     assert_eq!(h[0]["op"], "delete");
     assert!(!s.path("workspace/MEMORY.md").exists());
+    // A misspelt path is an error, not "nothing to do", and changes nothing.
+    let head = s.head();
+    for args in [&["--preview"][..], &["--yes"][..]] {
+        let err = s.fails(
+            &[
+                &["rollback", "--to", &before, "workspace/MEMROY.md"][..],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(
+            err.contains("workspace/MEMROY.md exists neither at #") && err.contains("nor now"),
+            "{err}"
+        );
+    }
+    assert_eq!(s.head(), head);
+    assert!(!s.path("workspace/MEMORY.md").exists());
     s.ok(&["rollback", "--to", &before, "workspace/MEMORY.md", "--yes"]);
     assert_eq!(s.read("workspace/MEMORY.md"), b"remember the milk\n");
 }
@@ -355,6 +372,20 @@ fn commands_inside_a_mounted_tree_act_on_it() {
     // Named explicitly, the named one.
     let (ok, _, err) = clawfs(&inside, &["-C", s.dir.to_str().unwrap(), "log"]);
     assert!(!ok && err.contains("no clawfs store"), "{err}");
+    // A tree mounted with a store of its own (`--store`) is found with that store by commands
+    // that name neither: the mount names its store.
+    s.mount();
+    s.write("soul.md", b"x");
+    let (ok, out, err) = clawfs(&s.dir, &["--json", "status"]);
+    let status: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(
+        ok && status["store"] == s.store.to_str().unwrap(),
+        "{out}{err}"
+    );
+    let (ok, out, err) = clawfs(&inside, &["-C", s.dir.to_str().unwrap(), "log"]);
+    assert!(ok && out.contains("soul.md"), "{out}{err}");
+    let (ok, _, err) = clawfs(s.home.path(), &["unmount", s.dir.to_str().unwrap()]);
+    assert!(ok && !s.is_mounted(), "{err}");
     let (ok, _, err) = clawfs(s.home.path(), &["unmount", work.to_str().unwrap()]);
     assert!(ok, "{err}");
 }

@@ -31,16 +31,29 @@ use crate::store::{Store, StoreError};
 /// from it).
 pub const FS_TYPE: &str = "clawfs";
 
-/// A mount point and its filesystem type, from `/proc/self/mountinfo`.
-pub fn mounts() -> Vec<(PathBuf, String)> {
+/// One line of `/proc/self/mountinfo`.
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// Its filesystem type (`fuse.clawfs` for ours).
+    pub fstype: String,
+    /// Its source (`clawfs:<store>` for ours).
+    pub source: String,
+}
+
+/// Every mount, from `/proc/self/mountinfo`, bottom first.
+pub fn mounts() -> Vec<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let fields: Vec<&str> = l.split(' ').collect();
             let mp = fields.get(4)?;
             let dash = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(dash + 1)?;
-            Some((PathBuf::from(unescape(mp)), fstype.to_string()))
+            Some(MountEntry {
+                point: PathBuf::from(unescape(mp)),
+                fstype: fields.get(dash + 1)?.to_string(),
+                source: unescape(fields.get(dash + 2)?),
+            })
         })
         .collect()
 }
@@ -67,9 +80,18 @@ fn unescape(s: &str) -> String {
 pub fn mounted_type(dir: &Path) -> Option<String> {
     mounts()
         .into_iter()
-        .filter(|(p, _)| p == dir)
-        .map(|(_, t)| t)
+        .filter(|m| m.point == dir)
+        .map(|m| m.fstype)
         .next_back()
+}
+
+/// The store of the clawfs mount at `dir`, if `dir` is one: the daemon names it as the mount's
+/// source (`clawfs:<store>`), so a tree mounted with `--store` is found without it.
+pub fn store_of_mount(dir: &Path) -> Option<PathBuf> {
+    let ty = format!("fuse.{FS_TYPE}");
+    let top = mounts().into_iter().rfind(|m| m.point == dir)?;
+    let store = top.source.strip_prefix(&format!("{FS_TYPE}:"))?;
+    (top.fstype == ty && !store.is_empty()).then(|| PathBuf::from(store))
 }
 
 /// The innermost live clawfs mount holding `path`, if any: a command run inside a mounted tree
@@ -78,8 +100,8 @@ pub fn mount_holding(path: &Path) -> Option<PathBuf> {
     let ty = format!("fuse.{FS_TYPE}");
     mounts()
         .into_iter()
-        .filter(|(mp, t)| *t == ty && path.starts_with(mp))
-        .map(|(mp, _)| mp)
+        .filter(|m| m.fstype == ty && path.starts_with(&m.point))
+        .map(|m| m.point)
         .max_by_key(|mp| mp.components().count())
 }
 
@@ -301,7 +323,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        fuser::MountOption::FSName(format!("clawfs:{}", store_dir.display())),
+        fuser::MountOption::FSName(format!("{FS_TYPE}:{}", store_dir.display())),
         fuser::MountOption::Subtype(FS_TYPE.into()),
         fuser::MountOption::DefaultPermissions,
     ];

@@ -67,6 +67,14 @@ pub enum StoreError {
     /// The operation names a path that does not exist at that moment.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A rollback names a path that exists neither at its moment nor now.
+    #[error("{path} exists neither at #{seq} nor now: nothing to roll back (check the path, or `clawfs history {path}`)")]
+    NeverThere {
+        /// The path as named.
+        path: String,
+        /// The moment rolled back to.
+        seq: crate::ids::Seq,
+    },
     /// The operation needs a directory and got something else, or the reverse.
     #[error("{0}")]
     WrongKind(String),

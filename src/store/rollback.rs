@@ -189,6 +189,16 @@ impl Store {
             }
         }
         let (then, now) = (self.tree(&scope, target)?, self.tree(&scope, head)?);
+        // A path that is in neither tree is a typo, not a file already as it was.
+        if let Some(p) = named
+            .iter()
+            .find(|p| !p.is_root() && !then.contains_key(*p) && !now.contains_key(*p))
+        {
+            return Err(StoreError::NeverThere {
+                path: p.as_str().to_string(),
+                seq: target,
+            });
+        }
         let secret_ok = |p: &RelPath| {
             include_secrets
                 || !is_secret(p)
