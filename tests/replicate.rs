@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,8 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     s3_remote(&sb, &s3, &[]);
     sb.mount();
     populate(&sb);
+    // A sparse file travels as its chunk list and comes back sparse.
+    sb.sh("truncate -s 1G disk.img && printf tail >> disk.img");
     sb.settle();
     sb.ok(&["mark", "before-edit"]);
     let before = without_secrets(snapshot(&sb.dir));
@@ -161,6 +163,13 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     let nm = new_machine();
     let target = restore_ok(&nm, &s3, "restored", &[]);
     assert_eq!(snapshot(&target), without_secrets(now.clone()));
+    let disk = std::fs::metadata(target.join("disk.img")).unwrap();
+    assert_eq!(disk.len(), (1 << 30) + 4);
+    assert!(
+        disk.blocks() * 512 < 1 << 20,
+        "restored dense: {} blocks",
+        disk.blocks()
+    );
     assert!(
         !target.join("credentials").exists(),
         "secrets are not replicated by default"

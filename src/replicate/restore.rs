@@ -27,7 +27,7 @@ use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, Meta, NodeKind};
 use crate::store::chunks::SpoolStore;
-use crate::store::content::{ChunkCache, Content, ReadAt};
+use crate::store::content::{zero_chunk_id, ChunkCache, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -421,6 +421,22 @@ impl ReadAt for Checked {
             done += n;
         }
         Ok(done)
+    }
+    /// Chunks named as zeros (their ids are checked, so their bytes are known): a sparse
+    /// file is restored sparse, without fetching or hashing its zeros.
+    fn zeros_at(&self, offset: u64) -> u64 {
+        if offset >= self.size {
+            return 0;
+        }
+        let first = self.map.partition_point(|(o, _, _)| *o <= offset) - 1;
+        let mut end = offset;
+        for &(start, id, len) in &self.map[first..] {
+            if zero_chunk_id(len as usize) != Some(id) {
+                break;
+            }
+            end = start + u64::from(len);
+        }
+        end.min(self.size) - offset
     }
     fn len(&self) -> u64 {
         self.size
