@@ -27,7 +27,7 @@ use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, Meta, NodeKind};
 use crate::store::chunks::SpoolStore;
-use crate::store::content::{zero_chunk_id, ChunkCache, Content, ReadAt};
+use crate::store::content::{is_zero_chunk, ChunkCache, ChunkRef, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -431,7 +431,7 @@ impl ReadAt for Checked {
         let first = self.map.partition_point(|(o, _, _)| *o <= offset) - 1;
         let mut end = offset;
         for &(start, id, len) in &self.map[first..] {
-            if zero_chunk_id(len as usize) != Some(id) {
+            if !is_zero_chunk(&ChunkRef { id, len }) {
                 break;
             }
             end = start + u64::from(len);

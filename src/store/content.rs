@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ChunkId;
-use crate::store::chunker::{Policy, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+use crate::store::chunker::{Policy, AVG_CHUNK, MAX_CDC_CHUNK, MAX_CHUNK, MIN_CHUNK};
 use crate::store::chunks::ChunkStore;
 use crate::store::error::{Result, StoreError};
 
@@ -311,10 +311,13 @@ impl ReadAt for ContentReader {
     }
 
     /// The chunks of zeros from `offset` on (a file cut from a sparse one, or grown by a
-    /// truncation, is chunks of zeros): known from their ids, without reading them.
+    /// truncation, is chunks of zeros): known from their ids, without reading them. Looks
+    /// about [`ZERO_SCAN_MAX`] ahead (to the end of the leaf that reaches it), so a caller
+    /// asking at every window pays little.
     fn zeros_at(&self, offset: u64) -> u64 {
         let mut pos = offset;
-        'segments: while pos < self.content.size {
+        let stop = self.content.size.min(offset.saturating_add(ZERO_SCAN_MAX));
+        'segments: while pos < stop {
             let seg = self.seg_starts.partition_point(|&s| s <= pos) - 1;
             let Ok((leaf, starts)) = self.leaf_at(seg) else {
                 break;
@@ -324,7 +327,7 @@ impl ReadAt for ContentReader {
             };
             let before = pos;
             for (c, start) in leaf[first..].iter().zip(&starts[first..]) {
-                if zero_chunk_id(c.len as usize) != Some(c.id) {
+                if !is_zero_chunk(c) {
                     break 'segments;
                 }
                 pos = start + u64::from(c.len);
@@ -677,6 +680,9 @@ fn rewrite_regions(
     ))
 }
 
+/// How far [`ContentReader`]'s `zeros_at` looks (about 32,000 chunk ids).
+const ZERO_SCAN_MAX: u64 = 1 << 30;
+
 /// Zeros for chunks cut in a known run of zeros (see [`ReadAt::zeros_at`]).
 static ZEROS: [u8; MAX_CHUNK] = [0; MAX_CHUNK];
 
@@ -690,21 +696,42 @@ fn zero_chunk(named: &mut Vec<usize>, sink: &mut Sink<'_>, n: usize) -> Result<C
     Ok(id)
 }
 
+/// Chunks of zeros named so far: (length, id).
+static ZERO_IDS: Mutex<Vec<(usize, ChunkId)>> = Mutex::new(Vec::new());
+
 /// The id of the chunk of `n` zeros (`None` past the largest chunk), from a small cache:
 /// zeros are cut into a few lengths only.
-pub fn zero_chunk_id(n: usize) -> Option<ChunkId> {
-    static KNOWN: Mutex<Vec<(usize, ChunkId)>> = Mutex::new(Vec::new());
+fn zero_chunk_id(n: usize) -> Option<ChunkId> {
     let zeros = ZEROS.get(..n)?;
-    if let Some(&(_, id)) = KNOWN.lock().iter().find(|(len, _)| *len == n) {
+    if let Some(&(_, id)) = ZERO_IDS.lock().iter().find(|(len, _)| *len == n) {
         return Some(id);
     }
     let id = ChunkId::of(zeros);
-    let mut known = KNOWN.lock();
+    let mut known = ZERO_IDS.lock();
     if known.len() >= 64 {
         known.remove(0);
     }
     known.push((n, id));
     Some(id)
+}
+
+/// Whether `c` is a chunk of zeros. A long run of zeros is cut into chunks of the lengths
+/// content-defined cuts give zeros, or of a page size: those are recognised always. Any other
+/// length only if this process named such a chunk already, so reading a file does not hash
+/// zeros for every length its chunks have (not recognising one costs reading it).
+pub fn is_zero_chunk(c: &ChunkRef) -> bool {
+    let n = c.len as usize;
+    let run_length = n == MAX_CDC_CHUNK || (n.is_power_of_two() && (512..=MAX_CHUNK).contains(&n));
+    let id = if run_length {
+        zero_chunk_id(n)
+    } else {
+        ZERO_IDS
+            .lock()
+            .iter()
+            .find(|(len, _)| *len == n)
+            .map(|&(_, id)| id)
+    };
+    id == Some(c.id)
 }
 
 /// Dirty ranges, clipped to the new size, with the size change folded in, sorted and merged.
@@ -1096,6 +1123,8 @@ mod tests {
     #[case::content_defined(Policy::Cdc)]
     #[case::sqlite_pages(Policy::Fixed(4096))]
     fn known_zeros_are_cut_as_read_zeros_would_be_without_reading_them(#[case] policy: Policy) {
+        // `is_zero_chunk` recognises runs of zeros by this length without being told.
+        assert_eq!(Policy::Cdc.cut(0, &ZEROS, false), Some(MAX_CDC_CHUNK));
         let (len, at, data) = (6 << 20, (2 << 20) + 777, random(300 << 10, 5));
         let cut = |vouch: bool| {
             let c = cache();
@@ -1145,7 +1174,12 @@ mod tests {
         let mut mid = vec![1u8; 100_000];
         r.read_at(len / 3, &mut mid).unwrap();
         assert!(mid.iter().all(|&b| b == 0));
-        assert!(r.zeros_at(0) > len - (1 << 20));
+        let z = r.zeros_at(0);
+        assert!(
+            z >= ZERO_SCAN_MAX && z < ZERO_SCAN_MAX + (LEAF_MAX * MAX_CHUNK) as u64,
+            "{z}"
+        );
+        assert!(r.zeros_at(len - (1 << 30)) > (1 << 30) - (1 << 20));
     }
 
     #[test]
