@@ -31,6 +31,17 @@ use crate::store::{Store, StoreError};
 /// from it).
 pub const FS_TYPE: &str = "clawfs";
 
+/// The filesystem type a mounted tree shows: `fuse.clawfs`.
+pub fn tree_type() -> String {
+    format!("fuse.{FS_TYPE}")
+}
+
+/// Whether `fstype` is one of ours: a mounted tree, or a view of its past
+/// (`fuse.clawfs-browse`).
+fn is_clawfs(fstype: &str) -> bool {
+    fstype.starts_with(&tree_type())
+}
+
 /// One line of `/proc/self/mountinfo`.
 pub struct MountEntry {
     /// Where it is mounted.
@@ -88,16 +99,15 @@ pub fn mounted_type(dir: &Path) -> Option<String> {
 /// The store of the clawfs mount at `dir`, if `dir` is one: the daemon names it as the mount's
 /// source (`clawfs:<store>`), so a tree mounted with `--store` is found without it.
 pub fn store_of_mount(dir: &Path) -> Option<PathBuf> {
-    let ty = format!("fuse.{FS_TYPE}");
     let top = mounts().into_iter().rfind(|m| m.point == dir)?;
     let store = top.source.strip_prefix(&format!("{FS_TYPE}:"))?;
-    (top.fstype == ty && !store.is_empty()).then(|| PathBuf::from(store))
+    (top.fstype == tree_type() && !store.is_empty()).then(|| PathBuf::from(store))
 }
 
 /// The innermost live clawfs mount holding `path`, if any: a command run inside a mounted tree
 /// acts on that tree, as git acts on the repository around the current directory.
 pub fn mount_holding(path: &Path) -> Option<PathBuf> {
-    let ty = format!("fuse.{FS_TYPE}");
+    let ty = tree_type();
     mounts()
         .into_iter()
         .filter(|m| m.fstype == ty && path.starts_with(&m.point))
@@ -136,7 +146,7 @@ pub fn preflight(dir: &Path, store: &Path) -> Result<PathBuf> {
         bail!("{} is not a directory", dir.display());
     }
     let dir = dir.canonicalize()?;
-    if mounted_type(&dir).is_some_and(|t| t.starts_with("fuse.clawfs")) {
+    if mounted_type(&dir).is_some_and(|t| is_clawfs(&t)) {
         // The kernel may answer a stat of a dead mount's root from attributes it cached (for a
         // second): statfs always asks the daemon. The mount may also vanish in between (the
         // dead daemon's auto-unmount watcher): then statfs sees the plain directory.
@@ -537,7 +547,7 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    if !fstype.starts_with("fuse.clawfs") {
+    if !is_clawfs(&fstype) {
         bail!("{} is not a clawfs mount (it is {fstype})", dir.display());
     }
     let req = control::Request {
@@ -546,7 +556,7 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         cwd: PathBuf::from("/"),
     };
     let answer = control::forward(&sock, &req);
-    if answer.is_err() && mounted_type(dir).is_none_or(|t| !t.starts_with("fuse.clawfs")) {
+    if answer.is_err() && mounted_type(dir).is_none_or(|t| !is_clawfs(&t)) {
         // The daemon unmounted and exited before its answer got out: that is success.
     } else {
         match answer? {
@@ -561,7 +571,7 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while mounted_type(dir).is_some_and(|t| t.starts_with("fuse.clawfs")) || sock.exists() {
+    while mounted_type(dir).is_some_and(|t| is_clawfs(&t)) || sock.exists() {
         if Instant::now() > deadline {
             bail!("{} did not unmount within 60 s", dir.display());
         }
