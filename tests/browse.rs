@@ -164,3 +164,79 @@ fn past_moments_read_back_exactly_beside_the_live_mount_and_without_it() {
     let err = s.fails(&["unmount", mp.to_str().unwrap()]);
     assert!(err.contains("not mounted"), "{err}");
 }
+
+/// A sparse file of the past copies out sparse: the view shows its holes in `st_blocks` and
+/// answers `SEEK_DATA` and `SEEK_HOLE`, so `cp` writes holes, not gigabytes of zeros.
+#[test]
+fn a_past_sparse_file_copies_out_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    s.mount();
+    let size = (8u64 << 30) + 4;
+    s.sh("truncate -s 8G disk.img && printf tail >> disk.img");
+    let seq = s.settle();
+    let mp = s.home.path().join("view");
+    browse(&s, &mp, Some(&format!("#{seq}")));
+    /// Lazily unmounts the view if the test fails before `clawfs unmount` does.
+    struct View<'a>(&'a Path);
+    impl Drop for View<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(self.0)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _view = View(&mp);
+    let img = mp.join("disk.img");
+    let md = std::fs::metadata(&img).unwrap();
+    assert_eq!(md.len(), size);
+    assert!(md.blocks() * 512 < 1 << 20, "{} blocks", md.blocks());
+    let seeks = common::sh_in(
+        &mp,
+        r#"python3 -c "
+import os
+f = os.open('disk.img', os.O_RDONLY)
+d = os.lseek(f, 0, os.SEEK_DATA)
+print(os.lseek(f, 0, os.SEEK_HOLE), d, os.lseek(f, d, os.SEEK_HOLE))
+try:
+    os.lseek(f, os.fstat(f).st_size, os.SEEK_DATA)
+except OSError as e:
+    print(e.errno)
+""#,
+    );
+    let v: Vec<u64> = seeks
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(v[0], 0, "a hole at the start: {seeks}");
+    assert!(
+        v[1] > size - (64 << 10) && v[1] < size,
+        "data only at the end: {seeks}"
+    );
+    assert_eq!(v[2], size, "no hole after the data but the end: {seeks}");
+    assert_eq!(v[3], libc::ENXIO as u64, "{seeks}");
+    let copy = s.home.path().join("copy.img");
+    common::sh_in(
+        s.home.path(),
+        &format!("cp --sparse=auto '{}' '{}'", img.display(), copy.display()),
+    );
+    let md = std::fs::metadata(&copy).unwrap();
+    assert_eq!(md.len(), size);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "copied dense: {} blocks",
+        md.blocks()
+    );
+    let mut tail = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&copy).unwrap(),
+        &mut tail,
+        size - 8,
+    )
+    .unwrap();
+    assert_eq!(&tail, b"\0\0\0\0tail");
+    s.ok(&["unmount", mp.to_str().unwrap()]);
+    s.unmount();
+}

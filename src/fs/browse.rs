@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use crate::ids::{NodeId, Seq};
 use crate::relpath::RelPath;
 use crate::store::catalog::{NodeKind, NodeVersion};
-use crate::store::content::{ContentReader, ReadAt};
+use crate::store::content::{zero_bytes, ContentReader, ReadAt};
 use crate::store::Store;
 
 /// Past moments never change: the kernel may cache them for long.
@@ -143,7 +143,7 @@ impl Browse {
         };
         // Read-only: no write bits, whatever they were.
         let perm = v.meta.mode & 0o7555;
-        attr_of(
+        let mut a = attr_of(
             ino,
             kind,
             perm,
@@ -152,7 +152,15 @@ impl Browse {
             v.meta.uid,
             v.meta.gid,
             1,
-        )
+        );
+        // A sparse file shows its holes in `st_blocks`, as on disk: `cp` and `tar` look at it
+        // to decide whether to ask for holes (`lseek`) and write a sparse copy.
+        if v.kind == NodeKind::File && v.size() >= SPARSE_MIN {
+            if let Ok(Some(zeros)) = zero_bytes(self.store.chunks(), &v.content, SPARSE_LEAVES) {
+                a.blocks = (v.size() - zeros.min(v.size())).div_ceil(512);
+            }
+        }
+        a
     }
 
     fn attr(&self, ino: u64, key: &Key) -> Result<FileAttr, Errno> {
@@ -346,6 +354,11 @@ impl Browse {
     }
 }
 
+/// Files from this size on are looked at for chunks of zeros when their attributes are asked.
+const SPARSE_MIN: u64 = 1 << 20;
+/// How many distinct chunk lists of a file are looked into for zeros before it counts as data.
+const SPARSE_LEAVES: usize = 8;
+
 #[allow(clippy::too_many_arguments)]
 fn attr_of(
     ino: u64,
@@ -483,6 +496,50 @@ impl Filesystem for Browse {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => {
                 tracing::error!(error = %e, "reading a past version failed");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE`: holes are the file's chunks of zeros, so a sparse file
+    /// copies out sparse (the kernel handles every other `whence` itself).
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let Some(r) = self.files.lock().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        if offset >= r.len() {
+            return reply.error(Errno::ENXIO);
+        }
+        let found = match whence {
+            libc::SEEK_DATA => {
+                let mut at = offset;
+                loop {
+                    match r.zeros_at(at) {
+                        0 => break Ok(Some(at)),
+                        z if at + z >= r.len() => break Ok(None),
+                        z => at += z,
+                    }
+                }
+            }
+            libc::SEEK_HOLE => r.next_zeros(offset).map(Some),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match found {
+            Ok(Some(at)) => reply.offset(at as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => {
+                tracing::error!(error = %e, "looking for holes in a past version failed");
                 reply.error(Errno::EIO)
             }
         }

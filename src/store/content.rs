@@ -238,6 +238,31 @@ impl ContentReader {
         &self.content
     }
 
+    /// Where the first run of zeros at or after `offset` starts, for `SEEK_HOLE`: the start of
+    /// a chunk of zeros (see [`is_zero_chunk`]) or the end. Looks about [`ZERO_SCAN_MAX`] ahead;
+    /// past that it answers the end, which is always a hole (what lies before it then counts as
+    /// data, which is never wrong). Reads leaves, never chunks.
+    pub fn next_zeros(&self, offset: u64) -> Result<u64> {
+        let size = self.content.size;
+        if offset >= size {
+            return Ok(size);
+        }
+        let stop = size.min(offset.saturating_add(ZERO_SCAN_MAX));
+        let mut seg = self.seg_starts.partition_point(|&s| s <= offset) - 1;
+        while seg < self.content.segments.len() && self.seg_starts[seg] < stop {
+            let mut at = self.seg_starts[seg];
+            for c in self.chunks.leaf(&self.content.segments[seg])?.iter() {
+                let end = at + u64::from(c.len);
+                if end > offset && is_zero_chunk(c) {
+                    return Ok(at.max(offset));
+                }
+                at = end;
+            }
+            seg += 1;
+        }
+        Ok(size)
+    }
+
     fn leaf_at(&self, seg: usize) -> Result<LoadedLeaf> {
         let mut cached = self.leaf.lock();
         if let Some((i, (l, s))) = cached.as_ref() {
@@ -734,6 +759,44 @@ pub fn is_zero_chunk(c: &ChunkRef) -> bool {
     id == Some(c.id)
 }
 
+/// Bytes of `content` held in chunks of zeros, from at most `max_leaves` distinct leaves (a
+/// sparse file repeats one leaf of zeros, so a few tell for any size); `None` when a file has
+/// more distinct leaves than that (it is then mostly data).
+pub fn zero_bytes(
+    chunks: &ChunkCache,
+    content: &Content,
+    max_leaves: usize,
+) -> Result<Option<u64>> {
+    let mut leaves: Vec<(ChunkId, u64)> = Vec::new();
+    let mut total = 0;
+    for s in &content.segments {
+        if s.is_single() {
+            let c = ChunkRef {
+                id: s.leaf,
+                len: u32::try_from(s.bytes).unwrap_or(u32::MAX),
+            };
+            total += if is_zero_chunk(&c) { s.bytes } else { 0 };
+            continue;
+        }
+        let zeros = match leaves.iter().find(|(id, _)| *id == s.leaf) {
+            Some(&(_, z)) => z,
+            None if leaves.len() == max_leaves => return Ok(None),
+            None => {
+                let leaf = chunks.leaf(s)?;
+                let z = leaf
+                    .iter()
+                    .filter(|c| is_zero_chunk(c))
+                    .map(|c| u64::from(c.len));
+                let z = z.sum();
+                leaves.push((s.leaf, z));
+                z
+            }
+        };
+        total += zeros;
+    }
+    Ok(Some(total))
+}
+
 /// Dirty ranges, clipped to the new size, with the size change folded in, sorted and merged.
 fn regions(old_size: u64, new_size: u64, dirty: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut r: Vec<(u64, u64)> = dirty
@@ -1180,6 +1243,12 @@ mod tests {
             "{z}"
         );
         assert!(r.zeros_at(len - (1 << 30)) > (1 << 30) - (1 << 20));
+        // What a view answers for `SEEK_HOLE` and shows as `st_blocks`.
+        assert_eq!(r.next_zeros(0).unwrap(), 0);
+        assert_eq!(r.next_zeros(len - 10).unwrap(), len);
+        let zeros = zero_bytes(&c, r.content(), 8).unwrap().unwrap();
+        assert!(zeros < len && zeros > len - (1 << 20), "{zeros}");
+        assert_eq!(zero_bytes(&c, r.content(), 0).unwrap(), None);
     }
 
     #[test]
