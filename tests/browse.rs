@@ -177,18 +177,7 @@ fn a_past_sparse_file_copies_out_sparse() {
     let seq = s.settle();
     let mp = s.home.path().join("view");
     browse(&s, &mp, Some(&format!("#{seq}")));
-    /// Lazily unmounts the view if the test fails before `clawfs unmount` does.
-    struct View<'a>(&'a Path);
-    impl Drop for View<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(self.0)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    let _view = View(&mp);
+    let _view = common::LazyUnmount(&mp);
     let img = mp.join("disk.img");
     let md = std::fs::metadata(&img).unwrap();
     assert_eq!(md.len(), size);

@@ -341,18 +341,7 @@ fn commands_inside_a_mounted_tree_act_on_it() {
     };
     let (ok, _, err) = clawfs(s.home.path(), &["mount", work.to_str().unwrap()]);
     assert!(ok, "{err}");
-    /// Lazily unmounts the second tree if the test fails before `clawfs unmount` does.
-    struct Mounted<'a>(&'a std::path::Path);
-    impl Drop for Mounted<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(self.0)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    let _mounted = Mounted(&work);
+    let _mounted = common::LazyUnmount(&work);
     std::fs::write(work.join("notes/todo.md"), b"first\n").unwrap();
     std::fs::write(work.join("notes/todo.md"), b"second\n").unwrap();
     let inside = work.join("notes");

@@ -204,6 +204,20 @@ impl Drop for Sandbox {
     }
 }
 
+/// Lazily unmounts a second mount (another tree, a view) when dropped: a test that fails
+/// before its `clawfs unmount` leaves nothing mounted behind.
+pub struct LazyUnmount<'a>(pub &'a Path);
+
+impl Drop for LazyUnmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Waits until `f` holds, up to 20 s.
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
