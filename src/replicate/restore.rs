@@ -27,7 +27,7 @@ use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, Meta, NodeKind};
 use crate::store::chunks::SpoolStore;
-use crate::store::content::{is_zero_chunk, ChunkCache, ChunkRef, Content, ReadAt};
+use crate::store::content::{zeros_through, ChunkCache, ChunkRef, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -429,14 +429,12 @@ impl ReadAt for Checked {
             return 0;
         }
         let first = self.map.partition_point(|(o, _, _)| *o <= offset) - 1;
-        let mut end = offset;
-        for &(start, id, len) in &self.map[first..] {
-            if !is_zero_chunk(&ChunkRef { id, len }) {
-                break;
-            }
-            end = start + u64::from(len);
-        }
-        end.min(self.size) - offset
+        let chunks = self.map[first..].iter();
+        zeros_through(
+            offset,
+            self.size,
+            chunks.map(|&(start, id, len)| (start, ChunkRef { id, len })),
+        )
     }
     fn len(&self) -> u64 {
         self.size

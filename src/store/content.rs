@@ -243,24 +243,44 @@ impl ContentReader {
     /// past that it answers the end, which is always a hole (what lies before it then counts as
     /// data, which is never wrong). Reads leaves, never chunks.
     pub fn next_zeros(&self, offset: u64) -> Result<u64> {
-        let size = self.content.size;
-        if offset >= size {
-            return Ok(size);
-        }
-        let stop = size.min(offset.saturating_add(ZERO_SCAN_MAX));
-        let mut seg = self.seg_starts.partition_point(|&s| s <= offset) - 1;
-        while seg < self.content.segments.len() && self.seg_starts[seg] < stop {
-            let mut at = self.seg_starts[seg];
-            for c in self.chunks.leaf(&self.content.segments[seg])?.iter() {
-                let end = at + u64::from(c.len);
-                if end > offset && is_zero_chunk(c) {
-                    return Ok(at.max(offset));
-                }
-                at = end;
+        for listed in self.chunks_near(offset) {
+            let (start, c) = listed?;
+            if is_zero_chunk(&c) {
+                return Ok(start.max(offset));
             }
-            seg += 1;
         }
-        Ok(size)
+        Ok(self.content.size)
+    }
+
+    /// The chunks from the one holding `offset` on, each with where it starts, up to the end
+    /// of the leaf that reaches about [`ZERO_SCAN_MAX`] past `offset`. Reads leaves, never
+    /// chunks.
+    fn chunks_near(&self, offset: u64) -> impl Iterator<Item = Result<(u64, ChunkRef)>> + '_ {
+        let stop = self.content.size.min(offset.saturating_add(ZERO_SCAN_MAX));
+        let first = self
+            .seg_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        (first..self.content.segments.len())
+            .take_while(move |&i| self.seg_starts[i] < stop)
+            .flat_map(move |i| -> Vec<Result<(u64, ChunkRef)>> {
+                match self.chunks.leaf(&self.content.segments[i]) {
+                    Ok(leaf) => {
+                        let mut at = self.seg_starts[i];
+                        leaf.iter()
+                            .map(|c| {
+                                at += u64::from(c.len);
+                                Ok((at - u64::from(c.len), *c))
+                            })
+                            .collect()
+                    }
+                    Err(e) => vec![Err(e)],
+                }
+            })
+            .filter(move |r| {
+                r.as_ref()
+                    .map_or(true, |(s, c)| s + u64::from(c.len) > offset)
+            })
     }
 
     fn leaf_at(&self, seg: usize) -> Result<LoadedLeaf> {
@@ -338,30 +358,13 @@ impl ReadAt for ContentReader {
     /// The chunks of zeros from `offset` on (a file cut from a sparse one, or grown by a
     /// truncation, is chunks of zeros): known from their ids, without reading them. Looks
     /// about [`ZERO_SCAN_MAX`] ahead (to the end of the leaf that reaches it), so a caller
-    /// asking at every window pays little.
+    /// asking at every window pays little; a leaf that cannot be read ends the run.
     fn zeros_at(&self, offset: u64) -> u64 {
-        let mut pos = offset;
-        let stop = self.content.size.min(offset.saturating_add(ZERO_SCAN_MAX));
-        'segments: while pos < stop {
-            let seg = self.seg_starts.partition_point(|&s| s <= pos) - 1;
-            let Ok((leaf, starts)) = self.leaf_at(seg) else {
-                break;
-            };
-            let Some(first) = starts.partition_point(|&s| s <= pos).checked_sub(1) else {
-                break;
-            };
-            let before = pos;
-            for (c, start) in leaf[first..].iter().zip(&starts[first..]) {
-                if !is_zero_chunk(c) {
-                    break 'segments;
-                }
-                pos = start + u64::from(c.len);
-            }
-            if pos <= before {
-                break; // a leaf that does not cover its bytes is no run of zeros
-            }
-        }
-        pos.min(self.content.size).saturating_sub(offset)
+        zeros_through(
+            offset,
+            self.content.size,
+            self.chunks_near(offset).map_while(Result::ok),
+        )
     }
     fn len(&self) -> u64 {
         self.content.size
@@ -759,6 +762,21 @@ pub fn is_zero_chunk(c: &ChunkRef) -> bool {
     id == Some(c.id)
 }
 
+/// How far the chunks of zeros that `chunks` (each with where it starts, the first holding
+/// `offset`) begin with reach past `offset`, within `size`.
+pub fn zeros_through(
+    offset: u64,
+    size: u64,
+    chunks: impl IntoIterator<Item = (u64, ChunkRef)>,
+) -> u64 {
+    let end = chunks
+        .into_iter()
+        .take_while(|(_, c)| is_zero_chunk(c))
+        .last()
+        .map_or(offset, |(start, c)| start + u64::from(c.len));
+    end.min(size).saturating_sub(offset)
+}
+
 /// Bytes of `content` held in chunks of zeros, from at most `max_leaves` distinct leaves (a
 /// sparse file repeats one leaf of zeros, so a few tell for any size); `None` when a file has
 /// more distinct leaves than that (it is then mostly data).
@@ -767,32 +785,31 @@ pub fn zero_bytes(
     content: &Content,
     max_leaves: usize,
 ) -> Result<Option<u64>> {
+    let zeros_of = |s: &Segment| -> Result<u64> {
+        let leaf = chunks.leaf(s)?;
+        Ok(leaf
+            .iter()
+            .filter(|c| is_zero_chunk(c))
+            .map(|c| u64::from(c.len))
+            .sum())
+    };
     let mut leaves: Vec<(ChunkId, u64)> = Vec::new();
     let mut total = 0;
     for s in &content.segments {
         if s.is_single() {
-            let c = ChunkRef {
-                id: s.leaf,
-                len: u32::try_from(s.bytes).unwrap_or(u32::MAX),
-            };
-            total += if is_zero_chunk(&c) { s.bytes } else { 0 };
+            // The segment is its chunk: nothing to load.
+            total += zeros_of(s)?;
             continue;
         }
-        let zeros = match leaves.iter().find(|(id, _)| *id == s.leaf) {
+        total += match leaves.iter().find(|(id, _)| *id == s.leaf) {
             Some(&(_, z)) => z,
             None if leaves.len() == max_leaves => return Ok(None),
             None => {
-                let leaf = chunks.leaf(s)?;
-                let z = leaf
-                    .iter()
-                    .filter(|c| is_zero_chunk(c))
-                    .map(|c| u64::from(c.len));
-                let z = z.sum();
+                let z = zeros_of(s)?;
                 leaves.push((s.leaf, z));
                 z
             }
         };
-        total += zeros;
     }
     Ok(Some(total))
 }
