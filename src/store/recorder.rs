@@ -180,6 +180,14 @@ enum Piece<'a> {
 }
 
 impl PendingData {
+    /// The written extent that holds byte `off`, with its start.
+    fn extent_at(&self, off: u64) -> Option<(&u64, &Vec<u8>)> {
+        self.extents
+            .range(..=off)
+            .next_back()
+            .filter(|(s, v)| **s + v.len() as u64 > off)
+    }
+
     /// Calls `f` with each run of `off..end` (within the size) in order, and the offset where it
     /// starts: the written extents, and the gaps between them.
     fn walk(
@@ -191,11 +199,7 @@ impl PendingData {
         if off >= end {
             return Ok(()); // (and a range with both ends excluded and equal would panic)
         }
-        let first = self
-            .extents
-            .range(..=off)
-            .next_back()
-            .filter(|(s, v)| **s + v.len() as u64 > off);
+        let first = self.extent_at(off);
         let rest = self.extents.range((Excluded(off), Excluded(end)));
         let mut at = off;
         for (s, v) in first.into_iter().chain(rest) {
@@ -275,10 +279,8 @@ impl ReadAt for PendingData {
         if off >= self.size {
             return 0;
         }
-        if let Some((s, v)) = self.extents.range(..=off).next_back() {
-            if s + v.len() as u64 > off {
-                return 0;
-            }
+        if self.extent_at(off).is_some() {
+            return 0;
         }
         let gap_end = self
             .extents
@@ -1105,8 +1107,7 @@ mod tests {
                 if z > 0 {
                     prop_assert!(model[off as usize..(off + z) as usize].iter().all(|&b| b == 0));
                 }
-                let written = d.extents.range(..=off).next_back().is_some_and(|(s, v)| s + v.len() as u64 > off);
-                if off >= d.valid_base && off < d.len() && !written {
+                if off >= d.valid_base && off < d.len() && d.extent_at(off).is_none() {
                     prop_assert!(z > 0, "the gap at {} is not vouched for", off);
                 }
             }
