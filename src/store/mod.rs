@@ -442,6 +442,17 @@ mod tests {
         }
     }
 
+    /// Records an empty file at `path`.
+    fn new_file(rec: &mut recorder::Recorder, path: &str) {
+        rec.create(
+            &RelPath::new(path).unwrap(),
+            NodeKind::File,
+            Meta::default(),
+            "",
+        )
+        .unwrap();
+    }
+
     fn names(store: &Store, seq: Seq) -> Vec<String> {
         let root = RelPath::root();
         store
@@ -515,8 +526,7 @@ mod tests {
         rec.create(&p("d"), NodeKind::Dir, Meta::default(), "")
             .unwrap();
         for i in 0..files {
-            rec.create(&p(&format!("d/f{i}")), NodeKind::File, Meta::default(), "")
-                .unwrap();
+            new_file(&mut rec, &format!("d/f{i}"));
         }
         let seq = rec.commit(false).unwrap().unwrap().seq;
         let compact = store.cat.get(schema::journal_key(seq)).unwrap().is_none();
@@ -634,8 +644,7 @@ mod tests {
         assert_eq!(names(&store, Seq(1)), ["a"]);
         // New nodes continue from format 2's counter: no id is handed out twice.
         let mut rec = store.recorder(SessionId(2)).unwrap();
-        rec.create(&p("b"), NodeKind::File, Meta::default(), "")
-            .unwrap();
+        new_file(&mut rec, "b");
         rec.commit(false).unwrap();
         let (a, b) = (
             rec.resolve_now(&p("a")).unwrap(),
@@ -651,13 +660,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(dir.path()).unwrap();
         let mut rec = store.recorder(SessionId(1)).unwrap();
-        rec.create(
-            &RelPath::new("a").unwrap(),
-            NodeKind::File,
-            Meta::default(),
-            "",
-        )
-        .unwrap();
+        new_file(&mut rec, "a");
         rec.commit(true).unwrap();
         set_format(&store, format);
         dir
@@ -683,13 +686,7 @@ mod tests {
         assert_marked_current(&store);
         assert_eq!(names(&store, Seq(1)), ["a"]);
         let mut rec = store.recorder(SessionId(2)).unwrap();
-        rec.create(
-            &RelPath::new("b").unwrap(),
-            NodeKind::File,
-            Meta::default(),
-            "",
-        )
-        .unwrap();
+        new_file(&mut rec, "b");
         rec.commit(false).unwrap();
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
     }
@@ -699,14 +696,12 @@ mod tests {
     #[test]
     fn a_time_names_the_newest_epoch_at_or_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let p = |s: &str| RelPath::new(s).unwrap();
         let store = Store::open_or_create(dir.path()).unwrap();
         assert_eq!(store.seq_at_time(i64::MAX).unwrap(), None);
         let mut rec = store.recorder(SessionId(1)).unwrap();
         let mut times = Vec::new();
         for i in 0..37 {
-            rec.create(&p(&format!("f{i}")), NodeKind::File, Meta::default(), "")
-                .unwrap();
+            new_file(&mut rec, &format!("f{i}"));
             let seq = rec.commit(false).unwrap().unwrap().seq;
             times.push((seq, store.epoch(seq).unwrap().unwrap().time_ns));
             if i % 5 == 0 {
