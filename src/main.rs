@@ -75,10 +75,12 @@ fn main() -> ExitCode {
 
 /// `--store`, else the store of the clawfs mount at `dir`, else the default store for `dir`.
 fn store_for(cli: &Cli, dir: &Path, cwd: &Path) -> PathBuf {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     match &cli.store {
         Some(s) => absolute(s, cwd),
-        None => mount::store_of_mount(&dir).unwrap_or_else(|| default_store(&dir)),
+        None => {
+            let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+            mount::store_of_mount(&dir).unwrap_or_else(|| default_store(&dir))
+        }
     }
 }
 

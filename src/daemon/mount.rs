@@ -87,19 +87,20 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The topmost mount at `dir`, if any.
+fn mount_at(dir: &Path) -> Option<MountEntry> {
+    mounts().into_iter().rfind(|m| m.point == dir)
+}
+
 /// The filesystem type mounted at `dir`, if any (the topmost mount).
 pub fn mounted_type(dir: &Path) -> Option<String> {
-    mounts()
-        .into_iter()
-        .filter(|m| m.point == dir)
-        .map(|m| m.fstype)
-        .next_back()
+    mount_at(dir).map(|m| m.fstype)
 }
 
 /// The store of the clawfs mount at `dir`, if `dir` is one: the daemon names it as the mount's
 /// source (`clawfs:<store>`), so a tree mounted with `--store` is found without it.
 pub fn store_of_mount(dir: &Path) -> Option<PathBuf> {
-    let top = mounts().into_iter().rfind(|m| m.point == dir)?;
+    let top = mount_at(dir)?;
     let store = top.source.strip_prefix(&format!("{FS_TYPE}:"))?;
     (top.fstype == tree_type() && !store.is_empty()).then(|| PathBuf::from(store))
 }
