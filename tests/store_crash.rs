@@ -12,10 +12,19 @@ use clawfs::store::Store;
 
 const FILES: [&str; 3] = ["a", "b", "dir/c"];
 
+/// A generation's content: 16 KiB that does not compress (so packs fill, are sealed and
+/// indexed while the child is killed), then a run of one digit.
 fn content(generation: u64) -> Vec<u8> {
     let mut v = format!("generation {generation}\n").into_bytes();
+    let mut x = generation.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for _ in 0..2048 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
     v.resize(
-        1000 + (generation as usize * 7919) % 70_000,
+        20_000 + (generation as usize * 7919) % 70_000,
         b'0' + (generation % 10) as u8,
     );
     v
@@ -123,4 +132,9 @@ fn durable_epochs_survive_kill_9_and_nothing_is_half_visible() {
     assert!(reported.len() > 100);
     let store = Store::open(dir.path()).unwrap();
     assert!(store.packs().verify_all().unwrap() > 0);
+    let (files, indexed, _) = store.packs().index().stats();
+    assert!(
+        files > 0 && indexed > 0,
+        "packs were sealed and indexed under the kills"
+    );
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::ids::{ChunkId, PackId};
+use crate::store::chunk_index::ChunkIndex;
 use crate::store::error::{IoContext, Result, StoreError};
 use crate::store::pack::{self, ChunkLoc, PackWriter, PACK_TARGET, RECORD_OVERHEAD};
 
@@ -78,12 +79,12 @@ impl ChunkStore for MemChunkStore {
     }
 }
 
-/// Chunks in append-only pack files, located through a sled tree.
+/// Chunks in append-only pack files, located through a [`ChunkIndex`] beside them.
 pub struct PackStore {
     dir: PathBuf,
-    index: sled::Tree,
+    index: ChunkIndex,
     writer: Mutex<Option<PackWriter>>,
-    /// Packs sealed since the last [`sync`](ChunkStore::sync), synced there.
+    /// Packs sealed since the last [`sync`](ChunkStore::sync), synced and indexed there.
     sealed: Mutex<Vec<PackWriter>>,
     /// Records appended since open, counted under the writer lock.
     appended: AtomicU64,
@@ -97,96 +98,49 @@ const RECENT_LOCATIONS: usize = 4096;
 /// A record header claiming a longer payload than this is not followed (chunks are at most
 /// 64 KiB, leaves about 9 KiB).
 const MAX_STORED_LEN: u32 = 1 << 20;
-
-const META_OPEN_PACK: &[u8] = b"\0open_pack";
-/// (pack id, length) of the open pack at its last sync: every record below that length is
-/// indexed (its index entry was inserted before this key, and sled recovers a prefix), so a
-/// reopen checks only the records after it instead of looking up every record of the pack.
-const META_OPEN_PACK_INDEXED: &[u8] = b"\0open_pack_indexed";
+/// Sealed packs waiting for a barrier are synced and indexed once there are this many, so a
+/// long run of appends without one (a restore) holds few records in memory.
+const SEALED_MAX: usize = 4;
 
 impl PackStore {
-    /// Opens the packs in `dir` with `index` as the chunk index. The pack that was open for
-    /// appending is checked record by record; a torn tail is cut off and index entries that
-    /// point into it are dropped.
-    pub fn open(dir: &Path, index: sled::Tree) -> Result<PackStore> {
+    /// Opens the packs in `dir`. The last pack, unless an index file covers it, is the one
+    /// that was open for appending: it is checked record by record, a torn tail is cut off,
+    /// and its records are indexed in memory.
+    pub fn open(dir: &Path) -> Result<PackStore> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-        let store = PackStore {
+        let packs: Vec<PackId> = list_packs(dir)?.into_iter().map(|(id, _)| id).collect();
+        let (index, open_pack) = ChunkIndex::open(dir, &packs)?;
+        let writer = match open_pack {
+            Some(id) => {
+                let (w, records, _) = PackWriter::reopen(dir, id)?;
+                for (cid, loc) in records {
+                    index.add(cid, loc);
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        Ok(PackStore {
             dir: dir.to_path_buf(),
             index,
-            writer: Mutex::new(None),
+            writer: Mutex::new(writer),
             sealed: Mutex::new(Vec::new()),
             appended: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             recent: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(RECENT_LOCATIONS).expect("nonzero"),
             )),
-        };
-        if let Some(v) = store.index.get(META_OPEN_PACK)? {
-            let id = PackId(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                StoreError::CorruptCatalog {
-                    what: "open pack".into(),
-                    detail: "bad length".into(),
-                }
-            })?));
-            if pack::pack_path(dir, id).exists() {
-                let (w, records, torn) = PackWriter::reopen(dir, id)?;
-                let indexed_below = store
-                    .index
-                    .get(META_OPEN_PACK_INDEXED)?
-                    .and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok())
-                    .filter(|v| v[..8] == id.0.to_be_bytes())
-                    .map_or(0, |v| {
-                        u64::from_be_bytes(v[8..].try_into().expect("8 bytes"))
-                    });
-                // A crash between appending a record and indexing it leaves an unindexed record.
-                for (cid, loc) in records.iter().filter(|(_, l)| l.offset >= indexed_below) {
-                    if !store.index.contains_key(cid.0)? {
-                        store
-                            .index
-                            .insert(cid.0, bincode::serialize(loc).expect("encode"))?;
-                    }
-                }
-                if torn {
-                    // Index entries that point into the torn tail must go.
-                    store.drop_entries_beyond(id, w.len())?;
-                }
-                *store.writer.lock() = Some(w);
-            }
-        }
-        Ok(store)
+        })
     }
 
-    fn drop_entries_beyond(&self, pack: PackId, end: u64) -> Result<()> {
-        // Only after a crash that tore the open pack (a power loss): a full scan is fine there.
-        let mut doomed = Vec::new();
-        for item in self.index.iter() {
-            let (k, v) = item?;
-            if k.len() != 32 {
-                continue;
-            }
-            if let Ok(loc) = bincode::deserialize::<ChunkLoc>(&v) {
-                if loc.pack == pack && loc.offset >= end {
-                    doomed.push(k);
-                }
-            }
-        }
-        for k in doomed {
-            self.index.remove(k)?;
-        }
-        Ok(())
+    /// The chunk index: file count and size, for `status`.
+    pub fn index(&self) -> &ChunkIndex {
+        &self.index
     }
 
     /// Where a chunk is, if present.
     pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
-        match self.index.get(id.0)? {
-            None => Ok(None),
-            Some(v) => bincode::deserialize(&v)
-                .map(Some)
-                .map_err(|e| StoreError::CorruptCatalog {
-                    what: format!("chunk index entry {id}"),
-                    detail: e.to_string(),
-                }),
-        }
+        self.index.get(id)
     }
 
     fn reader(&self, id: PackId) -> Result<Arc<File>> {
@@ -204,31 +158,14 @@ impl PackStore {
     }
 
     fn next_pack_id(&self) -> Result<PackId> {
-        let mut max = 0u64;
-        for e in std::fs::read_dir(&self.dir).ctx(|| "listing packs".into())? {
-            let e = e.ctx(|| "listing packs".into())?;
-            if let Some(hexname) = e.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
-                if let Ok(n) = u64::from_str_radix(hexname, 16) {
-                    max = max.max(n);
-                }
-            }
-        }
-        Ok(PackId(max + 1))
+        Ok(PackId(
+            list_packs(&self.dir)?.last().map_or(0, |(id, _)| id.0) + 1,
+        ))
     }
 
     /// Every pack file and its size: what the replicator uploads and `status` counts.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.dir).ctx(|| "listing packs".into())? {
-            let e = e.ctx(|| "listing packs".into())?;
-            if let Some(hexname) = e.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
-                if let Ok(n) = u64::from_str_radix(hexname, 16) {
-                    out.push((PackId(n), e.metadata().map(|m| m.len()).unwrap_or(0)));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        list_packs(&self.dir)
     }
 
     /// Reads and checks every record of every pack; returns the number of chunks checked.
@@ -246,6 +183,12 @@ impl PackStore {
                 });
             }
             for (cid, loc) in records {
+                if self.index.get(&cid)?.is_none() {
+                    return Err(StoreError::CorruptCatalog {
+                        what: format!("chunk index of pack {id}"),
+                        detail: format!("chunk {cid} at offset {} is not in it", loc.offset),
+                    });
+                }
                 let data = self.read_at(&cid, &loc)?;
                 if ChunkId::of(&data) != cid {
                     return Err(StoreError::CorruptPack {
@@ -336,7 +279,7 @@ impl PackStore {
         if absent_at != Some(self.appended.load(Ordering::Acquire)) {
             let mut fresh = Vec::with_capacity(records.len());
             for rec in records {
-                if !self.index.contains_key(rec.id().0)? {
+                if !self.index.contains(&rec.id())? {
                     fresh.push(rec);
                 }
             }
@@ -349,11 +292,16 @@ impl PackStore {
             if let Some(old) = w.take() {
                 // Synced at the next barrier; its pages start out now.
                 old.start_writeback();
-                self.sealed.lock().push(old);
+                let waiting = {
+                    let mut sealed = self.sealed.lock();
+                    sealed.push(old);
+                    sealed.len()
+                };
+                if waiting >= SEALED_MAX {
+                    self.sync_sealed()?;
+                }
             }
-            let nw = PackWriter::create(&self.dir, self.next_pack_id()?)?;
-            self.index.insert(META_OPEN_PACK, &nw.id.0.to_be_bytes())?;
-            *w = Some(nw);
+            *w = Some(PackWriter::create(&self.dir, self.next_pack_id()?)?);
         }
         let writer = w.as_mut().expect("just opened");
         let mut offset = writer.append(&records)?;
@@ -361,8 +309,7 @@ impl PackStore {
         // The records reached the kernel before the index names them.
         for rec in &records {
             let (id, loc) = rec.location(writer.id, offset);
-            self.index
-                .insert(id.0, bincode::serialize(&loc).expect("encode"))?;
+            self.index.add(id, loc);
             offset += rec.len();
             written += rec.len();
         }
@@ -375,7 +322,7 @@ impl PackStore {
 impl ChunkStore for PackStore {
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
         let absent_at = self.appended.load(Ordering::Acquire);
-        if self.index.contains_key(id.0)? {
+        if self.index.contains(&id)? {
             return Ok(0);
         }
         self.append(vec![pack::Record::encode(&id, data)], Some(absent_at))
@@ -385,7 +332,7 @@ impl ChunkStore for PackStore {
         let absent_at = self.appended.load(Ordering::Acquire);
         let mut records: Vec<pack::Record<'_>> = Vec::with_capacity(chunks.len());
         for &(id, data) in chunks {
-            if !records.iter().any(|r| r.id() == id) && !self.index.contains_key(id.0)? {
+            if !records.iter().any(|r| r.id() == id) && !self.index.contains(&id)? {
                 records.push(pack::Record::encode(&id, data));
             }
         }
@@ -398,7 +345,7 @@ impl ChunkStore for PackStore {
     }
 
     fn has(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.index.contains_key(id.0)?)
+        self.index.contains(id)
     }
 
     /// A file written front to back has its new chunks appended one after another, so the
@@ -420,21 +367,43 @@ impl ChunkStore for PackStore {
     }
 
     fn sync(&self) -> Result<()> {
-        let mut sealed = self.sealed.lock();
-        while let Some(old) = sealed.first() {
-            old.sync()?;
-            sealed.remove(0);
-        }
-        drop(sealed);
+        self.sync_sealed()?;
         if let Some(w) = self.writer.lock().as_ref() {
             w.sync()?;
-            let mut v = [0u8; 16];
-            v[..8].copy_from_slice(&w.id.0.to_be_bytes());
-            v[8..].copy_from_slice(&w.len().to_be_bytes());
-            self.index.insert(META_OPEN_PACK_INDEXED, &v)?;
         }
         Ok(())
     }
+}
+
+impl PackStore {
+    /// Syncs the sealed packs, then writes their index file: an index file names only
+    /// durable records. On an error the packs stay listed, to be tried at the next barrier
+    /// (until then their records are found in memory).
+    fn sync_sealed(&self) -> Result<()> {
+        let mut sealed = self.sealed.lock();
+        for p in sealed.iter() {
+            p.sync()?;
+        }
+        let ids: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
+        self.index.seal(&ids)?;
+        sealed.clear();
+        Ok(())
+    }
+}
+
+/// Every pack file in `dir` and its size, by id.
+fn list_packs(dir: &Path) -> Result<Vec<(PackId, u64)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).ctx(|| "listing packs".into())? {
+        let e = e.ctx(|| "listing packs".into())?;
+        if let Some(hexname) = e.file_name().to_str().and_then(|n| n.strip_suffix(".pack")) {
+            if let Ok(n) = u64::from_str_radix(hexname, 16) {
+                out.push((PackId(n), e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Chunk records spooled into unlinked temp files and found through an index in memory: the
@@ -708,11 +677,10 @@ mod tests {
     #[test]
     fn pack_store_meets_the_contract_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs")).unwrap();
         contract(&ps);
         drop(ps);
-        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs")).unwrap();
         let a = b"alpha".repeat(1000);
         assert_eq!(ps.get(&ChunkId::of(&a)).unwrap(), a);
         assert_eq!(ps.verify_all().unwrap(), 804);
@@ -721,16 +689,15 @@ mod tests {
     #[test]
     fn reopen_reindexes_records_appended_after_the_last_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let open = || PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap());
+        let open = || PackStore::open(&dir.path().join("packs"));
         let ps = open().unwrap();
         let (a, b) = (vec![1u8; 3000], vec![2u8; 3000]);
         let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
         ps.put(ia, &a).unwrap();
         ps.sync().unwrap();
         ps.put(ib, &b).unwrap();
-        // The process died before b's index entry reached the catalogue.
-        ps.index.remove(ib.0).unwrap();
+        // The process died after appending b: nothing but the pack knows it.
+        ps.index.forget(&ib);
         drop(ps);
         let ps = open().unwrap();
         assert_eq!(ps.get(&ia).unwrap(), a);
@@ -740,8 +707,7 @@ mod tests {
     #[test]
     fn a_chunk_after_the_one_before_it_is_read_without_the_index_but_still_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs")).unwrap();
         let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 3000]).collect();
         let ids: Vec<ChunkId> = chunks.iter().map(|c| ChunkId::of(c)).collect();
         for (id, c) in ids.iter().zip(&chunks) {
@@ -750,7 +716,7 @@ mod tests {
         assert_eq!(ps.get_after(&ids[0], None).unwrap(), chunks[0]);
         // Without an index entry, the chunk after a read one is still found, next to it.
         let loc1 = ps.locate(&ids[1]).unwrap().unwrap();
-        ps.index.remove(ids[1].0).unwrap();
+        ps.index.forget(&ids[1]);
         assert_eq!(ps.get_after(&ids[1], Some(&ids[0])).unwrap(), chunks[1]);
         assert!(matches!(ps.get(&ids[1]), Err(StoreError::MissingChunk(_))));
         // A flipped payload byte in the next record: found there, refused by its CRC, and
@@ -772,8 +738,7 @@ mod tests {
     #[test]
     fn pack_store_reports_a_flipped_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let ps = PackStore::open(&dir.path().join("packs"), db.open_tree("c").unwrap()).unwrap();
+        let ps = PackStore::open(&dir.path().join("packs")).unwrap();
         let a = vec![7u8; 3000];
         let id = ChunkId::of(&a);
         ps.put(id, &a).unwrap();

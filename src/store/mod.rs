@@ -8,6 +8,7 @@
 //! Nothing here knows about FUSE.
 
 pub mod catalog;
+pub mod chunk_index;
 pub mod chunker;
 pub mod chunks;
 pub mod content;
@@ -123,10 +124,16 @@ impl Store {
         if discard_unfinished_epoch(&cat, Seq(head).next())? {
             db.flush()?;
         }
-        let packs = Arc::new(PackStore::open(
-            &dir.join("packs"),
-            db.open_tree(schema::TREE_CHUNKS)?,
-        )?);
+        let packs = Arc::new(PackStore::open(&dir.join("packs"))?);
+        if db
+            .tree_names()
+            .iter()
+            .any(|t| t == schema::TREE_CHUNKS_BEFORE_5.as_bytes())
+        {
+            // Format 4 and older kept chunk locations in sled; the packs are indexed now.
+            db.drop_tree(schema::TREE_CHUNKS_BEFORE_5)?;
+            db.flush()?;
+        }
         let chunks = Arc::new(ChunkCache::new(
             packs.clone() as Arc<dyn ChunkStore>,
             CHUNK_CACHE_ENTRIES,
@@ -225,7 +232,7 @@ impl Store {
             others
         } else {
             let mut records = others;
-            records.extend(changes);
+            records.extend(batch_changes(seq, changes));
             records.push((epoch_key.to_vec(), header));
             records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let keys: Vec<&Vec<u8>> = records.iter().map(|(k, _)| k).collect();
@@ -263,7 +270,9 @@ impl Store {
 
     /// Bytes the store takes on disk (catalogue and packs).
     pub fn disk_usage(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()? + self.packs.packs()?.iter().map(|p| p.1).sum::<u64>())
+        Ok(self.db.size_on_disk()?
+            + self.packs.packs()?.iter().map(|p| p.1).sum::<u64>()
+            + self.packs.index().size_on_disk())
     }
 
     /// Records a named mark at `seq`. Names are unique; marks are kept until removed by name.
@@ -400,6 +409,31 @@ fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
 /// Removes the records of an epoch that was cut off before its head was written (a crash, or a
 /// failed write in [`Store::write_epoch`]): its journal names them, as a journal entry or, for a
 /// compact epoch, inside its header record. Says whether there was one.
+/// The change records of an epoch that is not compact, stored many to a record: runs of at
+/// most [`schema::CHANGES_PER_RECORD`] changes and about [`schema::COMPACT_MAX_BYTES`] bytes.
+fn batch_changes(seq: Seq, changes: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut run: Vec<Vec<u8>> = Vec::new();
+    let (mut first, mut bytes) = (0u32, 0u64);
+    let total = changes.len();
+    for (i, (_, v)) in changes.into_iter().enumerate() {
+        bytes += v.len() as u64;
+        run.push(v);
+        if run.len() == schema::CHANGES_PER_RECORD
+            || bytes >= schema::COMPACT_MAX_BYTES
+            || i + 1 == total
+        {
+            out.push((
+                schema::changes_key(seq, first).to_vec(),
+                encode(&std::mem::take(&mut run)),
+            ));
+            first = i as u32 + 1;
+            bytes = 0;
+        }
+    }
+    out
+}
+
 fn discard_unfinished_epoch(cat: &sled::Tree, seq: Seq) -> Result<bool> {
     let (keys, journal) = if let Some(j) = cat.get(schema::journal_key(seq))? {
         let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of unfinished epoch {seq}"))?;
@@ -518,6 +552,7 @@ mod tests {
     #[rstest::rstest]
     #[case::compact(2)]
     #[case::journaled(schema::COMPACT_MAX_CHANGES + 5)]
+    #[case::journaled_in_many_records(2 * schema::CHANGES_PER_RECORD + 7)]
     fn an_epoch_ships_and_replays_the_same_whichever_way_it_is_stored(#[case] files: usize) {
         let p = |s: &str| RelPath::new(s).unwrap();
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -531,6 +566,18 @@ mod tests {
         let seq = rec.commit(false).unwrap().unwrap().seq;
         let compact = store.cat.get(schema::journal_key(seq)).unwrap().is_none();
         assert_eq!(compact, files < schema::COMPACT_MAX_CHANGES);
+        // Stored, the changes of a journaled epoch are a few records, not one each.
+        let stored = |prefix: [u8; 9]| store.cat.scan_prefix(prefix).count();
+        assert_eq!(stored(schema::change_prefix(seq)), 0);
+        let runs = stored(schema::changes_prefix(seq));
+        if compact {
+            assert_eq!(runs, 0);
+        } else {
+            assert!(
+                runs >= (files + 1).div_ceil(schema::CHANGES_PER_RECORD) && runs <= files / 16,
+                "{runs} records"
+            );
+        }
         let shipped = store.epoch_records(seq).unwrap().unwrap();
         // Header, one record per change, then the rest: the shape every epoch travels in.
         let changes = shipped
@@ -689,6 +736,62 @@ mod tests {
         new_file(&mut rec, "b");
         rec.commit(false).unwrap();
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
+    }
+
+    /// A format-4 store kept chunk locations in a sled tree: upgraded, its packs are indexed
+    /// into files, the tree is dropped, and every chunk reads back.
+    #[test]
+    fn a_format_4_store_is_upgraded_and_its_packs_indexed() {
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let data = |i: u8| {
+            (0..200_000u32)
+                .map(|j| (j * 7 + u32::from(i)) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open_or_create(dir.path()).unwrap();
+            let mut rec = store.recorder(SessionId(1)).unwrap();
+            new_file(&mut rec, "a");
+            rec.write(&p("a"), 0, &data(1)).unwrap();
+            rec.commit(true).unwrap();
+            drop(rec);
+            set_format(&store, 4);
+        }
+        std::fs::remove_dir_all(dir.path().join("packs").join("index")).unwrap();
+        {
+            let raw = (0..1000)
+                .find_map(|_| {
+                    sled::open(dir.path().join("catalog")).ok().or_else(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        None
+                    })
+                })
+                .expect("the catalogue opens within 10 s");
+            raw.open_tree(schema::TREE_CHUNKS_BEFORE_5)
+                .unwrap()
+                .insert([7u8; 32], &[1u8; 20][..])
+                .unwrap();
+            raw.flush().unwrap();
+        }
+        let store = open_when_free(dir.path()).unwrap();
+        assert_marked_current(&store);
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t == schema::TREE_CHUNKS_BEFORE_5.as_bytes()));
+        assert!(store.packs().verify_all().unwrap() >= 2);
+        assert_eq!(store.read_file(&p("a"), Seq(1)).unwrap(), data(1));
+        let mut rec = store.recorder(SessionId(2)).unwrap();
+        new_file(&mut rec, "b");
+        rec.write(&p("b"), 0, &data(2)).unwrap();
+        rec.commit(true).unwrap();
+        drop(rec);
+        drop(store);
+        let store = open_when_free(dir.path()).unwrap();
+        assert_eq!(store.read_file(&p("a"), Seq(2)).unwrap(), data(1));
+        assert_eq!(store.read_file(&p("b"), Seq(2)).unwrap(), data(2));
     }
 
     /// A time names the newest epoch committed at or before it, whatever the number of epochs

@@ -279,6 +279,14 @@ impl Store {
             }
         }
         let mut out = Vec::new();
+        for kv in self.cat.scan_prefix(schema::changes_prefix(seq)) {
+            let (_, v) = kv?;
+            let run: Vec<Vec<u8>> = decode(&v, || format!("changes of epoch {seq}"))?;
+            for c in run {
+                out.push(decode(&c, || format!("change of epoch {seq}"))?);
+            }
+        }
+        // Epochs written before format 5: a record per change.
         for kv in self.cat.scan_prefix(schema::change_prefix(seq)) {
             let (_, v) = kv?;
             out.push(decode(&v, || format!("change of epoch {seq}"))?);

@@ -58,6 +58,19 @@ impl Store {
                     what: format!("epoch {seq}"),
                     detail: "a record its journal names is missing".into(),
                 })?;
+            if k.first() == Some(&schema::CHANGES) {
+                // Stored many to a record, they travel one to a record.
+                let first =
+                    schema::change_key_index(&k).ok_or_else(|| StoreError::CorruptCatalog {
+                        what: format!("epoch {seq}"),
+                        detail: "malformed changes key".into(),
+                    })?;
+                let run: Vec<Vec<u8>> = decode(&v, || format!("changes of epoch {seq}"))?;
+                for (i, c) in run.into_iter().enumerate() {
+                    records.push((schema::change_key(seq, first + i as u32).to_vec(), c));
+                }
+                continue;
+            }
             records.push((k, v.to_vec()));
         }
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));

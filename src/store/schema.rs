@@ -4,20 +4,21 @@
 //! ```text
 //! <store>/catalog/        sled database: the catalogue (below)
 //! <store>/packs/<16 hex>.pack   append-only chunk packs (see `pack.rs`)
+//! <store>/packs/index/<lo>-<hi>.idx   where each chunk is (see `chunk_index.rs`)
 //! <store>/control.sock    the running daemon's control socket (0600)
 //! <store>/config.json     per-store settings (ignore patterns, mounted directory)
 //! ```
 //!
 //! # Catalogue
-//! Two sled trees. Everything an epoch commits lives in one tree, [`TREE_CATALOG`]; records of
+//! One sled tree: everything an epoch commits lives in [`TREE_CATALOG`]; records of
 //! different kinds are told apart by a one-byte key prefix. An epoch is written as its journal
 //! first (a [`JOURNAL`] entry, or the header of a compact epoch), then its records, then
 //! [`META_HEAD`]; readers never look past the head, and sled recovers a prefix of its log, so
 //! after a crash an epoch is whole or absent, never half-visible (a journal just past the head
 //! marks one cut off: opening the store removes what it names; see `Store::write_epoch`).
-//! Chunk locations live in a tree of their own, [`TREE_CHUNKS`], written as chunks are packed
-//! (an index entry for a chunk that no epoch references yet is harmless; one that an epoch
-//! references is always written before it).
+//! Chunk locations are not in sled but in index files beside the packs (`chunk_index.rs`):
+//! a chunk an epoch references is in a pack synced before the epoch's records are flushed, and
+//! opening the store indexes any pack no index file covers.
 //!
 //! All integers in keys are big-endian so that sled's byte order is numeric order. Sequence
 //! numbers inside keys are stored inverted (`!seq`) so that a forward scan from `(k, !s)` finds
@@ -27,7 +28,8 @@
 //! |---|---|---|
 //! | [`META`] | name bytes | see the `META_*` names |
 //! | [`EPOCH`] | seq | [`crate::store::catalog::Epoch`], then for a compact epoch its [`crate::store::catalog::EpochBody`] |
-//! | [`CHANGE`] | seq, index u32 | [`crate::store::catalog::Change`] (epochs that are not compact) |
+//! | [`CHANGE`] | seq, index u32 | [`crate::store::catalog::Change`] (epochs that are not compact, written before format 5; still read) |
+//! | [`CHANGES`] | seq, index u32 of the first | the changes from that index on, each bincode-encoded (bincode `Vec<Vec<u8>>`; epochs that are not compact) |
 //! | [`DENTRY`] | parent path, 0, name, 0, !seq | [`crate::store::catalog::Dentry`] |
 //! | [`NODE`] | node id, !seq | [`crate::store::catalog::NodeVersion`] |
 //! | [`VERSION`] | version id | node id, seq |
@@ -40,6 +42,9 @@
 //! (or a compact epoch's header) names them, so the replicator can ship exactly one epoch's
 //! records, and a clone can apply them in order to rebuild the catalogue. Epochs travel in one
 //! shape whichever way they are stored: header, one [`CHANGE`] record per change, the rest.
+//! Stored, the changes of a large epoch go [`CHANGES_PER_RECORD`] to a [`CHANGES`] record:
+//! sled keeps memory for every page of 16 or so keys, so a key per change made an epoch that
+//! touched 10,000 files cost the catalogue 10,000 keys for the rest of its life.
 //!
 //! Values are bincode-encoded serde structs.
 
@@ -53,7 +58,10 @@ use crate::ids::{NodeId, Seq, VersionId};
 ///   compact (see [`COMPACT_MAX_CHANGES`]).
 /// - 4: a file's run of one chunk is stored without a leaf listing it (a single segment,
 ///   `content::Segment::chunks` 0): a small file's version is one chunk, not two.
-pub const FORMAT_VERSION: u32 = 4;
+/// - 5: chunk locations move out of sled ([`TREE_CHUNKS_BEFORE_5`]) into index files beside
+///   the packs; upgrading reads the packs once to write them, then drops the tree. The
+///   changes of an epoch that is not compact are stored many to a [`CHANGES`] record.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// An epoch with at most this many changes, [`COMPACT_MAX_RECORDS`] other records and a body of
 /// at most [`COMPACT_MAX_BYTES`] is stored compact: its [`EPOCH`] record carries its changes and
@@ -68,23 +76,31 @@ pub const COMPACT_MAX_RECORDS: usize = 256;
 /// See [`COMPACT_MAX_CHANGES`].
 pub const COMPACT_MAX_BYTES: u64 = 16 << 10;
 
-/// Older formats this build opens and upgrades in place by rewriting the format number alone:
-/// everything format 4 reads is there (a format-2 store's [`TIME`] records are left, unread;
-/// leaves of one chunk still read as they always did).
-/// The upgrade makes a build that knows only the old format refuse the store rather than
-/// resolve times from an index the new epochs no longer extend.
-pub const UPGRADABLE_FORMATS: &[u32] = &[2, 3];
+/// Older formats this build opens and upgrades in place by rewriting the format number (and,
+/// from format 4 and older, indexing the packs into files): everything the catalogue holds
+/// reads as before (a format-2 store's [`TIME`] records are left, unread; leaves of one chunk
+/// still read as they always did). The upgrade makes a build that knows only the old format
+/// refuse the store rather than look for chunks in a tree no longer written.
+pub const UPGRADABLE_FORMATS: &[u32] = &[2, 3, 4];
 
 /// Sled tree holding every record an epoch commits.
 pub const TREE_CATALOG: &str = "catalog";
-/// Sled tree mapping chunk id (32 bytes) to its location in a pack.
-pub const TREE_CHUNKS: &str = "chunks";
+/// Sled tree that mapped chunk id (32 bytes) to its location in a pack, up to format 4;
+/// dropped on upgrade.
+pub const TREE_CHUNKS_BEFORE_5: &str = "chunks";
+
+/// Prefix of the changes an epoch carries, [`CHANGES_PER_RECORD`] to a record (format 5).
+pub const CHANGES: u8 = b'G';
+/// At most this many changes, and about [`COMPACT_MAX_BYTES`] of them, go in one [`CHANGES`]
+/// record.
+pub const CHANGES_PER_RECORD: usize = 256;
 
 /// Prefix of store-wide values.
 pub const META: u8 = b'M';
 /// Prefix of epoch headers.
 pub const EPOCH: u8 = b'E';
-/// Prefix of the changes an epoch carries.
+/// Prefix of the changes an epoch carries, one per record (before format 5; and the shape
+/// in which epochs travel).
 pub const CHANGE: u8 = b'C';
 /// Prefix of directory entries over time.
 pub const DENTRY: u8 = b'D';
@@ -148,6 +164,25 @@ pub fn change_key(seq: Seq, i: u32) -> [u8; 13] {
     k[1..9].copy_from_slice(&seq.0.to_be_bytes());
     k[9..].copy_from_slice(&i.to_be_bytes());
     k
+}
+
+/// Key of the [`CHANGES`] record of epoch `seq` that starts with its `first`th change.
+pub fn changes_key(seq: Seq, first: u32) -> [u8; 13] {
+    let mut k = change_key(seq, first);
+    k[0] = CHANGES;
+    k
+}
+
+/// Prefix of all [`CHANGES`] records of epoch `seq`.
+pub fn changes_prefix(seq: Seq) -> [u8; 9] {
+    let mut k = change_prefix(seq);
+    k[0] = CHANGES;
+    k
+}
+
+/// The index of a change key (or of the first change of a [`CHANGES`] key).
+pub fn change_key_index(k: &[u8]) -> Option<u32> {
+    (k.len() == 13).then(|| u32::from_be_bytes(k[9..13].try_into().expect("4 bytes")))
 }
 
 /// Prefix of all changes of epoch `seq`.
