@@ -209,7 +209,16 @@ fn the_store_is_private_to_its_owner() {
         .collect();
     assert!(!packs.is_empty());
     for p in &packs {
-        assert_eq!(mode(p), 0o600, "{}", p.display());
+        if p.is_dir() {
+            // The chunk index: a directory of files, private like the rest.
+            assert_eq!(mode(p), 0o700, "{}", p.display());
+            for f in std::fs::read_dir(p).unwrap() {
+                let f = f.unwrap().path();
+                assert_eq!(mode(&f), 0o600, "{}", f.display());
+            }
+        } else {
+            assert_eq!(mode(p), 0o600, "{}", p.display());
+        }
     }
     assert_eq!(mode(&s.store.join("daemon.log")), 0o600);
     s.unmount();

@@ -31,7 +31,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -290,7 +290,13 @@ fn write_run(
     let mut buckets = vec![0u32; 1 << bits];
     let mut count = 0u64;
     let mut tags = Vec::with_capacity(2 * at_most as usize);
-    let f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx(|| format!("creating {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, &f);
     let io = |e| StoreError::Io {
         what: format!("writing {}", tmp.display()),
@@ -374,7 +380,7 @@ impl ChunkIndex {
     /// for appending, whose records the caller adds with [`add`](Self::add).
     pub fn open(packs_dir: &Path, packs: &[PackId]) -> Result<(ChunkIndex, Option<PackId>)> {
         let dir = packs_dir.join("index");
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::store::private_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let mut found: Vec<(u64, u64, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
             let e = e.ctx(|| format!("listing {}", dir.display()))?;
