@@ -20,6 +20,7 @@ pub mod recorder;
 pub mod replica;
 pub mod rollback;
 pub mod schema;
+pub mod version_index;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,7 @@ pub struct Store {
     cat: sled::Tree,
     packs: Arc<PackStore>,
     chunks: Arc<ChunkCache>,
+    versions: version_index::VersionIndex,
     head: AtomicU64,
     /// Set when an epoch failed half-written and could not be taken back: no epoch may reuse
     /// its seq until [`Store::open`] discards it, so commits are refused until then.
@@ -138,12 +140,14 @@ impl Store {
             packs.clone() as Arc<dyn ChunkStore>,
             CHUNK_CACHE_ENTRIES,
         ));
+        let versions = open_versions(dir, &cat, Seq(head))?;
         Ok(Arc::new(Store {
             dir: dir.to_path_buf(),
             db,
             cat,
             packs,
             chunks,
+            versions,
             head: AtomicU64::new(head),
             broken: AtomicBool::new(false),
             on_commit: parking_lot::Mutex::new(None),
@@ -200,8 +204,17 @@ impl Store {
         let mut header = None;
         let mut changes = Vec::new();
         let mut others = Vec::with_capacity(epoch.records.len());
+        let mut versions = Vec::new();
         for (k, v) in epoch.records {
-            if k.as_slice() == epoch_key.as_slice() {
+            if k.first() == Some(&schema::VERSION) {
+                // Indexed in files, not in sled (see `version_index`).
+                versions.push(schema::version_value_parts(&v).ok_or_else(|| {
+                    StoreError::CorruptCatalog {
+                        what: format!("version record of epoch {seq}"),
+                        detail: "bad length".into(),
+                    }
+                })?);
+            } else if k.as_slice() == epoch_key.as_slice() {
                 header = Some(v);
             } else if k.starts_with(&change_prefix) && k.len() == change_prefix.len() + 4 {
                 changes.push((k, v));
@@ -258,21 +271,42 @@ impl Store {
             }
             return Err(e);
         }
+        for (node, s) in versions {
+            self.versions.add(node, s);
+        }
         Ok(())
     }
 
     /// Makes everything committed so far durable: packs first, then the catalogue.
     pub fn flush(&self) -> Result<()> {
         self.packs.sync()?;
+        self.flush_catalog()
+    }
+
+    /// Makes the catalogue durable (the packs its records name must be synced already), then
+    /// writes out the version ids of the epochs that now are.
+    pub fn flush_catalog(&self) -> Result<()> {
+        let head = self.head();
         self.db.flush()?;
+        self.persist_versions(head);
         Ok(())
+    }
+
+    /// Epochs up to the head are durable: their version ids may go to a file. A failure (a
+    /// full disk) is logged and costs nothing but memory: the ids stay in memory and are
+    /// written at a later flush, or read again from the catalogue at the next open.
+    pub(crate) fn persist_versions(&self, durable: Seq) {
+        if let Err(e) = self.versions.persist(durable) {
+            tracing::error!(error = %e, "could not write the version index; it stays in memory for now");
+        }
     }
 
     /// Bytes the store takes on disk (catalogue and packs).
     pub fn disk_usage(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?
             + self.packs.packs()?.iter().map(|p| p.1).sum::<u64>()
-            + self.packs.index().size_on_disk())
+            + self.packs.index().size_on_disk()
+            + self.versions.size_on_disk())
     }
 
     /// Records a named mark at `seq`. Names are unique; marks are kept until removed by name.
@@ -432,6 +466,53 @@ fn batch_changes(seq: Seq, changes: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Ve
         }
     }
     out
+}
+
+/// The version-id index, with the versions of the epochs no file covers added from their
+/// node-version keys. Epochs up to the seq in [`schema::META_VERSIONS_FROM`] (the head when a
+/// store older than format 5 was first opened by this build) keep theirs in the catalogue.
+fn open_versions(dir: &Path, cat: &sled::Tree, head: Seq) -> Result<version_index::VersionIndex> {
+    let from_key = schema::meta_key(schema::META_VERSIONS_FROM);
+    let before_files =
+        match cat.get(&from_key)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::CorruptCatalog {
+                    what: "versions-from".into(),
+                    detail: "bad length".into(),
+                }
+            })?),
+            None => {
+                cat.insert(&from_key, &head.0.to_be_bytes())?;
+                head.0
+            }
+        };
+    let versions = version_index::VersionIndex::open(&dir.join("versions"), before_files)?;
+    for seq in versions.covered().0 + 1..=head.0 {
+        for k in epoch_keys(cat, Seq(seq))? {
+            if k.first() == Some(&schema::NODE) {
+                if let (Some(node), Some(s)) = (schema::node_key_node(&k), schema::node_key_seq(&k))
+                {
+                    versions.add(node, s);
+                }
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// The keys epoch `seq` wrote besides its header and changes: its journal's, or a compact
+/// header's.
+fn epoch_keys(cat: &sled::Tree, seq: Seq) -> Result<Vec<Vec<u8>>> {
+    if let Some(j) = cat.get(schema::journal_key(seq))? {
+        return decode(&j, || format!("journal of epoch {seq}"));
+    }
+    match cat.get(schema::epoch_key(seq))? {
+        Some(h) => Ok(catalog::decode_epoch(&h, seq)?
+            .1
+            .map(|b| b.keys)
+            .unwrap_or_default()),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn discard_unfinished_epoch(cat: &sled::Tree, seq: Seq) -> Result<bool> {
@@ -736,6 +817,49 @@ mod tests {
         new_file(&mut rec, "b");
         rec.commit(false).unwrap();
         assert_eq!(names(&store, Seq(2)), ["a", "b"]);
+    }
+
+    /// Version ids are not sled records since format 5: they resolve from memory, from index
+    /// files once enough epochs are durable, and again after a reopen (the epochs after the last
+    /// file read back from their node versions).
+    #[test]
+    fn version_ids_resolve_without_catalogue_records_before_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        new_file(&mut rec, "a");
+        let mut ids = Vec::new();
+        for i in 0..1300u32 {
+            rec.write(&a, 0, format!("version {i}\n").as_bytes())
+                .unwrap();
+            let seq = rec.commit(i % 100 == 99).unwrap().unwrap().seq;
+            let node = rec.resolve_now(&a).unwrap().unwrap().0;
+            ids.push((crate::ids::VersionId::new(node, seq), node, seq));
+        }
+        let check = |store: &Store| {
+            for &(v, node, seq) in &ids {
+                assert_eq!(store.version(v).unwrap(), Some((node, seq)), "{v}");
+                assert_eq!(crate::when::resolve(store, &v.to_string()).unwrap(), seq);
+            }
+        };
+        check(&store);
+        let (files, in_files, _) = store.versions.stats();
+        assert!(
+            files >= 1 && in_files >= 1024,
+            "{files} files, {in_files} ids in them"
+        );
+        assert_eq!(store.cat.scan_prefix([schema::VERSION]).count(), 0);
+        // Shipped, every epoch still carries its version record.
+        let shipped = store.epoch_records(ids[5].2).unwrap().unwrap();
+        assert!(shipped
+            .records
+            .iter()
+            .any(|(k, _)| k.as_slice() == schema::version_key(ids[5].0)));
+        drop(rec);
+        drop(store);
+        let store = open_when_free(dir.path()).unwrap();
+        check(&store);
     }
 
     /// A format-4 store kept chunk locations in a sled tree: upgraded, its packs are indexed

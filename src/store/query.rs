@@ -322,6 +322,10 @@ impl Store {
 
     /// The node and epoch a version id names.
     pub fn version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
+        if let Some((node, seq)) = self.versions.get(v)? {
+            return Ok((seq <= self.head()).then_some((node, seq)));
+        }
+        // Epochs written before format 5 keep theirs in the catalogue.
         match self.cat.get(schema::version_key(v))? {
             None => Ok(None),
             Some(b) if b.len() == 16 => {

@@ -1022,6 +1022,9 @@ impl Recorder {
             store.db.flush()?;
         }
         store.set_head(seq);
+        if durable {
+            store.persist_versions(seq);
+        }
         self.last_time = time_ns;
         let settled = self.settled.get_mut();
         if settled.head == before {

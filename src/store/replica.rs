@@ -73,6 +73,25 @@ impl Store {
             }
             records.push((k, v.to_vec()));
         }
+        // Version-id records travel with their epoch; since format 5 they are not stored in
+        // the catalogue but follow from its node versions.
+        let have: std::collections::HashSet<Vec<u8>> = records
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&schema::VERSION))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut derived = Vec::new();
+        for (k, _) in &records {
+            if let (Some(node), Some(s)) = (schema::node_key_node(k), schema::node_key_seq(k)) {
+                if k.first() == Some(&schema::NODE) {
+                    let vk = schema::version_key(crate::ids::VersionId::new(node, s)).to_vec();
+                    if !have.contains(&vk) {
+                        derived.push((vk, schema::version_value(node, s).to_vec()));
+                    }
+                }
+            }
+        }
+        records.extend(derived);
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Some(EpochRecords { seq, records }))
     }

@@ -32,7 +32,7 @@
 //! | [`CHANGES`] | seq, index u32 of the first | the changes from that index on, each bincode-encoded (bincode `Vec<Vec<u8>>`; epochs that are not compact) |
 //! | [`DENTRY`] | parent path, 0, name, 0, !seq | [`crate::store::catalog::Dentry`] |
 //! | [`NODE`] | node id, !seq | [`crate::store::catalog::NodeVersion`] |
-//! | [`VERSION`] | version id | node id, seq |
+//! | [`VERSION`] | version id | node id, seq (epochs up to [`META_VERSIONS_FROM`]; later ones in `version_index.rs` files) |
 //! | [`MARK`] | name bytes | [`crate::store::catalog::Mark`] |
 //! | [`SESSION`] | session id | [`crate::store::catalog::SessionInfo`] |
 //! | [`TIME`] | time (ns since epoch), seq | empty; written by format 2 only, no longer read |
@@ -60,7 +60,8 @@ use crate::ids::{NodeId, Seq, VersionId};
 ///   `content::Segment::chunks` 0): a small file's version is one chunk, not two.
 /// - 5: chunk locations move out of sled ([`TREE_CHUNKS_BEFORE_5`]) into index files beside
 ///   the packs; upgrading reads the packs once to write them, then drops the tree. The
-///   changes of an epoch that is not compact are stored many to a [`CHANGES`] record.
+///   changes of an epoch that is not compact are stored many to a [`CHANGES`] record. Version
+///   ids are indexed in files, not in [`VERSION`] records (see [`META_VERSIONS_FROM`]).
 pub const FORMAT_VERSION: u32 = 5;
 
 /// An epoch with at most this many changes, [`COMPACT_MAX_RECORDS`] other records and a body of
@@ -135,6 +136,12 @@ pub fn head_value(seq: Seq, next_node: u64) -> [u8; 16] {
 /// `META` key of format 2: the next unused node id (u64 BE). Read while [`META_HEAD`] carries
 /// none (an upgraded store before its first epoch); no longer written.
 pub const META_NEXT_NODE: &[u8] = b"next_node";
+
+/// The last epoch whose [`VERSION`] records are in this tree (u64 big-endian): later epochs'
+/// version ids are in index files beside the catalogue (`version_index.rs`), and their
+/// [`VERSION`] records exist only in the shape epochs travel in. Set when a store is created
+/// (0) or first opened by a build of format 5 (its head then).
+pub const META_VERSIONS_FROM: &[u8] = b"versions_from";
 
 /// Key of a `META` value.
 pub fn meta_key(name: &[u8]) -> Vec<u8> {
@@ -266,6 +273,21 @@ pub fn version_value(node: NodeId, seq: Seq) -> [u8; 16] {
     v[..8].copy_from_slice(&node.0.to_be_bytes());
     v[8..].copy_from_slice(&seq.0.to_be_bytes());
     v
+}
+
+/// Decodes a version-id record's value into (node, seq).
+pub fn version_value_parts(v: &[u8]) -> Option<(NodeId, Seq)> {
+    (v.len() == 16).then(|| {
+        (
+            NodeId(u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))),
+            Seq(u64::from_be_bytes(v[8..].try_into().expect("8 bytes"))),
+        )
+    })
+}
+
+/// Decodes the node of a node key.
+pub fn node_key_node(k: &[u8]) -> Option<NodeId> {
+    (k.len() == 17).then(|| NodeId(u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"))))
 }
 
 /// Key of a mark.
