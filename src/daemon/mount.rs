@@ -277,11 +277,30 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
     )
 }
 
+/// How long a new daemon waits for the store's lock before saying who holds it.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the store for a new daemon. A daemon killed a moment ago (its stale mount was just
+/// cleared) holds the store's lock until the kernel has finished tearing the process down, and
+/// sled's threads hold it a moment after a handle closes: both are waited for, briefly. A live
+/// holder (another mount, a view, a running command) still gets the clear "in use" error.
+fn open_store_for_mount(store_dir: &Path) -> crate::store::Result<Arc<Store>> {
+    let deadline = Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open_or_create(store_dir) {
+            Err(StoreError::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     sys::limit_malloc_arenas();
-    let store = Store::open_or_create(store_dir).map_err(|e| anyhow!("{e}"))?;
+    let store = open_store_for_mount(store_dir).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;
     cfg.dir = Some(dir.to_path_buf());
     cfg.save(store_dir)?;
