@@ -30,8 +30,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,6 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::ids::{ChunkId, PackId};
 use crate::store::error::{IoContext, Result, StoreError};
 use crate::store::pack::{self, ChunkLoc, Located};
+use crate::store::run_files;
 
 const MAGIC: &[u8; 8] = b"CLAWIDX1";
 const VERSION: u32 = 1;
@@ -136,17 +137,6 @@ fn decode_entry(e: &[u8]) -> Option<Located> {
             compressed: e[56] == 1,
         },
     ))
-}
-
-fn file_name(lo: u64, hi: u64) -> String {
-    format!("{}-{}.idx", PackId(lo), PackId(hi))
-}
-
-fn parse_name(name: &str) -> Option<(u64, u64)> {
-    let (lo, hi) = name.strip_suffix(".idx")?.split_once('-')?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    (lo <= hi).then_some((lo, hi))
 }
 
 impl Run {
@@ -250,27 +240,26 @@ impl Run {
 
     /// Every entry, in order, checked.
     fn entries(&self) -> Result<impl Iterator<Item = Result<Located>> + '_> {
-        let mut r = BufReader::with_capacity(1 << 20, &self.file);
-        let mut skip = [0u8; HEADER as usize];
-        r.read_exact(&mut skip)
-            .ctx(|| format!("reading chunk index {}", self.path.display()))?;
-        let mut left = self.count;
-        Ok(std::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            left -= 1;
-            let mut e = [0u8; ENTRY];
-            Some(match r.read_exact(&mut e) {
-                Err(e) => Err(StoreError::Io {
-                    what: format!("reading chunk index {}", self.path.display()),
-                    source: e,
-                }),
-                Ok(()) => {
-                    decode_entry(&e).ok_or_else(|| self.damaged("an entry fails its checksum"))
-                }
-            })
-        }))
+        run_files::read_entries(
+            &self.file,
+            &self.path,
+            HEADER as usize,
+            self.count,
+            ENTRY,
+            |e| decode_entry(e).ok_or_else(|| self.damaged("an entry fails its checksum")),
+        )
+    }
+}
+
+impl run_files::RunFile for Run {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -283,25 +272,13 @@ fn write_run(
     at_most: u64,
     entries: impl Iterator<Item = Result<Located>>,
 ) -> Result<Run> {
-    let name = file_name(lo, hi);
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let path = dir.join(&name);
     let bits = bits_for(at_most);
     let mut buckets = vec![0u32; 1 << bits];
     let mut count = 0u64;
     let mut tags = Vec::with_capacity(2 * at_most as usize);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx(|| format!("creating {}", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
-    let io = |e| StoreError::Io {
-        what: format!("writing {}", tmp.display()),
-        source: e,
-    };
+    let f = run_files::NewFile::create(dir, lo, hi)?;
+    let io = |e| f.error(e);
+    let mut w = BufWriter::with_capacity(1 << 20, &f.file);
     w.write_all(&[0u8; HEADER as usize]).map_err(io)?;
     let mut last: Option<ChunkId> = None;
     for item in entries {
@@ -319,7 +296,7 @@ fn write_run(
     w.write_all(&tags).map_err(io)?;
     if count > u64::from(u32::MAX) {
         return Err(StoreError::CorruptCatalog {
-            what: format!("chunk index {}", path.display()),
+            what: format!("chunk index for packs {lo}..={hi}"),
             detail: format!("{count} entries are more than one file holds"),
         });
     }
@@ -343,21 +320,12 @@ fn write_run(
     h[48..52].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
     let crc = crc32fast::hash(&h[..52]);
     h[52..56].copy_from_slice(&crc.to_le_bytes());
-    f.write_all_at(&h, 0).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {}", tmp.display()))?;
-    sync_dir(dir)?;
+    f.file.write_all_at(&h, 0).map_err(io)?;
+    let path = f.install()?;
     Run::open(&path, lo, hi).map_err(|detail| StoreError::CorruptCatalog {
         what: format!("chunk index {}", path.display()),
         detail: format!("just written, it reads back wrong: {detail}"),
     })
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("syncing {}", dir.display()))
 }
 
 /// The intact records of a sealed pack. A damaged record stops the reading there, loudly: the
@@ -380,29 +348,8 @@ impl ChunkIndex {
     /// for appending, whose records the caller adds with [`add`](Self::add).
     pub fn open(packs_dir: &Path, packs: &[PackId]) -> Result<(ChunkIndex, Option<PackId>)> {
         let dir = packs_dir.join("index");
-        crate::store::private_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        let mut found: Vec<(u64, u64, PathBuf)> = Vec::new();
-        for e in std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
-            let e = e.ctx(|| format!("listing {}", dir.display()))?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".tmp-") {
-                // A file whose writing a crash cut short: its packs are indexed again below.
-                let _ = std::fs::remove_file(e.path());
-            } else if let Some((lo, hi)) = parse_name(&name) {
-                found.push((lo, hi, e.path()));
-            }
-        }
-        // A file whose packs another file also covers is what a merge left behind.
-        found.sort_by_key(|&(lo, hi, _)| (lo, std::cmp::Reverse(hi)));
-        let mut kept: Vec<(u64, u64, PathBuf)> = Vec::new();
-        for (lo, hi, path) in found {
-            if kept.iter().any(|&(l, h, _)| l <= lo && hi <= h) {
-                std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
-            } else {
-                kept.push((lo, hi, path));
-            }
-        }
+        // Files that a crash cut short are removed, and their packs indexed again below.
+        let kept = run_files::list(&dir)?;
         let index = ChunkIndex {
             dir,
             packs_dir: packs_dir.to_path_buf(),
@@ -534,44 +481,17 @@ impl ChunkIndex {
     }
 
     fn merge(&self) -> Result<()> {
-        loop {
-            let runs = self.runs.read().clone();
-            let n = runs.len();
-            if n < 2 {
-                return Ok(());
-            }
-            let (a, b) = (&runs[n - 2], &runs[n - 1]);
-            if a.count > MERGE_RATIO * b.count.max(1) && n <= MAX_FILES {
-                return Ok(());
-            }
-            if !self.adjacent(a, b) {
-                return Ok(());
-            }
-            let merged = {
-                let (mut x, mut y) = (a.entries()?.peekable(), b.entries()?.peekable());
-                let both = std::iter::from_fn(|| match (x.peek(), y.peek()) {
-                    (Some(Ok(p)), Some(Ok(q))) => {
-                        if p.0 <= q.0 {
-                            x.next()
-                        } else {
-                            y.next()
-                        }
-                    }
-                    (Some(_), _) => x.next(),
-                    (None, _) => y.next(),
-                });
-                write_run(&self.dir, a.lo, b.hi, a.count + b.count, both)?
-            };
-            {
-                let mut w = self.runs.write();
-                w.truncate(n - 2);
-                w.push(Arc::new(merged));
-            }
-            for old in [a, b] {
-                std::fs::remove_file(&old.path)
-                    .ctx(|| format!("removing {}", old.path.display()))?;
-            }
-        }
+        run_files::merge_newest(
+            &self.runs,
+            |a, b, files| {
+                (a.count <= MERGE_RATIO * b.count.max(1) || files > MAX_FILES)
+                    && self.adjacent(a, b)
+            },
+            |a, b| {
+                let both = run_files::merge_sorted(a.entries()?, b.entries()?, |e| e.0);
+                write_run(&self.dir, a.lo, b.hi, a.count + b.count, both)
+            },
+        )
     }
 
     /// Whether no pack lies between two files' ranges (a merged file's range must not take in
@@ -582,21 +502,13 @@ impl ChunkIndex {
 
     /// Number of index files and of chunks they hold, and chunks held in memory.
     pub fn stats(&self) -> (usize, u64, usize) {
-        let runs = self.runs.read();
-        (
-            runs.len(),
-            runs.iter().map(|r| r.count).sum(),
-            self.fresh.read().len(),
-        )
+        let (files, entries, _) = run_files::totals(&self.runs);
+        (files, entries, self.fresh.read().len())
     }
 
-    /// Bytes of the index files.
+    /// Bytes of the files.
     pub fn size_on_disk(&self) -> u64 {
-        self.runs
-            .read()
-            .iter()
-            .map(|r| r.file.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        run_files::totals(&self.runs).2
     }
 }
 
@@ -611,6 +523,7 @@ fn is_next(packs: &[PackId], a: PackId, b: PackId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::run_files::{file_name, parse_name};
 
     fn loc(pack: u64, offset: u64) -> ChunkLoc {
         ChunkLoc {

@@ -19,6 +19,7 @@ pub mod query;
 pub mod recorder;
 pub mod replica;
 pub mod rollback;
+pub mod run_files;
 pub mod schema;
 pub mod version_index;
 
@@ -557,6 +558,19 @@ mod tests {
         }
     }
 
+    /// The catalogue of the store at `dir`, opened with sled alone, as soon as the store's
+    /// last handle (or a refused open's sled threads) lets go of its lock.
+    fn raw_catalogue(dir: &Path) -> sled::Db {
+        (0..1000)
+            .find_map(|_| {
+                sled::open(dir.join("catalog")).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                })
+            })
+            .expect("the catalogue opens within 10 s")
+    }
+
     /// Records an empty file at `path`.
     fn new_file(rec: &mut recorder::Recorder, path: &str) {
         rec.create(
@@ -744,14 +758,7 @@ mod tests {
         assert!(open_when_free(dir.path()).is_err());
         {
             // As `open_when_free`: the refused open's sled may hold the lock a moment longer.
-            let raw = (0..1000)
-                .find_map(|_| {
-                    sled::open(dir.path().join("catalog")).ok().or_else(|| {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        None
-                    })
-                })
-                .expect("the catalogue opens within 10 s");
+            let raw = raw_catalogue(dir.path());
             let cat = raw.open_tree(schema::TREE_CATALOG).unwrap();
             let v = cat.get(schema::meta_key(schema::META_FORMAT)).unwrap();
             assert_eq!(v.as_deref(), Some(&99u32.to_be_bytes()[..]));
@@ -884,14 +891,7 @@ mod tests {
         }
         std::fs::remove_dir_all(dir.path().join("packs").join("index")).unwrap();
         {
-            let raw = (0..1000)
-                .find_map(|_| {
-                    sled::open(dir.path().join("catalog")).ok().or_else(|| {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        None
-                    })
-                })
-                .expect("the catalogue opens within 10 s");
+            let raw = raw_catalogue(dir.path());
             raw.open_tree(schema::TREE_CHUNKS_BEFORE_5)
                 .unwrap()
                 .insert([7u8; 32], &[1u8; 20][..])

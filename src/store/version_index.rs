@@ -24,8 +24,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::ids::{NodeId, Seq, VersionId};
 use crate::store::error::{IoContext, Result, StoreError};
+use crate::store::run_files;
 
 const MAGIC: &[u8; 8] = b"CLAWVER1";
 const HEADER: u64 = 32;
@@ -83,19 +84,6 @@ fn le64(b: &[u8]) -> u64 {
 fn decode_entry(e: &[u8]) -> Option<Entry> {
     (crc32fast::hash(&e[..28]) == u32::from_le_bytes(e[28..32].try_into().expect("4 bytes")))
         .then(|| (le64(e), NodeId(le64(&e[8..])), Seq(le64(&e[16..]))))
-}
-
-fn file_name(lo: u64, hi: u64) -> String {
-    format!("{lo:016x}-{hi:016x}.idx")
-}
-
-fn parse_name(name: &str) -> Option<(u64, u64)> {
-    let (lo, hi) = name.strip_suffix(".idx")?.split_once('-')?;
-    let (lo, hi) = (
-        u64::from_str_radix(lo, 16).ok()?,
-        u64::from_str_radix(hi, 16).ok()?,
-    );
-    (lo <= hi).then_some((lo, hi))
 }
 
 impl Run {
@@ -151,23 +139,31 @@ impl Run {
     }
 
     fn entries(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        let mut r = BufReader::with_capacity(1 << 20, &self.file);
-        let mut skip = [0u8; HEADER as usize];
-        r.read_exact(&mut skip)
-            .ctx(|| format!("reading {}", self.path.display()))?;
-        let mut left = self.count;
-        Ok(std::iter::from_fn(move || {
-            (left > 0).then(|| {
-                left -= 1;
-                let mut e = [0u8; ENTRY as usize];
-                r.read_exact(&mut e)
-                    .ctx(|| format!("reading {}", self.path.display()))?;
-                decode_entry(&e).ok_or_else(|| StoreError::CorruptCatalog {
+        run_files::read_entries(
+            &self.file,
+            &self.path,
+            HEADER as usize,
+            self.count,
+            ENTRY as usize,
+            |e| {
+                decode_entry(e).ok_or_else(|| StoreError::CorruptCatalog {
                     what: format!("version index {}", self.path.display()),
                     detail: "an entry fails its checksum".into(),
                 })
-            })
-        }))
+            },
+        )
+    }
+}
+
+impl run_files::RunFile for Run {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -177,21 +173,9 @@ fn write_run(
     hi: u64,
     entries: impl Iterator<Item = Result<Entry>>,
 ) -> Result<Run> {
-    let name = file_name(lo, hi);
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let path = dir.join(&name);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx(|| format!("creating {}", tmp.display()))?;
-    let io = |e| StoreError::Io {
-        what: format!("writing {}", tmp.display()),
-        source: e,
-    };
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
+    let f = run_files::NewFile::create(dir, lo, hi)?;
+    let io = |e| f.error(e);
+    let mut w = BufWriter::with_capacity(1 << 20, &f.file);
     w.write_all(&[0u8; HEADER as usize]).map_err(io)?;
     let mut count = 0u64;
     for e in entries {
@@ -207,13 +191,8 @@ fn write_run(
         .map_err(io)?;
     w.flush().map_err(io)?;
     drop(w);
-    f.write_all_at(&h, 0).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {}", tmp.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("syncing {}", dir.display()))?;
+    f.file.write_all_at(&h, 0).map_err(io)?;
+    let path = f.install()?;
     Run::open(&path, lo, hi).map_err(|detail| StoreError::CorruptCatalog {
         what: format!("version index {}", path.display()),
         detail: format!("just written, it reads back wrong: {detail}"),
@@ -225,26 +204,9 @@ impl VersionIndex {
     /// catalogue (written before format 5) and need no file. The caller then adds the versions
     /// of the epochs after [`covered`](Self::covered) with [`add`](Self::add).
     pub fn open(dir: &Path, before_files: u64) -> Result<VersionIndex> {
-        crate::store::private_dir(dir).ctx(|| format!("creating {}", dir.display()))?;
-        let mut found: Vec<(u64, u64, PathBuf)> = Vec::new();
-        for e in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
-            let e = e.ctx(|| format!("listing {}", dir.display()))?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".tmp-") {
-                let _ = std::fs::remove_file(e.path());
-            } else if let Some((lo, hi)) = parse_name(&name) {
-                found.push((lo, hi, e.path()));
-            }
-        }
-        found.sort_by_key(|&(lo, hi, _)| (lo, std::cmp::Reverse(hi)));
+        let found = run_files::list(dir)?;
         let mut runs: Vec<Arc<Run>> = Vec::new();
         for (lo, hi, path) in found {
-            if runs.iter().any(|r| r.lo <= lo && hi <= r.hi) {
-                // What a merge cut off by a crash left behind.
-                std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
-                continue;
-            }
             // Files follow each other from the first on: a damaged one, and any after it, are
             // dropped, and their epochs are read from the catalogue again.
             let next = runs.last().map_or(before_files + 1, |r| r.hi + 1);
@@ -325,66 +287,32 @@ impl VersionIndex {
     }
 
     fn merge(&self) -> Result<()> {
-        loop {
-            let runs = self.runs.read().clone();
-            let n = runs.len();
-            if n < 2 {
-                return Ok(());
-            }
-            let (a, b) = (&runs[n - 2], &runs[n - 1]);
-            if a.count > MERGE_RATIO * b.count.max(1) {
-                return Ok(());
-            }
-            let merged = {
-                let (mut x, mut y) = (a.entries()?.peekable(), b.entries()?.peekable());
-                let both = std::iter::from_fn(|| match (x.peek(), y.peek()) {
-                    (Some(Ok(p)), Some(Ok(q))) => {
-                        if p.0 <= q.0 {
-                            x.next()
-                        } else {
-                            y.next()
-                        }
-                    }
-                    (Some(_), _) => x.next(),
-                    (None, _) => y.next(),
-                });
-                write_run(&self.dir, a.lo, b.hi, both)?
-            };
-            {
-                let mut w = self.runs.write();
-                w.truncate(n - 2);
-                w.push(Arc::new(merged));
-            }
-            for old in [a, b] {
-                std::fs::remove_file(&old.path)
-                    .ctx(|| format!("removing {}", old.path.display()))?;
-            }
-        }
+        run_files::merge_newest(
+            &self.runs,
+            |a, b, _| a.count <= MERGE_RATIO * b.count.max(1),
+            |a, b| {
+                let both = run_files::merge_sorted(a.entries()?, b.entries()?, |e| e.0);
+                write_run(&self.dir, a.lo, b.hi, both)
+            },
+        )
     }
 
     /// Number of files and versions in them, and versions held in memory.
     pub fn stats(&self) -> (usize, u64, usize) {
-        let runs = self.runs.read();
-        (
-            runs.len(),
-            runs.iter().map(|r| r.count).sum(),
-            self.fresh.read().len(),
-        )
+        let (files, entries, _) = run_files::totals(&self.runs);
+        (files, entries, self.fresh.read().len())
     }
 
     /// Bytes of the files.
     pub fn size_on_disk(&self) -> u64 {
-        self.runs
-            .read()
-            .iter()
-            .map(|r| r.file.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        run_files::totals(&self.runs).2
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::run_files::file_name;
 
     #[test]
     fn versions_are_found_in_memory_in_files_after_merges_and_after_a_reopen() {
