@@ -441,9 +441,6 @@ fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
     }
 }
 
-/// Removes the records of an epoch that was cut off before its head was written (a crash, or a
-/// failed write in [`Store::write_epoch`]): its journal names them, as a journal entry or, for a
-/// compact epoch, inside its header record. Says whether there was one.
 /// The change records of an epoch that is not compact, stored many to a record: runs of at
 /// most [`schema::CHANGES_PER_RECORD`] changes and about [`schema::COMPACT_MAX_BYTES`] bytes.
 fn batch_changes(seq: Seq, changes: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -516,6 +513,9 @@ fn epoch_keys(cat: &sled::Tree, seq: Seq) -> Result<Vec<Vec<u8>>> {
     }
 }
 
+/// Removes the records of an epoch that was cut off before its head was written (a crash, or a
+/// failed write in [`Store::write_epoch`]): its journal names them, as a journal entry or, for a
+/// compact epoch, inside its header record. Says whether there was one.
 fn discard_unfinished_epoch(cat: &sled::Tree, seq: Seq) -> Result<bool> {
     let (keys, journal) = if let Some(j) = cat.get(schema::journal_key(seq))? {
         let keys: Vec<Vec<u8>> = decode(&j, || format!("journal of unfinished epoch {seq}"))?;
