@@ -25,7 +25,7 @@ use crate::ids::SessionId;
 use crate::relpath::RelPath;
 use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Filesystem type name: mounts show as `fuse.clawfs` (OpenClaw picks SQLite's journal mode
 /// from it).
@@ -277,30 +277,17 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
     )
 }
 
-/// How long a new daemon waits for the store's lock before saying who holds it.
+/// A daemon killed a moment ago (its stale mount was just cleared) still holds the store's
+/// lock while the kernel tears it down: a new daemon waits for it this long. A live holder
+/// (another mount, a view, a running command) then gets the clear "in use" error.
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Opens the store for a new daemon. A daemon killed a moment ago (its stale mount was just
-/// cleared) holds the store's lock until the kernel has finished tearing the process down, and
-/// sled's threads hold it a moment after a handle closes: both are waited for, briefly. A live
-/// holder (another mount, a view, a running command) still gets the clear "in use" error.
-fn open_store_for_mount(store_dir: &Path) -> crate::store::Result<Arc<Store>> {
-    let deadline = Instant::now() + STORE_LOCK_WAIT;
-    loop {
-        match Store::open_or_create(store_dir) {
-            Err(StoreError::Busy(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            r => return r,
-        }
-    }
-}
 
 /// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     sys::limit_malloc_arenas();
-    let store = open_store_for_mount(store_dir).map_err(|e| anyhow!("{e}"))?;
+    let store =
+        Store::open_when_free(store_dir, true, STORE_LOCK_WAIT).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;
     cfg.dir = Some(dir.to_path_buf());
     cfg.save(store_dir)?;
@@ -599,12 +586,6 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
     }
     // The daemon holds the store's lock until it exits; wait for it too. (Only the lock: a
     // store that cannot open for another reason, such as a full disk, is no reason to wait.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while matches!(Store::open(store), Err(StoreError::Busy(_))) {
-        if Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = Store::open_when_free(store, false, Duration::from_secs(30));
     Ok(())
 }

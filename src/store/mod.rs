@@ -63,6 +63,26 @@ impl Store {
         Self::open_inner(dir, false)
     }
 
+    /// Opens the store (creating it if `create`), waiting up to `wait` while another process
+    /// holds its lock: one that is exiting (a daemon killed or unmounted a moment ago) holds it
+    /// until the kernel has torn it down, and sled's threads hold it a moment after a handle
+    /// closes. Any other error, and a lock still held after `wait`, is returned as it is.
+    pub fn open_when_free(
+        dir: &Path,
+        create: bool,
+        wait: std::time::Duration,
+    ) -> Result<Arc<Store>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::open_inner(dir, create) {
+                Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn open_inner(dir: &Path, create: bool) -> Result<Arc<Store>> {
         use error::IoContext;
         let cat_dir = dir.join("catalog");
@@ -547,15 +567,7 @@ mod tests {
     /// Opens the store at `dir` as soon as it is free: sled's I/O threads can hold its lock for
     /// a moment after the last handle is dropped (the daemon waits the same way).
     fn open_when_free(dir: &Path) -> Result<Arc<Store>> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Store::open(dir) {
-                Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                r => return r,
-            }
-        }
+        Store::open_when_free(dir, false, std::time::Duration::from_secs(10))
     }
 
     /// The catalogue of the store at `dir`, opened with sled alone, as soon as the store's
