@@ -380,20 +380,16 @@ impl ChunkIndex {
             .last()
             .copied()
             .filter(|p| !runs.iter().any(|r| r.covers(p.0)));
-        let uncovered: Vec<PackId> = packs
-            .iter()
-            .copied()
-            .filter(|p| Some(*p) != open_pack && !runs.iter().any(|r| r.covers(p.0)))
-            .collect();
-        // Each stretch of neighbouring packs becomes one file: a file's range must not take
-        // in a pack it did not read.
+        // Each stretch of neighbouring packs that no file covers becomes one file: a file's
+        // range must not take in a pack it did not read.
         let mut stretch: Vec<PackId> = Vec::new();
-        for p in uncovered {
-            if stretch.last().is_some_and(|l| !is_next(packs, *l, p)) {
+        for &p in packs {
+            if Some(p) != open_pack && !runs.iter().any(|r| r.covers(p.0)) {
+                stretch.push(p);
+            } else if !stretch.is_empty() {
                 runs.extend(index.index_packs(&stretch)?.map(Arc::new));
                 stretch.clear();
             }
-            stretch.push(p);
         }
         runs.extend(index.index_packs(&stretch)?.map(Arc::new));
         runs.sort_by_key(|r| r.lo);
@@ -510,14 +506,6 @@ impl ChunkIndex {
     pub fn size_on_disk(&self) -> u64 {
         run_files::totals(&self.runs).2
     }
-}
-
-/// Whether `b` is the pack right after `a` among `packs` (sorted).
-fn is_next(packs: &[PackId], a: PackId, b: PackId) -> bool {
-    packs
-        .iter()
-        .position(|p| *p == a)
-        .is_some_and(|i| packs.get(i + 1) == Some(&b))
 }
 
 #[cfg(test)]
