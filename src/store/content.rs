@@ -1093,6 +1093,39 @@ mod tests {
         assert_eq!(stats.hashed, data.len() as u64);
     }
 
+    #[test]
+    fn an_edit_stored_on_the_packer_thread_gives_the_same_content_as_on_one_thread() {
+        // Old leaves, old chunks, new chunks and zeros interleaved, with enough to hash that
+        // `rewrite` stores chunks on its second thread; on one thread, the result must be the
+        // same segments.
+        let c = cache();
+        let old = random(16 << 20, 21);
+        let (base, _) = write_new(&c, &old);
+        let mut new = old.clone();
+        new[1 << 20..3 << 20].copy_from_slice(&random(2 << 20, 22));
+        new[(5 << 20) + 10..(5 << 20) + 110].fill(7);
+        new[7 << 20..(9 << 20) + 12345].fill(0);
+        new.truncate((14 << 20) + 3);
+        new.extend_from_slice(&random(1 << 20, 23));
+        let dirty = [
+            (1 << 20, 3 << 20),
+            ((5 << 20) + 10, (5 << 20) + 110),
+            (7 << 20, (9 << 20) + 12345),
+            ((14 << 20) + 3, new.len() as u64),
+        ];
+        let size = new.len() as u64;
+        let regions = regions(base.size, size, &dirty);
+        assert!(regions.iter().map(|(a, b)| b - a).sum::<u64>() >= PIPELINE_MIN);
+        let (piped, piped_stats) = rewrite(&c, &base, &new, size, &dirty, Policy::Cdc).unwrap();
+        let mut one = Sink::new(c.store().as_ref(), None);
+        let (inline, inline_stats) =
+            rewrite_regions(&c, &base, &new, size, &regions, Policy::Cdc, &mut one).unwrap();
+        assert_eq!(piped, inline);
+        assert_eq!(piped_stats.hashed, inline_stats.hashed);
+        assert_eq!(read_all(&c, &piped), new);
+        assert!(piped.segments.len() > 1);
+    }
+
     /// A chunk store whose puts fail after the first few.
     struct Failing {
         inner: MemChunkStore,
