@@ -3,6 +3,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 
 use common::{sh_in, Sandbox};
 
@@ -457,4 +458,81 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
     s.ok(&["unmount", view.to_str().unwrap()]);
     // (Views are read-only: they show no write bits.)
     assert_eq!(got, 0o0555, "{got:o}");
+}
+
+#[test]
+fn a_walk_over_more_files_than_the_daemon_may_open_leaves_the_mount_writable() {
+    // Every file a walk looks at stays cached in the kernel. The daemon may hold 256
+    // descriptors here: had it kept one per cached inode, every open after ~220 files
+    // would have failed with EMFILE.
+    let s = Sandbox::new();
+    let mut mount = s.cmd();
+    mount.args(["mount", s.dir.to_str().unwrap()]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        mount.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    common::assert_ok(&mount.output().unwrap());
+    assert!(s.is_mounted());
+    let out = s.sh(
+        r#"python3 - <<'PY'
+import os
+os.makedirs("skills/many", exist_ok=True)
+for i in range(1500):
+    with open("skills/many/f%04d.md" % i, "w") as f: f.write("note %d\n" % i)
+for i in range(1500): os.stat("skills/many/f%04d.md" % i)
+n = sum(1 for _ in os.scandir("skills/many"))
+with open("MEMORY.md", "w") as f: f.write("still writable\n")
+print(n, open("MEMORY.md").read().strip(), open("skills/many/f0007.md").read().strip())
+PY"#,
+    );
+    assert_eq!(out.trim(), "1500 still writable note 7");
+    s.settle();
+    assert_eq!(s.json(&["history", "skills/many/f1499.md"]).len(), 1);
+    assert_eq!(s.json(&["history", "MEMORY.md"]).len(), 1);
+    s.unmount();
+    assert_eq!(s.read("MEMORY.md"), b"still writable\n");
+}
+
+#[test]
+fn a_removed_directory_still_in_use_keeps_its_inode_number_from_new_files() {
+    // ext4 gives a freed inode number to the next new inode. While a process stands in a
+    // removed directory the kernel still caches its inode under that number (the node id):
+    // a new directory given the number would be taken for the removed one.
+    let s = Sandbox::new();
+    s.mount();
+    std::fs::create_dir(s.path("d")).unwrap();
+    let old = std::fs::metadata(s.path("d")).unwrap().ino();
+    let mut inside = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(s.path("d"))
+        .spawn()
+        .unwrap();
+    std::fs::remove_dir(s.path("d")).unwrap();
+    let mut result = Ok(());
+    for i in 0..20 {
+        let e = s.path(&format!("e{i}"));
+        std::fs::create_dir(&e).unwrap();
+        if std::fs::metadata(&e).unwrap().ino() == old {
+            result = Err(format!("e{i} got the inode number of the removed d"));
+            break;
+        }
+        std::fs::write(e.join("x"), format!("new {i}")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(e.join("x")).unwrap(),
+            format!("new {i}")
+        );
+    }
+    let _ = inside.kill();
+    let _ = inside.wait();
+    result.unwrap();
 }

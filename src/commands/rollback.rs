@@ -64,6 +64,12 @@ pub fn run(
     let applied: Applied = match (ctx.live, offline.as_mut()) {
         (Some(l), _) => {
             let tree = RealTree::new(format!("/proc/self/fd/{}", l.root.as_raw_fd()));
+            // What the rollback replaces or removes, the kernel may still cache.
+            for a in &plan.actions {
+                if let Ok(p) = RelPath::new(&a.path) {
+                    l.overlay.pin_tree(&p);
+                }
+            }
             let p = plan.clone();
             let r = l
                 .rec

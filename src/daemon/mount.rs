@@ -355,7 +355,8 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
-    // One pinning descriptor per inode the kernel knows: allow as many as the system does.
+    // One descriptor per file open through the mount (and per removed inode the kernel still
+    // caches): allow as many as the system does.
     // SAFETY: getrlimit/setrlimit write and read the struct we pass.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();

@@ -4,6 +4,15 @@
 //! as OpenClaw checks), except the root, which FUSE calls 1. Each inode remembers the
 //! (parent, name) links the kernel has looked up, so its path can be rebuilt for `*at()` calls
 //! and for the recorder, and a directory rename costs O(1) here too.
+//!
+//! Inode numbers are node ids, so an inode the kernel still knows must not be freed while it
+//! does: the file system would give its number to the next new file, and the kernel would take
+//! that file for the old one (its cached attributes and pages). Names are only removed through
+//! the overlay, so that is where an inode can be freed: before it removes or replaces a name
+//! whose inode the kernel knows, the overlay [pins](Inodes::pin) the inode with an `O_PATH`
+//! descriptor, held until the kernel forgets it. (Pinning every known inode, as libfuse's
+//! passthrough does, holds one descriptor per file the kernel has cached, and a walk over a
+//! large tree then exhausts the daemon's descriptors: every open fails with EMFILE.)
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -18,10 +27,10 @@ pub const ROOT: u64 = 1;
 struct Inode {
     links: Vec<(u64, OsString)>,
     lookups: u64,
-    /// An `O_PATH` descriptor held while the kernel knows the inode: the file system cannot
-    /// free the inode, so its number cannot be reused for another file while the kernel still
-    /// uses it as a node id (what libfuse's passthrough does too).
-    _pin: Option<std::os::fd::OwnedFd>,
+    /// An `O_PATH` descriptor on an inode whose name was removed while the kernel knew it:
+    /// the file system cannot free the inode, so its number cannot go to another file while
+    /// the kernel still uses it as a node id. Dropped when the kernel forgets the inode.
+    pin: Option<std::os::fd::OwnedFd>,
 }
 
 /// Inode number → known links, with the kernel's lookup counts, and the links the other way
@@ -109,26 +118,67 @@ impl Inodes {
 
     /// Records that the kernel looked up `ino` as `name` in `parent` (one more reference).
     pub fn remember(&self, ino: u64, parent: u64, name: &OsStr) {
-        self.remember_pinned(ino, parent, name, || None);
-    }
-
-    /// As [`Inodes::remember`]; `pin` opens the inode's pinning descriptor if it is new.
-    pub fn remember_pinned(
-        &self,
-        ino: u64,
-        parent: u64,
-        name: &OsStr,
-        pin: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
-    ) {
         let mut t = self.map.write();
         let e = t.inodes.entry(ino).or_default();
-        if e.lookups == 0 && e._pin.is_none() {
-            e._pin = pin();
-        }
         e.lookups += 1;
         if !e.links.iter().any(|(p, n)| *p == parent && n == name) {
             t.link(ino, parent, name);
         }
+    }
+
+    /// The inode `name` in `parent` links, as far as the kernel knows it.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.map.read().names.get(&parent)?.get(name).copied()
+    }
+
+    /// Whether the kernel knows `ino` and nothing pins it yet.
+    pub fn needs_pin(&self, ino: u64) -> bool {
+        ino != ROOT
+            && self
+                .map
+                .read()
+                .inodes
+                .get(&ino)
+                .is_some_and(|e| e.lookups > 0 && e.pin.is_none())
+    }
+
+    /// Keeps `fd` (open on `ino`) until the kernel forgets `ino`; dropped at once if the kernel
+    /// does not know `ino` (any more) or it is pinned already.
+    pub fn pin(&self, ino: u64, fd: std::os::fd::OwnedFd) {
+        let mut t = self.map.write();
+        if let Some(e) = t.inodes.get_mut(&ino) {
+            if e.lookups > 0 && e.pin.is_none() {
+                e.pin = Some(fd);
+            }
+        }
+    }
+
+    /// `ino` and every inode the kernel knows below it (by the names it looked up): what a
+    /// removal of the tree at `ino` could free.
+    pub fn known_below(&self, ino: u64) -> Vec<u64> {
+        let t = self.map.read();
+        let mut out = vec![ino];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(dir) = t.names.get(&out[i]) {
+                out.extend(dir.values().copied());
+            }
+            i += 1;
+            if out.len() > 1 << 22 {
+                break; // a cycle cannot happen, but a bound costs nothing
+            }
+        }
+        out
+    }
+
+    /// How many inodes are pinned (for tests).
+    pub fn pinned(&self) -> usize {
+        self.map
+            .read()
+            .inodes
+            .values()
+            .filter(|e| e.pin.is_some())
+            .count()
     }
 
     /// The kernel dropped `n` references.
@@ -211,6 +261,35 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pins_are_held_only_for_known_inodes_until_the_kernel_forgets_them() {
+        let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let t = Inodes::new(2);
+        t.remember(10, ROOT, OsStr::new("d"));
+        t.remember(11, 10, OsStr::new("f"));
+        t.remember(12, 11, OsStr::new("g"));
+        assert_eq!(t.lookup(10, OsStr::new("f")), Some(11));
+        assert_eq!(t.lookup(10, OsStr::new("nope")), None);
+        let mut below = t.known_below(10);
+        below.sort();
+        assert_eq!(below, vec![10, 11, 12]);
+        // Unknown inodes and the root are never pinned.
+        assert!(!t.needs_pin(99) && !t.needs_pin(ROOT));
+        t.pin(99, fd());
+        assert_eq!(t.pinned(), 0);
+        // A known one is pinned once, and stays pinned after its name goes...
+        assert!(t.needs_pin(11));
+        t.pin(11, fd());
+        t.pin(11, fd());
+        assert_eq!(t.pinned(), 1);
+        assert!(!t.needs_pin(11));
+        t.unlink(10, OsStr::new("f"));
+        assert_eq!(t.pinned(), 1);
+        // ...until the kernel forgets it.
+        t.forget(11, 1);
+        assert_eq!(t.pinned(), 0);
+    }
 
     #[test]
     fn paths_follow_renames_and_forget() {

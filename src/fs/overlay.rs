@@ -259,14 +259,16 @@ impl Overlay {
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
         let ino = self.live.inodes.fuse_ino(st.st_ino);
-        let fd = self.fd();
-        let path = self.live.inodes.child_path(parent.0, name);
-        self.live.inodes.remember_pinned(ino, parent.0, name, || {
-            let f = sys::open_at(fd, &path?, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
-            // Only the very inode we were asked about (not one renamed in meanwhile).
-            (sys::fstat(f.as_raw_fd()).ok()?.st_ino == st.st_ino).then(|| f.into())
-        });
+        self.live.inodes.remember(ino, parent.0, name);
         self.attr(st)
+    }
+
+    /// Before the name `name` in `parent` is removed or replaced: pins the inode it links if
+    /// the kernel knows it (see [`Inodes::pin`](crate::fs::inodes::Inodes::pin)).
+    fn pin_before_removing(&self, parent: INodeNo, name: &OsStr, path: &OsStr) {
+        if let Some(ino) = self.live.inodes.lookup(parent.0, name) {
+            self.live.pin_known(ino, path);
+        }
     }
 
     /// New files belong to whoever asked for them (the daemon runs as root), with the group of a
@@ -366,6 +368,7 @@ impl Overlay {
         };
         {
             let _order = self.order.lock();
+            self.pin_before_removing(parent, name, &path);
             if let Err(e) = sys::unlink_at(self.fd(), &path, is_dir) {
                 return reply.error(errno(e));
             }
@@ -440,6 +443,45 @@ impl Live {
                 })
             })
             .collect()
+    }
+
+    /// Pins `ino`, known by `path`, if the kernel knows it and it is not pinned yet.
+    pub fn pin_known(&self, ino: u64, path: &OsStr) {
+        if !self.inodes.needs_pin(ino) {
+            return;
+        }
+        let real = self.inodes.real_ino(ino);
+        match sys::open_at(
+            self.root.as_raw_fd(),
+            path,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        ) {
+            // Only the very inode the kernel knows (not one renamed there in meanwhile).
+            Ok(f) => match sys::fstat(f.as_raw_fd()) {
+                Ok(st) if st.st_ino == real => self.inodes.pin(ino, f.into()),
+                _ => {}
+            },
+            Err(e) => tracing::warn!(
+                ?path,
+                error = %e,
+                "cannot hold the inode of a removed name: its number may go to a new file while the kernel still caches the old one"
+            ),
+        }
+    }
+
+    /// Before a rollback replaces or removes `path` behind the kernel's back: pins every
+    /// inode the kernel knows at or below it.
+    pub fn pin_tree(&self, path: &RelPath) {
+        let Ok(st) = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(path.as_str())) else {
+            return;
+        };
+        let top = self.inodes.fuse_ino(st.st_ino);
+        for ino in self.inodes.known_below(top) {
+            if let Some(p) = self.inodes.path(ino) {
+                self.pin_known(ino, &p);
+            }
+        }
     }
 
     /// Tells the kernel to forget what it cached about `path` (after a rollback replaced it).
@@ -737,6 +779,14 @@ impl Filesystem for Overlay {
             let _order = self.order.lock();
             let src = sys::lstat_at(fd, &from).ok();
             let dst = sys::lstat_at(fd, &to).ok();
+            if let Some(d) = dst
+                .as_ref()
+                .filter(|_| flags.bits() & libc::RENAME_EXCHANGE == 0)
+            {
+                // The name it replaces may have been the last one of an inode the kernel knows.
+                self.live
+                    .pin_known(self.live.inodes.fuse_ino(d.st_ino), &to);
+            }
             if let Err(e) = sys::rename_at(fd, &from, &to, flags.bits()) {
                 return reply.error(errno(e));
             }
