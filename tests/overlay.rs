@@ -483,8 +483,7 @@ fn a_walk_over_more_files_than_the_daemon_may_open_leaves_the_mount_writable() {
     }
     common::assert_ok(&mount.output().unwrap());
     assert!(s.is_mounted());
-    let out = s.sh(
-        r#"python3 - <<'PY'
+    let out = s.sh(r#"python3 - <<'PY'
 import os
 os.makedirs("skills/many", exist_ok=True)
 for i in range(1500):
@@ -493,8 +492,7 @@ for i in range(1500): os.stat("skills/many/f%04d.md" % i)
 n = sum(1 for _ in os.scandir("skills/many"))
 with open("MEMORY.md", "w") as f: f.write("still writable\n")
 print(n, open("MEMORY.md").read().strip(), open("skills/many/f0007.md").read().strip())
-PY"#,
-    );
+PY"#);
     assert_eq!(out.trim(), "1500 still writable note 7");
     s.settle();
     assert_eq!(s.json(&["history", "skills/many/f1499.md"]).len(), 1);
