@@ -492,11 +492,22 @@ for i in range(1500): os.stat("skills/many/f%04d.md" % i)
 n = sum(1 for _ in os.scandir("skills/many"))
 with open("MEMORY.md", "w") as f: f.write("still writable\n")
 print(n, open("MEMORY.md").read().strip(), open("skills/many/f0007.md").read().strip())
+# Each removal holds its inode until the kernel forgets it: a tree removed must not leave the
+# daemon short of descriptors either.
+import shutil
+shutil.rmtree("skills/many")
+with open("SOUL.md", "w") as f: f.write("after the removal\n")
+print(open("SOUL.md").read().strip(), os.path.exists("skills/many"))
 PY"#);
-    assert_eq!(out.trim(), "1500 still writable note 7");
+    assert_eq!(
+        out.trim(),
+        "1500 still writable note 7\nafter the removal False"
+    );
     s.settle();
-    assert_eq!(s.json(&["history", "skills/many/f1499.md"]).len(), 1);
+    // Created, then removed.
+    assert_eq!(s.json(&["history", "skills/many/f1499.md"]).len(), 2);
     assert_eq!(s.json(&["history", "MEMORY.md"]).len(), 1);
+    assert_eq!(s.json(&["history", "SOUL.md"]).len(), 1);
     s.unmount();
     assert_eq!(s.read("MEMORY.md"), b"still writable\n");
 }
