@@ -759,15 +759,19 @@ mod tests {
         RelPath::new(s).unwrap()
     }
 
-    #[test]
-    fn changes_handled_in_naps_keep_their_order_and_every_epoch() {
-        let (_d, store, h) = recorder();
+    fn create(h: &RecorderHandle, path: &str) {
         h.send(FsEvent::Create {
-            path: p("MEMORY.md"),
+            path: p(path),
             kind: NodeKind::File,
             meta: META,
             target: String::new(),
         });
+    }
+
+    #[test]
+    fn changes_handled_in_naps_keep_their_order_and_every_epoch() {
+        let (_d, store, h) = recorder();
+        create(&h, "MEMORY.md");
         h.commit(false, false);
         // Each close of a written file is an epoch of its own, asked for without waiting.
         for i in 0..50u32 {
@@ -819,12 +823,7 @@ mod tests {
     #[test]
     fn writers_wait_while_too_many_written_bytes_are_queued() {
         let (_d, store, h) = recorder();
-        h.send(FsEvent::Create {
-            path: p("big.bin"),
-            kind: NodeKind::File,
-            meta: META,
-            target: String::new(),
-        });
+        create(&h, "big.bin");
         let mib = 1usize << 20;
         let mut peak = 0;
         for i in 0..48u8 {
