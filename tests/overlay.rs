@@ -545,3 +545,37 @@ fn a_removed_directory_still_in_use_keeps_its_inode_number_from_new_files() {
     let _ = inside.wait();
     result.unwrap();
 }
+
+#[test]
+fn a_directory_a_rollback_removes_while_a_process_stands_in_it_keeps_its_inode_number() {
+    // A rollback changes the real tree behind the kernel's back: what it removes, the kernel
+    // may still cache, and the number must not go to a new directory meanwhile.
+    let s = Sandbox::new();
+    s.write("SOUL.md", b"calm\n");
+    s.mount();
+    s.ok(&["mark", "before"]);
+    s.write("skills/new/SKILL.md", b"compromised\n");
+    let old = std::fs::metadata(s.path("skills/new")).unwrap().ino();
+    let mut inside = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(s.path("skills/new"))
+        .spawn()
+        .unwrap();
+    s.settle();
+    s.ok(&["rollback", "--to", "before", "--yes"]);
+    assert!(!s.path("skills/new").exists());
+    let mut result = Ok(());
+    for i in 0..20 {
+        let e = s.path(&format!("e{i}"));
+        std::fs::create_dir(&e).unwrap();
+        if std::fs::metadata(&e).unwrap().ino() == old {
+            result = Err(format!(
+                "e{i} got the inode number of the removed skills/new"
+            ));
+            break;
+        }
+    }
+    let _ = inside.kill();
+    let _ = inside.wait();
+    result.unwrap();
+}

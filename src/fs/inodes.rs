@@ -171,8 +171,9 @@ impl Inodes {
         out
     }
 
-    /// How many inodes are pinned (for tests).
-    pub fn pinned(&self) -> usize {
+    /// How many inodes are pinned.
+    #[cfg(test)]
+    fn pinned(&self) -> usize {
         self.map
             .read()
             .inodes
