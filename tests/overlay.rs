@@ -512,27 +512,24 @@ PY"#);
     assert_eq!(s.read("MEMORY.md"), b"still writable\n");
 }
 
-#[test]
-fn a_removed_directory_still_in_use_keeps_its_inode_number_from_new_files() {
-    // ext4 gives a freed inode number to the next new inode. While a process stands in a
-    // removed directory the kernel still caches its inode under that number (the node id):
-    // a new directory given the number would be taken for the removed one.
-    let s = Sandbox::new();
-    s.mount();
-    std::fs::create_dir(s.path("d")).unwrap();
-    let old = std::fs::metadata(s.path("d")).unwrap().ino();
-    let mut inside = std::process::Command::new("sleep")
+/// A process standing in directory `rel` of the mount, so the kernel keeps its inode.
+fn stand_in(s: &Sandbox, rel: &str) -> std::process::Child {
+    std::process::Command::new("sleep")
         .arg("60")
-        .current_dir(s.path("d"))
+        .current_dir(s.path(rel))
         .spawn()
-        .unwrap();
-    std::fs::remove_dir(s.path("d")).unwrap();
-    let mut result = Ok(());
+        .unwrap()
+}
+
+/// Makes 20 new directories, each holding a file that reads back; the first that got inode
+/// number `old`, if any. Stops `inside` either way.
+fn new_dirs_taking(s: &Sandbox, old: u64, mut inside: std::process::Child) -> Option<String> {
+    let mut taken = None;
     for i in 0..20 {
         let e = s.path(&format!("e{i}"));
         std::fs::create_dir(&e).unwrap();
         if std::fs::metadata(&e).unwrap().ino() == old {
-            result = Err(format!("e{i} got the inode number of the removed d"));
+            taken = Some(format!("e{i}"));
             break;
         }
         std::fs::write(e.join("x"), format!("new {i}")).unwrap();
@@ -543,7 +540,23 @@ fn a_removed_directory_still_in_use_keeps_its_inode_number_from_new_files() {
     }
     let _ = inside.kill();
     let _ = inside.wait();
-    result.unwrap();
+    taken
+}
+
+#[test]
+fn a_removed_directory_still_in_use_keeps_its_inode_number_from_new_files() {
+    // ext4 gives a freed inode number to the next new inode. While a process stands in a
+    // removed directory the kernel still caches its inode under that number (the node id):
+    // a new directory given the number would be taken for the removed one.
+    let s = Sandbox::new();
+    s.mount();
+    std::fs::create_dir(s.path("d")).unwrap();
+    let old = std::fs::metadata(s.path("d")).unwrap().ino();
+    let inside = stand_in(&s, "d");
+    std::fs::remove_dir(s.path("d")).unwrap();
+    if let Some(e) = new_dirs_taking(&s, old, inside) {
+        panic!("{e} got the inode number of the removed d");
+    }
 }
 
 #[test]
@@ -556,26 +569,11 @@ fn a_directory_a_rollback_removes_while_a_process_stands_in_it_keeps_its_inode_n
     s.ok(&["mark", "before"]);
     s.write("skills/new/SKILL.md", b"compromised\n");
     let old = std::fs::metadata(s.path("skills/new")).unwrap().ino();
-    let mut inside = std::process::Command::new("sleep")
-        .arg("60")
-        .current_dir(s.path("skills/new"))
-        .spawn()
-        .unwrap();
+    let inside = stand_in(&s, "skills/new");
     s.settle();
     s.ok(&["rollback", "--to", "before", "--yes"]);
     assert!(!s.path("skills/new").exists());
-    let mut result = Ok(());
-    for i in 0..20 {
-        let e = s.path(&format!("e{i}"));
-        std::fs::create_dir(&e).unwrap();
-        if std::fs::metadata(&e).unwrap().ino() == old {
-            result = Err(format!(
-                "e{i} got the inode number of the removed skills/new"
-            ));
-            break;
-        }
+    if let Some(e) = new_dirs_taking(&s, old, inside) {
+        panic!("{e} got the inode number of the removed skills/new");
     }
-    let _ = inside.kill();
-    let _ = inside.wait();
-    result.unwrap();
 }
