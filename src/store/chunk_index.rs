@@ -40,7 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::ids::{ChunkId, PackId};
 use crate::store::error::{IoContext, Result, StoreError};
 use crate::store::pack::{self, ChunkLoc, Located};
-use crate::store::run_files;
+use crate::store::run_files::{self, RunBase};
 
 const MAGIC: &[u8; 8] = b"CLAWIDX1";
 const VERSION: u32 = 1;
@@ -57,14 +57,10 @@ const MAX_FILES: usize = 12;
 
 /// One index file, open for reading: its bucket table in memory, its entries on disk.
 struct Run {
-    lo: u64,
-    hi: u64,
-    count: u64,
+    base: RunBase,
     bits: u32,
     buckets: Vec<u32>,
     tags: Vec<u16>,
-    file: File,
-    path: PathBuf,
 }
 
 /// The chunk index of one pack directory. Lookups run from any thread; `add` and `seal` come
@@ -192,19 +188,15 @@ impl Run {
             return Err("bucket table is out of order".into());
         }
         Ok(Run {
-            lo,
-            hi,
-            count,
+            base: RunBase::new(path, lo, hi, count, file),
             bits,
             buckets,
             tags,
-            file,
-            path: path.to_path_buf(),
         })
     }
 
     fn covers(&self, pack: u64) -> bool {
-        (self.lo..=self.hi).contains(&pack)
+        (self.base.lo..=self.base.hi).contains(&pack)
     }
 
     fn find(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
@@ -218,9 +210,10 @@ impl Run {
         let tag = tag_of(id);
         for i in (start..end).filter(|&i| self.tags[i] == tag) {
             let mut e = [0u8; ENTRY];
-            self.file
+            self.base
+                .file
                 .read_exact_at(&mut e, HEADER + (i * ENTRY) as u64)
-                .ctx(|| format!("reading chunk index {}", self.path.display()))?;
+                .ctx(|| format!("reading chunk index {}", self.base.path.display()))?;
             if e[..32] == id.0 {
                 return match decode_entry(&e) {
                     Some((_, loc)) => Ok(Some(loc)),
@@ -233,33 +226,22 @@ impl Run {
 
     fn damaged(&self, detail: &str) -> StoreError {
         StoreError::CorruptCatalog {
-            what: format!("chunk index {}", self.path.display()),
+            what: format!("chunk index {}", self.base.path.display()),
             detail: format!("{detail}; it is rebuilt from the packs when the store is next opened"),
         }
     }
 
     /// Every entry, in order, checked.
     fn entries(&self) -> Result<impl Iterator<Item = Result<Located>> + '_> {
-        run_files::read_entries(
-            &self.file,
-            &self.path,
-            HEADER as usize,
-            self.count,
-            ENTRY,
-            |e| decode_entry(e).ok_or_else(|| self.damaged("an entry fails its checksum")),
-        )
+        self.base.entries(HEADER as usize, ENTRY, |e| {
+            decode_entry(e).ok_or_else(|| self.damaged("an entry fails its checksum"))
+        })
     }
 }
 
 impl run_files::RunFile for Run {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn count(&self) -> u64 {
-        self.count
-    }
-    fn file(&self) -> &File {
-        &self.file
+    fn base(&self) -> &RunBase {
+        &self.base
     }
 }
 
@@ -375,7 +357,7 @@ impl ChunkIndex {
                 }
             }
         }
-        runs.sort_by_key(|r| r.lo);
+        runs.sort_by_key(|r| r.base.lo);
         let open_pack = packs
             .last()
             .copied()
@@ -392,7 +374,7 @@ impl ChunkIndex {
             }
         }
         runs.extend(index.index_packs(&stretch)?.map(Arc::new));
-        runs.sort_by_key(|r| r.lo);
+        runs.sort_by_key(|r| r.base.lo);
         *index.runs.write() = runs;
         Ok((index, open_pack))
     }
@@ -480,12 +462,18 @@ impl ChunkIndex {
         run_files::merge_newest(
             &self.runs,
             |a, b, files| {
-                (a.count <= MERGE_RATIO * b.count.max(1) || files > MAX_FILES)
+                (a.base.count <= MERGE_RATIO * b.base.count.max(1) || files > MAX_FILES)
                     && self.adjacent(a, b)
             },
             |a, b| {
                 let both = run_files::merge_sorted(a.entries()?, b.entries()?, |e| e.0);
-                write_run(&self.dir, a.lo, b.hi, a.count + b.count, both)
+                write_run(
+                    &self.dir,
+                    a.base.lo,
+                    b.base.hi,
+                    a.base.count + b.base.count,
+                    both,
+                )
             },
         )
     }
@@ -493,7 +481,7 @@ impl ChunkIndex {
     /// Whether no pack lies between two files' ranges (a merged file's range must not take in
     /// a pack it did not read).
     fn adjacent(&self, a: &Run, b: &Run) -> bool {
-        ((a.hi + 1)..b.lo).all(|p| !pack::pack_path(&self.packs_dir, PackId(p)).exists())
+        ((a.base.hi + 1)..b.base.lo).all(|p| !pack::pack_path(&self.packs_dir, PackId(p)).exists())
     }
 
     /// Number of index files and of chunks they hold, and chunks held in memory.
@@ -604,7 +592,8 @@ mod tests {
         let at = (start..run.buckets[b] as usize)
             .find(|&i| {
                 let mut e = [0u8; ENTRY];
-                run.file
+                run.base
+                    .file
                     .read_exact_at(&mut e, HEADER + (i * ENTRY) as u64)
                     .unwrap();
                 e[..32] == target.0

@@ -106,30 +106,57 @@ impl NewFile {
     }
 }
 
-/// The `count` entries of `size` bytes after a header of `header` bytes, read in order and
-/// decoded (a decoding error is the entry's).
-pub fn read_entries<'a, T>(
-    file: &'a File,
-    path: &'a Path,
-    header: usize,
-    count: u64,
-    size: usize,
-    decode: impl Fn(&[u8]) -> Result<T> + 'a,
-) -> Result<impl Iterator<Item = Result<T>> + 'a> {
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut skip = vec![0u8; header];
-    r.read_exact(&mut skip)
-        .ctx(|| format!("reading {}", path.display()))?;
-    let mut left = count;
-    let mut e = vec![0u8; size];
-    Ok(std::iter::from_fn(move || {
-        (left > 0).then(|| {
-            left -= 1;
-            r.read_exact(&mut e)
-                .ctx(|| format!("reading {}", path.display()))?;
-            decode(&e)
-        })
-    }))
+/// What every index file is: the range it covers (`lo..=hi`, packs or epochs), how many
+/// entries it holds, the open file and its path.
+pub struct RunBase {
+    /// First of the range it covers.
+    pub lo: u64,
+    /// Last of the range it covers.
+    pub hi: u64,
+    /// Its entries.
+    pub count: u64,
+    /// The open file.
+    pub file: File,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl RunBase {
+    /// The file at `path`, open as `file`, covering `lo..=hi` with `count` entries.
+    pub fn new(path: &Path, lo: u64, hi: u64, count: u64, file: File) -> RunBase {
+        RunBase {
+            lo,
+            hi,
+            count,
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The entries of `size` bytes after a header of `header` bytes, read in order and
+    /// decoded (a decoding error is the entry's).
+    pub fn entries<'a, T>(
+        &'a self,
+        header: usize,
+        size: usize,
+        decode: impl Fn(&[u8]) -> Result<T> + 'a,
+    ) -> Result<impl Iterator<Item = Result<T>> + 'a> {
+        let path = &self.path;
+        let mut r = BufReader::with_capacity(1 << 20, &self.file);
+        let mut skip = vec![0u8; header];
+        r.read_exact(&mut skip)
+            .ctx(|| format!("reading {}", path.display()))?;
+        let mut left = self.count;
+        let mut e = vec![0u8; size];
+        Ok(std::iter::from_fn(move || {
+            (left > 0).then(|| {
+                left -= 1;
+                r.read_exact(&mut e)
+                    .ctx(|| format!("reading {}", path.display()))?;
+                decode(&e)
+            })
+        }))
+    }
 }
 
 /// Two sorted runs of entries as one, by `key`; an error ends the merge where it stands.
@@ -152,14 +179,10 @@ pub fn merge_sorted<'a, T: 'a, K: Ord>(
     })
 }
 
-/// What [`merge_newest`] and [`totals`] need of a file.
+/// An index file of either index: what [`merge_newest`] and [`totals`] need of it.
 pub trait RunFile {
-    /// Its path.
-    fn path(&self) -> &Path;
-    /// Its entries.
-    fn count(&self) -> u64;
-    /// The open file.
-    fn file(&self) -> &File;
+    /// Its range, entries, file and path.
+    fn base(&self) -> &RunBase;
 }
 
 /// Files, entries in them and their bytes.
@@ -167,9 +190,9 @@ pub fn totals<R: RunFile>(runs: &RwLock<Vec<Arc<R>>>) -> (usize, u64, u64) {
     let runs = runs.read();
     (
         runs.len(),
-        runs.iter().map(|r| r.count()).sum(),
+        runs.iter().map(|r| r.base().count).sum(),
         runs.iter()
-            .map(|r| r.file().metadata().map(|m| m.len()).unwrap_or(0))
+            .map(|r| r.base().file.metadata().map(|m| m.len()).unwrap_or(0))
             .sum(),
     )
 }
@@ -194,8 +217,8 @@ pub fn merge_newest<R: RunFile>(
             w.push(Arc::new(merged));
         }
         for old in &list[n - 2..] {
-            std::fs::remove_file(old.path())
-                .ctx(|| format!("removing {}", old.path().display()))?;
+            let path = &old.base().path;
+            std::fs::remove_file(path).ctx(|| format!("removing {}", path.display()))?;
         }
     }
 }

@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::ids::{NodeId, Seq, VersionId};
 use crate::store::error::{IoContext, Result, StoreError};
-use crate::store::run_files;
+use crate::store::run_files::{self, RunBase};
 
 const MAGIC: &[u8; 8] = b"CLAWVER1";
 const HEADER: u64 = 32;
@@ -49,11 +49,7 @@ const MERGE_RATIO: u64 = 4;
 type Entry = (u64, NodeId, Seq);
 
 struct Run {
-    lo: u64,
-    hi: u64,
-    count: u64,
-    file: File,
-    path: PathBuf,
+    base: RunBase,
 }
 
 /// The version-id index of one store.
@@ -105,27 +101,24 @@ impl Run {
             return Err("header, length or name do not agree".into());
         }
         Ok(Run {
-            lo,
-            hi,
-            count,
-            file,
-            path: path.to_path_buf(),
+            base: RunBase::new(path, lo, hi, count, file),
         })
     }
 
     fn entry(&self, i: u64) -> Result<Entry> {
         let mut e = [0u8; ENTRY as usize];
-        self.file
+        self.base
+            .file
             .read_exact_at(&mut e, HEADER + i * ENTRY)
-            .ctx(|| format!("reading {}", self.path.display()))?;
+            .ctx(|| format!("reading {}", self.base.path.display()))?;
         decode_entry(&e).ok_or_else(|| StoreError::CorruptCatalog {
-            what: format!("version index {}", self.path.display()),
+            what: format!("version index {}", self.base.path.display()),
             detail: "an entry fails its checksum (remove the file: opening the store rebuilds it from the catalogue)".into(),
         })
     }
 
     fn find(&self, id: u64) -> Result<Option<(NodeId, Seq)>> {
-        let (mut lo, mut hi) = (0, self.count);
+        let (mut lo, mut hi) = (0, self.base.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let (k, node, seq) = self.entry(mid)?;
@@ -139,31 +132,18 @@ impl Run {
     }
 
     fn entries(&self) -> Result<impl Iterator<Item = Result<Entry>> + '_> {
-        run_files::read_entries(
-            &self.file,
-            &self.path,
-            HEADER as usize,
-            self.count,
-            ENTRY as usize,
-            |e| {
-                decode_entry(e).ok_or_else(|| StoreError::CorruptCatalog {
-                    what: format!("version index {}", self.path.display()),
-                    detail: "an entry fails its checksum".into(),
-                })
-            },
-        )
+        self.base.entries(HEADER as usize, ENTRY as usize, |e| {
+            decode_entry(e).ok_or_else(|| StoreError::CorruptCatalog {
+                what: format!("version index {}", self.base.path.display()),
+                detail: "an entry fails its checksum".into(),
+            })
+        })
     }
 }
 
 impl run_files::RunFile for Run {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn count(&self) -> u64 {
-        self.count
-    }
-    fn file(&self) -> &File {
-        &self.file
+    fn base(&self) -> &RunBase {
+        &self.base
     }
 }
 
@@ -209,7 +189,7 @@ impl VersionIndex {
         for (lo, hi, path) in found {
             // Files follow each other from the first on: a damaged one, and any after it, are
             // dropped, and their epochs are read from the catalogue again.
-            let next = runs.last().map_or(before_files + 1, |r| r.hi + 1);
+            let next = runs.last().map_or(before_files + 1, |r| r.base.hi + 1);
             match Run::open(&path, lo, hi) {
                 Ok(r) if lo <= next => runs.push(Arc::new(r)),
                 Ok(_) => {
@@ -222,7 +202,9 @@ impl VersionIndex {
                 }
             }
         }
-        let covered = runs.last().map_or(before_files, |r| r.hi.max(before_files));
+        let covered = runs
+            .last()
+            .map_or(before_files, |r| r.base.hi.max(before_files));
         Ok(VersionIndex {
             dir: dir.to_path_buf(),
             runs: RwLock::new(runs),
@@ -289,10 +271,10 @@ impl VersionIndex {
     fn merge(&self) -> Result<()> {
         run_files::merge_newest(
             &self.runs,
-            |a, b, _| a.count <= MERGE_RATIO * b.count.max(1),
+            |a, b, _| a.base.count <= MERGE_RATIO * b.base.count.max(1),
             |a, b| {
                 let both = run_files::merge_sorted(a.entries()?, b.entries()?, |e| e.0);
-                write_run(&self.dir, a.lo, b.hi, both)
+                write_run(&self.dir, a.base.lo, b.base.hi, both)
             },
         )
     }
