@@ -759,19 +759,15 @@ mod tests {
         RelPath::new(s).unwrap()
     }
 
-    fn create(h: &RecorderHandle, path: &str) {
+    #[test]
+    fn changes_handled_in_naps_keep_their_order_and_every_epoch() {
+        let (_d, store, h) = recorder();
         h.send(FsEvent::Create {
-            path: p(path),
+            path: p("MEMORY.md"),
             kind: NodeKind::File,
             meta: META,
             target: String::new(),
         });
-    }
-
-    #[test]
-    fn changes_handled_in_naps_keep_their_order_and_every_epoch() {
-        let (_d, store, h) = recorder();
-        create(&h, "MEMORY.md");
         h.commit(false, false);
         // Each close of a written file is an epoch of its own, asked for without waiting.
         for i in 0..50u32 {
@@ -823,7 +819,12 @@ mod tests {
     #[test]
     fn writers_wait_while_too_many_written_bytes_are_queued() {
         let (_d, store, h) = recorder();
-        create(&h, "big.bin");
+        h.send(FsEvent::Create {
+            path: p("big.bin"),
+            kind: NodeKind::File,
+            meta: META,
+            target: String::new(),
+        });
         let mib = 1usize << 20;
         let mut peak = 0;
         for i in 0..48u8 {
