@@ -14,10 +14,11 @@
 pub const MIN_CHUNK: usize = 4 * 1024;
 /// Target average content-defined chunk.
 pub const AVG_CHUNK: usize = 16 * 1024;
-/// Largest content-defined chunk: two of them, with their pack record headers, fit in 64 KiB, so
-/// a small write that straddles a cut stores at most 64 KiB. (Up to here the cuts are those of a
-/// 64 KiB limit; about 2% of chunks reach it and are cut there.)
-pub const MAX_CDC_CHUNK: usize = 32 * 1024 - 64;
+/// Largest content-defined chunk: a small write that straddles a cut re-stores the two chunks
+/// around it and the leaf listing them, and two of these with a full leaf and their pack
+/// records fit in 64 KiB (checked where leaves are built). (Up to here the cuts are those of a
+/// 64 KiB limit; about 4% of chunks reach it and are cut there.)
+pub const MAX_CDC_CHUNK: usize = 27 * 1024;
 /// Largest chunk of either policy (a SQLite database with 64 KiB pages).
 pub const MAX_CHUNK: usize = 64 * 1024;
 
