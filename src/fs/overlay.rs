@@ -916,7 +916,14 @@ impl Filesystem for Overlay {
             wrote: AtomicBool::new(f & libc::O_TRUNC != 0 && writable),
             writer,
         });
-        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+        // Closing a read-only descriptor needs nothing from us (nothing was written through
+        // it, and locks are the kernel's): no FLUSH round trip on every close(2).
+        let flags = if writable {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+        };
+        reply.opened(fh, flags);
     }
 
     fn read(
