@@ -577,3 +577,55 @@ fn a_directory_a_rollback_removes_while_a_process_stands_in_it_keeps_its_inode_n
         panic!("{e} got the inode number of the removed skills/new");
     }
 }
+
+/// Opens `path` with raw `open(2)` flags (std refuses `O_RDONLY | O_TRUNC`).
+fn open_raw(path: &std::path::Path, flags: i32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => o.write(true),
+        libc::O_RDWR => o.read(true).write(true),
+        _ => o.read(true),
+    };
+    o.custom_flags(flags & !libc::O_ACCMODE).open(path)
+}
+
+#[test]
+fn a_running_program_opened_to_truncate_is_refused_and_left_whole() {
+    // The kernel refuses `open(O_RDONLY | O_TRUNC)` of a program being run (ETXTBSY) only
+    // after the file system opened it. When the daemon truncated in OPEN, the program was cut
+    // to 0 bytes under that refusal, every time, and died of SIGBUS when it next faulted a page
+    // in; pjdfstest's open::etxtbsy then failed once in ~170 runs, when it already had.
+    let s = Sandbox::new();
+    s.mount();
+    let prog = s.path("sleeper");
+    std::fs::copy("/bin/sleep", &prog).unwrap();
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let size = std::fs::metadata(&prog).unwrap().len();
+    let mut child = std::process::Command::new(&prog).arg("60").spawn().unwrap();
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let err = open_raw(&prog, flags).expect_err("opened a running program to write");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ETXTBSY),
+            "flags {flags:#o}: {err}"
+        );
+        assert_eq!(
+            std::fs::metadata(&prog).unwrap().len(),
+            size,
+            "flags {flags:#o}"
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the program died");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Not running, it is truncated by that open as natively, and the truncation is versioned.
+    open_raw(&prog, libc::O_RDONLY | libc::O_TRUNC).unwrap();
+    assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
+    s.settle();
+    let versions = s.json(&["history", "sleeper"]);
+    assert_eq!(versions[0]["size"].as_u64(), Some(0), "{versions:?}");
+    assert_eq!(versions[1]["size"].as_u64(), Some(size), "{versions:?}");
+    s.unmount();
+    assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
+}

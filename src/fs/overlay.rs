@@ -507,7 +507,10 @@ impl Filesystem for Overlay {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Not FUSE_ATOMIC_O_TRUNC: with it, `open(O_RDONLY | O_TRUNC)` of a program being
+            // run truncated the real file in OPEN, before the kernel refused with ETXTBSY
+            // (it checks only after opening, for that mode), and the program died of SIGBUS.
+            // Without it, the kernel checks first and truncates with a SETATTR.
             // We clear set-user/group-ID bits on writes and truncations ourselves (see
             // `drop_suid`); in return the kernel stops asking for `security.capability` before
             // every write, one round trip per write(2). (The real file system drops the
@@ -613,16 +616,31 @@ impl Filesystem for Overlay {
                 }
             }
             if let Some(s) = size {
+                // Any handle will do to find the file, but only a writable one to truncate it.
                 let opened;
                 let f = match (&handle, &path) {
-                    (Some(h), _) => &h.file,
-                    (None, Some(p)) => {
+                    (Some(h), _) if h.writer.is_some() => &h.file,
+                    (_, Some(p)) => {
                         opened = sys::open_at(fd, p, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                        &opened
+                    }
+                    (Some(h), None) => {
+                        opened = sys::open_at(
+                            libc::AT_FDCWD,
+                            OsStr::new(&by_fd(&h.file)),
+                            libc::O_WRONLY,
+                            0,
+                        )?;
                         &opened
                     }
                     _ => unreachable!(),
                 };
                 sys::ftruncate(f, s)?;
+                // A truncation counts as a write: closing the file closes the epoch. (One at
+                // open comes without a handle, after the OPEN that made it.)
+                for h in self.live.handles.read().values().filter(|h| h.ino == ino.0) {
+                    h.wrote.store(true, Ordering::Relaxed);
+                }
                 if req.uid() != 0 && drop_suid(f)?.is_some() {
                     suid_dropped = true;
                 }
@@ -883,37 +901,22 @@ impl Filesystem for Overlay {
         let append = f & libc::O_APPEND != 0;
         let writable = f & libc::O_ACCMODE != libc::O_RDONLY;
         // O_APPEND is emulated (the offset is taken from the real size under the ordering lock)
-        // so the recorder learns where appended bytes really landed.
-        let real_flags = (f & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
-            | libc::O_NOFOLLOW;
+        // so the recorder learns where appended bytes really landed. O_TRUNC does not come here
+        // (no FUSE_ATOMIC_O_TRUNC): the kernel truncates with a SETATTR after its own checks.
+        let real_flags =
+            (f & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+                | libc::O_NOFOLLOW;
         let _order = writable.then(|| self.order.lock());
         let file = match sys::open_at(self.fd(), &path, real_flags, 0) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
-        if f & libc::O_TRUNC != 0 && writable {
-            let dropped = if req.uid() != 0 {
-                match drop_suid(&file) {
-                    Ok(m) => m,
-                    Err(e) => return reply.error(errno(e)),
-                }
-            } else {
-                None
-            };
-            if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Truncate {
-                    path: p.clone(),
-                    size: 0,
-                });
-                self.record_mode(p, dropped);
-            }
-        }
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
         let fh = self.add_handle(Handle {
             file,
             ino: ino.0,
             append,
-            wrote: AtomicBool::new(f & libc::O_TRUNC != 0 && writable),
+            wrote: AtomicBool::new(false),
             writer,
         });
         // Closing a read-only descriptor needs nothing from us (nothing was written through
