@@ -178,6 +178,29 @@ fn delete_memory_md_and_get_it_back() {
     assert_eq!(s.read("workspace/MEMORY.md"), b"remember the milk\n");
 }
 
+/// A rollback replaces a file by renaming the old content into place, as an editor would: a
+/// process holding the file open keeps the replaced inode and sees it unlinked at once (SQLite
+/// checks `st_nlink` to warn of a database replaced under it), even though the kernel caches
+/// attributes.
+#[test]
+fn a_file_held_open_across_a_rollback_shows_it_was_replaced() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    s.write("workspace/SOUL.md", b"calm\n");
+    s.mount();
+    let before = s.head().to_string();
+    s.write("workspace/SOUL.md", b"reckless\n");
+    s.settle();
+    let held = std::fs::File::open(s.path("workspace/SOUL.md")).unwrap();
+    let old_ino = held.metadata().unwrap().ino();
+    assert_eq!(held.metadata().unwrap().nlink(), 1);
+    s.ok(&["rollback", "--to", &before, "workspace/SOUL.md", "--yes"]);
+    assert_eq!(held.metadata().unwrap().nlink(), 0);
+    let now = std::fs::metadata(s.path("workspace/SOUL.md")).unwrap();
+    assert_ne!(now.ino(), old_ino);
+    assert_eq!(s.read("workspace/SOUL.md"), b"calm\n");
+}
+
 #[test]
 fn sqlite_rolled_back_to_a_time_opens_with_the_earlier_rows() {
     let s = Sandbox::new();

@@ -400,6 +400,17 @@ fn as_nobody(dir: &std::path::Path, script: &str) {
     assert!(st.success(), "as nobody: {script}");
 }
 
+/// The permission bits as `stat -c %a` sees them: a `statx` for the mode alone.
+fn mode_alone(path: &std::path::Path) -> u32 {
+    let out = std::process::Command::new("stat")
+        .args(["-c", "%a"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat {}", path.display());
+    u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap()
+}
+
 /// Writing or truncating a set-user-ID file without privilege clears the bit (and set-group-ID
 /// when group-executable), as on the real file system; the daemon does it (the kernel leaves it
 /// to us, see `drop_suid`), and the history records the new mode.
@@ -426,6 +437,15 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
                 std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
                 std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
                 as_nobody(dir, script);
+                // First `stat -c %a`: it asks for the mode alone, which a write does not make the
+                // kernel fetch again (the daemon must say it changed).
+                let only_mode = mode_alone(&f);
+                assert_eq!(
+                    only_mode,
+                    after,
+                    "{name} of a {mode:o} file in {}, mode alone: {only_mode:o}",
+                    dir.display()
+                );
                 let got = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
                 assert_eq!(
                     got,
@@ -458,6 +478,25 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
     s.ok(&["unmount", view.to_str().unwrap()]);
     // (Views are read-only: they show no write bits.)
     assert_eq!(got, 0o0555, "{got:o}");
+}
+
+/// An access ACL rewrites a file's group bits (they become the ACL's mask). A `stat` for the
+/// mode alone right after shows them, as natively: the kernel caches attributes and would not ask
+/// again by itself.
+#[test]
+fn an_access_acl_shows_the_mode_it_implies_at_once() {
+    let s = Sandbox::new();
+    s.mount();
+    s.write("f", b"x");
+    s.sh(r#"chmod 0744 f && stat -c %a f >/dev/null && python3 - <<'PY'
+import os, struct
+# user::rwx, user:65534:r--, group::r--, mask::rw-, other::r--
+entries = [(0x01, 7, -1), (0x02, 4, 65534), (0x04, 4, -1), (0x10, 6, -1), (0x20, 4, -1)]
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i & 0xFFFFFFFF) for t, p, i in entries)
+os.setxattr("f", "system.posix_acl_access", acl)
+PY"#);
+    let got = mode_alone(&s.path("f"));
+    assert_eq!(got, 0o764, "{got:o}");
 }
 
 #[test]

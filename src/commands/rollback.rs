@@ -65,9 +65,10 @@ pub fn run(
         (Some(l), _) => {
             let tree = RealTree::new(format!("/proc/self/fd/{}", l.root.as_raw_fd()));
             // What the rollback replaces or removes, the kernel may still cache.
+            let mut known = Vec::new();
             for a in &plan.actions {
                 if let Ok(p) = RelPath::new(&a.path) {
-                    l.overlay.pin_tree(&p);
+                    known.extend(l.overlay.pin_tree(&p));
                 }
             }
             let p = plan.clone();
@@ -84,6 +85,9 @@ pub fn run(
                         }
                     }
                 }
+            }
+            for ino in known {
+                l.overlay.attrs_changed(ino);
             }
             r
         }
