@@ -411,7 +411,7 @@ fn mode_alone(path: &std::path::Path) -> u32 {
     u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap()
 }
 
-/// Writing or truncating a set-user-ID file without privilege clears the bit (and set-group-ID
+/// Writing, truncating or allocating in a set-user-ID file without privilege clears the bit (and set-group-ID
 /// when group-executable), as on the real file system; the daemon does it (the kernel leaves it
 /// to us, see `drop_suid`), and the history records the new mode.
 #[test]
@@ -428,6 +428,8 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
         ("write", "printf x >> f"),
         ("truncate", "truncate -s 1 f"),
         ("o_trunc", ": > f"),
+        ("fallocate", "fallocate -l 8192 f"),
+        ("punch", "fallocate -p -o 0 -l 2 f"),
     ];
     for dir in [plain.as_path(), s.dir.as_path()] {
         for (name, script) in cases {

@@ -1411,7 +1411,7 @@ impl Filesystem for Overlay {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1431,6 +1431,19 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         h.wrote.store(true, Ordering::Relaxed);
+        // Like a write, it clears the set-ID bits when the caller is not privileged; FALLOCATE
+        // carries no flag for that (WRITE and SETATTR do), so it is judged as for a truncation.
+        let dropped = if req.uid() != 0 {
+            match drop_suid(&h.file) {
+                Ok(m) => m,
+                Err(e) => return reply.error(errno(e)),
+            }
+        } else {
+            None
+        };
+        if dropped.is_some() {
+            self.live.attrs_changed(ino.0);
+        }
         if let Some(p) = self
             .live
             .inodes
@@ -1443,15 +1456,16 @@ impl Filesystem for Overlay {
                     .unwrap_or(0);
                 if after != before {
                     self.rec.send(FsEvent::Truncate {
-                        path: p,
+                        path: p.clone(),
                         size: after,
                     });
                 }
             } else {
                 // Punching, zeroing, collapsing or inserting ranges moves bytes around: capture
                 // the file as it now is.
-                self.rec.send(FsEvent::Import(p));
+                self.rec.send(FsEvent::Import(p.clone()));
             }
+            self.record_mode(p, dropped);
         }
         reply.ok();
     }
