@@ -201,6 +201,27 @@ fn a_file_held_open_across_a_rollback_shows_it_was_replaced() {
     assert_eq!(s.read("workspace/SOUL.md"), b"calm\n");
 }
 
+/// A shell writes a file with `>`: it opens with `O_CREAT | O_TRUNC` and closes a duplicate of
+/// the descriptor before the command writes. Each such write is one version holding the new
+/// content, with no empty one before it; an intended truncation (`: > f`) is still one.
+#[test]
+fn a_shell_redirect_is_one_version_with_its_content() {
+    let s = Sandbox::new();
+    s.write("workspace/SOUL.md", b"calm\n");
+    s.mount();
+    s.sh("echo reckless > workspace/SOUL.md; echo new > workspace/NEW.md; : > workspace/SOUL.md");
+    s.settle();
+    let sizes = |p: &str| -> Vec<u64> {
+        s.json(&["history", p])
+            .iter()
+            .map(|v| v["size"].as_u64().unwrap())
+            .collect()
+    };
+    // Newest first.
+    assert_eq!(sizes("workspace/SOUL.md"), [0, 9, 5]);
+    assert_eq!(sizes("workspace/NEW.md"), [4]);
+}
+
 #[test]
 fn sqlite_rolled_back_to_a_time_opens_with_the_earlier_rows() {
     let s = Sandbox::new();

@@ -56,7 +56,13 @@ struct Handle {
     file: File,
     ino: u64,
     append: bool,
+    /// Written through since the last FLUSH: closing a descriptor of it closes the epoch.
     wrote: AtomicBool,
+    /// Created or truncated by this open: its RELEASE closes the epoch, and a FLUSH only once
+    /// something is written too. A shell's `echo x > f` opens with `O_CREAT | O_TRUNC` and
+    /// closes a duplicate of the descriptor before `echo` writes; closing the epoch there
+    /// recorded an empty version of every file a shell wrote.
+    truncated: AtomicBool,
     /// Who opened it for writing: shown by `status`, and a rollback refuses to replace it.
     writer: Option<(u32, String)>,
 }
@@ -639,10 +645,10 @@ impl Filesystem for Overlay {
                     _ => unreachable!(),
                 };
                 sys::ftruncate(f, s)?;
-                // A truncation counts as a write: closing the file closes the epoch. (One at
-                // open comes without a handle, after the OPEN that made it.)
+                // Closing the file closes the epoch (see `Handle::truncated`). A truncation at
+                // open comes without a handle, after the OPEN that made it: all are marked.
                 for h in self.live.handles.read().values().filter(|h| h.ino == ino.0) {
-                    h.wrote.store(true, Ordering::Relaxed);
+                    h.truncated.store(true, Ordering::Relaxed);
                 }
                 if req.uid() != 0 && drop_suid(f)?.is_some() {
                     suid_dropped = true;
@@ -920,6 +926,7 @@ impl Filesystem for Overlay {
             ino: ino.0,
             append,
             wrote: AtomicBool::new(false),
+            truncated: AtomicBool::new(false),
             writer,
         });
         // Closing a read-only descriptor needs nothing from us (nothing was written through
@@ -1034,6 +1041,7 @@ impl Filesystem for Overlay {
             // something was written since: pages of a shared mapping written back after
             // close come as WRITEs on this handle and set it again.
             if h.wrote.swap(false, Ordering::Relaxed) {
+                h.truncated.store(false, Ordering::Relaxed);
                 let _order = self.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
@@ -1054,7 +1062,7 @@ impl Filesystem for Overlay {
     ) {
         let removed = self.live.handles.write().remove(&fh.0);
         if let Some(h) = removed {
-            if h.wrote.load(Ordering::Relaxed) {
+            if h.wrote.load(Ordering::Relaxed) || h.truncated.load(Ordering::Relaxed) {
                 let _order = self.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
@@ -1397,7 +1405,8 @@ impl Filesystem for Overlay {
             file,
             ino: attr.ino.0,
             append: flags & libc::O_APPEND != 0,
-            wrote: AtomicBool::new(created),
+            wrote: AtomicBool::new(false),
+            truncated: AtomicBool::new(created || flags & libc::O_TRUNC != 0),
             writer: writable.then(|| (req.pid(), comm_of(req.pid()))),
         });
         reply.created(
