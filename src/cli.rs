@@ -193,6 +193,9 @@ pub enum Cmd {
         #[command(flatten)]
         opts: RemoteOpts,
     },
+    /// Serve the history to an agent as MCP tools, on standard input and output (status, log,
+    /// history, show, diff, rollback, mark).
+    Mcp,
     /// Rebuild the local store from a remote, with its full history, and check the tree out
     /// into DIR (which must be empty or absent).
     Clone {
@@ -284,7 +287,11 @@ impl Cmd {
     pub fn uses_store(&self) -> bool {
         !matches!(
             self,
-            Cmd::Mount { .. } | Cmd::Unmount { .. } | Cmd::Browse { .. } | Cmd::Clone { .. }
+            Cmd::Mount { .. }
+                | Cmd::Unmount { .. }
+                | Cmd::Browse { .. }
+                | Cmd::Clone { .. }
+                | Cmd::Mcp
         )
     }
 

@@ -200,6 +200,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mount::unmount(&d, &store)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Mcp => {
+            let store = cli.store.as_ref().map(|s| absolute(s, &cwd));
+            commands::mcp::serve(&dir, store.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Remote { cmd } => {
             let store = store_for(&cli, &dir, &cwd);
             let stdout = std::io::stdout();

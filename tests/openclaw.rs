@@ -131,3 +131,43 @@ fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
         "19998"
     );
 }
+
+/// OpenClaw itself as the MCP client: `openclaw mcp add` connects to `clawfs mcp` before it
+/// saves the server (it probes it), and `openclaw mcp probe` lists clawfs's tools, which the
+/// agent's runs then get.
+#[test]
+fn openclaw_takes_clawfs_as_an_mcp_server() {
+    let s = Sandbox::new();
+    s.write("workspace/SOUL.md", b"calm\n");
+    s.mount();
+    let arg = |a: &std::path::Path| format!("--arg={}", a.display());
+    openclaw(
+        &s,
+        &[
+            "mcp",
+            "add",
+            "clawfs",
+            "--command",
+            common::bin().to_str().unwrap(),
+            "--arg=--store",
+            &arg(&s.store),
+            "--arg=-C",
+            &arg(&s.dir),
+            "--arg=mcp",
+        ],
+    );
+    let probe: serde_json::Value =
+        serde_json::from_str(&openclaw(&s, &["mcp", "probe", "clawfs", "--json"])).unwrap();
+    assert_eq!(probe["servers"]["clawfs"]["tools"], 7, "{probe}");
+    let tools = probe["tools"].to_string();
+    for t in [
+        "log", "history", "show", "diff", "rollback", "mark", "status",
+    ] {
+        assert!(tools.contains(&format!("\"clawfs__{t}\"")), "{t}: {probe}");
+    }
+    // Its config change went through the mount and is versioned like any other.
+    assert!(
+        !s.json(&["history", "openclaw.json"]).is_empty(),
+        "openclaw.json not versioned"
+    );
+}

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod history;
 pub mod log;
 pub mod mark;
+pub mod mcp;
 pub mod push;
 pub mod remote;
 pub mod restore;
@@ -155,7 +156,8 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
         | Cmd::Browse { .. }
         | Cmd::Clone { .. }
         | Cmd::Remote { .. }
-        | Cmd::Restore { .. } => {
+        | Cmd::Restore { .. }
+        | Cmd::Mcp => {
             bail!("not a store command")
         }
     }
