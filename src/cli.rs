@@ -283,18 +283,6 @@ pub enum RemoteCmd {
 }
 
 impl Cmd {
-    /// Commands that run against a store (in the daemon when one serves it).
-    pub fn uses_store(&self) -> bool {
-        !matches!(
-            self,
-            Cmd::Mount { .. }
-                | Cmd::Unmount { .. }
-                | Cmd::Browse { .. }
-                | Cmd::Clone { .. }
-                | Cmd::Mcp
-        )
-    }
-
     /// The positional directory some commands take.
     pub fn dir_arg(&self) -> Option<&PathBuf> {
         match self {

@@ -401,6 +401,16 @@ impl Overlay {
         }
     }
 
+    /// [`drop_suid`] on the open file `f` of `ino` when `kill`, telling the kernel, whose cached
+    /// mode it changes behind its back (a SETATTR answers with fresh attributes instead).
+    fn drop_suid_if(&self, kill: bool, ino: INodeNo, f: &File) -> io::Result<Option<u32>> {
+        let dropped = if kill { drop_suid(f)? } else { None };
+        if dropped.is_some() {
+            self.live.attrs_changed(ino.0);
+        }
+        Ok(dropped)
+    }
+
     /// Tells the recorder the permission bits [`drop_suid`] left on `path`, if it changed them.
     fn record_mode(&self, path: RelPath, dropped: Option<u32>) {
         if let Some(mode) = dropped {
@@ -999,17 +1009,11 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         h.wrote.store(true, Ordering::Relaxed);
-        let dropped = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            match drop_suid(&h.file) {
-                Ok(m) => m,
-                Err(e) => return reply.error(errno(e)),
-            }
-        } else {
-            None
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let dropped = match self.drop_suid_if(kill, ino, &h.file) {
+            Ok(m) => m,
+            Err(e) => return reply.error(errno(e)),
         };
-        if dropped.is_some() {
-            self.live.attrs_changed(ino.0);
-        }
         if let Some(p) = self
             .live
             .inodes
@@ -1442,17 +1446,10 @@ impl Filesystem for Overlay {
         h.wrote.store(true, Ordering::Relaxed);
         // Like a write, it clears the set-ID bits when the caller is not privileged; FALLOCATE
         // carries no flag for that (WRITE and SETATTR do), so it is judged as for a truncation.
-        let dropped = if req.uid() != 0 {
-            match drop_suid(&h.file) {
-                Ok(m) => m,
-                Err(e) => return reply.error(errno(e)),
-            }
-        } else {
-            None
+        let dropped = match self.drop_suid_if(req.uid() != 0, ino, &h.file) {
+            Ok(m) => m,
+            Err(e) => return reply.error(errno(e)),
         };
-        if dropped.is_some() {
-            self.live.attrs_changed(ino.0);
-        }
         if let Some(p) = self
             .live
             .inodes
