@@ -250,6 +250,117 @@ fn mount_errors_are_clear() {
     assert!(err.contains("already mounted"), "{err}");
 }
 
+/// Puts /dev/fuse's mode back when dropped.
+struct DevFuseMode(u32);
+
+impl Drop for DevFuseMode {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// The usual case: a user (here `nobody`) mounts their own state directory, without root. The
+/// mount goes through fusermount3, and versions and unmounts like root's. Where /dev/fuse is
+/// closed to users (this machine: mode 0600; Debian makes it 0666), the refusal says so and
+/// what to do, then the same user mounts once it is open.
+#[test]
+fn a_user_mounts_their_own_directory_without_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = work.path().join("home");
+    let dir = home.join(".openclaw");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let bin = work.path().join("clawfs");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    let user = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .env("HOME", &home)
+            .env_remove("XDG_DATA_HOME")
+            .current_dir(&home)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o777;
+    let _restore = DevFuseMode(mode);
+    if mode & 0o006 != 0o006 {
+        let out = user(&["mount", d]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cannot open /dev/fuse") && err.contains("chmod 0666 /dev/fuse"),
+            "{err}"
+        );
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let out = user(&["mount", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = LazyUnmount(dir.clone());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(d) && l.contains("fuse.clawfs")),
+        "{mounts}"
+    );
+    // (Root itself may not enter a user's mount: no allow_other.)
+    let st = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "cd {d} && echo calm > SOUL.md && echo reckless > SOUL.md"
+        ))
+        .current_dir(&home)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let history = user(&["history", "SOUL.md"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let out = user(&["unmount", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.lines().any(|l| l.contains(d)), "{mounts}");
+    assert_eq!(std::fs::read(dir.join("SOUL.md")).unwrap(), b"reckless\n");
+}
+
+/// Detaches a mount left behind by a failed test.
+struct LazyUnmount(std::path::PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if mounts.lines().any(|l| l.contains(self.0.to_str().unwrap())) {
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
 /// A tmpfs of a given size, unmounted when dropped.
 struct SmallFs(std::path::PathBuf);
 

@@ -368,8 +368,8 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     // Modes in requests are already masked by the caller's umask: ours must not mask them again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let mut session_fuse = fuser::Session::new(overlay, dir, &config)
-        .with_context(|| format!("mounting {}", dir.display()))?;
+    let mut session_fuse =
+        fuser::Session::new(overlay, dir, &config).map_err(|e| mount_error(e, dir))?;
     let _ = notifier.set(session_fuse.notifier());
     let unmounter = Arc::new(Mutex::new(session_fuse.unmount_callable()));
     let unmounter_dir = dir.to_path_buf();
@@ -433,6 +433,31 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     store.flush()?;
     result.context("serving the mount")?;
     Ok(())
+}
+
+/// Why mounting `dir` failed, in words a user can act on.
+fn mount_error(e: std::io::Error, dir: &Path) -> anyhow::Error {
+    // Not root, fuser opens /dev/fuse itself and turns to fusermount3 only when mount(2) is
+    // refused: a /dev/fuse closed to other users (mode 0600, as in some containers; Debian
+    // makes it 0666) stops the mount here, with a bare "Permission denied".
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    if e.kind() == std::io::ErrorKind::PermissionDenied && !root && dev.is_err() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/fuse")
+            .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+            .unwrap_or_else(|_| "unknown".into());
+        return anyhow::anyhow!(
+            "mounting {}: this user cannot open /dev/fuse (mode {mode} here): mount as root, or \
+             open it to users as Debian does (chmod 0666 /dev/fuse)",
+            dir.display()
+        );
+    }
+    anyhow::Error::new(e).context(format!("mounting {}", dir.display()))
 }
 
 fn redirect_output() {
