@@ -315,22 +315,11 @@ fn a_user_mounts_their_own_directory_without_root() {
             .any(|l| l.contains(d) && l.contains("fuse.clawfs")),
         "{mounts}"
     );
-    // (Root itself may not enter a user's mount: no allow_other.)
-    let st = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "cd {d} && echo calm > SOUL.md && echo reckless > SOUL.md"
-        ))
-        .current_dir(&home)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    // (Root itself may not enter a user's mount, without allow_other: `cd` as the user.)
+    as_nobody(
+        &home,
+        &format!("cd {d} && echo calm > SOUL.md && echo reckless > SOUL.md"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let history = user(&["history", "SOUL.md"]);
     let text = String::from_utf8_lossy(&history.stdout);
