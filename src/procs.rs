@@ -16,6 +16,17 @@ pub struct Writer {
     pub path: String,
 }
 
+/// The command name of process `pid`, or `None` if it is gone. One read into a buffer that
+/// holds any (the kernel keeps 15 bytes): the overlay asks on every open for writing.
+pub fn command_of(pid: u32) -> Option<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let n = std::fs::File::open(format!("/proc/{pid}/comm"))
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
 /// Every process but this one with a file under `dir` open for writing, from `/proc`.
 pub fn writers_under(dir: &Path) -> Vec<Writer> {
     let me = std::process::id();
@@ -53,9 +64,7 @@ pub fn writers_under(dir: &Path) -> Vec<Writer> {
             if flags & libc::O_ACCMODE as i64 != libc::O_RDONLY as i64 {
                 out.push(Writer {
                     pid,
-                    command: std::fs::read_to_string(p.path().join("comm"))
-                        .map(|s| s.trim().to_string())
-                        .unwrap_or_default(),
+                    command: command_of(pid).unwrap_or_default(),
                     path: rel.to_string(),
                 });
             }

@@ -174,15 +174,9 @@ fn to_timespec(t: Option<TimeOrNow>) -> libc::timespec {
     }
 }
 
-/// The command name of process `pid` ("?" if it is gone). One read of a buffer that fits any
-/// (the kernel keeps 15 bytes): this runs for every open for writing.
+/// The command name of process `pid`, "?" if it is gone.
 fn comm_of(pid: u32) -> String {
-    use std::io::Read;
-    let mut buf = [0u8; 64];
-    match File::open(format!("/proc/{pid}/comm")).and_then(|mut f| f.read(&mut buf)) {
-        Ok(n) => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
-        Err(_) => "?".into(),
-    }
+    crate::procs::command_of(pid).unwrap_or_else(|| "?".into())
 }
 
 impl Overlay {
