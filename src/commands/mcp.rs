@@ -89,11 +89,7 @@ const TOOLS: &[Tool] = &[
                 "log".to_string(),
                 format!("--limit={}", a.uint("limit")?.unwrap_or(20)),
             ];
-            for key in ["since", "until", "path"] {
-                if let Some(s) = a.str(key)? {
-                    v.push(format!("--{key}={s}"));
-                }
-            }
+            v.extend(a.options(&["since", "until", "path"])?);
             Ok(v)
         },
     },
@@ -162,11 +158,7 @@ const TOOLS: &[Tool] = &[
         argv: |a| {
             a.only(&["from", "to", "paths"])?;
             let mut v = vec!["diff".to_string(), "--patch".into()];
-            for key in ["from", "to"] {
-                if let Some(s) = a.str(key)? {
-                    v.push(format!("--{key}={s}"));
-                }
-            }
+            v.extend(a.options(&["from", "to"])?);
             v.push("--".into());
             v.extend(a.strs("paths")?);
             Ok(v)
@@ -265,6 +257,17 @@ impl Args<'_> {
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(format!("`{key}` must be a string")),
         }
+    }
+
+    /// `--key=value` for each of `keys` given (attached, so a value cannot pass for an option).
+    fn options(&self, keys: &[&str]) -> Result<Vec<String>, String> {
+        let mut v = Vec::new();
+        for key in keys {
+            if let Some(s) = self.str(key)? {
+                v.push(format!("--{key}={s}"));
+            }
+        }
+        Ok(v)
     }
 
     fn required(&self, key: &str) -> Result<&str, String> {
