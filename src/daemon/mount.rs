@@ -442,11 +442,14 @@ fn mount_error(e: std::io::Error, dir: &Path) -> anyhow::Error {
     // makes it 0666) stops the mount here, with a bare "Permission denied".
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse");
-    if e.kind() == std::io::ErrorKind::PermissionDenied && !root && dev.is_err() {
+    let closed = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_err()
+    };
+    if e.kind() == std::io::ErrorKind::PermissionDenied && !root && closed() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata("/dev/fuse")
             .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
