@@ -159,6 +159,23 @@ pub enum Cmd {
     },
     /// Check every chunk of the store against its checksum and hash.
     Verify,
+    /// Thin old moments and reclaim their space: keep every moment of the last --keep-within,
+    /// then the last of each hour up to --hourly, then the last of each day up to --daily.
+    /// Marks, safety marks and the moments remotes hold are always kept; remotes keep all.
+    Prune {
+        /// Keep every moment younger than this.
+        #[arg(long, value_name = "AGE", default_value = "24h")]
+        keep_within: String,
+        /// Then keep the last moment of each hour up to this age.
+        #[arg(long, value_name = "AGE", default_value = "7d")]
+        hourly: String,
+        /// Then keep the last moment of each day up to this age; older moments go.
+        #[arg(long, value_name = "AGE", default_value = "90d")]
+        daily: String,
+        /// Say what would be kept, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Configure where history is replicated (encrypted).
     Remote {
         /// What to do.

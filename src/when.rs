@@ -28,7 +28,12 @@ pub fn resolve(store: &Store, s: &str) -> Result<Seq, StoreError> {
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(n) = digits.parse::<u64>() {
             if n >= 1 && n <= head.0 {
-                return Ok(Seq(n));
+                if store.epoch(Seq(n))?.is_some() {
+                    return Ok(Seq(n));
+                }
+                if s.len() != 12 {
+                    return Err(pruned_moment(store, Seq(n))?);
+                }
             }
             if s.len() != 12 {
                 return Err(StoreError::NoSuchMoment(format!(
@@ -73,16 +78,32 @@ fn at_time(store: &Store, t: i64, said: &str) -> Result<Seq, StoreError> {
     match store.seq_at_time(t)? {
         Some(seq) => Ok(seq),
         None => {
-            let oldest = store
-                .epoch(Seq(1))?
-                .map(|e| show_time(e.time_ns))
+            let (first, oldest) = store
+                .epochs_from(Seq(1), store.head())
+                .next()
+                .transpose()?
+                .map(|(s, e)| (s, show_time(e.time_ns)))
                 .unwrap_or_default();
             Err(StoreError::NoSuchMoment(format!(
-                "no version exists at {said:?} ({}): the oldest moment is #1 at {oldest}",
+                "no version exists at {said:?} ({}): the oldest moment is #{first} at {oldest}",
                 show_time(t)
             )))
         }
     }
+}
+
+/// The error for a moment a prune folded away, naming the kept moments around it.
+fn pruned_moment(store: &Store, n: Seq) -> Result<StoreError, StoreError> {
+    let before = store.epochs_rev(Seq(1), n).next().transpose()?;
+    let after = store.epochs_from(n, store.head()).next().transpose()?;
+    let show = |m: Option<(Seq, crate::store::catalog::Epoch)>| {
+        m.map(|(s, e)| format!("#{s} ({})", show_time(e.time_ns)))
+    };
+    let around: Vec<String> = [show(before), show(after)].into_iter().flatten().collect();
+    Ok(StoreError::NoSuchMoment(format!(
+        "moment #{n} was thinned out by `clawfs prune`; the nearest kept moments are {}",
+        around.join(" and ")
+    )))
 }
 
 /// `10m`, `1h30m`, `2d`, `45s`, `1w`, with an optional trailing ` ago`; nanoseconds.

@@ -8,6 +8,7 @@ pub mod history;
 pub mod log;
 pub mod mark;
 pub mod mcp;
+pub mod prune;
 pub mod push;
 pub mod remote;
 pub mod restore;
@@ -140,6 +141,12 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Marks => mark::list(ctx),
         Cmd::Unmark { name } => mark::unmark(ctx, name),
         Cmd::Verify => verify::run(ctx),
+        Cmd::Prune {
+            keep_within,
+            hourly,
+            daily,
+            dry_run,
+        } => prune::run(ctx, &prune::policy(keep_within, hourly, daily)?, *dry_run),
         Cmd::Push { remote, wait } => push::run(ctx, remote.as_deref(), *wait),
         Cmd::Restore {
             from: None,

@@ -181,7 +181,9 @@ fn push_inner(
     }
     while state.pushed < head {
         let epochs = next_epochs(store, state.pushed, head)?;
-        let (from, to) = (epochs[0].seq, epochs[epochs.len() - 1].seq);
+        // A segment answers for every seq from the last one on: those a prune folded away
+        // here too, so that a restore finds the segments end to end.
+        let (from, to) = (state.pushed.next(), epochs[epochs.len() - 1].seq);
         let mut epochs = epochs;
         if !entry.include_secrets {
             strip_secrets(&mut epochs)?;
@@ -269,11 +271,16 @@ fn reconcile(
     Ok(())
 }
 
+/// The epochs after `pushed`, up to about [`SEGMENT_MAX_BYTES`] of records. Moments a prune
+/// folded away are not there, and are not asked for.
 fn next_epochs(store: &Store, pushed: Seq, head: Seq) -> Result<Vec<EpochRecords>> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    let mut s = pushed.next();
-    while s <= head && (out.is_empty() || bytes < SEGMENT_MAX_BYTES) {
+    for epoch in store.epochs_from(pushed.next(), head) {
+        if !out.is_empty() && bytes >= SEGMENT_MAX_BYTES {
+            break;
+        }
+        let (s, _) = epoch?;
         let e = store.epoch_records(s)?.ok_or_else(|| {
             ReplicaError::Usage(format!(
                 "epoch {s} has no journal entry: the store cannot be replicated"
@@ -285,7 +292,6 @@ fn next_epochs(store: &Store, pushed: Seq, head: Seq) -> Result<Vec<EpochRecords
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>();
         out.push(e);
-        s = s.next();
     }
     Ok(out)
 }

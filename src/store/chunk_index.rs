@@ -452,6 +452,38 @@ impl ChunkIndex {
         Ok(())
     }
 
+    /// Forgets every chunk of `packs` (about to be removed): each file answering for one of
+    /// them is written again without their entries, under the same name, and takes the old
+    /// one's place. Doing it again changes nothing, so an interrupted removal is finished by
+    /// doing it again (`PackStore::open`).
+    pub fn drop_packs(&self, packs: &BTreeSet<PackId>) -> Result<()> {
+        let _w = self.writing.lock();
+        let runs: Vec<Arc<Run>> = self.runs.read().clone();
+        for old in runs {
+            if !packs.iter().any(|p| old.covers(p.0)) {
+                continue;
+            }
+            let kept: Vec<Located> = old
+                .entries()?
+                .filter(|e| e.as_ref().map_or(true, |(_, l)| !packs.contains(&l.pack)))
+                .collect::<Result<_>>()?;
+            let n = kept.len() as u64;
+            let new = Arc::new(write_run(
+                &self.dir,
+                old.base.lo,
+                old.base.hi,
+                n,
+                kept.into_iter().map(Ok),
+            )?);
+            let mut runs = self.runs.write();
+            if let Some(slot) = runs.iter_mut().find(|r| Arc::ptr_eq(r, &old)) {
+                *slot = new;
+            }
+        }
+        self.fresh.write().retain(|_, l| !packs.contains(&l.pack));
+        Ok(())
+    }
+
     /// Forgets a chunk held in memory (tests: a crash before it was recorded).
     #[cfg(test)]
     pub fn forget(&self, id: &ChunkId) {

@@ -1,6 +1,6 @@
 //! The chunk store contract and its implementations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -120,6 +120,7 @@ impl PackStore {
             }
             None => None,
         };
+        finish_dropping(dir, &index)?;
         Ok(PackStore {
             dir: dir.to_path_buf(),
             index,
@@ -223,6 +224,20 @@ impl PackStore {
 }
 
 impl PackStore {
+    /// Chunk `id`, read where the index says, and where it is. A prune may move a chunk to a
+    /// new pack and remove the old one between the lookup and the read: a failed read asks the
+    /// index again, and reads the new place if there is one.
+    fn read_located(&self, id: &ChunkId) -> Result<(Vec<u8>, ChunkLoc)> {
+        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
+        match self.read_at(id, &loc) {
+            Ok(data) => Ok((data, loc)),
+            Err(e) => match self.locate(id)? {
+                Some(moved) if moved != loc => Ok((self.read_at(id, &moved)?, moved)),
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Chunk `id` read from the record at `offset` of `pack`, if that record is chunk `id` and
     /// checks out; `None` sends the caller to the index.
     fn read_if_there(&self, id: &ChunkId, pack: PackId, offset: u64) -> Option<Vec<u8>> {
@@ -340,8 +355,7 @@ impl ChunkStore for PackStore {
     }
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        self.read_at(id, &loc)
+        self.read_located(id).map(|(data, _)| data)
     }
 
     fn has(&self, id: &ChunkId) -> Result<bool> {
@@ -360,8 +374,7 @@ impl ChunkStore for PackStore {
                 return Ok(hit);
             }
         }
-        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        let data = self.read_at(id, &loc)?;
+        let (data, loc) = self.read_located(id)?;
         self.recent.lock().put(*id, loc);
         Ok(data)
     }
@@ -389,6 +402,160 @@ impl PackStore {
         sealed.clear();
         Ok(())
     }
+}
+
+/// What [`PackStore::collect`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Collected {
+    /// Chunk records that went with their packs.
+    pub chunks_removed: u64,
+    /// Pack files removed.
+    pub packs_removed: u64,
+    /// Bytes of live records copied to new packs first.
+    pub bytes_copied: u64,
+}
+
+/// The file naming the packs being removed (hex ids, one a line): written, synced, before the
+/// index forgets them, and removed after they are gone.
+const DROPPING: &str = "dropping";
+
+impl PackStore {
+    /// Removes the records of chunks not in `live`: a sealed pack whose live records (those the
+    /// index points at) take less than `repack_below` of it has them appended to the open pack,
+    /// made durable, and then the pack goes. The caller guarantees that no chunk is stored or
+    /// named meanwhile (it holds the only recorder, with nothing pending). The newest pack and
+    /// damaged packs are left alone: the next pack id follows the newest, and a damaged pack is
+    /// for `verify` to report.
+    ///
+    /// Order, for crashes: copies synced; then the [`DROPPING`] file; then the index forgets
+    /// the packs; then they are removed; then the file. Opening a store that has the file
+    /// finishes the removal ([`finish_dropping`]), so the index never names a missing pack.
+    pub fn collect(&self, live: &HashSet<ChunkId>, repack_below: f64) -> Result<Collected> {
+        self.sync()?;
+        let open = self.writer.lock().as_ref().map(|w| w.id);
+        let packs = self.packs()?;
+        let newest = packs.last().map(|p| p.0);
+        let mut out = Collected::default();
+        let mut dropping = BTreeSet::new();
+        for &(id, len) in &packs {
+            if Some(id) == open || Some(id) == newest {
+                continue;
+            }
+            let f = self.reader(id)?;
+            let (good, records) = pack::scan(&f, id)?;
+            if good != len {
+                tracing::warn!(pack = %id, "pack is damaged: left alone by prune (run `clawfs verify`)");
+                continue;
+            }
+            let mut keep = Vec::new();
+            let mut live_bytes = pack::HEADER_LEN;
+            for (cid, loc) in &records {
+                if live.contains(cid) && self.index.get(cid)? == Some(*loc) {
+                    keep.push((*cid, *loc));
+                    live_bytes += RECORD_OVERHEAD + u64::from(loc.stored_len);
+                }
+            }
+            if keep.len() == records.len() || live_bytes as f64 >= repack_below * len as f64 {
+                continue;
+            }
+            out.chunks_removed += (records.len() - keep.len()) as u64;
+            for (cid, loc) in keep {
+                let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
+                f.read_exact_at(&mut rec, loc.offset)
+                    .ctx(|| format!("reading pack {id}"))?;
+                let record = pack::Record::parse(&rec).ok_or_else(|| StoreError::CorruptPack {
+                    pack: id,
+                    offset: loc.offset,
+                    detail: "record does not check out".into(),
+                })?;
+                debug_assert_eq!(record.id(), cid);
+                // Appended even though the index has it: the copy is what stays.
+                let at = self.appended.load(Ordering::Acquire);
+                out.bytes_copied += self.append(vec![record], Some(at))?;
+            }
+            dropping.insert(id);
+        }
+        if dropping.is_empty() {
+            return Ok(out);
+        }
+        self.sync()?;
+        write_dropping(&self.dir, &dropping)?;
+        self.drop_packs(&dropping)?;
+        out.packs_removed = dropping.len() as u64;
+        Ok(out)
+    }
+
+    /// Forgets and removes `packs` (their [`DROPPING`] file written), then the file.
+    fn drop_packs(&self, packs: &BTreeSet<PackId>) -> Result<()> {
+        self.index.drop_packs(packs)?;
+        self.recent.lock().clear();
+        let mut readers = self.readers.write();
+        for id in packs {
+            readers.remove(id);
+            remove_pack(&self.dir, *id)?;
+        }
+        drop(readers);
+        sync_dir(&self.dir)?;
+        let path = self.dir.join(DROPPING);
+        std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
+    }
+}
+
+/// Finishes a removal of packs that a crash interrupted: see [`PackStore::collect`].
+fn finish_dropping(dir: &Path, index: &ChunkIndex) -> Result<()> {
+    let path = dir.join(DROPPING);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            })
+        }
+    };
+    let packs: BTreeSet<PackId> = text
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok().map(PackId))
+        .collect();
+    tracing::warn!(
+        packs = packs.len(),
+        "finishing a removal of packs that was cut short"
+    );
+    index.drop_packs(&packs)?;
+    for id in &packs {
+        remove_pack(dir, *id)?;
+    }
+    sync_dir(dir)?;
+    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
+}
+
+fn write_dropping(dir: &Path, packs: &BTreeSet<PackId>) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(DROPPING);
+    let text: String = packs.iter().map(|p| format!("{:016x}\n", p.0)).collect();
+    let mut f = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("writing {}", path.display()))?;
+    sync_dir(dir)
+}
+
+fn remove_pack(dir: &Path, id: PackId) -> Result<()> {
+    let path = pack::pack_path(dir, id);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+            what: format!("removing {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing {}", dir.display()))
 }
 
 /// Every pack file in `dir` and its size, by id.

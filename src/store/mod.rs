@@ -15,6 +15,7 @@ pub mod content;
 pub mod error;
 pub mod history;
 pub mod pack;
+pub mod prune;
 pub mod query;
 pub mod recorder;
 pub mod replica;
@@ -250,29 +251,13 @@ impl Store {
         // Only the header itself: a body that came with it (from a log) is never trusted; the
         // journal is made here, from the records that are written.
         let (header, _) = catalog::decode_epoch(&header, seq)?;
-        let mut header = encode(&header);
-        // The body is built only for an epoch small enough to be compact: a large one would
-        // copy every change and key just to be told no.
-        let body = (changes.len() <= schema::COMPACT_MAX_CHANGES
-            && others.len() <= schema::COMPACT_MAX_RECORDS)
-            .then(|| catalog::EpochBody {
-                changes: changes.iter().map(|(_, v)| v.clone()).collect(),
-                keys: others.iter().map(|(k, _)| k.clone()).collect(),
-            })
-            .filter(|b| bincode::serialized_size(b).is_ok_and(|n| n <= schema::COMPACT_MAX_BYTES));
-        let records = if let Some(body) = body {
-            header.extend_from_slice(&encode(&body));
-            self.cat.insert(epoch_key, header)?;
-            others
-        } else {
-            let mut records = others;
-            records.extend(batch_changes(seq, changes));
-            records.push((epoch_key.to_vec(), header));
-            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let keys: Vec<&Vec<u8>> = records.iter().map(|(k, _)| k).collect();
-            self.cat.insert(schema::journal_key(seq), encode(&keys))?;
-            records
-        };
+        let changes: Vec<Vec<u8>> = changes.into_iter().map(|(_, v)| v).collect();
+        let other_keys: Vec<Vec<u8>> = others.iter().map(|(k, _)| k.clone()).collect();
+        let (first, extra) = stored_epoch(seq, &header, changes, &other_keys);
+        self.cat.insert(first.0, first.1)?;
+        let mut records = others;
+        records.extend(extra);
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let written = (|| -> Result<()> {
             for (k, v) in &records {
                 self.cat.insert(k.as_slice(), v.as_slice())?;
@@ -461,14 +446,52 @@ fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
     }
 }
 
+/// How epoch `seq` is stored, given its header, its encoded changes and the keys of its other
+/// records (in key order): the record that is its journal, written before anything else, and
+/// the records it adds to those others. A small epoch is compact: its header record carries its
+/// changes and the keys of its other records ([`catalog::EpochBody`]) and is its journal. A
+/// large one keeps a [`schema::JOURNAL`] entry naming every record, its changes stored many to a
+/// record, and a bare header.
+fn stored_epoch(
+    seq: Seq,
+    header: &catalog::Epoch,
+    changes: Vec<Vec<u8>>,
+    other_keys: &[Vec<u8>],
+) -> ((Vec<u8>, Vec<u8>), Vec<(Vec<u8>, Vec<u8>)>) {
+    let epoch_key = schema::epoch_key(seq).to_vec();
+    let mut header = encode(header);
+    // The body is built only for an epoch small enough to be compact: a large one would
+    // copy every change and key just to be told no.
+    let body = (changes.len() <= schema::COMPACT_MAX_CHANGES
+        && other_keys.len() <= schema::COMPACT_MAX_RECORDS)
+        .then(|| catalog::EpochBody {
+            changes: changes.clone(),
+            keys: other_keys.to_vec(),
+        })
+        .filter(|b| bincode::serialized_size(b).is_ok_and(|n| n <= schema::COMPACT_MAX_BYTES));
+    if let Some(body) = body {
+        header.extend_from_slice(&encode(&body));
+        return ((epoch_key, header), Vec::new());
+    }
+    let mut extra = batch_changes(seq, changes);
+    extra.push((epoch_key, header));
+    let mut keys: Vec<&Vec<u8>> = other_keys
+        .iter()
+        .chain(extra.iter().map(|(k, _)| k))
+        .collect();
+    keys.sort_unstable();
+    let journal = (schema::journal_key(seq).to_vec(), encode(&keys));
+    (journal, extra)
+}
+
 /// The change records of an epoch that is not compact, stored many to a record: runs of at
 /// most [`schema::CHANGES_PER_RECORD`] changes and about [`schema::COMPACT_MAX_BYTES`] bytes.
-fn batch_changes(seq: Seq, changes: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn batch_changes(seq: Seq, changes: Vec<Vec<u8>>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     let mut run: Vec<Vec<u8>> = Vec::new();
     let (mut first, mut bytes) = (0u32, 0u64);
     let total = changes.len();
-    for (i, (_, v)) in changes.into_iter().enumerate() {
+    for (i, v) in changes.into_iter().enumerate() {
         bytes += v.len() as u64;
         run.push(v);
         if run.len() == schema::CHANGES_PER_RECORD

@@ -296,23 +296,23 @@ impl Store {
 
     /// The newest epoch committed at or before `time_ns`.
     ///
-    /// Epochs are numbered 1..=head without gaps and their times never go backwards (a
-    /// recorder starts from the head's time), so this is a binary search over the epoch
-    /// headers: about 20 lookups among a million epochs, and no index to write per epoch.
+    /// Epochs are numbered up to the head (with gaps where a prune folded moments away) and
+    /// their times never go backwards (a recorder starts from the head's time), so this is a
+    /// binary search over the epoch headers: about 20 seeks among a million epochs, and no
+    /// index to write per epoch.
     pub fn seq_at_time(&self, time_ns: i64) -> Result<Option<Seq>> {
         let (mut lo, mut hi) = (1u64, self.head().0);
         let mut found = None;
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
-            let epoch = self
-                .epoch(Seq(mid))?
-                .ok_or_else(|| StoreError::CorruptCatalog {
-                    what: format!("epoch {mid}"),
-                    detail: "missing below the head".into(),
-                })?;
+            // The first epoch at or after `mid` (within the range): a gap is skipped.
+            let Some((seq, epoch)) = self.epochs_from(Seq(mid), Seq(hi)).next().transpose()? else {
+                hi = mid - 1;
+                continue;
+            };
             if epoch.time_ns <= time_ns {
-                found = Some(Seq(mid));
-                lo = mid + 1;
+                found = Some(seq);
+                lo = seq.0 + 1;
             } else {
                 hi = mid - 1;
             }
@@ -320,10 +320,38 @@ impl Store {
         Ok(found)
     }
 
+    /// Epochs with seq in `[from, to]`, oldest first.
+    pub fn epochs_from(
+        &self,
+        from: Seq,
+        to: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, Epoch)>> + '_ {
+        let to = to.min(self.head());
+        self.cat
+            .range(schema::epoch_key(from)..=schema::epoch_key(to))
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
+                    what: "epoch key".into(),
+                    detail: "bad length".into(),
+                })?;
+                Ok((seq, decode(&v, || format!("epoch {seq}"))?))
+            })
+    }
+
     /// The node and epoch a version id names.
+    /// A version a prune removed names nothing.
     pub fn version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
-        if let Some((node, seq)) = self.versions.get(v)? {
-            return Ok((seq <= self.head()).then_some((node, seq)));
+        let Some((node, seq)) = self.indexed_version(v)? else {
+            return Ok(None);
+        };
+        let kept = self.cat.contains_key(schema::node_key(node, seq))?;
+        Ok((seq <= self.head() && kept).then_some((node, seq)))
+    }
+
+    fn indexed_version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
+        if let Some(found) = self.versions.get(v)? {
+            return Ok(Some(found));
         }
         // Epochs written before format 5 keep theirs in the catalogue.
         match self.cat.get(schema::version_key(v))? {
@@ -331,7 +359,7 @@ impl Store {
             Some(b) if b.len() == 16 => {
                 let node = NodeId(u64::from_be_bytes(b[..8].try_into().expect("8")));
                 let seq = Seq(u64::from_be_bytes(b[8..].try_into().expect("8")));
-                Ok((seq <= self.head()).then_some((node, seq)))
+                Ok(Some((node, seq)))
             }
             Some(_) => Err(StoreError::CorruptCatalog {
                 what: format!("version {v}"),

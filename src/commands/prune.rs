@@ -1,0 +1,91 @@
+//! `clawfs prune`: thin old moments by the retention policy and reclaim the space they held.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context, Result};
+
+use crate::commands::{human, Ctx};
+use crate::replicate::push;
+use crate::replicate::settings::Remotes;
+use crate::store::prune::{Policy, PruneReport};
+use crate::when::{parse_age, show_time};
+
+/// The policy from the command line's ages (`24h`, `7d`, `90d`), each at least the one before.
+pub fn policy(keep_within: &str, hourly: &str, daily: &str) -> Result<Policy> {
+    let age = |what: &str, s: &str| {
+        parse_age(s).with_context(|| {
+            format!("--{what} {s:?} is not an age: give one like 30m, 24h, 7d or 2w")
+        })
+    };
+    let p = Policy {
+        keep_within_ns: age("keep-within", keep_within)?,
+        hourly_ns: age("hourly", hourly)?,
+        daily_ns: age("daily", daily)?,
+    };
+    if p.hourly_ns < p.keep_within_ns || p.daily_ns < p.hourly_ns {
+        bail!("--keep-within {keep_within}, --hourly {hourly} and --daily {daily} must not get shorter in that order");
+    }
+    Ok(p)
+}
+
+/// Runs `prune`.
+pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
+    // The last moment each remote holds is kept, so that every remote continues a moment this
+    // store still has.
+    let mut pinned = BTreeSet::new();
+    for r in Remotes::load(ctx.store.dir())?.remotes {
+        pinned.insert(push::load_state(&ctx.store, &r.name)?.pushed);
+    }
+    let now = crate::when::now_ns();
+    let report = if dry_run {
+        ctx.store.plan_prune(policy, now, &pinned)?.summary()
+    } else {
+        match ctx.live {
+            Some(l) => {
+                let store = ctx.store.clone();
+                let policy = *policy;
+                // On the recorder thread: nothing is recorded (nor a chunk stored) meanwhile, and
+                // what was pending is committed first, so every stored chunk is named.
+                l.rec
+                    .call(move |r| -> Result<PruneReport> {
+                        r.commit(true);
+                        if !r.rec.pending_paths().is_empty() {
+                            bail!("changes are pending that could not be committed (see `clawfs status`): nothing was pruned");
+                        }
+                        let plan = store.plan_prune(&policy, now, &pinned)?;
+                        Ok(store.prune(&plan)?)
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??
+            }
+            None => {
+                let plan = ctx.store.plan_prune(policy, now, &pinned)?;
+                ctx.store.prune(&plan)?
+            }
+        }
+    };
+    if ctx.json {
+        return ctx.emit_json(&report);
+    }
+    let verb = if dry_run { "would keep" } else { "kept" };
+    writeln!(
+        ctx.out,
+        "{verb} {} of {} moments",
+        report.moments_kept, report.moments_before
+    )?;
+    if let Some((seq, t)) = report.oldest_kept {
+        writeln!(ctx.out, "oldest moment kept: #{seq} at {}", show_time(t))?;
+    }
+    if !dry_run {
+        writeln!(
+            ctx.out,
+            "removed {} versions and entries, {} chunks in {} packs ({} of live chunks copied); store {} -> {}",
+            report.records_removed,
+            report.chunks_removed,
+            report.packs_removed,
+            human(report.bytes_copied),
+            human(report.disk_before),
+            human(report.disk_after),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,727 @@
+//! Retention: thinning old moments, then collecting the chunks no moment needs any more.
+//!
+//! # Which moments stay
+//! A [`Policy`] keeps every moment younger than `keep_within`, then the last moment of each
+//! hour up to `hourly`, then the last of each day (UTC) up to `daily`; older moments go. Marks
+//! (named and safety marks), the head, and the last moment each remote holds are always kept.
+//!
+//! Moments, not file versions, are thinned: a kept moment is still a crash-consistent cut of
+//! the whole tree (invariant 3), so a database and its `-wal` as of a kept moment still open
+//! together. Thinning per file would keep a database's version from one hour and its `-wal`'s
+//! from another.
+//!
+//! # How a moment goes
+//! The moments between two kept ones are folded into the later one, `k`: of every record the
+//! folded epochs and `k` wrote for one key (a node's versions, a name's entries), only the
+//! newest stays, stored as written by `k`; its changes join `k`'s, one per path. Afterwards
+//! the catalogue is exactly what the recorder would have written had it closed epochs only at
+//! the kept moments: every kept moment reads as before, a folded moment reads as the kept one
+//! before it, and replication ships the folded history like any other. Each fold is one sled
+//! batch, atomic on its own: a crash leaves some folds done and the rest not, all readable.
+//!
+//! # Which chunks go
+//! Once the folds are durable, every chunk a node version still names is live; a pack whose
+//! live records are less than [`REPACK_BELOW`] of it has them copied to a new pack, and the
+//! old pack is removed (see `PackStore::collect`). Nothing is removed from a remote.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::ids::{ChunkId, NodeId, Seq, VersionId};
+use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeVersion};
+use crate::store::error::{Result, StoreError};
+use crate::store::{epoch_keys, schema, stored_epoch, Store};
+
+/// A pack is rewritten when its live records take less than this share of it.
+pub const REPACK_BELOW: f64 = 0.75;
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+const DAY_NS: i64 = 24 * HOUR_NS;
+
+/// How long moments are kept, and how densely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Every moment younger than this is kept (ns).
+    pub keep_within_ns: i64,
+    /// Then the last moment of each hour, up to this age (ns).
+    pub hourly_ns: i64,
+    /// Then the last moment of each day, up to this age (ns); older moments go.
+    pub daily_ns: i64,
+}
+
+impl Default for Policy {
+    /// DESIGN.md's: everything for 24 hours, hourly for 7 days, daily for 90 days.
+    fn default() -> Policy {
+        Policy {
+            keep_within_ns: DAY_NS,
+            hourly_ns: 7 * DAY_NS,
+            daily_ns: 90 * DAY_NS,
+        }
+    }
+}
+
+/// What thinning keeps and folds.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Every moment, oldest first, with its time.
+    pub moments: Vec<(Seq, i64)>,
+    /// The moments kept.
+    pub kept: BTreeSet<Seq>,
+    /// Runs of moments to fold, each into the kept moment that ends it (the last element).
+    pub folds: Vec<Vec<Seq>>,
+}
+
+impl Plan {
+    /// The plan that keeps `kept` among `moments` (oldest first); `kept` holds the newest.
+    pub fn new(moments: Vec<(Seq, i64)>, kept: BTreeSet<Seq>) -> Plan {
+        let mut folds = Vec::new();
+        let mut run = Vec::new();
+        for &(seq, _) in &moments {
+            run.push(seq);
+            if kept.contains(&seq) {
+                if run.len() > 1 {
+                    folds.push(std::mem::take(&mut run));
+                }
+                run.clear();
+            }
+        }
+        Plan {
+            moments,
+            kept,
+            folds,
+        }
+    }
+
+    /// What applying the plan keeps (a report of a dry run).
+    pub fn summary(&self) -> PruneReport {
+        PruneReport {
+            moments_before: self.moments.len(),
+            moments_kept: self.kept.len(),
+            oldest_kept: self
+                .moments
+                .iter()
+                .find(|m| self.kept.contains(&m.0))
+                .copied(),
+            dry_run: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a prune did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Moments before.
+    pub moments_before: usize,
+    /// Moments kept.
+    pub moments_kept: usize,
+    /// Oldest moment kept, and its time.
+    pub oldest_kept: Option<(Seq, i64)>,
+    /// Catalogue records removed (node versions and entries no kept moment shows).
+    pub records_removed: u64,
+    /// Chunks no longer named by any kept moment, removed.
+    pub chunks_removed: u64,
+    /// Pack files removed.
+    pub packs_removed: u64,
+    /// Bytes of live chunks copied out of those packs into new ones.
+    pub bytes_copied: u64,
+    /// Bytes the store takes on disk before and after.
+    pub disk_before: u64,
+    /// See `disk_before`.
+    pub disk_after: u64,
+    /// Whether nothing was changed (a dry run).
+    pub dry_run: bool,
+}
+
+/// The moments `policy` keeps among `moments` (oldest first, times never going backwards) at
+/// time `now`, besides `pinned` ones and the newest.
+pub fn kept_moments(
+    moments: &[(Seq, i64)],
+    policy: &Policy,
+    now: i64,
+    pinned: &BTreeSet<Seq>,
+) -> BTreeSet<Seq> {
+    let mut kept: BTreeSet<Seq> = BTreeSet::new();
+    // The last moment seen in each (width, bucket): moments come oldest first.
+    let mut last_in: HashMap<(i64, i64), Seq> = HashMap::new();
+    for &(seq, t) in moments {
+        let age = now.saturating_sub(t);
+        if age < policy.keep_within_ns {
+            kept.insert(seq);
+        } else if age < policy.hourly_ns {
+            last_in.insert((HOUR_NS, t.div_euclid(HOUR_NS)), seq);
+        } else if age < policy.daily_ns {
+            last_in.insert((DAY_NS, t.div_euclid(DAY_NS)), seq);
+        }
+    }
+    kept.extend(last_in.into_values());
+    let present: BTreeSet<Seq> = moments.iter().map(|m| m.0).collect();
+    kept.extend(pinned.iter().filter(|s| present.contains(s)));
+    kept.extend(moments.last().map(|m| m.0));
+    kept
+}
+
+impl Store {
+    /// Every moment and its time, oldest first.
+    pub fn moments(&self) -> Result<Vec<(Seq, i64)>> {
+        let mut out = Vec::new();
+        for kv in self.cat.scan_prefix([schema::EPOCH]) {
+            let (k, v) = kv?;
+            let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
+                what: "epoch key".into(),
+                detail: "bad length".into(),
+            })?;
+            if seq > self.head() {
+                break;
+            }
+            let (e, _) = decode_epoch(&v, seq)?;
+            out.push((seq, e.time_ns));
+        }
+        Ok(out)
+    }
+
+    /// What `policy` would keep now, besides the marks and `pinned` moments.
+    pub fn plan_prune(&self, policy: &Policy, now: i64, pinned: &BTreeSet<Seq>) -> Result<Plan> {
+        let moments = self.moments()?;
+        let mut pinned = pinned.clone();
+        pinned.extend(self.marks()?.into_iter().map(|m| m.seq));
+        let kept = kept_moments(&moments, policy, now, &pinned);
+        Ok(Plan::new(moments, kept))
+    }
+
+    /// Applies `plan`: folds the moments it drops, makes that durable, then removes the
+    /// chunks nothing names any more. The caller holds the only recorder, with nothing pending
+    /// (a chunk stored for an uncommitted change would look unnamed).
+    pub fn prune(&self, plan: &Plan) -> Result<PruneReport> {
+        let mut report = PruneReport {
+            disk_before: self.disk_usage()?,
+            dry_run: false,
+            ..plan.summary()
+        };
+        for run in &plan.folds {
+            report.records_removed += self.fold(run)?;
+        }
+        // The catalogue no longer names what goes before anything goes.
+        self.flush()?;
+        let live = self.live_chunks()?;
+        let gc = self.packs.collect(&live, REPACK_BELOW)?;
+        report.chunks_removed = gc.chunks_removed;
+        report.packs_removed = gc.packs_removed;
+        report.bytes_copied = gc.bytes_copied;
+        report.disk_after = self.disk_usage()?;
+        tracing::info!(
+            moments_before = report.moments_before,
+            moments_kept = report.moments_kept,
+            records = report.records_removed,
+            chunks = report.chunks_removed,
+            packs = report.packs_removed,
+            freed = report.disk_before.saturating_sub(report.disk_after),
+            "pruned"
+        );
+        Ok(report)
+    }
+
+    /// Folds the epochs of `run` (oldest first) into its last one, in one atomic batch;
+    /// returns the number of node-version and entry records removed.
+    fn fold(&self, run: &[Seq]) -> Result<u64> {
+        let (&k, folded) = run.split_last().expect("a run ends with its kept moment");
+        let mut batch = sled::Batch::default();
+        // For each key (a node, or a name in a directory): its records in the run, oldest first.
+        let mut by_key: HashMap<Vec<u8>, Vec<(Seq, Vec<u8>)>> = HashMap::new();
+        // Records of `k` kept as they are besides node versions and entries (format 2's time
+        // records, version records of epochs before format 5).
+        let mut kept_keys: Vec<Vec<u8>> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut stored_bytes = 0u64;
+        let mut header_k: Option<Epoch> = None;
+        for &s in run {
+            let h =
+                self.cat
+                    .get(schema::epoch_key(s))?
+                    .ok_or_else(|| StoreError::CorruptCatalog {
+                        what: format!("epoch {s}"),
+                        detail: "missing while pruning".into(),
+                    })?;
+            let (header, _) = decode_epoch(&h, s)?;
+            stored_bytes += header.stored_bytes;
+            changes.extend(self.changes(s)?);
+            for key in epoch_keys(&self.cat, s)? {
+                match key.first().copied() {
+                    Some(schema::NODE) | Some(schema::DENTRY) => {
+                        let (prefix, seq) = key.split_at(key.len() - 8);
+                        let seq = Seq(!u64::from_be_bytes(seq.try_into().expect("8 bytes")));
+                        if seq != s {
+                            return Err(StoreError::CorruptCatalog {
+                                what: format!("epoch {s}"),
+                                detail: format!("names a record of epoch {seq}"),
+                            });
+                        }
+                        by_key
+                            .entry(prefix.to_vec())
+                            .or_default()
+                            .push((s, key.clone()));
+                    }
+                    // Stored with the epoch: rewritten below.
+                    Some(schema::EPOCH) | Some(schema::CHANGES) | Some(schema::CHANGE) => {}
+                    Some(schema::VERSION) | Some(schema::TIME) => {
+                        if s == k {
+                            kept_keys.push(key);
+                        } else {
+                            batch.remove(key);
+                        }
+                    }
+                    other => {
+                        return Err(StoreError::CorruptCatalog {
+                            what: format!("epoch {s}"),
+                            detail: format!(
+                                "a record of kind {:?} that prune does not know; nothing was pruned from here on",
+                                other.map(char::from)
+                            ),
+                        })
+                    }
+                }
+            }
+            if s == k {
+                header_k = Some(header);
+            } else {
+                batch.remove(&schema::epoch_key(s)[..]);
+                batch.remove(&schema::journal_key(s)[..]);
+            }
+            for prefix in [schema::changes_prefix(s), schema::change_prefix(s)] {
+                for key in self.cat.scan_prefix(prefix).keys() {
+                    batch.remove(key?);
+                }
+            }
+        }
+        batch.remove(&schema::journal_key(k)[..]);
+        let mut removed = 0u64;
+        let mut new_keys = kept_keys;
+        for (prefix, records) in by_key {
+            let (newest, newest_key) = records.last().cloned().expect("at least one record");
+            for (s, key) in &records {
+                if *s != k {
+                    batch.remove(key.clone());
+                }
+            }
+            removed += records.len() as u64 - 1;
+            if newest == k {
+                new_keys.push(newest_key);
+                continue;
+            }
+            // The newest record of the run stands as written by `k`.
+            let value = self
+                .cat
+                .get(&newest_key)?
+                .ok_or_else(|| StoreError::CorruptCatalog {
+                    what: format!("epoch {newest}"),
+                    detail: "a record its journal names is missing".into(),
+                })?;
+            let mut key = prefix;
+            key.extend_from_slice(&(!k.0).to_be_bytes());
+            if key[0] == schema::NODE {
+                // Its version id is new: indexed as epochs before format 5 were, in sled.
+                let node = schema::node_key_node(&key).expect("a node key");
+                batch.insert(
+                    &schema::version_key(VersionId::new(node, k))[..],
+                    &schema::version_value(node, k)[..],
+                );
+            }
+            batch.insert(key.clone(), value);
+            new_keys.push(key);
+        }
+        new_keys.sort_unstable();
+        let mut header = header_k.expect("the kept moment was read");
+        let changes = one_change_per_path(changes);
+        header.changes = changes.len() as u32;
+        header.stored_bytes = stored_bytes;
+        let changes: Vec<Vec<u8>> = changes.iter().map(encode).collect();
+        let (first, extra) = stored_epoch(k, &header, changes, &new_keys);
+        for (key, value) in std::iter::once(first).chain(extra) {
+            batch.insert(key, value);
+        }
+        self.cat.apply_batch(batch)?;
+        tracing::debug!(into = %k, folded = folded.len(), removed, "folded moments");
+        Ok(removed)
+    }
+
+    /// Every chunk a node version names: its chunks and the leaves listing them.
+    fn live_chunks(&self) -> Result<HashSet<ChunkId>> {
+        let mut live = HashSet::new();
+        for kv in self.cat.scan_prefix([schema::NODE]) {
+            let (k, v) = kv?;
+            let nv: NodeVersion = decode(&v, || {
+                format!(
+                    "node version {:?}",
+                    schema::node_key_node(&k).unwrap_or(NodeId(0))
+                )
+            })?;
+            for seg in &nv.content.segments {
+                if !live.insert(seg.leaf) || seg.is_single() {
+                    continue;
+                }
+                for r in self.chunks.leaf(seg)?.iter() {
+                    live.insert(r.id);
+                }
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// The changes of folded epochs: the last change of each path, in the order of those last
+/// changes.
+fn one_change_per_path(changes: Vec<Change>) -> Vec<Change> {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(c.path.clone(), i);
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| last.get(&c.path) == Some(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::ids::SessionId;
+    use crate::relpath::RelPath;
+    use crate::store::catalog::{Meta, NodeKind};
+    use crate::store::recorder::RenameMode;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    /// The whole tree at `seq`: path → (kind, mode, bytes or target).
+    type Tree = BTreeMap<String, (NodeKind, u32, Vec<u8>)>;
+
+    fn tree(store: &Store, seq: Seq) -> Tree {
+        let mut out = Tree::new();
+        for (path, e) in store.walk(&RelPath::root(), seq).unwrap() {
+            let data = match e.version.kind {
+                NodeKind::File => store.read_file(&path, seq).unwrap(),
+                _ => e.version.target.clone().into_bytes(),
+            };
+            out.insert(
+                path.as_str().to_string(),
+                (e.version.kind, e.version.meta.mode, data),
+            );
+        }
+        out
+    }
+
+    /// A store with `epochs` epochs of random changes to a few files, a directory and a
+    /// database-and-journal pair; the tree at every moment.
+    fn random_history(dir: &std::path::Path, seed: u64, epochs: usize) -> (Arc<Store>, Vec<Tree>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let store = Store::open_or_create(dir).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let meta = |mode| Meta {
+            mode,
+            ..Meta::default()
+        };
+        let names = ["a", "b", "d/c", "db", "db-wal"];
+        let mut trees = vec![tree(&store, Seq::ZERO)];
+        for _ in 0..epochs {
+            for _ in 0..rng.gen_range(1..4) {
+                let name = names[rng.gen_range(0..names.len())];
+                let path = p(name);
+                let exists = rec.resolve_now(&path).unwrap().is_some();
+                if name.starts_with("d/") && rec.resolve_now(&p("d")).unwrap().is_none() {
+                    rec.create(&p("d"), NodeKind::Dir, meta(0o755), "").unwrap();
+                }
+                match (exists, rng.gen_range(0..10)) {
+                    (false, _) => {
+                        rec.create(&path, NodeKind::File, meta(0o644), "").unwrap();
+                    }
+                    (true, 0) => rec.unlink(&path).unwrap(),
+                    (true, 1) => rec.truncate(&path, rng.gen_range(0..3000)).unwrap(),
+                    (true, 2) if name == "a" => {
+                        rec.rename(&path, &p("b"), RenameMode::Replace).unwrap()
+                    }
+                    (true, _) => {
+                        let len = rng.gen_range(1..70_000);
+                        let data: Vec<u8> = (0..len).map(|_| rng.gen::<u8>() % 7).collect();
+                        rec.write(&path, rng.gen_range(0..5000), &data).unwrap();
+                    }
+                }
+            }
+            let seq = rec.commit(false).unwrap().unwrap().seq;
+            assert_eq!(seq.0 as usize, trees.len());
+            trees.push(tree(&store, seq));
+        }
+        rec.commit(true).unwrap();
+        drop(rec);
+        (store, trees)
+    }
+
+    /// Every kept moment reads as before, every folded one as the kept moment before it (or
+    /// as nothing), whatever is kept: in place, after a reopen, and in a clone fed the epochs.
+    #[test]
+    fn kept_moments_read_as_before_and_folded_ones_as_the_kept_one_before() {
+        for seed in 0..6u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, trees) = random_history(dir.path(), seed, 80);
+            let moments = store.moments().unwrap();
+            assert_eq!(moments.len(), 80);
+            let mut rng = StdRng::seed_from_u64(seed + 100);
+            let mut kept: BTreeSet<Seq> = moments
+                .iter()
+                .map(|m| m.0)
+                .filter(|_| rng.gen_bool(0.25))
+                .collect();
+            kept.insert(store.head());
+            let plan = Plan::new(moments, kept.clone());
+            let report = store.prune(&plan).unwrap();
+            assert_eq!(report.moments_kept, kept.len());
+            assert!(report.records_removed > 0, "seed {seed}");
+            let check = |store: &Store| {
+                let mut before = trees[0].clone();
+                for s in 1..=80u64 {
+                    let want = if kept.contains(&Seq(s)) {
+                        before = trees[s as usize].clone();
+                        &trees[s as usize]
+                    } else {
+                        &before
+                    };
+                    assert_eq!(&tree(store, Seq(s)), want, "seed {seed}, moment {s}");
+                    assert_eq!(
+                        store.epoch(Seq(s)).unwrap().is_some(),
+                        kept.contains(&Seq(s))
+                    );
+                }
+                for &s in &kept {
+                    let recorded = store.walk(&RelPath::root(), s).unwrap().into_iter();
+                    // (The root before anything was recorded in it is no version.)
+                    for (_, e) in recorded.filter(|(_, e)| e.version_seq > Seq::ZERO) {
+                        assert_eq!(
+                            store.version(e.version_id()).unwrap(),
+                            Some((e.node, e.version_seq)),
+                            "seed {seed}: a kept version's id resolves"
+                        );
+                    }
+                }
+                store.packs().verify_all().unwrap();
+            };
+            check(&store);
+            // Shipped epoch by epoch, the thinned history rebuilds the same in a clone.
+            let clone_dir = tempfile::tempdir().unwrap();
+            let clone = Store::open_or_create(clone_dir.path()).unwrap();
+            for &s in &kept {
+                let e = store.epoch_records(s).unwrap().unwrap();
+                for (k, v) in &e.records {
+                    crate::store::replica::check_record(s, k, v).unwrap();
+                }
+                clone
+                    .apply_epochs(&[e], store.next_node().unwrap())
+                    .unwrap();
+            }
+            for &s in &kept {
+                let want = &trees[s.0 as usize];
+                // The clone has the catalogue alone: its versions' chunks are read from here.
+                let got: Tree = clone
+                    .walk(&RelPath::root(), s)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(path, e)| {
+                        let data = match e.version.kind {
+                            NodeKind::File => {
+                                use crate::store::content::ReadAt;
+                                let r = store.reader(e.version.content.clone());
+                                let mut buf = Vec::new();
+                                r.read_append(0, e.version.content.size as usize, &mut buf)
+                                    .unwrap();
+                                buf
+                            }
+                            _ => e.version.target.clone().into_bytes(),
+                        };
+                        (
+                            path.as_str().to_string(),
+                            (e.version.kind, e.version.meta.mode, data),
+                        )
+                    })
+                    .collect();
+                assert_eq!(&got, want, "seed {seed}: clone at {s}");
+            }
+            drop(store);
+            let store =
+                Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10))
+                    .unwrap();
+            check(&store);
+            // Recording goes on after a prune.
+            let mut rec = store.recorder(SessionId(2)).unwrap();
+            rec.create(&p("after"), NodeKind::File, Meta::default(), "")
+                .unwrap();
+            rec.write(&p("after"), 0, b"still recording").unwrap();
+            let seq = rec.commit(true).unwrap().unwrap().seq;
+            assert_eq!(seq, Seq(81));
+            assert_eq!(
+                store.read_file(&p("after"), seq).unwrap(),
+                b"still recording"
+            );
+        }
+    }
+
+    /// The policy: all of the last day, the last of each hour for a week, the last of each
+    /// day for 90 days, nothing older; marks and pins whatever their age.
+    #[test]
+    fn the_policy_keeps_all_recent_hourly_then_daily() {
+        let now = 1_000 * DAY_NS + 30 * 60 * 1_000_000_000;
+        let minute = 60_000_000_000i64;
+        // A moment every 20 minutes for 100 days.
+        let moments: Vec<(Seq, i64)> = (0..100 * 72)
+            .map(|i| {
+                (
+                    Seq(i as u64 + 1),
+                    now - 100 * DAY_NS + i as i64 * 20 * minute,
+                )
+            })
+            .collect();
+        let head = moments.last().unwrap().0;
+        let pinned: BTreeSet<Seq> = [Seq(5), Seq(999_999)].into();
+        let kept = kept_moments(&moments, &Policy::default(), now, &pinned);
+        let age = |s: Seq| now - moments[s.0 as usize - 1].1;
+        let in_last_day = kept.iter().filter(|&&s| age(s) < DAY_NS).count();
+        let all_of_last_day = moments.iter().filter(|m| now - m.1 < DAY_NS).count();
+        assert_eq!(in_last_day, all_of_last_day, "every moment of the last day");
+        assert!(all_of_last_day >= 71);
+        let hourly = kept
+            .iter()
+            .filter(|&&s| (DAY_NS..7 * DAY_NS).contains(&age(s)))
+            .count();
+        assert!(
+            (143..=145).contains(&hourly),
+            "{hourly} in the hourly range"
+        );
+        let daily = kept
+            .iter()
+            .filter(|&&s| (7 * DAY_NS..90 * DAY_NS).contains(&age(s)))
+            .count();
+        assert!((82..=84).contains(&daily), "{daily} in the daily range");
+        assert!(kept.contains(&Seq(5)), "a pinned moment is kept at any age");
+        assert!(
+            !kept.contains(&Seq(999_999)),
+            "a pin names only moments that exist"
+        );
+        assert!(kept.contains(&head));
+        let old = kept.iter().filter(|&&s| age(s) >= 90 * DAY_NS).count();
+        assert_eq!(old, 1, "past 90 days only the pinned moment");
+        // Of an hour's moments, the last is the one kept.
+        for &s in &kept {
+            let next = s.next();
+            if (DAY_NS..7 * DAY_NS).contains(&age(s)) && (DAY_NS..7 * DAY_NS).contains(&age(next)) {
+                let hour = |s: Seq| moments[s.0 as usize - 1].1.div_euclid(HOUR_NS);
+                assert_ne!(hour(s), hour(next), "#{s} is not the last of its hour");
+            }
+        }
+    }
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.gen()).collect()
+    }
+
+    /// Rewritten many times, a file's old contents fill packs no kept moment needs: prune
+    /// removes those packs, copies out what is live, and the store reads and verifies the same.
+    #[test]
+    fn pruning_reclaims_the_packs_of_old_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        rec.create(&p("keep"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.write(&p("keep"), 0, &noise(1, 300_000)).unwrap();
+        rec.create(&p("churn"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        for i in 0..12 {
+            rec.write(&p("churn"), 0, &noise(10 + i, 3 << 20)).unwrap();
+            rec.commit(true).unwrap();
+        }
+        drop(rec);
+        let before = store.disk_usage().unwrap();
+        let packs_before = store.packs().packs().unwrap().len();
+        let moments = store.moments().unwrap();
+        let plan = Plan::new(moments, [store.head()].into());
+        let report = store.prune(&plan).unwrap();
+        assert_eq!(report.moments_kept, 1);
+        assert!(report.packs_removed >= 3, "{report:?}");
+        assert!(report.chunks_removed > 0);
+        assert!(
+            report.disk_after < before / 2,
+            "{} bytes before, {} after",
+            before,
+            report.disk_after
+        );
+        assert!(store.packs().packs().unwrap().len() < packs_before);
+        let check = |store: &Store| {
+            assert_eq!(
+                store.read_file(&p("keep"), store.head()).unwrap(),
+                noise(1, 300_000)
+            );
+            assert_eq!(
+                store.read_file(&p("churn"), store.head()).unwrap(),
+                noise(21, 3 << 20)
+            );
+            store.packs().verify_all().unwrap();
+        };
+        check(&store);
+        drop(store);
+        let store =
+            Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10)).unwrap();
+        check(&store);
+        // A second prune finds nothing more to do.
+        let plan = Plan::new(store.moments().unwrap(), [store.head()].into());
+        let again = store.prune(&plan).unwrap();
+        assert_eq!((again.records_removed, again.packs_removed), (0, 0));
+    }
+
+    /// A removal of packs cut short after the index forgot them (or before) is finished when
+    /// the store is next opened: the packs named in the file go, and the index with them.
+    #[test]
+    fn a_removal_cut_short_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        rec.create(&p("f"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        let old = noise(5, 9 << 20);
+        rec.write(&p("f"), 0, &old).unwrap();
+        rec.commit(true).unwrap();
+        rec.write(&p("f"), 0, &noise(6, 9 << 20)).unwrap();
+        rec.commit(true).unwrap();
+        drop(rec);
+        // Fold the first moment away, as a prune would, and say pack 1 (the old content
+        // alone) is being removed, as if the process died right after writing that down.
+        let plan = Plan::new(store.moments().unwrap(), [store.head()].into());
+        for run in &plan.folds {
+            store.fold(run).unwrap();
+        }
+        store.flush().unwrap();
+        let first = store.packs().packs().unwrap()[0].0;
+        std::fs::write(
+            dir.path().join("packs").join("dropping"),
+            format!("{:016x}\n", first.0),
+        )
+        .unwrap();
+        drop(store);
+        let store =
+            Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10)).unwrap();
+        assert!(!store.packs().packs().unwrap().iter().any(|p| p.0 == first));
+        assert!(!dir.path().join("packs").join("dropping").exists());
+        store.packs().verify_all().unwrap();
+        assert_eq!(
+            store.read_file(&p("f"), store.head()).unwrap(),
+            noise(6, 9 << 20)
+        );
+    }
+}
