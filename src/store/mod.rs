@@ -457,7 +457,7 @@ fn stored_epoch(
     header: &catalog::Epoch,
     changes: Vec<Vec<u8>>,
     other_keys: &[Vec<u8>],
-) -> ((Vec<u8>, Vec<u8>), Vec<(Vec<u8>, Vec<u8>)>) {
+) -> (replica::Record, Vec<replica::Record>) {
     let epoch_key = schema::epoch_key(seq).to_vec();
     let mut header = encode(header);
     // The body is built only for an epoch small enough to be compact: a large one would
