@@ -1,0 +1,199 @@
+//! `clawfs prune` end to end: a real mount, real SQLite and Python writing through it, a
+//! `file://` remote, and a new machine cloning what was pushed before and after the prune.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::Sandbox;
+
+const PASS: &str = "correct horse battery staple";
+
+/// The real files: path → size and a hash of the content.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for e in walk(dir) {
+        let data = std::fs::read(&e).unwrap();
+        let h = data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x100000001b3)
+        });
+        let rel = e.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        out.insert(rel, (data.len() as u64, h));
+    }
+    out
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if !p.to_string_lossy().ends_with("-shm") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn moments(sb: &Sandbox) -> Vec<u64> {
+    sb.json(&["log", "--limit", "100000"])
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn store_bytes(sb: &Sandbox) -> u64 {
+    sb.json(&["status"])[0]["store_bytes"].as_u64().unwrap()
+}
+
+/// One round of agent work: a transaction in a WAL database, MEMORY.md rewritten (400 KB of
+/// fresh bytes, so that old versions fill packs of their own).
+fn work(sb: &Sandbox, i: u32) {
+    sb.sh(&format!(
+        "sqlite3 state.sqlite 'PRAGMA synchronous=NORMAL; INSERT INTO t VALUES ({i}, randomblob(20000))' >/dev/null"
+    ));
+    sb.sh(&format!(
+        "python3 -c 'import os; open(\"MEMORY.md\", \"wb\").write(b\"round {i}\\n\" + os.urandom(400000).hex().encode()[:400000])'"
+    ));
+}
+
+#[test]
+fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
+    let remote_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote_dir.path().display());
+    let sb = Sandbox::new();
+    sb.set_env("CLAWFS_PASSPHRASE", PASS);
+    // Pushed only when asked: the remote takes part of the history before the prune and the
+    // thinned rest after it.
+    sb.ok(&["remote", "add", "nas", &url, "--schedule", "daily"]);
+    sb.mount();
+    sb.sh("sqlite3 state.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER, pad BLOB)' >/dev/null");
+    let mut memory_at_ten = Vec::new();
+    for i in 0..40 {
+        work(&sb, i);
+        if i == 10 {
+            sb.settle();
+            sb.ok(&["mark", "ten"]);
+            memory_at_ten = sb.read("MEMORY.md");
+        }
+        if i == 25 {
+            // The remote holds everything up to here.
+            sb.settle();
+            sb.ok(&["push", "--wait"]);
+        }
+    }
+    sb.settle();
+    // Everything so far is old by the time the recent work is done.
+    std::thread::sleep(Duration::from_secs(6));
+    sb.write("MEMORY.md", b"recent one\n");
+    sb.settle();
+    sb.write("MEMORY.md", b"recent two\n");
+    let head = sb.settle();
+    let before = moments(&sb);
+    let real = snapshot(&sb.dir);
+    let bytes_before = store_bytes(&sb);
+    let policy = ["--keep-within", "5s", "--hourly", "5s", "--daily", "5s"];
+
+    let mut args = vec!["prune", "--dry-run"];
+    args.extend_from_slice(&policy);
+    let dry = sb.json(&args)[0].clone();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(moments(&sb), before, "a dry run changes nothing");
+    let kept = dry["moments_kept"].as_u64().unwrap();
+    assert!(
+        kept >= 4 && (kept as usize) < before.len() / 4,
+        "{kept} of {} kept",
+        before.len()
+    );
+
+    let mut args = vec!["prune"];
+    args.extend_from_slice(&policy);
+    let report = sb.json(&args)[0].clone();
+    assert_eq!(report["moments_kept"], kept, "{report}");
+    assert!(report["records_removed"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["packs_removed"].as_u64().unwrap() > 0, "{report}");
+    let after = moments(&sb);
+    assert_eq!(after.len() as u64, kept);
+    assert_eq!(after[0], head, "the newest moment stays");
+    let bytes_after = store_bytes(&sb);
+    assert!(
+        bytes_after < bytes_before / 2,
+        "store {bytes_before} -> {bytes_after} bytes"
+    );
+
+    // The real files are exactly as they were, and the database is sound.
+    assert_eq!(snapshot(&sb.dir), real);
+    assert_eq!(
+        sb.sh("sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"),
+        "ok\n40\n"
+    );
+    // The mark's moment reads back whole: MEMORY.md as it was, and the database with its
+    // -wal as one crash-consistent cut (11 rows, integrity ok).
+    assert_eq!(
+        sb.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
+        memory_at_ten
+    );
+    let at_ten = sb.home.path().join("at-ten");
+    sb.ok(&["restore", "--at", "ten", at_ten.to_str().unwrap()]);
+    assert_eq!(
+        common::sh_in(
+            &at_ten,
+            "sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"
+        ),
+        "ok\n11\n"
+    );
+    assert_eq!(sb.ok(&["cat", "MEMORY.md", "--at", "now"]), "recent two\n");
+    assert_eq!(
+        sb.ok(&["cat", "MEMORY.md", "--at", &format!("#{}", after[1])]),
+        "recent one\n",
+        "every recent moment stays"
+    );
+    // A moment that was folded away is refused by name, with the kept ones around it.
+    let gone = (1..head).find(|s| !after.contains(s)).unwrap();
+    let err = sb.fails(&["cat", "MEMORY.md", "--at", &format!("#{gone}")]);
+    assert!(err.contains("thinned out by `clawfs prune`"), "{err}");
+    assert!(sb.ok(&["verify"]).contains("all intact"));
+
+    // Recording goes on; the remote takes the thinned history after what it had.
+    sb.write("after.md", b"written after the prune\n");
+    sb.settle();
+    assert_eq!(sb.json(&["history", "after.md"]).len(), 1);
+    sb.ok(&["push", "--wait"]);
+    let now = snapshot(&sb.dir);
+    sb.unmount();
+    // Unmounted, with the default policy (everything is younger than a day): nothing goes.
+    let r = sb.json(&["prune"])[0].clone();
+    assert_eq!(r["moments_kept"], r["moments_before"], "{r}");
+
+    let nm = Sandbox::new();
+    nm.set_env("CLAWFS_PASSPHRASE", PASS);
+    std::fs::remove_dir(&nm.dir).unwrap();
+    nm.ok(&["clone", "--from", &url]);
+    assert_eq!(snapshot(&nm.dir), now);
+    assert_eq!(
+        nm.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
+        memory_at_ten
+    );
+    assert!(nm.ok(&["verify"]).contains("all intact"));
+}
+
+/// Ages that are not ages, or a policy that gets shorter, are refused before anything changes.
+#[test]
+fn prune_refuses_a_bad_policy_and_changes_nothing() {
+    let sb = Sandbox::new();
+    sb.mount();
+    sb.write("MEMORY.md", b"one\n");
+    sb.settle();
+    sb.write("MEMORY.md", b"two\n");
+    sb.settle();
+    let before = moments(&sb);
+    let err = sb.fails(&["prune", "--keep-within", "banana"]);
+    assert!(err.contains("\"banana\" is not an age"), "{err}");
+    let err = sb.fails(&["prune", "--keep-within", "2h", "--hourly", "1h"]);
+    assert!(err.contains("must not get shorter"), "{err}");
+    assert_eq!(moments(&sb), before);
+    sb.unmount();
+}
