@@ -28,6 +28,8 @@ $SUDO install -m 0755 mount-helper/mount.clawfs /sbin/mount.clawfs
 $SUDO install -m 0755 mount-helper/mount.clawfs /sbin/mount.fuse.clawfs
 if [ -d "$HOME/.config" ] || [ "$(id -u)" != 0 ]; then
   mkdir -p "$HOME/.config/systemd/user"
-  install -m 0644 mount-helper/clawfs@.service "$HOME/.config/systemd/user/clawfs@.service"
+  for unit in clawfs@.service clawfs-prune@.service clawfs-prune@.timer; do
+    install -m 0644 "mount-helper/$unit" "$HOME/.config/systemd/user/$unit"
+  done
 fi
 echo "installed $bin/clawfs, /sbin/mount.clawfs and /sbin/mount.fuse.clawfs"

@@ -109,3 +109,42 @@ fn the_systemd_unit_commands_mount_and_unmount() {
     assert!(code.success(), "daemon exited with {code}");
     assert!(!s.is_mounted());
 }
+
+/// The prune timer's service runs `clawfs prune` on the directory it names, against the live
+/// mount; the timer fires daily and catches up after downtime.
+#[test]
+fn the_prune_timer_runs_prune_on_the_mounted_directory() {
+    let s = Sandbox::new();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper");
+    let service = std::fs::read_to_string(units.join("clawfs-prune@.service")).unwrap();
+    let timer = std::fs::read_to_string(units.join("clawfs-prune@.timer")).unwrap();
+    assert!(service.lines().any(|l| l == "Type=oneshot"), "{service}");
+    for want in [
+        "OnCalendar=daily",
+        "Persistent=true",
+        "WantedBy=timers.target",
+    ] {
+        assert!(timer.lines().any(|l| l == want), "{want} in {timer}");
+    }
+    let start = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap()
+        .replace("%f", s.dir.to_str().unwrap())
+        .replace("/usr/bin/env clawfs", common::bin().to_str().unwrap());
+    s.mount();
+    s.write("MEMORY.md", b"remember this\n");
+    s.settle();
+    let mut args = start.split_whitespace();
+    let _ = args.next();
+    let out = s.cmd().args(args).output().unwrap();
+    common::assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    // Everything is younger than a day: the default policy keeps it all.
+    let words: Vec<&str> = said.split_whitespace().collect();
+    assert_eq!(words[0], "kept", "{said}");
+    assert_eq!(words[1], words[3], "{said}");
+    assert_eq!(words[4], "moments", "{said}");
+    assert_eq!(s.ok(&["cat", "MEMORY.md"]), "remember this\n");
+    s.unmount();
+}

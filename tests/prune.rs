@@ -117,6 +117,7 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     assert!(report["packs_removed"].as_u64().unwrap() > 0, "{report}");
     let after = moments(&sb);
     assert_eq!(after.len() as u64, kept);
+    assert_eq!(sb.json(&["status"])[0]["moments"], kept);
     assert_eq!(after[0], head, "the newest moment stays");
     let bytes_after = store_bytes(&sb);
     assert!(

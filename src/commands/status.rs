@@ -79,7 +79,14 @@ fn remotes(ctx: &Ctx) -> Result<Vec<RemoteStatus>> {
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let head = ctx.store.head();
     let time_of = |s: Seq| ctx.store.epoch(s).ok().flatten().map(|e| e.time_ns);
-    let (oldest, newest) = (time_of(Seq(1)), time_of(head));
+    // The oldest moment is #1 unless a prune thinned it away.
+    let oldest = ctx
+        .store
+        .epochs_from(Seq(1), head)
+        .next()
+        .transpose()?
+        .map(|(_, e)| e.time_ns);
+    let newest = time_of(head);
     let last_error = ctx
         .live
         .and_then(|l| l.rec.call(|r| r.last_error.clone()))
@@ -91,7 +98,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         session: ctx.live.map(|l| l.session.to_string()),
         mounted_since: ctx.live.map(|l| rfc3339(l.started_ns)),
         store_bytes: ctx.store.disk_usage()?,
-        moments: head.0,
+        moments: ctx.store.moment_count()?,
         newest: newest.map(rfc3339),
         oldest: oldest.map(rfc3339),
         marks: ctx.store.marks()?.len(),

@@ -256,12 +256,19 @@ impl PackStore {
     /// The stored record of a chunk, byte for byte (compressed, CRC-checked): what the
     /// replicator ships, so a chunk is compressed once, on this machine.
     pub fn raw_record(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let read = |loc: &ChunkLoc| -> Result<Vec<u8>> {
+            let f = self.reader(loc.pack)?;
+            let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
+            f.read_exact_at(&mut rec, loc.offset)
+                .ctx(|| format!("reading pack {}", loc.pack))?;
+            Ok(rec)
+        };
         let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        let f = self.reader(loc.pack)?;
-        let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
-        f.read_exact_at(&mut rec, loc.offset)
-            .ctx(|| format!("reading pack {}", loc.pack))?;
-        Ok(rec)
+        // As in `read_located`: a prune may have moved it meanwhile.
+        read(&loc).or_else(|e| match self.locate(id)? {
+            Some(moved) if moved != loc => read(&moved),
+            _ => Err(e),
+        })
     }
 
     /// Stores a record made by [`raw_record`](Self::raw_record) elsewhere, after checking

@@ -181,6 +181,17 @@ impl Store {
         Ok(out)
     }
 
+    /// How many moments there are: the head's seq, less those a prune folded away.
+    pub fn moment_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for k in self.cat.scan_prefix([schema::EPOCH]).keys() {
+            if schema::epoch_key_seq(&k?).is_some_and(|s| s <= self.head()) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// What `policy` would keep now, besides the marks and `pinned` moments.
     pub fn plan_prune(&self, policy: &Policy, now: i64, pinned: &BTreeSet<Seq>) -> Result<Plan> {
         let moments = self.moments()?;
