@@ -1,4 +1,5 @@
-//! `clawfs verify`: every chunk checked against its checksum and its hash.
+//! `clawfs verify`: every chunk checked against its checksum and its hash, and every chunk a
+//! version names found.
 
 use anyhow::Result;
 
@@ -6,7 +7,7 @@ use crate::commands::Ctx;
 
 /// Runs `verify`.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let n = ctx.store.packs().verify_all()?;
+    let n = ctx.store.verify()?;
     if ctx.json {
         return ctx.emit_json(&serde_json::json!({"chunks": n, "ok": true}));
     }

@@ -262,18 +262,33 @@ fn write_run(
     let io = |e| f.error(e);
     let mut w = BufWriter::with_capacity(1 << 20, &f.file);
     w.write_all(&[0u8; HEADER as usize]).map_err(io)?;
-    let mut last: Option<ChunkId> = None;
-    for item in entries {
-        let (id, loc) = item?;
-        if last == Some(id) {
-            continue;
-        }
-        debug_assert!(last.is_none_or(|l| l < id), "entries come sorted");
-        last = Some(id);
-        w.write_all(&encode_entry(&id, &loc)).map_err(io)?;
+    let mut put = |w: &mut BufWriter<&File>, (id, loc): Located| {
         buckets[bucket_of(&id, bits)] += 1;
         tags.extend_from_slice(&tag_of(&id).to_le_bytes());
         count += 1;
+        w.write_all(&encode_entry(&id, &loc))
+    };
+    // Of a chunk stored twice, the copy in the newest pack is the one indexed: a prune copies
+    // live chunks forward, then removes the packs they came from.
+    let mut held: Option<Located> = None;
+    for item in entries {
+        let (id, loc) = item?;
+        match held {
+            Some((hid, hloc)) if hid == id => {
+                if loc.pack > hloc.pack {
+                    held = Some((id, loc));
+                }
+            }
+            Some(h) => {
+                debug_assert!(h.0 < id, "entries come sorted");
+                put(&mut w, h).map_err(io)?;
+                held = Some((id, loc));
+            }
+            None => held = Some((id, loc)),
+        }
+    }
+    if let Some(h) = held {
+        put(&mut w, h).map_err(io)?;
     }
     w.write_all(&tags).map_err(io)?;
     if count > u64::from(u32::MAX) {
