@@ -53,7 +53,9 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
                             bail!("changes are pending that could not be committed (see `clawfs status`): nothing was pruned");
                         }
                         let plan = store.plan_prune(&policy, now, &pinned)?;
-                        Ok(store.prune(&plan)?)
+                        let report = store.prune(&plan);
+                        crate::fs::sys::release_free_memory();
+                        Ok(report?)
                     })
                     .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??
             }

@@ -145,7 +145,9 @@ impl Store {
             }
         }
         let head = read_head(&cat)?.map_or(0, |(seq, _)| seq);
-        if discard_unfinished_epoch(&cat, Seq(head).next())? {
+        let cut_off = discard_unfinished_epoch(&cat, Seq(head).next())?;
+        let folded = prune::finish_fold(&cat)?;
+        if cut_off || folded {
             db.flush()?;
         }
         let packs = Arc::new(PackStore::open(&dir.join("packs"))?);

@@ -24,7 +24,7 @@
 //! live records are less than [`REPACK_BELOW`] of it has them copied to a new pack, and the
 //! old pack is removed (see `PackStore::collect`). Nothing is removed from a remote.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -233,11 +233,20 @@ impl Store {
         Ok(report)
     }
 
-    /// Folds the epochs of `run` (oldest first) into its last one, in one atomic batch;
-    /// returns the number of node-version and entry records removed.
+    /// Folds the epochs of `run` (oldest first) into its last one; returns the number of
+    /// node-version and entry records removed.
     fn fold(&self, run: &[Seq]) -> Result<u64> {
-        let (&k, folded) = run.split_last().expect("a run ends with its kept moment");
-        let mut batch = sled::Batch::default();
+        let (ops, removed) = self.fold_ops(run)?;
+        apply_fold(&self.cat, ops.0)?;
+        tracing::debug!(into = %run[run.len() - 1], folded = run.len() - 1, removed, "folded moments");
+        Ok(removed)
+    }
+
+    /// The writes that fold `run` into its last epoch, and how many node-version and entry
+    /// records they remove.
+    fn fold_ops(&self, run: &[Seq]) -> Result<(Ops, u64)> {
+        let (&k, _) = run.split_last().expect("a run ends with its kept moment");
+        let mut batch = Ops::default();
         // For each key (a node, or a name in a directory): its records in the run, oldest first.
         let mut by_key: HashMap<Vec<u8>, Vec<(Seq, Vec<u8>)>> = HashMap::new();
         // Records of `k` kept as they are besides node versions and entries (format 2's time
@@ -279,7 +288,7 @@ impl Store {
                         if s == k {
                             kept_keys.push(key);
                         } else {
-                            batch.remove(key);
+                            batch.remove(&key);
                         }
                     }
                     other => {
@@ -301,7 +310,7 @@ impl Store {
             }
             for prefix in [schema::changes_prefix(s), schema::change_prefix(s)] {
                 for key in self.cat.scan_prefix(prefix).keys() {
-                    batch.remove(key?);
+                    batch.remove(&key?);
                 }
             }
         }
@@ -312,7 +321,7 @@ impl Store {
             let (newest, newest_key) = records.last().cloned().expect("at least one record");
             for (s, key) in &records {
                 if *s != k {
-                    batch.remove(key.clone());
+                    batch.remove(key);
                 }
             }
             removed += records.len() as u64 - 1;
@@ -338,7 +347,7 @@ impl Store {
                     &schema::version_value(node, k)[..],
                 );
             }
-            batch.insert(key.clone(), value);
+            batch.insert(&key, &value);
             new_keys.push(key);
         }
         new_keys.sort_unstable();
@@ -349,11 +358,9 @@ impl Store {
         let changes: Vec<Vec<u8>> = changes.iter().map(encode).collect();
         let (first, extra) = stored_epoch(k, &header, changes, &new_keys);
         for (key, value) in std::iter::once(first).chain(extra) {
-            batch.insert(key, value);
+            batch.insert(&key, &value);
         }
-        self.cat.apply_batch(batch)?;
-        tracing::debug!(into = %k, folded = folded.len(), removed, "folded moments");
-        Ok(removed)
+        Ok((batch, removed))
     }
 
     /// Checks every record of every pack against its checksum and hash, and that every chunk a
@@ -390,6 +397,63 @@ impl Store {
         }
         Ok(live)
     }
+}
+
+/// The writes of one fold, by key (`None` removes); the last one given for a key stands, as in
+/// a batch.
+#[derive(Default)]
+struct Ops(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Ops {
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.0.insert(key.to_vec(), Some(value.to_vec()));
+    }
+    fn remove(&mut self, key: &[u8]) {
+        self.0.insert(key.to_vec(), None);
+    }
+}
+
+/// Applies a fold: written down first, then applied a record at a time, then the note goes.
+/// sled recovers a prefix of its log, so after a crash the note is absent (and so is every
+/// write of the fold) or present (and [`finish_fold`] applies it again: every write of a fold
+/// sets a key to a value or removes it, so applying it twice is applying it once).
+fn apply_fold(cat: &sled::Tree, ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+    let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = ops.into_iter().collect();
+    let note = schema::meta_key(schema::META_FOLDING);
+    cat.insert(&note, encode(&ops))?;
+    apply_ops(cat, &ops)?;
+    cat.remove(note)?;
+    Ok(())
+}
+
+/// New records first (each reads, at every kept moment, as the record it stands in for), then
+/// the folded epochs' headers (their moments are gone from then on), then the rest.
+fn apply_ops(cat: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    for (k, v) in ops {
+        if let Some(v) = v {
+            cat.insert(k.as_slice(), v.as_slice())?;
+        }
+    }
+    let removals = ops.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k);
+    let (headers, rest): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        removals.partition(|k| k.first() == Some(&schema::EPOCH));
+    for k in headers.into_iter().chain(rest) {
+        cat.remove(k.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Finishes a fold that a crash cut short (see [`apply_fold`]); says whether there was one.
+pub(crate) fn finish_fold(cat: &sled::Tree) -> Result<bool> {
+    let note = schema::meta_key(schema::META_FOLDING);
+    let Some(v) = cat.get(&note)? else {
+        return Ok(false);
+    };
+    let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = decode(&v, || "unfinished fold".into())?;
+    tracing::warn!(records = ops.len(), "finishing a prune that was cut short");
+    apply_ops(cat, &ops)?;
+    cat.remove(note)?;
+    Ok(true)
 }
 
 /// The changes of folded epochs: the last change of each path, in the order of those last
@@ -723,6 +787,42 @@ mod tests {
         let third = again(&store);
         assert_eq!((third.records_removed, third.packs_removed), (0, 0));
         check(&store);
+    }
+
+    /// A fold cut short anywhere after its note was written is finished when the store is
+    /// next opened: every kept moment reads as it should, none of the folded ones is left.
+    #[test]
+    fn a_fold_cut_short_is_finished_at_open() {
+        for applied in [0usize, 1, 7, 40] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, trees) = random_history(dir.path(), 7, 30);
+            let moments = store.moments().unwrap();
+            let kept: BTreeSet<Seq> = [Seq(10), Seq(30)].into();
+            let plan = Plan::new(moments, kept.clone());
+            let (ops, _) = store.fold_ops(&plan.folds[0]).unwrap();
+            let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = ops.0.into_iter().collect();
+            // As if the process died after the note and `applied` of the fold's writes.
+            store
+                .cat
+                .insert(schema::meta_key(schema::META_FOLDING), encode(&ops))
+                .unwrap();
+            apply_ops(&store.cat, &ops[..applied.min(ops.len())]).unwrap();
+            store.flush().unwrap();
+            drop(store);
+            let store =
+                Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10))
+                    .unwrap();
+            assert!(store
+                .cat
+                .get(schema::meta_key(schema::META_FOLDING))
+                .unwrap()
+                .is_none());
+            assert_eq!(tree(&store, Seq(10)), trees[10], "after {applied} writes");
+            assert_eq!(tree(&store, Seq(30)), trees[30]);
+            let left: Vec<Seq> = store.moments().unwrap().iter().map(|m| m.0).collect();
+            assert_eq!(left.first(), Some(&Seq(10)), "moments 1..9 are folded away");
+            assert!(left.contains(&Seq(11)), "the second fold was never started");
+        }
     }
 
     /// A record the index does not name is a harmless copy, but a chunk a version names that

@@ -133,6 +133,11 @@ pub fn head_value(seq: Seq, next_node: u64) -> [u8; 16] {
     v
 }
 
+/// `META` key: a prune's fold being applied (bincode `Vec<(key, Option<value>)>`: the records
+/// it sets and removes). Present only while a fold is applied, or after a crash cut one short:
+/// opening the store applies it again (see `prune.rs`).
+pub const META_FOLDING: &[u8] = b"folding";
+
 /// `META` key of format 2: the next unused node id (u64 BE). Read while [`META_HEAD`] carries
 /// none (an upgraded store before its first epoch); no longer written.
 pub const META_NEXT_NODE: &[u8] = b"next_node";
