@@ -248,6 +248,13 @@ fn reconcile(
             return Err(diverged());
         }
         let seg = repo.segment(&segs.last().expect("non-empty").2)?;
+        if store.epoch(remote_to)?.is_none() {
+            // A prune here folded that moment away after the segment was uploaded: the
+            // remote holds what this store held then, and the next segment continues it.
+            tracing::info!(device, epoch = %remote_to, "the remote holds epochs a cut-short push uploaded before a prune folded them");
+            state.pushed = remote_to;
+            return Ok(());
+        }
         let ours = store.epoch_records(remote_to)?.ok_or_else(diverged)?;
         let theirs = seg.epochs.last().ok_or_else(diverged)?;
         let epoch_rec = |e: &EpochRecords| {

@@ -340,12 +340,15 @@ impl Store {
             let mut key = prefix;
             key.extend_from_slice(&(!k.0).to_be_bytes());
             if key[0] == schema::NODE {
-                // Its version id is new: indexed as epochs before format 5 were, in sled.
+                // Its version id is new: indexed as epochs before format 5 were, in sled. Its
+                // old id stays good: a record under it says where the version went.
                 let node = schema::node_key_node(&key).expect("a node key");
-                batch.insert(
-                    &schema::version_key(VersionId::new(node, k))[..],
-                    &schema::version_value(node, k)[..],
-                );
+                for id in [VersionId::new(node, k), VersionId::new(node, newest)] {
+                    batch.insert(
+                        &schema::version_key(id)[..],
+                        &schema::version_value(node, k)[..],
+                    );
+                }
             }
             batch.insert(&key, &value);
             new_keys.push(key);
@@ -508,6 +511,17 @@ mod tests {
         out
     }
 
+    /// The bytes of some content of `store`.
+    fn content(store: &Store, c: crate::store::content::Content) -> Vec<u8> {
+        use crate::store::content::ReadAt;
+        let mut buf = Vec::new();
+        store
+            .reader(c.clone())
+            .read_append(0, c.size as usize, &mut buf)
+            .unwrap();
+        buf
+    }
+
     /// A store with `epochs` epochs of random changes to a few files, a directory and a
     /// database-and-journal pair; the tree at every moment.
     fn random_history(dir: &std::path::Path, seed: u64, epochs: usize) -> (Arc<Store>, Vec<Tree>) {
@@ -569,9 +583,28 @@ mod tests {
                 .filter(|_| rng.gen_bool(0.25))
                 .collect();
             kept.insert(store.head());
+            // The version ids every kept moment showed, with their content.
+            let mut ids = Vec::new();
+            for &s in &kept {
+                for (path, e) in store.walk(&RelPath::root(), s).unwrap() {
+                    if e.version_seq > Seq::ZERO && e.version.kind == NodeKind::File {
+                        ids.push((e.version_id(), store.read_file(&path, s).unwrap()));
+                    }
+                }
+            }
             let plan = Plan::new(moments, kept.clone());
             let report = store.prune(&plan).unwrap();
             assert_eq!(report.moments_kept, kept.len());
+            // Each still names its content, wherever the prune put it.
+            for (id, data) in &ids {
+                let (node, seq) = store
+                    .version(*id)
+                    .unwrap()
+                    .expect("a kept version resolves");
+                let (_, v) = store.node_at(node, seq).unwrap().unwrap();
+                assert_eq!(&content(&store, v.content), data, "seed {seed}: {id}");
+                assert!(kept.contains(&crate::when::resolve(&store, &id.to_string()).unwrap()));
+            }
             assert!(report.records_removed > 0, "seed {seed}");
             let check = |store: &Store| {
                 let mut before = trees[0].clone();
@@ -623,14 +656,7 @@ mod tests {
                     .into_iter()
                     .map(|(path, e)| {
                         let data = match e.version.kind {
-                            NodeKind::File => {
-                                use crate::store::content::ReadAt;
-                                let r = store.reader(e.version.content.clone());
-                                let mut buf = Vec::new();
-                                r.read_append(0, e.version.content.size as usize, &mut buf)
-                                    .unwrap();
-                                buf
-                            }
+                            NodeKind::File => content(&store, e.version.content.clone()),
                             _ => e.version.target.clone().into_bytes(),
                         };
                         (

@@ -340,20 +340,29 @@ impl Store {
     }
 
     /// The node and epoch a version id names.
-    /// A version a prune removed names nothing.
+    /// A version a prune removed names nothing; one it moved to a later moment (the content
+    /// kept, its own moment folded away) is found where it went.
     pub fn version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
-        let Some((node, seq)) = self.indexed_version(v)? else {
+        let Some(mut at) = self.versions.get(v)?.or(self.catalogued_version(v)?) else {
             return Ok(None);
         };
-        let kept = self.cat.contains_key(schema::node_key(node, seq))?;
-        Ok((seq <= self.head() && kept).then_some((node, seq)))
+        // A prune that moves a version leaves a record under its id naming where it went;
+        // a later prune may move it again.
+        for _ in 0..64 {
+            if at.1 <= self.head() && self.cat.contains_key(schema::node_key(at.0, at.1))? {
+                return Ok(Some(at));
+            }
+            match self.catalogued_version(VersionId::new(at.0, at.1))? {
+                Some(next) if next != at => at = next,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
-    fn indexed_version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
-        if let Some(found) = self.versions.get(v)? {
-            return Ok(Some(found));
-        }
-        // Epochs written before format 5 keep theirs in the catalogue.
+    /// A version-id record of the catalogue: epochs written before format 5 keep theirs
+    /// there, and a prune notes there where it moved a version (see `prune.rs`).
+    fn catalogued_version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
         match self.cat.get(schema::version_key(v))? {
             None => Ok(None),
             Some(b) if b.len() == 16 => {
