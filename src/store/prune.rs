@@ -165,20 +165,9 @@ pub fn kept_moments(
 impl Store {
     /// Every moment and its time, oldest first.
     pub fn moments(&self) -> Result<Vec<(Seq, i64)>> {
-        let mut out = Vec::new();
-        for kv in self.cat.scan_prefix([schema::EPOCH]) {
-            let (k, v) = kv?;
-            let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
-                what: "epoch key".into(),
-                detail: "bad length".into(),
-            })?;
-            if seq > self.head() {
-                break;
-            }
-            let (e, _) = decode_epoch(&v, seq)?;
-            out.push((seq, e.time_ns));
-        }
-        Ok(out)
+        self.epochs_from(Seq(1), self.head())
+            .map(|e| e.map(|(seq, epoch)| (seq, epoch.time_ns)))
+            .collect()
     }
 
     /// How many moments there are: the head's seq, less those a prune folded away.

@@ -253,18 +253,22 @@ impl Store {
         from: Seq,
         to: Seq,
     ) -> impl Iterator<Item = Result<(Seq, Epoch)>> + '_ {
+        self.epoch_range(from, to).rev().map(epoch_entry)
+    }
+
+    /// Epochs with seq in `[from, to]`, oldest first.
+    pub fn epochs_from(
+        &self,
+        from: Seq,
+        to: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, Epoch)>> + '_ {
+        self.epoch_range(from, to).map(epoch_entry)
+    }
+
+    fn epoch_range(&self, from: Seq, to: Seq) -> sled::Iter {
         let to = to.min(self.head());
         self.cat
             .range(schema::epoch_key(from)..=schema::epoch_key(to))
-            .rev()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
-                    what: "epoch key".into(),
-                    detail: "bad length".into(),
-                })?;
-                Ok((seq, decode(&v, || format!("epoch {seq}"))?))
-            })
     }
 
     /// The changes an epoch carries.
@@ -318,25 +322,6 @@ impl Store {
             }
         }
         Ok(found)
-    }
-
-    /// Epochs with seq in `[from, to]`, oldest first.
-    pub fn epochs_from(
-        &self,
-        from: Seq,
-        to: Seq,
-    ) -> impl Iterator<Item = Result<(Seq, Epoch)>> + '_ {
-        let to = to.min(self.head());
-        self.cat
-            .range(schema::epoch_key(from)..=schema::epoch_key(to))
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
-                    what: "epoch key".into(),
-                    detail: "bad length".into(),
-                })?;
-                Ok((seq, decode(&v, || format!("epoch {seq}"))?))
-            })
     }
 
     /// The node and epoch a version id names.
@@ -437,6 +422,16 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// An epoch header record from a range scan.
+fn epoch_entry(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Seq, Epoch)> {
+    let (k, v) = kv?;
+    let seq = schema::epoch_key_seq(&k).ok_or_else(|| StoreError::CorruptCatalog {
+        what: "epoch key".into(),
+        detail: "bad length".into(),
+    })?;
+    Ok((seq, decode(&v, || format!("epoch {seq}"))?))
 }
 
 /// Directory entries are keyed by their parent's node id, written as 16 hex digits (so that the
