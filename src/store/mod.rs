@@ -436,7 +436,7 @@ impl Store {
     }
 }
 
-fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
+pub(crate) fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
     match tree.get(schema::meta_key(name))? {
         None => Ok(None),
         Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(

@@ -170,15 +170,15 @@ impl Store {
             .collect()
     }
 
-    /// How many moments there are: the head's seq, less those a prune folded away.
+    /// How many moments there are: the head's seq, less those a prune folded away here or
+    /// before the epochs were pushed to the remote this store was cloned from.
     pub fn moment_count(&self) -> Result<u64> {
-        let mut n = 0;
-        for k in self.cat.scan_prefix([schema::EPOCH]).keys() {
-            if schema::epoch_key_seq(&k?).is_some_and(|s| s <= self.head()) {
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(self.head().0.saturating_sub(self.gaps()?))
+    }
+
+    /// How many seqs up to the head name no epoch ([`schema::META_GAPS`]).
+    pub(crate) fn gaps(&self) -> Result<u64> {
+        Ok(crate::store::read_u64(&self.cat, schema::META_GAPS)?.unwrap_or(0))
     }
 
     /// What `policy` would keep now, besides the marks and `pinned` moments.
@@ -352,6 +352,8 @@ impl Store {
         for (key, value) in std::iter::once(first).chain(extra) {
             batch.insert(&key, &value);
         }
+        let gaps = self.gaps()? + (run.len() as u64 - 1);
+        batch.insert(&schema::meta_key(schema::META_GAPS), &gaps.to_be_bytes());
         Ok((batch, removed))
     }
 
@@ -584,6 +586,7 @@ mod tests {
             let plan = Plan::new(moments, kept.clone());
             let report = store.prune(&plan).unwrap();
             assert_eq!(report.moments_kept, kept.len());
+            assert_eq!(store.moment_count().unwrap(), kept.len() as u64);
             // Each still names its content, wherever the prune put it.
             for (id, data) in &ids {
                 let (node, seq) = store
@@ -636,6 +639,7 @@ mod tests {
                     .apply_epochs(&[e], store.next_node().unwrap())
                     .unwrap();
             }
+            assert_eq!(clone.moment_count().unwrap(), kept.len() as u64);
             for &s in &kept {
                 let want = &trees[s.0 as usize];
                 // The clone has the catalogue alone: its versions' chunks are read from here.

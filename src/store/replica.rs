@@ -127,6 +127,14 @@ impl Store {
         }
         let next_node = next_node.max(self.next_node()?);
         for e in epochs {
+            let gap = e.seq.0 - self.head().0 - 1;
+            if gap > 0 {
+                // Counted as the epoch lands (a crash between the two can leave the count,
+                // which only `status` shows, off by this gap).
+                let gaps = self.gaps()? + gap;
+                self.cat
+                    .insert(schema::meta_key(schema::META_GAPS), &gaps.to_be_bytes())?;
+            }
             let records = Journaled {
                 records: e.records.clone(),
             };

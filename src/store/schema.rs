@@ -138,6 +138,10 @@ pub fn head_value(seq: Seq, next_node: u64) -> [u8; 16] {
 /// opening the store applies it again (see `prune.rs`).
 pub const META_FOLDING: &[u8] = b"folding";
 
+/// `META` key: how many seqs up to the head name no epoch (u64 BE), because a prune folded
+/// them away here, or in the store that pushed the epochs this one received. Absent means 0.
+pub const META_GAPS: &[u8] = b"gaps";
+
 /// `META` key of format 2: the next unused node id (u64 BE). Read while [`META_HEAD`] carries
 /// none (an upgraded store before its first epoch); no longer written.
 pub const META_NEXT_NODE: &[u8] = b"next_node";
