@@ -8,7 +8,7 @@ use crate::commands::{human, Ctx};
 use crate::replicate::push;
 use crate::replicate::settings::Remotes;
 use crate::store::prune::{Policy, PruneReport};
-use crate::when::{parse_age, show_time};
+use crate::when::{parse_age, rfc3339, show_time};
 
 /// The policy from the command line's ages (`24h`, `7d`, `90d`), each at least the one before.
 pub fn policy(keep_within: &str, hourly: &str, daily: &str) -> Result<Policy> {
@@ -66,7 +66,12 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
         }
     };
     if ctx.json {
-        return ctx.emit_json(&report);
+        let mut v = serde_json::to_value(&report)?;
+        v["oldest_kept"] = match report.oldest_kept {
+            Some((seq, t)) => serde_json::json!({"seq": seq.0, "time": rfc3339(t)}),
+            None => serde_json::Value::Null,
+        };
+        return ctx.emit_json(&v);
     }
     let verb = if dry_run { "would keep" } else { "kept" };
     writeln!(
