@@ -113,7 +113,13 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     args.extend_from_slice(&policy);
     let report = sb.json(&args)[0].clone();
     assert_eq!(report["moments_kept"], kept, "{report}");
-    assert!(report["oldest_kept"]["time"].as_str().unwrap().ends_with('Z'), "{report}");
+    assert!(
+        report["oldest_kept"]["time"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'),
+        "{report}"
+    );
     assert!(report["records_removed"].as_u64().unwrap() > 0, "{report}");
     assert!(report["packs_removed"].as_u64().unwrap() > 0, "{report}");
     let after = moments(&sb);

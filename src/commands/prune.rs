@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use crate::commands::{human, Ctx};
 use crate::replicate::push;
 use crate::replicate::settings::Remotes;
-use crate::store::prune::{Policy, PruneReport};
+use crate::store::prune::{Folded, Policy};
 use crate::when::{parse_age, rfc3339, show_time};
 
 /// The policy from the command line's ages (`24h`, `7d`, `90d`), each at least the one before.
@@ -42,22 +42,26 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
     } else {
         match ctx.live {
             Some(l) => {
+                let _one = ctx.store.prune_lock();
                 let store = ctx.store.clone();
                 let policy = *policy;
-                // On the recorder thread: nothing is recorded (nor a chunk stored) meanwhile, and
-                // what was pending is committed first, so every stored chunk is named.
-                l.rec
-                    .call(move |r| -> Result<PruneReport> {
+                // Its first part on the recorder thread: nothing is recorded (nor a chunk
+                // stored) meanwhile, and what was pending is committed first, so every stored
+                // chunk is named. The packs are collected while writers go on.
+                let folded = l
+                    .rec
+                    .call(move |r| -> Result<Folded> {
                         r.commit(true);
                         if !r.rec.pending_paths().is_empty() {
                             bail!("changes are pending that could not be committed (see `clawfs status`): nothing was pruned");
                         }
                         let plan = store.plan_prune(&policy, now, &pinned)?;
-                        let report = store.prune(&plan);
-                        crate::fs::sys::release_free_memory();
-                        Ok(report?)
+                        Ok(store.fold_and_retire(&plan)?)
                     })
-                    .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??
+                    .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??;
+                let report = ctx.store.collect(folded);
+                crate::fs::sys::release_free_memory();
+                report?
             }
             None => {
                 let plan = ctx.store.plan_prune(policy, now, &pinned)?;

@@ -91,6 +91,9 @@ pub struct PackStore {
     readers: RwLock<HashMap<PackId, Arc<File>>>,
     /// Where recently read chunks were: see [`ChunkStore::get_after`].
     recent: Mutex<lru::LruCache<ChunkId, ChunkLoc>>,
+    /// Packs a prune may remove ([`PackStore::retire`]): a chunk found only there counts as
+    /// absent, so a writer stores it again rather than name a record about to go.
+    retiring: RwLock<BTreeSet<PackId>>,
 }
 
 /// Chunk locations remembered from reads, for finding the chunk after each.
@@ -131,7 +134,17 @@ impl PackStore {
             recent: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(RECENT_LOCATIONS).expect("nonzero"),
             )),
+            retiring: RwLock::new(BTreeSet::new()),
         })
+    }
+
+    /// Whether chunk `id` is stored where a writer may name it: indexed, and not only in a
+    /// pack a prune is retiring.
+    fn stored(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self
+            .index
+            .get(id)?
+            .is_some_and(|loc| !self.retiring.read().contains(&loc.pack)))
     }
 
     /// The chunk index: file count and size, for `status`.
@@ -298,7 +311,7 @@ impl PackStore {
         if absent_at != Some(self.appended.load(Ordering::Acquire)) {
             let mut fresh = Vec::with_capacity(records.len());
             for rec in records {
-                if !self.index.contains(&rec.id())? {
+                if !self.stored(&rec.id())? {
                     fresh.push(rec);
                 }
             }
@@ -341,7 +354,7 @@ impl PackStore {
 impl ChunkStore for PackStore {
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<u64> {
         let absent_at = self.appended.load(Ordering::Acquire);
-        if self.index.contains(&id)? {
+        if self.stored(&id)? {
             return Ok(0);
         }
         self.append(vec![pack::Record::encode(&id, data)], Some(absent_at))
@@ -351,7 +364,7 @@ impl ChunkStore for PackStore {
         let absent_at = self.appended.load(Ordering::Acquire);
         let mut records: Vec<pack::Record<'_>> = Vec::with_capacity(chunks.len());
         for &(id, data) in chunks {
-            if !records.iter().any(|r| r.id() == id) && !self.index.contains(&id)? {
+            if !records.iter().any(|r| r.id() == id) && !self.stored(&id)? {
                 records.push(pack::Record::encode(&id, data));
             }
         }
@@ -363,7 +376,7 @@ impl ChunkStore for PackStore {
     }
 
     fn has(&self, id: &ChunkId) -> Result<bool> {
-        self.index.contains(id)
+        self.stored(id)
     }
 
     /// A file written front to back has its new chunks appended one after another, so the
@@ -419,38 +432,61 @@ pub struct Collected {
     pub bytes_copied: u64,
 }
 
+/// Packs retiring for a collection ([`PackStore::retire`]); when dropped, whatever was not
+/// removed retires no longer.
+pub struct Retiring(Arc<PackStore>);
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.0.retiring.write().clear();
+    }
+}
+
 /// The file naming the packs being removed (hex ids, one a line): written, synced, before the
 /// index forgets them, and removed after they are gone.
 const DROPPING: &str = "dropping";
 
 impl PackStore {
-    /// Removes the records of chunks not in `live`: a sealed pack whose live records (those the
-    /// index points at) take less than `repack_below` of it has them appended to the open pack,
-    /// made durable, and then the pack goes. The caller guarantees that no chunk is stored or
-    /// named meanwhile (it holds the only recorder, with nothing pending). The newest pack and
-    /// damaged packs are left alone: the next pack id follows the newest, and a damaged pack is
-    /// for `verify` to report.
-    ///
-    /// Order, for crashes: copies synced; then the [`DROPPING`] file; then the index forgets
-    /// the packs; then they are removed; then the file. Opening a store that has the file
-    /// finishes the removal ([`finish_dropping`]), so the index never names a missing pack.
-    pub fn collect(&self, live: &HashSet<ChunkId>, repack_below: f64) -> Result<Collected> {
+    /// Starts a collection: every sealed pack but the newest is retiring from now on (see
+    /// [`Self::stored`]), so that from here a chunk that is only there is never named again
+    /// without being stored anew. Called while nothing is recorded, right after the set of
+    /// live chunks was taken: whatever is not live then stays unnamed. The newest pack stays
+    /// (the next pack id follows it), as does the open one.
+    pub fn retire(self: &Arc<Self>) -> Result<Retiring> {
         self.sync()?;
         let open = self.writer.lock().as_ref().map(|w| w.id);
         let packs = self.packs()?;
         let newest = packs.last().map(|p| p.0);
+        *self.retiring.write() = packs
+            .iter()
+            .map(|p| p.0)
+            .filter(|&id| Some(id) != open && Some(id) != newest)
+            .collect();
+        Ok(Retiring(self.clone()))
+    }
+
+    /// Removes the records of chunks not in `live` (taken when `retiring` began) from the
+    /// retiring packs: a pack whose live records (those the index points at) take less than
+    /// `repack_below` of it has them appended to the open pack, made durable, and then the
+    /// pack goes; the others are kept and retire no longer. Writers go on meanwhile. Damaged
+    /// packs are left for `verify` to report.
+    ///
+    /// Order, for crashes: copies synced; then the [`DROPPING`] file; then the index forgets
+    /// the packs; then they are removed; then the file. Opening a store that has the file
+    /// finishes the removal ([`finish_dropping`]), so the index never names a missing pack.
+    pub fn collect(
+        &self,
+        retiring: Retiring,
+        live: &HashSet<ChunkId>,
+        repack_below: f64,
+    ) -> Result<Collected> {
+        let candidates: Vec<PackId> = self.retiring.read().iter().copied().collect();
         let mut out = Collected::default();
         let mut dropping = BTreeSet::new();
-        for &(id, len) in &packs {
-            if Some(id) == open || Some(id) == newest {
-                continue;
-            }
+        for id in candidates {
             let f = self.reader(id)?;
+            let len = f.metadata().ctx(|| format!("stat pack {id}"))?.len();
             let (good, records) = pack::scan(&f, id)?;
-            if good != len {
-                tracing::warn!(pack = %id, "pack is damaged: left alone by prune (run `clawfs verify`)");
-                continue;
-            }
             let mut keep = Vec::new();
             let mut live_bytes = pack::HEADER_LEN;
             for (cid, loc) in &records {
@@ -459,7 +495,14 @@ impl PackStore {
                     live_bytes += RECORD_OVERHEAD + u64::from(loc.stored_len);
                 }
             }
-            if keep.len() == records.len() || live_bytes as f64 >= repack_below * len as f64 {
+            if good != len {
+                tracing::warn!(pack = %id, "pack is damaged: left alone by prune (run `clawfs verify`)");
+            }
+            if good != len
+                || keep.len() == records.len()
+                || live_bytes as f64 >= repack_below * len as f64
+            {
+                self.retiring.write().remove(&id);
                 continue;
             }
             out.chunks_removed += (records.len() - keep.len()) as u64;
@@ -479,13 +522,13 @@ impl PackStore {
             }
             dropping.insert(id);
         }
-        if dropping.is_empty() {
-            return Ok(out);
+        if !dropping.is_empty() {
+            self.sync()?;
+            write_dropping(&self.dir, &dropping)?;
+            self.drop_packs(&dropping)?;
+            out.packs_removed = dropping.len() as u64;
         }
-        self.sync()?;
-        write_dropping(&self.dir, &dropping)?;
-        self.drop_packs(&dropping)?;
-        out.packs_removed = dropping.len() as u64;
+        drop(retiring);
         Ok(out)
     }
 

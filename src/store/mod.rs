@@ -51,6 +51,8 @@ pub struct Store {
     /// its seq until [`Store::open`] discards it, so commits are refused until then.
     broken: AtomicBool,
     on_commit: parking_lot::Mutex<Option<crossbeam_channel::Sender<Seq>>>,
+    /// Held by a prune from start to end (see `prune.rs`).
+    pruning: parking_lot::Mutex<()>,
 }
 
 impl Store {
@@ -175,6 +177,7 @@ impl Store {
             head: AtomicU64::new(head),
             broken: AtomicBool::new(false),
             on_commit: parking_lot::Mutex::new(None),
+            pruning: parking_lot::Mutex::new(()),
         }))
     }
 

@@ -134,6 +134,14 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
+/// What the first part of a prune hands the second: its report so far, the chunks versions
+/// name, and the packs retiring.
+pub struct Folded {
+    report: PruneReport,
+    live: HashSet<ChunkId>,
+    retiring: crate::store::chunks::Retiring,
+}
+
 /// The moments `policy` keeps among `moments` (oldest first, times never going backwards) at
 /// time `now`, besides `pinned` ones and the newest.
 pub fn kept_moments(
@@ -190,10 +198,25 @@ impl Store {
         Ok(Plan::new(moments, kept))
     }
 
-    /// Applies `plan`: folds the moments it drops, makes that durable, then removes the
-    /// chunks nothing names any more. The caller holds the only recorder, with nothing pending
+    /// Applies `plan`: [`fold_and_retire`](Self::fold_and_retire), then
+    /// [`collect`](Self::collect). The caller holds the only recorder, with nothing pending
     /// (a chunk stored for an uncommitted change would look unnamed).
     pub fn prune(&self, plan: &Plan) -> Result<PruneReport> {
+        let _one = self.prune_lock();
+        let folded = self.fold_and_retire(plan)?;
+        self.collect(folded)
+    }
+
+    /// One prune at a time: held across both parts.
+    pub fn prune_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.pruning.lock()
+    }
+
+    /// The first part of a prune, while nothing is recorded (the caller holds the only
+    /// recorder, with nothing pending, and the [`prune_lock`](Self::prune_lock)): folds the
+    /// moments `plan` drops, makes that durable, takes the chunks still named, and retires the
+    /// packs (from here a chunk found only in one of them is stored anew, never named).
+    pub fn fold_and_retire(&self, plan: &Plan) -> Result<Folded> {
         let mut report = PruneReport {
             disk_before: self.disk_usage()?,
             dry_run: false,
@@ -205,7 +228,24 @@ impl Store {
         // The catalogue no longer names what goes before anything goes.
         self.flush()?;
         let live = self.live_chunks()?;
-        let gc = self.packs.collect(&live, REPACK_BELOW)?;
+        let retiring = self.packs.retire()?;
+        Ok(Folded {
+            report,
+            live,
+            retiring,
+        })
+    }
+
+    /// The second part of a prune, while writers go on (the caller holds the
+    /// [`prune_lock`](Self::prune_lock)): removes the chunks that were not live from the
+    /// retiring packs.
+    pub fn collect(&self, folded: Folded) -> Result<PruneReport> {
+        let Folded {
+            mut report,
+            live,
+            retiring,
+        } = folded;
+        let gc = self.packs.collect(retiring, &live, REPACK_BELOW)?;
         report.chunks_removed = gc.chunks_removed;
         report.packs_removed = gc.packs_removed;
         report.bytes_copied = gc.bytes_copied;
@@ -842,6 +882,43 @@ mod tests {
             assert_eq!(left.first(), Some(&Seq(10)), "moments 1..9 are folded away");
             assert!(left.contains(&Seq(11)), "the second fold was never started");
         }
+    }
+
+    /// Between the two parts of a prune, writers go on: one that writes again a content that
+    /// is no longer named, whose chunks sit in a pack the prune is about to remove, must store
+    /// them anew rather than name the records that go.
+    #[test]
+    fn a_write_during_collection_never_names_a_chunk_that_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let (old, new) = (noise(31, 9 << 20), noise(32, 9 << 20));
+        rec.create(&p("f"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.write(&p("f"), 0, &old).unwrap();
+        rec.commit(true).unwrap();
+        rec.write(&p("f"), 0, &new).unwrap();
+        rec.commit(true).unwrap();
+        let plan = Plan::new(store.moments().unwrap(), [store.head()].into());
+        let one = store.prune_lock();
+        let folded = store.fold_and_retire(&plan).unwrap();
+        // The old content again, under another name, while the old packs are retiring.
+        rec.create(&p("again"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.write(&p("again"), 0, &old).unwrap();
+        rec.commit(true).unwrap();
+        let report = store.collect(folded).unwrap();
+        drop(one);
+        assert!(report.packs_removed >= 1, "{report:?}");
+        assert_eq!(store.read_file(&p("again"), store.head()).unwrap(), old);
+        assert_eq!(store.read_file(&p("f"), store.head()).unwrap(), new);
+        store.verify().unwrap();
+        drop(rec);
+        drop(store);
+        let store =
+            Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(store.read_file(&p("again"), store.head()).unwrap(), old);
+        store.verify().unwrap();
     }
 
     /// A record the index does not name is a harmless copy, but a chunk a version names that
