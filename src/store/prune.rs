@@ -311,8 +311,11 @@ impl Store {
                             .or_default()
                             .push((s, key.clone()));
                     }
-                    // Stored with the epoch: rewritten below.
-                    Some(schema::EPOCH) | Some(schema::CHANGES) | Some(schema::CHANGE) => {}
+                    // The header: removed or rewritten below.
+                    Some(schema::EPOCH) => {}
+                    // The changes of an epoch with a journal (a compact one keeps them in its
+                    // header): `k`'s are written again below.
+                    Some(schema::CHANGES) | Some(schema::CHANGE) => batch.remove(&key),
                     Some(schema::VERSION) | Some(schema::TIME) => {
                         if s == k {
                             kept_keys.push(key);
@@ -336,11 +339,6 @@ impl Store {
             } else {
                 batch.remove(&schema::epoch_key(s)[..]);
                 batch.remove(&schema::journal_key(s)[..]);
-            }
-            for prefix in [schema::changes_prefix(s), schema::change_prefix(s)] {
-                for key in self.cat.scan_prefix(prefix).keys() {
-                    batch.remove(&key?);
-                }
             }
         }
         batch.remove(&schema::journal_key(k)[..]);
@@ -565,7 +563,25 @@ mod tests {
         };
         let names = ["a", "b", "d/c", "db", "db-wal"];
         let mut trees = vec![tree(&store, Seq::ZERO)];
+        let mut many = 0;
         for _ in 0..epochs {
+            if rng.gen_ratio(1, 12) {
+                // An epoch too large to be stored compact: a journal and runs of changes.
+                if many == 0 {
+                    rec.create(&p("many"), NodeKind::Dir, meta(0o755), "")
+                        .unwrap();
+                }
+                for _ in 0..schema::COMPACT_MAX_CHANGES + 6 {
+                    many += 1;
+                    rec.create(
+                        &p(&format!("many/f{many}")),
+                        NodeKind::File,
+                        meta(0o600),
+                        "",
+                    )
+                    .unwrap();
+                }
+            }
             for _ in 0..rng.gen_range(1..4) {
                 let name = names[rng.gen_range(0..names.len())];
                 let path = p(name);
@@ -665,6 +681,29 @@ mod tests {
                     }
                 }
                 store.verify().unwrap();
+                // A kept moment's changes are what its header counts, and nothing of a
+                // folded epoch is left behind.
+                for &s in &kept {
+                    let header = store.epoch(s).unwrap().unwrap();
+                    assert_eq!(store.changes(s).unwrap().len(), header.changes as usize);
+                }
+                for key in store.cat.iter().keys() {
+                    let key = key.unwrap();
+                    if [
+                        schema::EPOCH,
+                        schema::CHANGES,
+                        schema::CHANGE,
+                        schema::JOURNAL,
+                    ]
+                    .contains(&key[0])
+                    {
+                        let s = schema::epoch_key_seq(&key).unwrap();
+                        assert!(
+                            kept.contains(&s),
+                            "seed {seed}: a record of folded epoch {s}"
+                        );
+                    }
+                }
             };
             check(&store);
             // Shipped epoch by epoch, the thinned history rebuilds the same in a clone.
