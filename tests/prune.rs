@@ -122,6 +122,10 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     );
     assert!(report["records_removed"].as_u64().unwrap() > 0, "{report}");
     assert!(report["packs_removed"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["pack_bytes_removed"].as_u64().unwrap() > report["bytes_copied"].as_u64().unwrap(),
+        "{report}"
+    );
     let after = moments(&sb);
     assert_eq!(after.len() as u64, kept);
     assert_eq!(sb.json(&["status"])[0]["moments"], kept);

@@ -89,11 +89,16 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
     if !dry_run {
         writeln!(
             ctx.out,
-            "removed {} versions and entries, {} chunks in {} packs ({} of live chunks copied); store {} -> {}",
+            "removed {} versions and entries, and {} chunks in {} packs: {} of packs freed ({} of live chunks copied out first)",
             report.records_removed,
             report.chunks_removed,
             report.packs_removed,
+            human(report.pack_bytes_removed.saturating_sub(report.bytes_copied)),
             human(report.bytes_copied),
+        )?;
+        writeln!(
+            ctx.out,
+            "store {} -> {} (the catalogue gives back the space of the records it rewrote as it reclaims its log)",
             human(report.disk_before),
             human(report.disk_after),
         )?;

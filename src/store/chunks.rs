@@ -430,6 +430,8 @@ pub struct Collected {
     pub packs_removed: u64,
     /// Bytes of live records copied to new packs first.
     pub bytes_copied: u64,
+    /// Bytes of the packs removed.
+    pub bytes_removed: u64,
 }
 
 /// Packs retiring for a collection ([`PackStore::retire`]); when dropped, whatever was not
@@ -521,6 +523,7 @@ impl PackStore {
                 out.bytes_copied += self.append(vec![record], Some(at))?;
             }
             dropping.insert(id);
+            out.bytes_removed += len;
         }
         if !dropping.is_empty() {
             self.sync()?;

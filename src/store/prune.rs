@@ -126,6 +126,8 @@ pub struct PruneReport {
     pub packs_removed: u64,
     /// Bytes of live chunks copied out of those packs into new ones.
     pub bytes_copied: u64,
+    /// Bytes of the packs removed.
+    pub pack_bytes_removed: u64,
     /// Bytes the store takes on disk before and after.
     pub disk_before: u64,
     /// See `disk_before`.
@@ -249,6 +251,7 @@ impl Store {
         report.chunks_removed = gc.chunks_removed;
         report.packs_removed = gc.packs_removed;
         report.bytes_copied = gc.bytes_copied;
+        report.pack_bytes_removed = gc.bytes_removed;
         report.disk_after = self.disk_usage()?;
         tracing::info!(
             moments_before = report.moments_before,
