@@ -198,24 +198,9 @@ fn every_past_moment_of_a_live_sqlite_database_opens_cleanly() {
     let s = Sandbox::new();
     std::fs::create_dir_all(s.path("state")).unwrap();
     s.mount();
-    s.sh(r#"python3 - <<'PY'
-import sqlite3, random
-c = sqlite3.connect("state/openclaw.sqlite")
-c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
-# Frequent checkpoints (each fsyncs, so each closes an epoch) give many moments to check.
-c.execute("PRAGMA wal_autocheckpoint=8")
-c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)")
-c.commit()
-r = random.Random(7)
-for i in range(3000):
-    c.execute("INSERT INTO t VALUES (?, ?)", (i, "p" * r.randint(10, 3000)))
-    if r.random() < 0.3:
-        c.execute("UPDATE t SET pad = ? WHERE id = ?", ("u" * r.randint(10, 500), r.randint(0, i)))
-    c.commit()
-    if i % 400 == 399:
-        c.execute("PRAGMA wal_checkpoint(PASSIVE)")
-c.close()
-PY"#);
+    // Frequent checkpoints (each fsyncs, so each closes an epoch) give many moments to check.
+    let script = common::wal_writer("state/openclaw.sqlite", 3000, 7, 400);
+    s.sh(&format!("python3 - <<'PY'\n{script}\nPY"));
     let head = s.settle();
     let moments: Vec<u64> = (1..=head).collect();
     let touched = s
@@ -225,7 +210,6 @@ PY"#);
         touched >= 200,
         "only {touched} moments touched the database"
     );
-    let work = tempfile::tempdir().unwrap();
     let mut checked = 0;
     let mut rng = 0x2545F4914F6CDD1Du64;
     let mut picks: Vec<u64> = Vec::new();
@@ -239,49 +223,17 @@ PY"#);
     let mut last_rows = 0;
     picks.sort();
     for seq in picks {
-        let d = work.path().join(seq.to_string());
-        std::fs::create_dir_all(&d).unwrap();
-        let mut exists = true;
-        for f in ["openclaw.sqlite", "openclaw.sqlite-wal"] {
-            let out = s.raw(&["cat", &format!("state/{f}"), "--at", &seq.to_string()]);
-            if out.status.success() {
-                std::fs::write(d.join(f), out.stdout).unwrap();
-            } else if f.ends_with(".sqlite") {
-                exists = false; // before the database was created
-                break;
+        match common::rows_at(&s, "state/openclaw.sqlite", &seq.to_string()) {
+            None => assert_eq!(last_rows, 0, "the database vanished at {seq}"),
+            Some(rows) => {
+                assert!(
+                    rows >= last_rows,
+                    "moment {seq} has fewer rows than an earlier one"
+                );
+                last_rows = rows;
             }
         }
-        if !exists {
-            assert_eq!(last_rows, 0, "the database vanished at {seq}");
-            checked += 1;
-            continue;
-        }
-        let out = Command::new("sqlite3")
-            .arg(d.join("openclaw.sqlite"))
-            .arg("PRAGMA integrity_check; SELECT count(*), coalesce(max(id) + 1, 0) FROM t;")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut lines = text.lines();
-        assert_eq!(
-            lines.next(),
-            Some("ok"),
-            "moment {seq}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (count, next) = lines.next().unwrap().split_once('|').unwrap();
-        assert_eq!(
-            count, next,
-            "moment {seq}: rows are not a prefix of the inserts"
-        );
-        let rows: u64 = count.parse().unwrap();
-        assert!(
-            rows >= last_rows,
-            "moment {seq} has fewer rows than an earlier one"
-        );
-        last_rows = rows;
         checked += 1;
-        let _ = std::fs::remove_dir_all(&d);
     }
     assert!(checked >= 200);
     assert_eq!(last_rows, 3000);

@@ -226,3 +226,62 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A python program that writes `n` transactions (inserts of ids 0..n in order, and random
+/// updates) into a WAL database at `db` (`synchronous=NORMAL`), checkpointing often (each
+/// checkpoint fsyncs, so each closes an epoch and gives a moment to check).
+pub fn wal_writer(db: &str, n: u32, seed: u32, checkpoint_every: u32) -> String {
+    format!(
+        r#"
+import sqlite3, random
+c = sqlite3.connect("{db}")
+c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
+c.execute("PRAGMA wal_autocheckpoint=8")
+c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)")
+c.commit()
+r = random.Random({seed})
+for i in range({n}):
+    c.execute("INSERT INTO t VALUES (?, ?)", (i, "p" * r.randint(10, 3000)))
+    if r.random() < 0.3:
+        c.execute("UPDATE t SET pad = ? WHERE id = ?", ("u" * r.randint(10, 500), r.randint(0, i)))
+    c.commit()
+    if i % {checkpoint_every} == {checkpoint_every} - 1:
+        c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+c.close()
+"#
+    )
+}
+
+/// The database a [`wal_writer`] wrote at `db`, with its `-wal`, as of moment `at`, opened in
+/// a scratch directory: `None` before it (or its table) existed; else its row count, once
+/// `integrity_check` said ok and the rows were found to be a prefix of the inserts.
+pub fn rows_at(sb: &Sandbox, db: &str, at: &str) -> Option<u64> {
+    let work = tempfile::tempdir().unwrap();
+    let main = sb.raw(&["cat", db, "--at", at]);
+    if !main.status.success() {
+        return None;
+    }
+    std::fs::write(work.path().join("db"), main.stdout).unwrap();
+    let wal = sb.raw(&["cat", &format!("{db}-wal"), "--at", at]);
+    if wal.status.success() {
+        std::fs::write(work.path().join("db-wal"), wal.stdout).unwrap();
+    }
+    let out = Command::new("sqlite3")
+        .arg(work.path().join("db"))
+        .arg("PRAGMA integrity_check; SELECT count(*), coalesce(max(id) + 1, 0) FROM t;")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if err.contains("no such table") {
+        return None;
+    }
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ok"), "moment {at}: {text} {err}");
+    let (count, next) = lines.next().unwrap().split_once('|').unwrap();
+    assert_eq!(
+        count, next,
+        "moment {at}: rows are not a prefix of the inserts"
+    );
+    Some(count.parse().unwrap())
+}
