@@ -285,3 +285,22 @@ pub fn rows_at(sb: &Sandbox, db: &str, at: &str) -> Option<u64> {
     );
     Some(count.parse().unwrap())
 }
+
+/// [`rows_at`] at each moment of `ats`, oldest first: each a clean cut, none with fewer rows
+/// than the one before, the database never gone once it had rows. Returns the last count.
+pub fn rows_grow(sb: &Sandbox, db: &str, ats: &[String]) -> u64 {
+    let mut last = 0;
+    for at in ats {
+        match rows_at(sb, db, at) {
+            None => assert_eq!(last, 0, "the database vanished at {at}"),
+            Some(rows) => {
+                assert!(
+                    rows >= last,
+                    "moment {at} has fewer rows than an earlier one"
+                );
+                last = rows;
+            }
+        }
+    }
+    last
+}
