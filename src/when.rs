@@ -79,9 +79,7 @@ fn at_time(store: &Store, t: i64, said: &str) -> Result<Seq, StoreError> {
         Some(seq) => Ok(seq),
         None => {
             let (first, oldest) = store
-                .epochs_from(Seq(1), store.head())
-                .next()
-                .transpose()?
+                .first_moment()?
                 .map(|(s, e)| (s, show_time(e.time_ns)))
                 .unwrap_or_default();
             Err(StoreError::NoSuchMoment(format!(

@@ -78,15 +78,8 @@ fn remotes(ctx: &Ctx) -> Result<Vec<RemoteStatus>> {
 /// Runs `status`.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let head = ctx.store.head();
-    let time_of = |s: Seq| ctx.store.epoch(s).ok().flatten().map(|e| e.time_ns);
-    // The oldest moment is #1 unless a prune thinned it away.
-    let oldest = ctx
-        .store
-        .epochs_from(Seq(1), head)
-        .next()
-        .transpose()?
-        .map(|(_, e)| e.time_ns);
-    let newest = time_of(head);
+    let oldest = ctx.store.first_moment()?.map(|(_, e)| e.time_ns);
+    let newest = ctx.store.epoch(head).ok().flatten().map(|e| e.time_ns);
     let last_error = ctx
         .live
         .and_then(|l| l.rec.call(|r| r.last_error.clone()))

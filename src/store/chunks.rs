@@ -238,14 +238,33 @@ impl PackStore {
     /// new pack and remove the old one between the lookup and the read: a failed read asks the
     /// index again, and reads the new place if there is one.
     fn read_located(&self, id: &ChunkId) -> Result<(Vec<u8>, ChunkLoc)> {
+        self.at_location(id, |loc| self.read_at(id, loc))
+    }
+
+    /// `read` at the place the index gives for chunk `id`, and again at its new place if that
+    /// fails and the index has since moved it (see [`Self::read_located`]).
+    fn at_location<T>(
+        &self,
+        id: &ChunkId,
+        read: impl Fn(&ChunkLoc) -> Result<T>,
+    ) -> Result<(T, ChunkLoc)> {
         let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        match self.read_at(id, &loc) {
-            Ok(data) => Ok((data, loc)),
+        match read(&loc) {
+            Ok(v) => Ok((v, loc)),
             Err(e) => match self.locate(id)? {
-                Some(moved) if moved != loc => Ok((self.read_at(id, &moved)?, moved)),
+                Some(moved) if moved != loc => Ok((read(&moved)?, moved)),
                 _ => Err(e),
             },
         }
+    }
+
+    /// The record at `loc`, byte for byte, unchecked.
+    fn raw_at(&self, loc: &ChunkLoc) -> Result<Vec<u8>> {
+        let f = self.reader(loc.pack)?;
+        let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
+        f.read_exact_at(&mut rec, loc.offset)
+            .ctx(|| format!("reading pack {}", loc.pack))?;
+        Ok(rec)
     }
 
     /// Chunk `id` read from the record at `offset` of `pack`, if that record is chunk `id` and
@@ -266,19 +285,8 @@ impl PackStore {
     /// The stored record of a chunk, byte for byte (compressed, CRC-checked): what the
     /// replicator ships, so a chunk is compressed once, on this machine.
     pub fn raw_record(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let read = |loc: &ChunkLoc| -> Result<Vec<u8>> {
-            let f = self.reader(loc.pack)?;
-            let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
-            f.read_exact_at(&mut rec, loc.offset)
-                .ctx(|| format!("reading pack {}", loc.pack))?;
-            Ok(rec)
-        };
-        let loc = self.locate(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        // As in `read_located`: a prune may have moved it meanwhile.
-        read(&loc).or_else(|e| match self.locate(id)? {
-            Some(moved) if moved != loc => read(&moved),
-            _ => Err(e),
-        })
+        self.at_location(id, |loc| self.raw_at(loc))
+            .map(|(rec, _)| rec)
     }
 
     /// Stores a record made by [`raw_record`](Self::raw_record) elsewhere, after checking
@@ -509,9 +517,7 @@ impl PackStore {
             }
             out.chunks_removed += (records.len() - keep.len()) as u64;
             for (cid, loc) in keep {
-                let mut rec = vec![0u8; RECORD_OVERHEAD as usize + loc.stored_len as usize];
-                f.read_exact_at(&mut rec, loc.offset)
-                    .ctx(|| format!("reading pack {id}"))?;
+                let rec = self.raw_at(&loc)?;
                 let record = pack::Record::parse(&rec).ok_or_else(|| StoreError::CorruptPack {
                     pack: id,
                     offset: loc.offset,
@@ -535,20 +541,26 @@ impl PackStore {
         Ok(out)
     }
 
-    /// Forgets and removes `packs` (their [`DROPPING`] file written), then the file.
+    /// Forgets and removes `packs` (their [`DROPPING`] file written), then the file, and
+    /// what was remembered of where their chunks were and of their open files.
     fn drop_packs(&self, packs: &BTreeSet<PackId>) -> Result<()> {
-        self.index.drop_packs(packs)?;
+        forget_and_remove(&self.dir, &self.index, packs)?;
         self.recent.lock().clear();
-        let mut readers = self.readers.write();
-        for id in packs {
-            readers.remove(id);
-            remove_pack(&self.dir, *id)?;
-        }
-        drop(readers);
-        sync_dir(&self.dir)?;
-        let path = self.dir.join(DROPPING);
-        std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
+        self.readers.write().retain(|id, _| !packs.contains(id));
+        Ok(())
     }
+}
+
+/// The index forgets `packs`, then they are removed, then their [`DROPPING`] file: the end of
+/// a collection, and of one a crash cut short ([`finish_dropping`]).
+fn forget_and_remove(dir: &Path, index: &ChunkIndex, packs: &BTreeSet<PackId>) -> Result<()> {
+    index.drop_packs(packs)?;
+    for id in packs {
+        remove_pack(dir, *id)?;
+    }
+    sync_dir(dir)?;
+    let path = dir.join(DROPPING);
+    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
 }
 
 /// Finishes a removal of packs that a crash interrupted: see [`PackStore::collect`].
@@ -572,12 +584,7 @@ fn finish_dropping(dir: &Path, index: &ChunkIndex) -> Result<()> {
         packs = packs.len(),
         "finishing a removal of packs that was cut short"
     );
-    index.drop_packs(&packs)?;
-    for id in &packs {
-        remove_pack(dir, *id)?;
-    }
-    sync_dir(dir)?;
-    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))
+    forget_and_remove(dir, index, &packs)
 }
 
 fn write_dropping(dir: &Path, packs: &BTreeSet<PackId>) -> Result<()> {

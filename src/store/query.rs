@@ -256,6 +256,11 @@ impl Store {
         self.epoch_range(from, to).rev().map(epoch_entry)
     }
 
+    /// The oldest moment: #1, unless a prune folded it away.
+    pub fn first_moment(&self) -> Result<Option<(Seq, Epoch)>> {
+        self.epochs_from(Seq(1), self.head()).next().transpose()
+    }
+
     /// Epochs with seq in `[from, to]`, oldest first.
     pub fn epochs_from(
         &self,
@@ -328,7 +333,11 @@ impl Store {
     /// A version a prune removed names nothing; one it moved to a later moment (the content
     /// kept, its own moment folded away) is found where it went.
     pub fn version(&self, v: VersionId) -> Result<Option<(NodeId, Seq)>> {
-        let Some(mut at) = self.versions.get(v)?.or(self.catalogued_version(v)?) else {
+        let found = match self.versions.get(v)? {
+            Some(found) => Some(found),
+            None => self.catalogued_version(v)?,
+        };
+        let Some(mut at) = found else {
             return Ok(None);
         };
         // A prune that moves a version leaves a record under its id naming where it went;
