@@ -157,7 +157,11 @@ impl OpendalRemote {
                 std::fs::create_dir_all(&path).map_err(|e| {
                     RemoteError::BadSpec(format!("{}: cannot create {path}: {e}", spec.url))
                 })?;
-                let b = opendal::services::Fs::default().root(&path);
+                // Written beside and renamed into place, so that an object a crash cut short
+                // is never read as a whole one.
+                let b = opendal::services::Fs::default()
+                    .root(&path)
+                    .atomic_write_dir(&format!("{path}/.clawfs-tmp"));
                 (Operator::new(b).map_err(bad)?, spec.url.clone())
             }
         };
