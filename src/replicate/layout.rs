@@ -62,6 +62,32 @@ pub fn parse_log_name(name: &str) -> Option<(String, Seq, Seq)> {
     (from >= 1 && from <= to).then(|| (device.to_string(), Seq(from), Seq(to)))
 }
 
+/// A device's log from its segments (from, to, name), sorted: from epoch 1, at each step the
+/// segment that starts where the log has got to and reaches furthest. A thinned log
+/// (`crate::replicate::thin`) is written beside the one it replaces, its first segment
+/// reaching further than the old one's and none of its others starting where an old one does,
+/// so until the old segments are deleted the log is wholly the old one or wholly the new one.
+/// Where no segment starts at the next epoch, the next one there is is taken, so that the
+/// reader reports the gap.
+pub fn chain<T: Clone>(segs: Vec<(Seq, Seq, T)>) -> Vec<(Seq, Seq, T)> {
+    let mut out: Vec<(Seq, Seq, T)> = Vec::new();
+    let mut expect = Seq(1);
+    loop {
+        let next = segs
+            .iter()
+            .filter(|s| s.0 == expect)
+            .max_by_key(|s| s.1)
+            .or_else(|| segs.iter().find(|s| s.0 > expect));
+        match next {
+            Some(s) => {
+                expect = s.1.next();
+                out.push(s.clone());
+            }
+            None => return out,
+        }
+    }
+}
+
 /// Name of a device's marks object.
 pub fn marks_name(device: &str) -> String {
     format!("marks/{device}")
@@ -154,5 +180,27 @@ mod tests {
             "from after to"
         );
         assert_eq!(parse_log_name("packs/x"), None);
+    }
+
+    #[test]
+    fn the_log_follows_the_segment_reaching_furthest() {
+        let s = |a: u64, b: u64| (Seq(a), Seq(b), format!("{a}-{b}"));
+        let names = |segs: Vec<(Seq, Seq, String)>| -> Vec<String> {
+            chain(segs).into_iter().map(|x| x.2).collect()
+        };
+        // An old log, and a thinned one beside it whose first segment is not there yet.
+        let old = vec![s(1, 10), s(11, 20), s(21, 30)];
+        let mut both = old.clone();
+        both.push(s(16, 30));
+        both.sort();
+        assert_eq!(names(both.clone()), ["1-10", "11-20", "21-30"]);
+        // Its first segment lands: the log is the thinned one, then what was pushed after.
+        both.push(s(1, 15));
+        both.push(s(31, 40));
+        both.sort();
+        assert_eq!(names(both), ["1-15", "16-30", "31-40"]);
+        // A gap is left for the reader to see.
+        assert_eq!(names(vec![s(1, 10), s(12, 20)]), ["1-10", "12-20"]);
+        assert!(chain::<String>(vec![]).is_empty());
     }
 }

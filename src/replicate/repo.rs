@@ -166,8 +166,17 @@ impl Repo {
         layout::unpack_struct(name, &plain).map_err(ReplicaError::BadObject)
     }
 
-    /// The log segments of `device`, oldest first, as (from, to, name); checks they chain.
+    /// The log of `device`: its segments as they chain, oldest first, as (from, to, name)
+    /// ([`layout::chain`]).
     pub fn segments(
+        &self,
+        device: &str,
+    ) -> Result<Vec<(crate::ids::Seq, crate::ids::Seq, String)>> {
+        Ok(layout::chain(self.all_segments(device)?))
+    }
+
+    /// Every log segment of `device`, chained or not, sorted by (from, to).
+    pub fn all_segments(
         &self,
         device: &str,
     ) -> Result<Vec<(crate::ids::Seq, crate::ids::Seq, String)>> {
