@@ -161,7 +161,8 @@ pub enum Cmd {
     Verify,
     /// Thin old moments and reclaim their space: keep every moment of the last --keep-within,
     /// then the last of each hour up to --hourly, then the last of each day up to --daily.
-    /// Marks, safety marks and the moments remotes hold are always kept; remotes keep all.
+    /// Marks, safety marks and the moments remotes hold are always kept; a remote keeps
+    /// everything it was sent unless named with --remote.
     Prune {
         /// Keep every moment younger than this.
         #[arg(long, value_name = "AGE", default_value = "24h")]
@@ -175,6 +176,10 @@ pub enum Cmd {
         /// Say what would be kept, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Then thin this remote too (repeatable): bring it up to date, rewrite its log of this
+        /// machine to the history kept here, and delete what no kept moment uses.
+        #[arg(long, value_name = "NAME")]
+        remote: Vec<String>,
     },
     /// Configure where history is replicated (encrypted).
     Remote {

@@ -304,6 +304,9 @@ fn run_store(
         Cmd::Push { .. } | Cmd::Restore { .. } => {
             passphrase::given(cli.passphrase_file.as_deref())?
         }
+        Cmd::Prune { ref remote, .. } if !remote.is_empty() => {
+            passphrase::given(cli.passphrase_file.as_deref())?
+        }
         _ => None,
     };
     let req = control::Request {

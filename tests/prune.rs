@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::s3::{s3_remote, S3s};
 use common::Sandbox;
 
 const PASS: &str = "correct horse battery staple";
@@ -188,6 +189,142 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     assert_eq!(
         nm.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
         memory_at_ten
+    );
+    assert!(nm.ok(&["verify"]).contains("all intact"));
+}
+
+fn bucket_bytes(s3: &S3s) -> u64 {
+    s3.objects()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// `prune --remote` on a live mount: the bucket of a real S3 server is thinned with the store,
+/// the real files are untouched, and a new machine clones exactly the kept moments.
+#[test]
+fn prune_remote_thins_the_bucket_and_a_new_machine_clones_the_kept_moments() {
+    let s3 = S3s::start();
+    let sb = Sandbox::new();
+    s3_remote(&sb, &s3, PASS, &[]);
+    sb.mount();
+    sb.sh("sqlite3 state.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER, pad BLOB)' >/dev/null");
+    let mut memory_at_ten = Vec::new();
+    for i in 0..30 {
+        work(&sb, i);
+        if i == 10 {
+            sb.settle();
+            sb.ok(&["mark", "ten"]);
+            memory_at_ten = sb.read("MEMORY.md");
+        }
+        if i % 5 == 4 {
+            // Several pushes: a log of several segments, each with its packs.
+            sb.settle();
+            sb.ok(&["push", "--wait"]);
+        }
+    }
+    sb.settle();
+    std::thread::sleep(Duration::from_secs(6));
+    sb.write("MEMORY.md", b"recent\n");
+    sb.settle();
+    sb.ok(&["push", "--wait"]);
+    let real = snapshot(&sb.dir);
+    let bucket_before = bucket_bytes(&s3);
+
+    // A remote that is not configured is refused before anything is pruned.
+    let before = moments(&sb);
+    let err = sb.fails(&[
+        "prune",
+        "--keep-within",
+        "5s",
+        "--hourly",
+        "5s",
+        "--daily",
+        "5s",
+        "--remote",
+        "nosuch",
+    ]);
+    assert!(err.contains("nosuch"), "{err}");
+    assert_eq!(moments(&sb), before);
+
+    let args = [
+        "prune",
+        "--keep-within",
+        "5s",
+        "--hourly",
+        "5s",
+        "--daily",
+        "5s",
+        "--remote",
+        "origin",
+    ];
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let d = sb.json(&dry)[0].clone();
+    assert_eq!(
+        bucket_bytes(&s3),
+        bucket_before,
+        "a dry run changes nothing: {d}"
+    );
+    let report = sb.json(&args)[0].clone();
+    let kept = report["moments_kept"].as_u64().unwrap();
+    let r = &report["remotes"][0];
+    assert_eq!(r["remote"], "origin", "{report}");
+    assert_eq!(r["moments_after"], kept, "{report}");
+    assert!(r["moments_before"].as_u64().unwrap() > 4 * kept, "{report}");
+    assert!(r["segments_before"].as_u64().unwrap() >= 7, "{report}");
+    assert!(r["packs_removed"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        d["remotes"][0]["moments_before"], r["moments_before"],
+        "{d}"
+    );
+    let bucket_after = bucket_bytes(&s3);
+    assert!(
+        bucket_after < bucket_before / 2,
+        "bucket {bucket_before} -> {bucket_after} bytes"
+    );
+    assert_eq!(snapshot(&sb.dir), real, "the real files are untouched");
+
+    // Recording and pushing go on after a thinned log.
+    sb.write("after.md", b"written after the thinning\n");
+    sb.settle();
+    sb.ok(&["push", "--wait"]);
+    let kept_here = moments(&sb);
+    let now = snapshot(&sb.dir);
+    sb.unmount();
+
+    let nm = Sandbox::new();
+    nm.set_env("CLAWFS_PASSPHRASE", PASS);
+    nm.set_env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY);
+    nm.set_env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY);
+    std::fs::remove_dir(&nm.dir).unwrap();
+    let ep = s3.endpoint();
+    nm.ok(&[
+        "clone",
+        "--from",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+    ]);
+    assert_eq!(snapshot(&nm.dir), now);
+    assert_eq!(
+        moments(&nm),
+        kept_here,
+        "the clone has exactly the kept moments"
+    );
+    assert_eq!(
+        nm.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
+        memory_at_ten
+    );
+    let at_ten = nm.home.path().join("at-ten");
+    nm.ok(&["restore", "--at", "ten", at_ten.to_str().unwrap()]);
+    assert_eq!(
+        common::sh_in(
+            &at_ten,
+            "sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"
+        ),
+        "ok\n11\n"
     );
     assert!(nm.ok(&["verify"]).contains("all intact"));
 }

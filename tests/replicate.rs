@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::s3::{Moto, S3s, ACCESS_KEY, BUCKET, SECRET_KEY};
+use common::s3::{s3_remote, Moto, S3s, ACCESS_KEY, BUCKET, SECRET_KEY};
 use common::{eventually, Sandbox};
 
 const PASS: &str = "correct horse battery staple";
@@ -82,24 +82,6 @@ fn populate(sb: &Sandbox) {
     sb.write("workspace/blob.bin", &big);
 }
 
-fn s3_remote(sb: &Sandbox, s3: &S3s, extra: &[&str]) {
-    sb.set_env("CLAWFS_PASSPHRASE", PASS);
-    sb.set_env("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-    sb.set_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-    let ep = s3.endpoint();
-    let mut args = vec![
-        "remote",
-        "add",
-        "origin",
-        "s3://bkt/agent",
-        "--endpoint",
-        &ep,
-        "--path-style",
-    ];
-    args.extend_from_slice(extra);
-    sb.ok(&args);
-}
-
 /// `cmd… URL --endpoint EP --path-style rest…`
 fn s3_args<'a>(cmd: &[&'a str], url: &'a str, ep: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     let mut v = cmd.to_vec();
@@ -144,7 +126,7 @@ fn restore_from_s3(sb: &Sandbox, s3: &S3s, target: &Path, extra: &[&str]) -> std
 fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
     let s3 = S3s::start();
     let sb = Sandbox::new();
-    s3_remote(&sb, &s3, &[]);
+    s3_remote(&sb, &s3, PASS, &[]);
     sb.mount();
     populate(&sb);
     // A sparse file travels as its chunk list and comes back sparse.
@@ -217,7 +199,7 @@ fn a_new_machine_restores_the_tree_byte_exact_now_and_at_a_past_mark() {
 fn the_bucket_holds_no_plaintext_and_every_tampered_object_is_refused() {
     let s3 = S3s::start();
     let sb = Sandbox::new();
-    s3_remote(&sb, &s3, &[]);
+    s3_remote(&sb, &s3, PASS, &[]);
     sb.mount();
     populate(&sb);
     sb.settle();
@@ -397,7 +379,7 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 fn pushes_survive_a_server_outage_and_a_killed_daemon() {
     let mut s3 = S3s::start();
     let sb = Sandbox::new();
-    s3_remote(&sb, &s3, &[]);
+    s3_remote(&sb, &s3, PASS, &[]);
     sb.mount();
     // The server goes away mid-push: the replicator keeps the error and retries.
     for i in 0..4 {
@@ -452,7 +434,7 @@ fn pushes_survive_a_server_outage_and_a_killed_daemon() {
 fn a_small_change_after_a_full_push_uploads_one_pack_and_one_segment() {
     let s3 = S3s::start();
     let sb = Sandbox::new();
-    s3_remote(&sb, &s3, &["--schedule", "daily"]);
+    s3_remote(&sb, &s3, PASS, &["--schedule", "daily"]);
     sb.mount();
     populate(&sb);
     sb.write("big.log", &random_bytes(3 << 20, 7));

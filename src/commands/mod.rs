@@ -146,7 +146,13 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
             hourly,
             daily,
             dry_run,
-        } => prune::run(ctx, &prune::policy(keep_within, hourly, daily)?, *dry_run),
+            remote,
+        } => prune::run(
+            ctx,
+            &prune::policy(keep_within, hourly, daily)?,
+            *dry_run,
+            remote,
+        ),
         Cmd::Push { remote, wait } => push::run(ctx, remote.as_deref(), *wait),
         Cmd::Restore {
             from: None,

@@ -2,11 +2,14 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
-use crate::commands::{human, Ctx};
+use crate::commands::{human, push as push_cmd, Ctx};
+use crate::replicate::passphrase;
 use crate::replicate::push;
+use crate::replicate::replicator::{connect, Msg};
 use crate::replicate::settings::Remotes;
+use crate::replicate::thin::{self, ThinReport};
 use crate::store::prune::{Folded, Policy};
 use crate::when::{parse_age, rfc3339, show_time};
 
@@ -28,12 +31,50 @@ pub fn policy(keep_within: &str, hourly: &str, daily: &str) -> Result<Policy> {
     Ok(p)
 }
 
+/// Thins each remote named: in the daemon's replicator on a live mount, from here otherwise.
+fn thin_remotes(ctx: &mut Ctx, names: &[String], dry_run: bool) -> Result<Vec<ThinReport>> {
+    let mut out = Vec::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let remotes = Remotes::load(ctx.store.dir())?;
+    if let Some(rep) = push_cmd::replicator(ctx)? {
+        for n in names {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            rep.send(Msg::Thin {
+                remote: n.clone(),
+                dry_run,
+                reply: tx,
+            })?;
+            let r = rx.recv().map_err(|_| anyhow!("the replicator stopped"))?;
+            out.push(r.map_err(|e| anyhow!("thinning {n} failed: {e}"))?);
+        }
+        return Ok(out);
+    }
+    let pass = match ctx.passphrase.clone() {
+        Some(p) => p,
+        None => passphrase::obtain(None, "the remote")?,
+    };
+    for n in names {
+        let entry = remotes.get(Some(n))?;
+        let repo = connect(entry, &pass)?;
+        let r = thin::thin(&ctx.store, &repo, entry, dry_run);
+        out.push(r.map_err(|e| anyhow!("thinning {n} failed: {e}"))?);
+    }
+    Ok(out)
+}
+
 /// Runs `prune`.
-pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
+pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) -> Result<()> {
+    // A remote named wrong is refused before anything is pruned.
+    let configured = Remotes::load(ctx.store.dir())?;
+    for n in remotes {
+        configured.get(Some(n))?;
+    }
     // The last moment each remote holds is kept, so that every remote continues a moment this
     // store still has.
     let mut pinned = BTreeSet::new();
-    for r in Remotes::load(ctx.store.dir())?.remotes {
+    for r in &configured.remotes {
         pinned.insert(push::load_state(&ctx.store, &r.name)?.pushed);
     }
     let now = crate::when::now_ns();
@@ -69,12 +110,14 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
             }
         }
     };
+    let thinned = thin_remotes(ctx, remotes, dry_run)?;
     if ctx.json {
         let mut v = serde_json::to_value(&report)?;
         v["oldest_kept"] = match report.oldest_kept {
             Some((seq, t)) => serde_json::json!({"seq": seq.0, "time": rfc3339(t)}),
             None => serde_json::Value::Null,
         };
+        v["remotes"] = serde_json::to_value(&thinned)?;
         return ctx.emit_json(&v);
     }
     let verb = if dry_run { "would keep" } else { "kept" };
@@ -101,6 +144,24 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool) -> Result<()> {
             "store {} -> {} (the catalogue gives back the space of the records it rewrote as it reclaims its log)",
             human(report.disk_before),
             human(report.disk_after),
+        )?;
+    }
+    for t in &thinned {
+        let verb = if dry_run { "would keep" } else { "kept" };
+        writeln!(
+            ctx.out,
+            "{}: {verb} {} of {} moments up to epoch {} in {} log segments (were {}); {} {} of {} packs ({}), {} live chunks copied out first",
+            t.remote,
+            t.moments_after,
+            t.moments_before,
+            t.head,
+            t.segments_after,
+            t.segments_before,
+            if dry_run { "would delete" } else { "deleted" },
+            t.packs_removed,
+            t.packs_before,
+            human(t.pack_bytes_removed),
+            t.chunks_copied,
         )?;
     }
     Ok(())

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::commands::{human, Ctx};
 use crate::replicate::passphrase;
 use crate::replicate::push::{self, PushReport};
-use crate::replicate::replicator::{connect, Msg};
+use crate::replicate::replicator::{connect, Msg, Replicator};
 use crate::replicate::settings::Remotes;
 
 /// A progress bar on stderr when it is a terminal.
@@ -46,20 +46,28 @@ fn report(ctx: &mut Ctx, reports: &[PushReport]) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's replicator, given the client's passphrase if it has one (it unlocks remotes
+/// the daemon could not); `None` when nothing is mounted.
+pub fn replicator(ctx: &Ctx) -> Result<Option<Arc<Replicator>>> {
+    let Some(rep) = ctx.live.and_then(|l| l.replicator.clone()) else {
+        return Ok(None);
+    };
+    if let Some(p) = ctx.passphrase.clone() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        rep.send(Msg::Reload {
+            passphrase: Some(p),
+            reply: tx,
+        })?;
+        rx.recv()
+            .map_err(|_| anyhow!("the replicator stopped"))?
+            .map_err(|e| anyhow!(e))?;
+    }
+    Ok(Some(rep))
+}
+
 /// Runs it.
 pub fn run(ctx: &mut Ctx, remote: Option<&str>, wait: bool) -> Result<()> {
-    if let Some(rep) = ctx.live.and_then(|l| l.replicator.clone()) {
-        if let Some(p) = ctx.passphrase.clone() {
-            // A passphrase from the client unlocks remotes the daemon could not.
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            rep.send(Msg::Reload {
-                passphrase: Some(p),
-                reply: tx,
-            })?;
-            rx.recv()
-                .map_err(|_| anyhow!("the replicator stopped"))?
-                .map_err(|e| anyhow!(e))?;
-        }
+    if let Some(rep) = replicator(ctx)? {
         if !wait {
             rep.send(Msg::Push {
                 remote: remote.map(String::from),

@@ -14,6 +14,7 @@ pub mod replicator;
 pub mod repo;
 pub mod restore;
 pub mod settings;
+pub mod thin;
 
 use crate::crypto::CryptoError;
 use crate::remote::RemoteError;

@@ -59,10 +59,10 @@ pub struct PushReport {
     pub traffic: Traffic,
 }
 
-const STATE_TREE: &str = "remote-state";
+pub(crate) const STATE_TREE: &str = "remote-state";
 const DEVICE_KEY: &[u8] = b"\0device";
 
-fn chunk_tree(store: &Store, remote: &str) -> Result<sled::Tree> {
+pub(crate) fn chunk_tree(store: &Store, remote: &str) -> Result<sled::Tree> {
     Ok(store.side_tree(&format!("remote-chunks:{remote}"))?)
 }
 
@@ -188,7 +188,12 @@ fn push_inner(
         if !entry.include_secrets {
             strip_secrets(&mut epochs)?;
         }
-        let needed = needed_chunks(store, &epochs, &have)?;
+        let needed = needed_chunks(
+            store,
+            &epochs,
+            &|id| Ok(have.contains_key(id.0)?),
+            &mut HashSet::new(),
+        )?;
         let (index_name, packs) = upload_chunks(store, repo, &needed, progress)?;
         let seg = LogSegment {
             repo_id: repo.id().to_string(),
@@ -288,11 +293,7 @@ fn next_epochs(store: &Store, pushed: Seq, head: Seq) -> Result<Vec<EpochRecords
             break;
         }
         let (s, _) = epoch?;
-        let e = store.epoch_records(s)?.ok_or_else(|| {
-            ReplicaError::Usage(format!(
-                "epoch {s} has no journal entry: the store cannot be replicated"
-            ))
-        })?;
+        let e = journaled(store, s)?;
         bytes += e
             .records
             .iter()
@@ -301,6 +302,15 @@ fn next_epochs(store: &Store, pushed: Seq, head: Seq) -> Result<Vec<EpochRecords
         out.push(e);
     }
     Ok(out)
+}
+
+/// The records of epoch `s`, as shipped.
+pub(crate) fn journaled(store: &Store, s: Seq) -> Result<EpochRecords> {
+    store.epoch_records(s)?.ok_or_else(|| {
+        ReplicaError::Usage(format!(
+            "epoch {s} has no journal entry: the store cannot be replicated"
+        ))
+    })
 }
 
 fn node_of_key(k: &[u8]) -> Option<NodeId> {
@@ -321,7 +331,7 @@ fn secret_path(p: &str) -> bool {
 /// Drops every record about `credentials/**` and `**/auth-profiles.json`: their changes, their
 /// nodes' versions, and the entries naming them, so the remote learns neither their content
 /// nor that they exist.
-fn strip_secrets(epochs: &mut [EpochRecords]) -> Result<()> {
+pub(crate) fn strip_secrets(epochs: &mut [EpochRecords]) -> Result<()> {
     for e in epochs {
         let mut secret: HashSet<NodeId> = HashSet::new();
         for (k, v) in &e.records {
@@ -361,16 +371,17 @@ fn strip_secrets(epochs: &mut [EpochRecords]) -> Result<()> {
     Ok(())
 }
 
-/// The chunks (and chunk-list leaves) the epochs' file versions use that the remote lacks.
-fn needed_chunks(
+/// The chunks (and chunk-list leaves) the epochs' file versions use that are neither `held`
+/// nor in `seen`, in order of first use; each one returned is added to `seen`.
+pub(crate) fn needed_chunks(
     store: &Store,
     epochs: &[EpochRecords],
-    have: &sled::Tree,
+    held: &dyn Fn(&ChunkId) -> Result<bool>,
+    seen: &mut HashSet<ChunkId>,
 ) -> Result<Vec<ChunkId>> {
-    let mut seen: HashSet<ChunkId> = HashSet::new();
     let mut out = Vec::new();
     let missing = |id: &ChunkId, seen: &HashSet<ChunkId>| -> Result<bool> {
-        Ok(!seen.contains(id) && !have.contains_key(id.0)?)
+        Ok(!seen.contains(id) && !held(id)?)
     };
     for e in epochs {
         for (k, v) in &e.records {
@@ -379,12 +390,12 @@ fn needed_chunks(
             }
             let nv: NodeVersion = decode(v, || "node version".into())?;
             for seg in &nv.content.segments {
-                if !missing(&seg.leaf, &seen)? {
+                if !missing(&seg.leaf, seen)? {
                     continue;
                 }
                 // A single segment's "leaf" is its chunk, listed here as its only chunk.
                 for r in store.chunks().leaf(seg)?.iter() {
-                    if missing(&r.id, &seen)? {
+                    if missing(&r.id, seen)? {
                         seen.insert(r.id);
                         out.push(r.id);
                     }
@@ -399,23 +410,23 @@ fn needed_chunks(
     Ok(out)
 }
 
-/// Uploads the chunk records in packs of about [`PACK_TARGET`] bytes, then their index.
-fn upload_chunks(
+/// Uploads the chunk records in packs of about [`PACK_TARGET`] bytes; `before_put` learns each
+/// pack's name before it is written. Returns what the packs hold.
+pub(crate) fn upload_packs(
     store: &Store,
     repo: &Repo,
     ids: &[ChunkId],
+    before_put: &mut dyn FnMut(&str) -> Result<()>,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<(Option<String>, u64)> {
-    if ids.is_empty() {
-        return Ok((None, 0));
-    }
+) -> Result<Index> {
     let mut index = Index::default();
     let mut buf: Vec<u8> = Vec::with_capacity(PACK_TARGET as usize + (1 << 17));
     let mut entries: Vec<IndexEntry> = Vec::new();
     let total = ids.len() as u64;
-    let flush =
+    let mut flush =
         |buf: &mut Vec<u8>, entries: &mut Vec<IndexEntry>, index: &mut Index| -> Result<()> {
             let name = layout::pack_name(&repo.keys().keyed_id("pack", buf));
+            before_put(&name)?;
             repo.put_sealed(&name, buf)?;
             index.packs.push((name, std::mem::take(entries)));
             buf.clear();
@@ -437,11 +448,32 @@ fn upload_chunks(
     if !buf.is_empty() {
         flush(&mut buf, &mut entries, &mut index)?;
     }
-    let packs = index.packs.len() as u64;
-    let plain = layout::pack_struct(&index);
-    let name = layout::index_name(&repo.keys().keyed_id("index", &plain));
+    Ok(index)
+}
+
+/// The name an index object gets.
+pub(crate) fn index_object(repo: &Repo, index: &Index) -> (String, Vec<u8>) {
+    let plain = layout::pack_struct(index);
+    (
+        layout::index_name(&repo.keys().keyed_id("index", &plain)),
+        plain,
+    )
+}
+
+/// Uploads the chunk records in packs, then their index.
+fn upload_chunks(
+    store: &Store,
+    repo: &Repo,
+    ids: &[ChunkId],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Option<String>, u64)> {
+    if ids.is_empty() {
+        return Ok((None, 0));
+    }
+    let index = upload_packs(store, repo, ids, &mut |_| Ok(()), progress)?;
+    let (name, plain) = index_object(repo, &index);
     repo.put_sealed(&name, &plain)?;
-    Ok((Some(name), packs))
+    Ok((Some(name), index.packs.len() as u64))
 }
 
 fn push_marks(

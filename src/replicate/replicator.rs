@@ -20,6 +20,7 @@ use crate::remote::OpendalRemote;
 use crate::replicate::push::{self, PushReport};
 use crate::replicate::repo::Repo;
 use crate::replicate::settings::{RemoteEntry, Remotes, Schedule};
+use crate::replicate::thin::{self, ThinReport};
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::now_ns;
 use crate::store::Store;
@@ -37,6 +38,15 @@ pub enum Msg {
         remote: Option<String>,
         /// Where the result goes.
         reply: Option<Sender<std::result::Result<Vec<PushReport>, String>>>,
+    },
+    /// Thin one remote ([`thin::thin`]); the reply comes when it is done.
+    Thin {
+        /// Which remote.
+        remote: String,
+        /// Report only.
+        dry_run: bool,
+        /// Where the result goes.
+        reply: Sender<std::result::Result<ThinReport, String>>,
     },
     /// Re-read the remotes file; a passphrase unlocks remotes that are locked.
     Reload {
@@ -203,6 +213,9 @@ impl Worker {
                         let r = self.reload(passphrase.as_deref()).map_err(|e| e.to_string());
                         let _ = reply.send(r);
                     }
+                    Ok(Msg::Thin { remote, dry_run, reply }) => {
+                        let _ = reply.send(self.thin(&remote, dry_run));
+                    }
                     Ok(Msg::Push { remote, reply }) => {
                         let r = self.push_now(remote.as_deref());
                         match reply {
@@ -251,6 +264,45 @@ impl Worker {
         }
     }
 
+    fn thin(&mut self, name: &str, dry_run: bool) -> std::result::Result<ThinReport, String> {
+        let i = self.unlocked(name).map_err(|e| e.to_string())?;
+        self.live
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .pushing = true;
+        let t = &self.targets[i];
+        let repo = t.repo.as_ref().expect("unlocked");
+        let r = thin::thin(&self.store, repo, &t.entry, dry_run);
+        self.live
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .pushing = false;
+        r.map_err(|e| e.to_string())
+    }
+
+    /// The index of the remote named `name`, if it is unlocked.
+    fn unlocked(&self, name: &str) -> Result<usize> {
+        let Some(i) = self.targets.iter().position(|t| t.entry.name == name) else {
+            return Err(ReplicaError::Usage(format!(
+                "no remote named {name:?} (see `clawfs remote list`)"
+            )));
+        };
+        if self.targets[i].repo.is_none() {
+            let why = self
+                .live
+                .lock()
+                .get(name)
+                .and_then(|l| l.locked.clone())
+                .unwrap_or_default();
+            return Err(ReplicaError::Usage(format!(
+                "remote {name} is locked: {why}"
+            )));
+        }
+        Ok(i)
+    }
+
     fn push_due(&mut self) {
         let now = Instant::now();
         for i in 0..self.targets.len() {
@@ -279,17 +331,8 @@ impl Worker {
     fn push_one(&mut self, i: usize) -> Result<PushReport> {
         let store = self.store.clone();
         let name = self.targets[i].entry.name.clone();
-        let Some(repo) = self.targets[i].repo.as_ref() else {
-            let why = self
-                .live
-                .lock()
-                .get(&name)
-                .and_then(|l| l.locked.clone())
-                .unwrap_or_default();
-            return Err(ReplicaError::Usage(format!(
-                "remote {name} is locked: {why}"
-            )));
-        };
+        self.unlocked(&name)?;
+        let repo = self.targets[i].repo.as_ref().expect("unlocked");
         self.live.lock().entry(name.clone()).or_default().pushing = true;
         let started_head = store.head();
         let result = push::push(&store, repo, &self.targets[i].entry, &mut |_, _| {});

@@ -507,7 +507,7 @@ fn one_change_per_path(changes: Vec<Change>) -> Vec<Change> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -526,9 +526,9 @@ mod tests {
     }
 
     /// The whole tree at `seq`: path → (kind, mode, bytes or target).
-    type Tree = BTreeMap<String, (NodeKind, u32, Vec<u8>)>;
+    pub(crate) type Tree = BTreeMap<String, (NodeKind, u32, Vec<u8>)>;
 
-    fn tree(store: &Store, seq: Seq) -> Tree {
+    pub(crate) fn tree(store: &Store, seq: Seq) -> Tree {
         let mut out = Tree::new();
         for (path, e) in store.walk(&RelPath::root(), seq).unwrap() {
             let data = match e.version.kind {
@@ -557,6 +557,16 @@ mod tests {
     /// A store with `epochs` epochs of random changes to a few files, a directory and a
     /// database-and-journal pair; the tree at every moment.
     fn random_history(dir: &std::path::Path, seed: u64, epochs: usize) -> (Arc<Store>, Vec<Tree>) {
+        random_history_with(dir, seed, epochs, &mut |_, _| {})
+    }
+
+    /// [`random_history`], calling `after` with each epoch as it is committed.
+    pub(crate) fn random_history_with(
+        dir: &std::path::Path,
+        seed: u64,
+        epochs: usize,
+        after: &mut dyn FnMut(&Store, Seq),
+    ) -> (Arc<Store>, Vec<Tree>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let store = Store::open_or_create(dir).unwrap();
         let mut rec = store.recorder(SessionId(1)).unwrap();
@@ -611,6 +621,7 @@ mod tests {
             let seq = rec.commit(false).unwrap().unwrap().seq;
             assert_eq!(seq.0 as usize, trees.len());
             trees.push(tree(&store, seq));
+            after(&store, seq);
         }
         rec.commit(true).unwrap();
         drop(rec);
@@ -815,7 +826,7 @@ mod tests {
         }
     }
 
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..len).map(|_| rng.gen()).collect()
     }

@@ -165,3 +165,22 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Adds remote `origin`: bucket `bkt` of `s3`, under `agent/`, opened with `pass`.
+pub fn s3_remote(sb: &super::Sandbox, s3: &S3s, pass: &str, extra: &[&str]) {
+    sb.set_env("CLAWFS_PASSPHRASE", pass);
+    sb.set_env("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+    sb.set_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let ep = s3.endpoint();
+    let mut args = vec![
+        "remote",
+        "add",
+        "origin",
+        "s3://bkt/agent",
+        "--endpoint",
+        &ep,
+        "--path-style",
+    ];
+    args.extend_from_slice(extra);
+    sb.ok(&args);
+}
