@@ -292,6 +292,22 @@ fn prune_remote_thins_the_bucket_and_a_new_machine_clones_the_kept_moments() {
     let kept_here = moments(&sb);
     let now = snapshot(&sb.dir);
     sb.unmount();
+    // Unmounted, a passphrase that does not open the remote stops the command before anything
+    // is pruned.
+    sb.set_env("CLAWFS_PASSPHRASE", "not the passphrase");
+    let err = sb.fails(&[
+        "prune",
+        "--keep-within",
+        "1s",
+        "--hourly",
+        "1s",
+        "--daily",
+        "1s",
+        "--remote",
+        "origin",
+    ]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert_eq!(moments(&sb), kept_here);
 
     let nm = Sandbox::new();
     nm.set_env("CLAWFS_PASSPHRASE", PASS);

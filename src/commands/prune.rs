@@ -1,14 +1,16 @@
 //! `clawfs prune`: thin old moments by the retention policy and reclaim the space they held.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::commands::{human, push as push_cmd, Ctx};
 use crate::replicate::passphrase;
 use crate::replicate::push;
-use crate::replicate::replicator::{connect, Msg};
-use crate::replicate::settings::Remotes;
+use crate::replicate::replicator::{connect, Msg, Replicator};
+use crate::replicate::repo::Repo;
+use crate::replicate::settings::{RemoteEntry, Remotes};
 use crate::replicate::thin::{self, ThinReport};
 use crate::store::prune::{Folded, Policy};
 use crate::when::{parse_age, rfc3339, show_time};
@@ -31,46 +33,75 @@ pub fn policy(keep_within: &str, hourly: &str, daily: &str) -> Result<Policy> {
     Ok(p)
 }
 
-/// Thins each remote named: in the daemon's replicator on a live mount, from here otherwise.
-fn thin_remotes(ctx: &mut Ctx, names: &[String], dry_run: bool) -> Result<Vec<ThinReport>> {
-    let mut out = Vec::new();
-    if names.is_empty() {
-        return Ok(out);
-    }
-    let remotes = Remotes::load(ctx.store.dir())?;
-    if let Some(rep) = push_cmd::replicator(ctx)? {
+/// Who thins the remotes named: the daemon's replicator on a live mount, this process
+/// otherwise. Made before anything is pruned, so that a remote named wrong, or one the
+/// passphrase does not open, stops the command while nothing has changed.
+enum Thinners {
+    Daemon(Arc<Replicator>, Vec<String>),
+    Here(Vec<(RemoteEntry, Repo)>),
+}
+
+impl Thinners {
+    fn new(ctx: &Ctx, configured: &Remotes, names: &[String]) -> Result<Thinners> {
+        let mut entries = Vec::new();
         for n in names {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            rep.send(Msg::Thin {
-                remote: n.clone(),
-                dry_run,
-                reply: tx,
-            })?;
-            let r = rx.recv().map_err(|_| anyhow!("the replicator stopped"))?;
-            out.push(r.map_err(|e| anyhow!("thinning {n} failed: {e}"))?);
+            entries.push(configured.get(Some(n))?.clone());
         }
-        return Ok(out);
+        if names.is_empty() {
+            return Ok(Thinners::Here(Vec::new()));
+        }
+        if let Some(rep) = push_cmd::replicator(ctx)? {
+            let live = rep.live();
+            for n in names {
+                if let Some(why) = live.get(n).and_then(|l| l.locked.clone()) {
+                    bail!("remote {n} is locked: {why}; nothing was pruned");
+                }
+            }
+            return Ok(Thinners::Daemon(rep, names.to_vec()));
+        }
+        let pass = match ctx.passphrase.clone() {
+            Some(p) => p,
+            None => passphrase::obtain(None, "the remote")?,
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let repo = connect(&e, &pass)
+                .map_err(|err| anyhow!("{}: {err}; nothing was pruned", e.name))?;
+            out.push((e, repo));
+        }
+        Ok(Thinners::Here(out))
     }
-    let pass = match ctx.passphrase.clone() {
-        Some(p) => p,
-        None => passphrase::obtain(None, "the remote")?,
-    };
-    for n in names {
-        let entry = remotes.get(Some(n))?;
-        let repo = connect(entry, &pass)?;
-        let r = thin::thin(&ctx.store, &repo, entry, dry_run);
-        out.push(r.map_err(|e| anyhow!("thinning {n} failed: {e}"))?);
+
+    fn run(&self, ctx: &Ctx, dry_run: bool) -> Result<Vec<ThinReport>> {
+        let mut out = Vec::new();
+        match self {
+            Thinners::Daemon(rep, names) => {
+                for n in names {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    rep.send(Msg::Thin {
+                        remote: n.clone(),
+                        dry_run,
+                        reply: tx,
+                    })?;
+                    let r = rx.recv().map_err(|_| anyhow!("the replicator stopped"))?;
+                    out.push(r.map_err(|e| anyhow!("thinning {n} failed: {e}"))?);
+                }
+            }
+            Thinners::Here(repos) => {
+                for (entry, repo) in repos {
+                    let r = thin::thin(&ctx.store, repo, entry, dry_run);
+                    out.push(r.map_err(|e| anyhow!("thinning {} failed: {e}", entry.name))?);
+                }
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Runs `prune`.
 pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) -> Result<()> {
-    // A remote named wrong is refused before anything is pruned.
     let configured = Remotes::load(ctx.store.dir())?;
-    for n in remotes {
-        configured.get(Some(n))?;
-    }
+    let thinners = Thinners::new(ctx, &configured, remotes)?;
     // The last moment each remote holds is kept, so that every remote continues a moment this
     // store still has.
     let mut pinned = BTreeSet::new();
@@ -110,7 +141,7 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) ->
             }
         }
     };
-    let thinned = thin_remotes(ctx, remotes, dry_run)?;
+    let thinned = thinners.run(ctx, dry_run)?;
     if ctx.json {
         let mut v = serde_json::to_value(&report)?;
         v["oldest_kept"] = match report.oldest_kept {

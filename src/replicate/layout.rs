@@ -19,6 +19,10 @@
 //! Order of writes, which keeps the remote readable at every instant: a push uploads its packs,
 //! then its index, then the log segment that names the index; a restore reads only what log
 //! segments name, so a pack or index without its segment (a push cut short) is simply unused.
+//!
+//! A device's log is read as a [`chain`] from epoch 1, taking at each step the segment that
+//! reaches furthest; a thinning (`crate::replicate::thin`) writes a rewritten log beside the
+//! old one that way, then deletes the old one.
 
 use serde::{Deserialize, Serialize};
 

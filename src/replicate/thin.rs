@@ -772,6 +772,32 @@ mod tests {
         assert_eq!(b.read_file(&churn, b.head()).unwrap(), noise(5, 2 << 20));
     }
 
+    /// A log segment altered on the remote is refused, and nothing is written or deleted.
+    #[test]
+    fn a_tampered_log_is_refused_and_the_remote_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, remote, repo) = pruned(&dir.path().join("a"), 2);
+        let name = remote.inner.list("log/").unwrap()[2].clone();
+        remote.inner.tamper(&name, |v| {
+            let i = v.len() / 2;
+            v[i] ^= 1;
+        });
+        let objects = |r: &Flaky| -> Vec<(String, Vec<u8>)> {
+            let names = r.inner.list("").unwrap();
+            names
+                .into_iter()
+                .map(|n| (n.clone(), r.inner.get(&n).unwrap()))
+                .collect()
+        };
+        let before = objects(&remote);
+        let err = thin(&store, &repo, &entry(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&name), "{err}");
+        assert_eq!(objects(&remote), before);
+        assert!(load_journal(&store, "mem").unwrap().is_none());
+    }
+
     /// Cut short after any number of writes and deletes, a thinning leaves a remote that clones
     /// to the kept moments, and the next one finishes the work and leaves nothing over.
     #[test]
