@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::ids::{ChunkId, NodeId, Seq, VersionId};
+use crate::relpath::RelPath;
 use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeVersion};
 use crate::store::error::{Result, StoreError};
 use crate::store::{epoch_keys, schema, stored_epoch, Store};
@@ -345,9 +346,30 @@ impl Store {
             }
         }
         batch.remove(&schema::journal_key(k)[..]);
+        // The nodes `k` shows. A node no name reaches at `k` lost its names during the run (a
+        // deleted `-wal`, a config renamed over, a transcript compacted away): no kept moment
+        // reads its versions of the run, so they go rather than move to `k`. A node never
+        // gets a name back once it has lost its last one (a rollback or an inode number used
+        // again makes a node with a version of its own), and a path's history asks for a
+        // node's versions only while a kept moment names it there.
+        let mut shown: HashSet<NodeId> = self
+            .walk(&RelPath::root(), k)?
+            .into_iter()
+            .map(|(_, e)| e.node)
+            .collect();
+        shown.insert(NodeId::ROOT);
         let mut removed = 0u64;
         let mut new_keys = kept_keys;
         for (prefix, records) in by_key {
+            if prefix[0] == schema::NODE
+                && schema::node_key_node(&records[0].1).is_some_and(|n| !shown.contains(&n))
+            {
+                for (_, key) in &records {
+                    batch.remove(key);
+                }
+                removed += records.len() as u64;
+                continue;
+            }
             let (newest, newest_key) = records.last().cloned().expect("at least one record");
             for (s, key) in &records {
                 if *s != k {
@@ -695,6 +717,23 @@ pub(crate) mod tests {
                     }
                 }
                 store.verify().unwrap();
+                // A moment that folds others keeps versions only of nodes it shows: those of
+                // nodes deleted meanwhile are gone, and so their chunks.
+                for key in store.cat.scan_prefix([schema::NODE]).keys() {
+                    let key = key.unwrap();
+                    let node = schema::node_key_node(&key).unwrap();
+                    let seq = Seq(!u64::from_be_bytes(key[9..17].try_into().unwrap()));
+                    if seq.0 > 1 && !kept.contains(&Seq(seq.0 - 1)) {
+                        assert!(
+                            store
+                                .walk(&RelPath::root(), seq)
+                                .unwrap()
+                                .iter()
+                                .any(|(_, e)| e.node == node),
+                            "seed {seed}: a version of {node:?} that moment {seq} does not show"
+                        );
+                    }
+                }
                 // A kept moment's changes are what its header counts, and nothing of a
                 // folded epoch is left behind.
                 for &s in &kept {
@@ -899,6 +938,46 @@ pub(crate) mod tests {
         let third = again(&store);
         assert_eq!((third.records_removed, third.packs_removed), (0, 0));
         check(&store);
+    }
+
+    /// A SQLite `-wal` is deleted at every last close: the versions of each one go with the
+    /// moments folded away, and so do their packs; the path's history still reads.
+    #[test]
+    fn versions_of_files_deleted_meanwhile_go_with_the_folded_moments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let wal = p("db-wal");
+        for i in 0..8 {
+            rec.create(&wal, NodeKind::File, Meta::default(), "")
+                .unwrap();
+            rec.write(&wal, 0, &noise(300 + i, 3 << 20)).unwrap();
+            rec.commit(true).unwrap();
+            rec.unlink(&wal).unwrap();
+            rec.commit(true).unwrap();
+        }
+        rec.create(&p("kept"), NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.write(&p("kept"), 0, b"the one file left").unwrap();
+        rec.commit(true).unwrap();
+        drop(rec);
+        let before = store.disk_usage().unwrap();
+        let plan = Plan::new(store.moments().unwrap(), [store.head()].into());
+        let report = store.prune(&plan).unwrap();
+        assert!(report.packs_removed >= 2, "{report:?}");
+        // (The newest pack stays whatever it holds: the next pack's id follows it.)
+        assert!(
+            report.disk_after < before / 2,
+            "{before} bytes before, {} after",
+            report.disk_after
+        );
+        assert_eq!(
+            store.read_file(&p("kept"), store.head()).unwrap(),
+            b"the one file left"
+        );
+        assert!(store.live_chunks().unwrap().len() <= 1);
+        store.history(&wal, 100).unwrap();
+        store.verify().unwrap();
     }
 
     /// A fold cut short anywhere after its note was written is finished when the store is
