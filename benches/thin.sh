@@ -39,16 +39,17 @@ ep="http://127.0.0.1:$port"
 # restic on a local directory: its prune fails against s3s-fs ("packs from index missing in
 # repo", the listing comes back short), so its row has no request count.
 restic_repo="$work/s3/restic/repo"
-excludes=(--exclude '*-shm' --exclude '*.lock' --exclude "$a/agent/plugin-runtime-deps"
-  --exclude "$a/agent/cache" --exclude "$a/agent/media" --exclude "$a/agent/tmp")
+excludes=(--exclude '*-shm' --exclude '*.lock' --exclude "$a/plugin-runtime-deps"
+  --exclude "$a/cache" --exclude "$a/media" --exclude "$a/tmp")
 reqs() { grep -c "s3s::service: req: Request { method: [A-Z]*, uri: /$1" "$work/s3.log" || true; }
 bytes() { du -sb "$work/s3/$1" | cut -f1; }
 claw() { "$bin" -C "$a" "$@"; }
 
-mkdir -p "$a"
+# The state directory exists before clawfs does (the first mount takes it in); the agent's
+# work goes through the mount.
+python3 "$fixtures/gen.py" "$a" >/dev/null
 claw remote add origin s3://claw/agent --endpoint "$ep" --path-style --schedule daily >/dev/null
 claw mount "$a" >/dev/null
-python3 "$fixtures/gen.py" "$a/agent" >/dev/null
 restic -r "$restic_repo" init >/dev/null
 snap() {
   sleep 1.2
@@ -56,7 +57,7 @@ snap() {
   restic -r "$restic_repo" backup -q "${excludes[@]}" "$a" >/dev/null
 }
 snap
-for i in $(seq 1 "$rounds"); do python3 "$fixtures/mutate.py" "$a/agent" "$i" >/dev/null; snap; done
+for i in $(seq 1 "$rounds"); do python3 "$fixtures/mutate.py" "$a" "$i" >/dev/null; snap; done
 echo "clawfs: $(claw --json status | python3 -c "import json,sys; print(json.load(sys.stdin)['moments'])") moments; restic: $((rounds + 1)) snapshots"
 claw unmount "$a" >/dev/null
 
