@@ -61,6 +61,24 @@ fn work(sb: &Sandbox, i: u32) {
     ));
 }
 
+/// The moment marked `ten` reads back whole: MEMORY.md as it was, and the database with its
+/// -wal as one crash-consistent cut (11 rows, integrity ok).
+fn reads_back_at_ten(sb: &Sandbox, memory_at_ten: &[u8]) {
+    assert_eq!(
+        sb.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
+        memory_at_ten
+    );
+    let at_ten = sb.home.path().join("at-ten");
+    sb.ok(&["restore", "--at", "ten", at_ten.to_str().unwrap()]);
+    assert_eq!(
+        common::sh_in(
+            &at_ten,
+            "sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"
+        ),
+        "ok\n11\n"
+    );
+}
+
 #[test]
 fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     let remote_dir = tempfile::tempdir().unwrap();
@@ -143,21 +161,7 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
         sb.sh("sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"),
         "ok\n40\n"
     );
-    // The mark's moment reads back whole: MEMORY.md as it was, and the database with its
-    // -wal as one crash-consistent cut (11 rows, integrity ok).
-    assert_eq!(
-        sb.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
-        memory_at_ten
-    );
-    let at_ten = sb.home.path().join("at-ten");
-    sb.ok(&["restore", "--at", "ten", at_ten.to_str().unwrap()]);
-    assert_eq!(
-        common::sh_in(
-            &at_ten,
-            "sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"
-        ),
-        "ok\n11\n"
-    );
+    reads_back_at_ten(&sb, &memory_at_ten);
     assert_eq!(sb.ok(&["cat", "MEMORY.md", "--at", "now"]), "recent two\n");
     assert_eq!(
         sb.ok(&["cat", "MEMORY.md", "--at", &format!("#{}", after[1])]),
@@ -329,19 +333,7 @@ fn prune_remote_thins_the_bucket_and_a_new_machine_clones_the_kept_moments() {
         kept_here,
         "the clone has exactly the kept moments"
     );
-    assert_eq!(
-        nm.ok(&["cat", "MEMORY.md", "--at", "ten"]).into_bytes(),
-        memory_at_ten
-    );
-    let at_ten = nm.home.path().join("at-ten");
-    nm.ok(&["restore", "--at", "ten", at_ten.to_str().unwrap()]);
-    assert_eq!(
-        common::sh_in(
-            &at_ten,
-            "sqlite3 state.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'"
-        ),
-        "ok\n11\n"
-    );
+    reads_back_at_ten(&nm, &memory_at_ten);
     assert!(nm.ok(&["verify"]).contains("all intact"));
 }
 

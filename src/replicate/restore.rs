@@ -632,19 +632,12 @@ mod tests {
     use crate::ids::SessionId;
     use crate::remote::{MemRemote, Remote};
     use crate::replicate::layout::LogSegment;
-    use crate::replicate::settings::{RemoteEntry, Schedule};
+    use crate::replicate::settings::RemoteEntry;
     use crate::store::catalog::{decode, encode, Change};
     use crate::store::schema;
 
     fn entry() -> RemoteEntry {
-        RemoteEntry {
-            name: "mem".into(),
-            spec: Default::default(),
-            schedule: Schedule::Continuous,
-            include_secrets: false,
-            access_key: None,
-            config: None,
-        }
+        RemoteEntry::in_memory()
     }
 
     /// A store with two files and one directory, pushed to a memory remote.

@@ -83,6 +83,19 @@ pub struct RemoteEntry {
 }
 
 impl RemoteEntry {
+    /// A remote named `mem` with no spec, for tests over a memory remote.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> RemoteEntry {
+        RemoteEntry {
+            name: "mem".into(),
+            spec: Default::default(),
+            schedule: Schedule::Continuous,
+            include_secrets: false,
+            access_key: None,
+            config: None,
+        }
+    }
+
     /// The spec with stored access keys opened (when there are some).
     pub fn spec_with_keys(&self, passphrase: Option<&str>) -> Result<RemoteSpec> {
         let mut spec = self.spec.clone();

@@ -554,20 +554,12 @@ mod tests {
     use crate::relpath::RelPath;
     use crate::remote::{MemRemote, Remote};
     use crate::replicate::restore::{clone_into, pick_device};
-    use crate::replicate::settings::Schedule;
     use crate::store::catalog::{Meta, NodeKind};
     use crate::store::prune::tests::{noise, random_history_with, tree, Tree};
     use crate::store::prune::Plan;
 
     fn entry() -> RemoteEntry {
-        RemoteEntry {
-            name: "mem".into(),
-            spec: Default::default(),
-            schedule: Schedule::Continuous,
-            include_secrets: false,
-            access_key: None,
-            config: None,
-        }
+        RemoteEntry::in_memory()
     }
 
     /// A memory remote that fails every write and delete once its budget is spent.
