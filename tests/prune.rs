@@ -61,6 +61,24 @@ fn work(sb: &Sandbox, i: u32) {
     ));
 }
 
+/// A WAL database made, then `n` rounds of [`work`], `after` called after each; the moment
+/// after round ten is marked `ten`. Returns MEMORY.md as it was then.
+fn rounds(sb: &Sandbox, n: u32, after: &mut dyn FnMut(u32)) -> Vec<u8> {
+    sb.sh("sqlite3 state.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER, pad BLOB)' >/dev/null");
+    let mut memory_at_ten = Vec::new();
+    for i in 0..n {
+        work(sb, i);
+        if i == 10 {
+            sb.settle();
+            sb.ok(&["mark", "ten"]);
+            memory_at_ten = sb.read("MEMORY.md");
+        }
+        after(i);
+    }
+    sb.settle();
+    memory_at_ten
+}
+
 /// The moment marked `ten` reads back whole: MEMORY.md as it was, and the database with its
 /// -wal as one crash-consistent cut (11 rows, integrity ok).
 fn reads_back_at_ten(sb: &Sandbox, memory_at_ten: &[u8]) {
@@ -89,22 +107,13 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     // thinned rest after it.
     sb.ok(&["remote", "add", "nas", &url, "--schedule", "daily"]);
     sb.mount();
-    sb.sh("sqlite3 state.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER, pad BLOB)' >/dev/null");
-    let mut memory_at_ten = Vec::new();
-    for i in 0..40 {
-        work(&sb, i);
-        if i == 10 {
-            sb.settle();
-            sb.ok(&["mark", "ten"]);
-            memory_at_ten = sb.read("MEMORY.md");
-        }
+    let memory_at_ten = rounds(&sb, 40, &mut |i| {
         if i == 25 {
             // The remote holds everything up to here.
             sb.settle();
             sb.ok(&["push", "--wait"]);
         }
-    }
-    sb.settle();
+    });
     // Everything so far is old by the time the recent work is done.
     std::thread::sleep(Duration::from_secs(6));
     sb.write("MEMORY.md", b"recent one\n");
@@ -212,22 +221,13 @@ fn prune_remote_thins_the_bucket_and_a_new_machine_clones_the_kept_moments() {
     let sb = Sandbox::new();
     s3_remote(&sb, &s3, PASS, &[]);
     sb.mount();
-    sb.sh("sqlite3 state.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER, pad BLOB)' >/dev/null");
-    let mut memory_at_ten = Vec::new();
-    for i in 0..30 {
-        work(&sb, i);
-        if i == 10 {
-            sb.settle();
-            sb.ok(&["mark", "ten"]);
-            memory_at_ten = sb.read("MEMORY.md");
-        }
+    let memory_at_ten = rounds(&sb, 30, &mut |i| {
         if i % 5 == 4 {
             // Several pushes: a log of several segments, each with its packs.
             sb.settle();
             sb.ok(&["push", "--wait"]);
         }
-    }
-    sb.settle();
+    });
     std::thread::sleep(Duration::from_secs(6));
     sb.write("MEMORY.md", b"recent\n");
     sb.settle();
