@@ -349,9 +349,9 @@ impl Store {
         // The nodes `k` shows. A node no name reaches at `k` lost its names during the run (a
         // deleted `-wal`, a config renamed over, a transcript compacted away): no kept moment
         // reads its versions of the run, so they go rather than move to `k`. A node never
-        // gets a name back once it has lost its last one (a rollback or an inode number used
-        // again makes a node with a version of its own), and a path's history asks for a
-        // node's versions only while a kept moment names it there.
+        // gets a name back once it has lost its last one (node ids are never used again; a
+        // rollback or an import makes a new node), and a path's history asks for a node's
+        // versions only while a kept moment names it there.
         let mut shown: HashSet<NodeId> = self
             .walk(&RelPath::root(), k)?
             .into_iter()
