@@ -92,6 +92,24 @@ pub fn chain<T: Clone>(segs: Vec<(Seq, Seq, T)>) -> Vec<(Seq, Seq, T)> {
     }
 }
 
+/// Checks that a device's log, as [`chain`] reads it, starts at epoch 1 and has no gap.
+pub fn check_chain<T: AsRef<str>>(
+    device: &str,
+    segs: &[(Seq, Seq, T)],
+) -> crate::replicate::Result<()> {
+    let mut expect = Seq(1);
+    for (from, to, name) in segs {
+        if *from != expect {
+            return Err(crate::replicate::ReplicaError::BadObject(format!(
+                "the log of device {device} has a gap before {} (expected epoch {expect})",
+                name.as_ref()
+            )));
+        }
+        expect = to.next();
+    }
+    Ok(())
+}
+
 /// Name of a device's marks object.
 pub fn marks_name(device: &str) -> String {
     format!("marks/{device}")

@@ -231,6 +231,30 @@ impl Repo {
                 "{name}: epochs missing or out of order"
             )));
         }
+        if let Some(ix) = seg
+            .indexes
+            .iter()
+            .find(|ix| !ix.starts_with("index/") || ix.contains(".."))
+        {
+            return Err(ReplicaError::BadObject(format!(
+                "{name}: names {ix:?} as an index"
+            )));
+        }
         Ok(seg)
+    }
+
+    /// Reads an index object and checks that every pack it names is one.
+    pub fn index(&self, name: &str) -> Result<layout::Index> {
+        let index: layout::Index = self.get_struct(name)?;
+        if let Some((p, _)) = index
+            .packs
+            .iter()
+            .find(|(p, _)| !p.starts_with("packs/") || p.contains(".."))
+        {
+            return Err(ReplicaError::BadObject(format!(
+                "{name}: names {p:?} as a pack"
+            )));
+        }
+        Ok(index)
     }
 }

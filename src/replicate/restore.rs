@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::ids::{ChunkId, Seq};
 use crate::realfs::RealTree;
 use crate::relpath::RelPath;
-use crate::replicate::layout::{self, DeviceState, Index};
+use crate::replicate::layout::{self, DeviceState};
 use crate::replicate::push::{self, PushState};
 use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
@@ -161,15 +161,7 @@ pub fn clone_catalog(
         )));
     }
     let segs = repo.segments(device)?;
-    let mut expect = Seq(1);
-    for (from, to, name) in &segs {
-        if *from != expect {
-            return Err(ReplicaError::BadObject(format!(
-                "the log of device {device} has a gap before {name} (expected epoch {expect})"
-            )));
-        }
-        expect = to.next();
-    }
+    layout::check_chain(device, &segs)?;
     let mut report = CloneReport {
         device: device.to_string(),
         ..Default::default()
@@ -179,11 +171,6 @@ pub fn clone_catalog(
         progress("log", i as u64, segs.len() as u64);
         let seg = repo.segment(name)?;
         for ix in &seg.indexes {
-            if !ix.starts_with("index/") || ix.contains("..") {
-                return Err(ReplicaError::BadObject(format!(
-                    "{name}: names {ix:?} as an index"
-                )));
-            }
             if !indexes.contains(ix) {
                 indexes.push(ix.clone());
             }
@@ -202,13 +189,7 @@ pub fn clone_catalog(
     let mut packs_seen: HashSet<String> = HashSet::new();
     let mut packs = Vec::new();
     for ix in &indexes {
-        let index: Index = repo.get_struct(ix)?;
-        for (pack, entries) in index.packs {
-            if !pack.starts_with("packs/") || pack.contains("..") {
-                return Err(ReplicaError::BadObject(format!(
-                    "{ix}: names {pack:?} as a pack"
-                )));
-            }
+        for (pack, entries) in repo.index(ix)?.packs {
             if packs_seen.insert(pack.clone()) {
                 packs.push((pack, entries));
             }

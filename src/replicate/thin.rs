@@ -138,23 +138,12 @@ impl Log {
             .filter(|s| !on.contains(&s.2))
             .map(|s| s.2.clone())
             .collect();
+        layout::check_chain(device, &chain)?;
         let mut segs = Vec::with_capacity(chain.len());
-        let mut expect = Seq(1);
         let mut names: Vec<String> = Vec::new();
         for (from, to, name) in &chain {
-            if *from != expect {
-                return Err(ReplicaError::BadObject(format!(
-                    "the log of device {device} has a gap before {name} (expected epoch {expect})"
-                )));
-            }
-            expect = to.next();
             let seg = repo.segment(name)?;
             for ix in &seg.indexes {
-                if !ix.starts_with("index/") || ix.contains("..") {
-                    return Err(ReplicaError::BadObject(format!(
-                        "{name}: names {ix:?} as an index"
-                    )));
-                }
                 if !names.contains(ix) {
                     names.push(ix.clone());
                 }
@@ -169,16 +158,7 @@ impl Log {
         }
         let mut indexes = Vec::with_capacity(names.len());
         for ix in names {
-            let index: Index = repo.get_struct(&ix)?;
-            if let Some((p, _)) = index
-                .packs
-                .iter()
-                .find(|(p, _)| !p.starts_with("packs/") || p.contains(".."))
-            {
-                return Err(ReplicaError::BadObject(format!(
-                    "{ix}: names {p:?} as a pack"
-                )));
-            }
+            let index = repo.index(&ix)?;
             indexes.push((ix, index));
         }
         Ok(Log {
