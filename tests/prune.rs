@@ -12,6 +12,9 @@ use common::Sandbox;
 
 const PASS: &str = "correct horse battery staple";
 
+/// The retention both prune tests ask for: only what is younger than five seconds is kept whole.
+const POLICY: [&str; 6] = ["--keep-within", "5s", "--hourly", "5s", "--daily", "5s"];
+
 /// The real files: path → size and a hash of the content.
 fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
@@ -123,10 +126,8 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     let before = moments(&sb);
     let real = snapshot(&sb.dir);
     let bytes_before = store_bytes(&sb);
-    let policy = ["--keep-within", "5s", "--hourly", "5s", "--daily", "5s"];
-
     let mut args = vec!["prune", "--dry-run"];
-    args.extend_from_slice(&policy);
+    args.extend_from_slice(&POLICY);
     let dry = sb.json(&args)[0].clone();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(moments(&sb), before, "a dry run changes nothing");
@@ -138,7 +139,7 @@ fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
     );
 
     let mut args = vec!["prune"];
-    args.extend_from_slice(&policy);
+    args.extend_from_slice(&POLICY);
     let report = sb.json(&args)[0].clone();
     assert_eq!(report["moments_kept"], kept, "{report}");
     assert!(
@@ -237,32 +238,12 @@ fn prune_remote_thins_the_bucket_and_a_new_machine_clones_the_kept_moments() {
 
     // A remote that is not configured is refused before anything is pruned.
     let before = moments(&sb);
-    let err = sb.fails(&[
-        "prune",
-        "--keep-within",
-        "5s",
-        "--hourly",
-        "5s",
-        "--daily",
-        "5s",
-        "--remote",
-        "nosuch",
-    ]);
+    let err = sb.fails(&[&["prune"][..], &POLICY, &["--remote", "nosuch"]].concat());
     assert!(err.contains("nosuch"), "{err}");
     assert_eq!(moments(&sb), before);
 
-    let args = [
-        "prune",
-        "--keep-within",
-        "5s",
-        "--hourly",
-        "5s",
-        "--daily",
-        "5s",
-        "--remote",
-        "origin",
-    ];
-    let mut dry = args.to_vec();
+    let args = [&["prune"][..], &POLICY, &["--remote", "origin"]].concat();
+    let mut dry = args.clone();
     dry.push("--dry-run");
     let d = sb.json(&dry)[0].clone();
     assert_eq!(

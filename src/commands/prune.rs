@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::commands::{human, push as push_cmd, Ctx};
-use crate::replicate::passphrase;
 use crate::replicate::push;
 use crate::replicate::replicator::{connect, Msg, Replicator};
 use crate::replicate::repo::Repo;
@@ -47,9 +46,6 @@ impl Thinners {
         for n in names {
             entries.push(configured.get(Some(n))?.clone());
         }
-        if names.is_empty() {
-            return Ok(Thinners::Here(Vec::new()));
-        }
         if let Some(rep) = push_cmd::replicator(ctx)? {
             let live = rep.live();
             for n in names {
@@ -59,10 +55,10 @@ impl Thinners {
             }
             return Ok(Thinners::Daemon(rep, names.to_vec()));
         }
-        let pass = match ctx.passphrase.clone() {
-            Some(p) => p,
-            None => passphrase::obtain(None, "the remote")?,
-        };
+        if entries.is_empty() {
+            return Ok(Thinners::Here(Vec::new()));
+        }
+        let pass = push_cmd::passphrase(ctx)?;
         let mut out = Vec::new();
         for e in entries {
             let repo = connect(&e, &pass)

@@ -65,6 +65,14 @@ pub fn replicator(ctx: &Ctx) -> Result<Option<Arc<Replicator>>> {
     Ok(Some(rep))
 }
 
+/// The repository passphrase: the client's, else asked for (or read from the environment).
+pub fn passphrase(ctx: &Ctx) -> Result<String> {
+    match ctx.passphrase.clone() {
+        Some(p) => Ok(p),
+        None => Ok(passphrase::obtain(None, "the remote")?),
+    }
+}
+
 /// Runs it.
 pub fn run(ctx: &mut Ctx, remote: Option<&str>, wait: bool) -> Result<()> {
     if let Some(rep) = replicator(ctx)? {
@@ -101,10 +109,7 @@ pub fn run(ctx: &mut Ctx, remote: Option<&str>, wait: bool) -> Result<()> {
     if names.is_empty() {
         bail!("no remote configured: add one with `clawfs remote add NAME URL`");
     }
-    let pass = match ctx.passphrase.clone() {
-        Some(p) => p,
-        None => passphrase::obtain(None, "the remote")?,
-    };
+    let pass = passphrase(ctx)?;
     let store = Arc::clone(&ctx.store);
     let mut reports = Vec::new();
     for n in names {

@@ -199,16 +199,14 @@ struct Plan {
     moments_after: u64,
 }
 
-/// The epochs of the store from `from` to `to`, as a remote gets them.
-fn shipped(store: &Store, entry: &RemoteEntry, from: Seq, to: Seq) -> Result<Vec<EpochRecords>> {
-    let mut out = Vec::new();
-    for epoch in store.epochs_from(from, to) {
-        out.push(push::journaled(store, epoch?.0)?);
-    }
+/// Epoch `s` of the store as `entry`'s remote gets it.
+fn shipped(store: &Store, entry: &RemoteEntry, s: Seq) -> Result<EpochRecords> {
+    let mut e = [push::journaled(store, s)?];
     if !entry.include_secrets {
-        push::strip_secrets(&mut out)?;
+        push::strip_secrets(&mut e)?;
     }
-    Ok(out)
+    let [e] = e;
+    Ok(e)
 }
 
 fn plan(store: &Store, entry: &RemoteEntry, log: Log, segment_bytes: usize) -> Result<Plan> {
@@ -218,7 +216,7 @@ fn plan(store: &Store, entry: &RemoteEntry, log: Log, segment_bytes: usize) -> R
     let mut sizes: Vec<(Seq, usize)> = Vec::new();
     for epoch in store.epochs_from(Seq(1), head) {
         let s = epoch?.0;
-        let e = shipped(store, entry, s, s)?;
+        let e = [shipped(store, entry, s)?];
         push::needed_chunks(store, &e, &|_| Ok(false), &mut live)?;
         let bytes = e[0].records.iter().map(|(k, v)| k.len() + v.len()).sum();
         sizes.push((s, bytes));
@@ -511,7 +509,10 @@ fn apply(
             } else {
                 Vec::new()
             },
-            epochs: shipped(store, entry, *from, *to)?,
+            epochs: store
+                .epochs_from(*from, *to)
+                .map(|epoch| shipped(store, entry, epoch?.0))
+                .collect::<Result<_>>()?,
         };
         repo.put_sealed(name, &layout::pack_struct(&seg))?;
     }
