@@ -157,8 +157,16 @@ pub enum Cmd {
         /// The name.
         name: String,
     },
-    /// Check every chunk of the store against its checksum and hash.
-    Verify,
+    /// Check every chunk of the store against its checksum and hash; with --remote, read a
+    /// remote's whole repository instead and check every object and chunk in it.
+    Verify {
+        /// Check this remote (a configured name, or a URL) instead of the local store.
+        #[arg(long, value_name = "REMOTE")]
+        remote: Option<String>,
+        /// Options of a remote given as a URL.
+        #[command(flatten)]
+        opts: RemoteOpts,
+    },
     /// Thin old moments and reclaim their space: keep every moment of the last --keep-within,
     /// then the last of each hour up to --hourly, then the last of each day up to --daily.
     /// Marks, safety marks and the moments remotes hold are always kept; a remote keeps

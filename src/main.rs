@@ -254,6 +254,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Verify {
+            remote: Some(remote),
+            opts,
+        } => {
+            let store = store_for(&cli, &dir, &cwd);
+            let stdout = std::io::stdout();
+            commands::verify::run_remote(
+                remote,
+                opts,
+                &store,
+                cli.passphrase_file.as_deref(),
+                cli.json,
+                &mut stdout.lock(),
+            )
+        }
         Cmd::Clone {
             from, device, opts, ..
         } => {

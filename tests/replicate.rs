@@ -375,6 +375,146 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The packs in the bucket.
+fn packs(s3: &S3s) -> Vec<std::path::PathBuf> {
+    let mut p = s3.objects();
+    p.retain(|o| o.to_string_lossy().contains("/packs/"));
+    p
+}
+
+/// A restore from a long history downloads the packs its moment is made of, not the history;
+/// a pack only older moments need can go missing without stopping it, and a moment that needs
+/// it is refused with nothing written.
+#[test]
+fn a_restore_fetches_only_the_packs_its_moment_needs() {
+    let s3 = S3s::start();
+    let sb = Sandbox::new();
+    s3_remote(&sb, &s3, PASS, &[]);
+    sb.mount();
+    let old = random_bytes(3 << 20, 1);
+    sb.write("workspace/blob.bin", &old);
+    sb.settle();
+    sb.ok(&["mark", "old"]);
+    sb.ok(&["push", "--wait"]);
+    let old_packs = packs(&s3);
+    assert!(!old_packs.is_empty());
+    for seed in 2..6u64 {
+        sb.write("workspace/blob.bin", &random_bytes(3 << 20, 2 * seed + 1));
+        sb.write("MEMORY.md", format!("round {seed}\n").as_bytes());
+        sb.settle();
+        sb.ok(&["push", "--wait"]);
+    }
+    let now = snapshot(&sb.dir);
+    sb.unmount();
+    let all_packs = packs(&s3);
+    let bucket: u64 = all_packs
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+
+    let nm = new_machine();
+    let restore_json = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let target = nm.home.path().join(name);
+        let out = restore_from_s3(&nm, &s3, &target, &args);
+        (target, out)
+    };
+    let (target, out) = restore_json("now", &[]);
+    common::assert_ok(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["packs"]["of"], all_packs.len(), "{report}");
+    let fetched = report["packs"]["fetched"].as_u64().unwrap();
+    assert!(
+        fetched >= 1 && fetched + 3 <= all_packs.len() as u64,
+        "{report}"
+    );
+    let down = report["traffic"]["bytes_down"].as_u64().unwrap();
+    assert!(down < bucket / 3, "{down} of {bucket} bytes: {report}");
+    assert_eq!(snapshot(&target), now);
+
+    // The old moment comes back too, from the packs it needs.
+    let (target, out) = restore_json("old", &["--at", "old"]);
+    common::assert_ok(&out);
+    assert_eq!(
+        std::fs::read(target.join("workspace/blob.bin")).unwrap(),
+        old
+    );
+
+    // `verify --remote` reads everything, and finds it whole.
+    let ep = s3.endpoint();
+    let verify = |json: bool| {
+        let mut args = s3_args(&["verify", "--remote"], "s3://bkt/agent", &ep, &[]);
+        if json {
+            args.push("--json");
+        }
+        nm.raw(&args)
+    };
+    let out = verify(true);
+    common::assert_ok(&out);
+    let whole: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(whole["packs"], all_packs.len(), "{whole}");
+    assert_eq!(whole["problems"].as_array().unwrap().len(), 0, "{whole}");
+    assert!(whole["traffic"]["bytes_down"].as_u64().unwrap() >= bucket);
+    assert!(String::from_utf8_lossy(&verify(false).stdout).contains("no damage found"));
+    // An object no log names (as a push cut short leaves) is listed, and is not damage.
+    let stray = old_packs[0].with_file_name("0000stray");
+    std::fs::copy(&old_packs[0], &stray).unwrap();
+    let out = verify(true);
+    common::assert_ok(&out);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["unreferenced"],
+        serde_json::json!(["packs/0000stray"]),
+        "{r}"
+    );
+    std::fs::remove_file(&stray).unwrap();
+
+    // A flipped byte in a pack only the old moment needs: the newest moment still restores,
+    // and `verify --remote` names the pack.
+    let good = std::fs::read(&old_packs[0]).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    std::fs::write(&old_packs[0], &bad).unwrap();
+    let (target, out) = restore_json("now-tampered", &[]);
+    common::assert_ok(&out);
+    assert_eq!(snapshot(&target), now);
+    let out = verify(false);
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}{err}");
+    let name = old_packs[0].file_name().unwrap().to_string_lossy();
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&*name) && l.contains("tampered")),
+        "{said}"
+    );
+    assert!(err.contains("2 problems found"), "{err}");
+    assert!(said.contains("held by no intact pack"), "{said}");
+    std::fs::write(&old_packs[0], &good).unwrap();
+
+    // The packs only the old moment needs go missing.
+    for p in &old_packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    let (target, out) = restore_json("now-again", &[]);
+    common::assert_ok(&out);
+    assert_eq!(snapshot(&target), now);
+    let out = verify(false);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("held by no intact pack"), "{said}");
+    assert!(said.contains("is missing on the remote"), "{said}");
+    let (target, out) = restore_json("old-again", &["--at", "old"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored without its pack");
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    assert!(!target.exists(), "nothing may be written to the target");
+}
+
 #[test]
 fn pushes_survive_a_server_outage_and_a_killed_daemon() {
     let mut s3 = S3s::start();

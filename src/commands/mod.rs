@@ -140,7 +140,7 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Mark { name, message, at } => mark::mark(ctx, name, message, at.as_deref()),
         Cmd::Marks => mark::list(ctx),
         Cmd::Unmark { name } => mark::unmark(ctx, name),
-        Cmd::Verify => verify::run(ctx),
+        Cmd::Verify { .. } => verify::run(ctx),
         Cmd::Prune {
             keep_within,
             hourly,

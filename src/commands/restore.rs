@@ -214,6 +214,9 @@ pub fn run_from(
         with_clone_bar(|progress| restore::clone_catalog(&store, &repo, &device, progress))?;
     tracing::debug!(elapsed = ?t0.elapsed(), "catalogue cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
+    // Only the packs that hold what this tree is made of, whatever the length of the history
+    // (`clawfs verify --remote` reads them all).
+    let wanted = restore::wanted(&store, seq, &paths)?;
     // Packs stream into a spool while the tree is written, each file as soon as its chunks are
     // in. Only CRCs at fetch time: the restore hashes every chunk as it writes it, and writes
     // into a staging directory that is thrown away if anything fails, fetching included.
@@ -221,19 +224,18 @@ pub fn run_from(
     spool.expect(cloning.chunk_ids());
     let chunks = Arc::new(ChunkCache::new(spool.clone(), RESTORE_CACHE_ENTRIES));
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let fetched_packs = std::sync::atomic::AtomicU64::new(0);
     let r = std::thread::scope(|s| {
         s.spawn(|| {
-            let dest = restore::ChunkDest::Spool(&spool);
-            let r = restore::fetch_packs(&store, &repo, &cloning, dest, &mut |_, _, _| {});
+            let r =
+                restore::fetch_wanted(&store, &repo, &cloning, &spool, &wanted, &mut |_, _, _| {});
             spool.close(r.as_ref().err().map(|e| e.to_string()));
-            let _ = done_tx.send(r.map(|_| ()));
+            let _ = done_tx.send(r);
         });
-        // Every pack must arrive intact before the tree is moved into place, even one this
-        // moment does not need: a damaged repository is refused, not half-used.
-        let fetched = || {
-            done_rx
-                .recv()
-                .unwrap_or_else(|_| Err(ReplicaError::Io("the pack fetcher stopped".into())))
+        // Every pack the tree needs must arrive intact before the tree is moved into place.
+        let fetched = || match done_rx.recv() {
+            Ok(r) => r.map(|n| fetched_packs.store(n, std::sync::atomic::Ordering::Relaxed)),
+            Err(_) => Err(ReplicaError::Io("the pack fetcher stopped".into())),
         };
         let src = restore::TreeSource {
             store: &store,
@@ -251,6 +253,7 @@ pub fn run_from(
         written
     })?;
     tracing::debug!(elapsed = ?t0.elapsed(), "tree written");
+    let packs = fetched_packs.into_inner();
     drop(store);
     drop(scratch);
     tracing::debug!(elapsed = ?t0.elapsed(), "scratch store dropped");
@@ -259,7 +262,11 @@ pub fn run_from(
     if json {
         serde_json::to_writer(
             &mut *out,
-            &serde_json::json!({"restore": r, "traffic": repo.traffic()}),
+            &serde_json::json!({
+                "restore": r,
+                "traffic": repo.traffic(),
+                "packs": {"fetched": packs, "of": cloning.pack_count()},
+            }),
         )?;
         writeln!(out)?;
         return Ok(());
@@ -268,9 +275,10 @@ pub fn run_from(
     let t = repo.traffic();
     writeln!(
         out,
-        "downloaded {} in {} requests",
+        "downloaded {} in {} requests ({packs} of the repository's {} packs)",
         human(t.bytes_down),
-        t.requests()
+        t.requests(),
+        cloning.pack_count()
     )?;
     Ok(())
 }

@@ -1,9 +1,16 @@
 //! `clawfs verify`: every chunk checked against its checksum and its hash, and every chunk a
-//! version names found.
+//! version names found; with `--remote`, the same for a remote's whole repository.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::commands::Ctx;
+use crate::cli::RemoteOpts;
+use crate::commands::push::bar;
+use crate::commands::restore::{open_repo, remote_entry};
+use crate::commands::{human, Ctx};
+use crate::replicate::check::{self, CheckReport};
 
 /// Runs `verify`.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
@@ -12,5 +19,94 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         return ctx.emit_json(&serde_json::json!({"chunks": n, "ok": true}));
     }
     writeln!(ctx.out, "{n} chunks verified, all intact")?;
+    Ok(())
+}
+
+/// Runs `verify --remote REMOTE`: reads the whole repository into a scratch directory that is
+/// removed afterwards. Exits 1 when it found damage.
+pub fn run_remote(
+    from: &str,
+    opts: &RemoteOpts,
+    store_dir: &Path,
+    pass_file: Option<&Path>,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitCode> {
+    let entry = remote_entry(store_dir, from, opts)?;
+    let repo = open_repo(&entry, pass_file)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("clawfs-verify-")
+        .tempdir_in(
+            std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        )?;
+    let b = bar("verify");
+    let r = check::check(&repo, scratch.path(), &mut |what, done, total| {
+        if let Some(b) = &b {
+            b.set_message(what.to_string());
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    let r = r?;
+    if json {
+        serde_json::to_writer(&mut *out, &r)?;
+        writeln!(out)?;
+    } else {
+        say(out, &r)?;
+    }
+    if r.problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "{}: {} problem{} found",
+        r.remote,
+        r.problems.len(),
+        if r.problems.len() == 1 { "" } else { "s" }
+    );
+    Ok(ExitCode::from(1))
+}
+
+fn say(out: &mut dyn std::io::Write, r: &CheckReport) -> Result<()> {
+    for d in &r.devices {
+        writeln!(
+            out,
+            "device {}: {} log segments, up to moment {}",
+            d.device, d.segments, d.head
+        )?;
+    }
+    writeln!(
+        out,
+        "{}: {} indexes, {} packs ({}), {} chunks read and hashed; downloaded {} in {} requests",
+        r.remote,
+        r.indexes,
+        r.packs,
+        human(r.pack_bytes),
+        r.chunks,
+        human(r.traffic.bytes_down),
+        r.traffic.requests()
+    )?;
+    if !r.unreferenced.is_empty() {
+        writeln!(
+            out,
+            "{} objects named by no log (left by a push or thinning cut short, or a push under way; not damage):",
+            r.unreferenced.len()
+        )?;
+        for o in &r.unreferenced {
+            writeln!(out, "  {o}")?;
+        }
+    }
+    if r.problems.is_empty() {
+        writeln!(out, "no damage found")?;
+    } else {
+        writeln!(out, "{} problems:", r.problems.len())?;
+        for p in &r.problems {
+            writeln!(out, "  {p}")?;
+        }
+    }
     Ok(())
 }

@@ -3,10 +3,11 @@
 //! A [`Repo`](repo::Repo) is a remote opened with its passphrase. [`push`] ships the epochs a
 //! remote lacks (their catalogue records, and the chunk records they use that the remote does
 //! not hold yet), sealed, in the order [`layout`] documents; [`restore`] rebuilds a store from
-//! a remote (a clone) and writes a tree out of a store. The [`replicator`] thread runs `push`
+//! a remote (a clone) and writes a tree out of a store; [`check`] reads a repository whole. The [`replicator`] thread runs `push`
 //! in the mount daemon, continuously or on a schedule, and keeps its cursor in the store so a
 //! restart resumes where it stopped.
 
+pub mod check;
 pub mod layout;
 pub mod passphrase;
 pub mod push;

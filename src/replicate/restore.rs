@@ -11,7 +11,7 @@
 //! SHA-256 as it streams it, and writes into a staging directory that is moved into place only
 //! when everything is written, so a failed restore leaves the target as it was.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use crate::replicate::push::{self, PushState};
 use crate::replicate::repo::Repo;
 use crate::replicate::{ReplicaError, Result};
 use crate::store::catalog::{now_ns, Meta, NodeKind};
-use crate::store::chunks::SpoolStore;
-use crate::store::content::{zeros_through, ChunkCache, ChunkRef, Content, ReadAt};
+use crate::store::chunks::{ChunkStore, SpoolStore};
+use crate::store::content::{decode_leaf, zeros_through, ChunkCache, ChunkRef, Content, ReadAt};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once by a clone (each holds one pack, ~8 MiB, in memory).
@@ -100,7 +100,9 @@ pub struct Cloning {
     /// The report so far (log segments, head, traffic).
     pub report: CloneReport,
     /// Every pack the log's indexes name, with the records each holds.
-    packs: Vec<(String, Vec<layout::IndexEntry>)>,
+    packs: Vec<PackEntries>,
+    /// The log's segments and the indexes they name.
+    pub(crate) objects: Vec<String>,
 }
 
 impl Cloning {
@@ -109,6 +111,16 @@ impl Cloning {
         self.packs
             .iter()
             .flat_map(|(_, es)| es.iter().map(|e| e.id))
+    }
+
+    /// Every pack the log's indexes name, with the records each holds.
+    pub(crate) fn packs(&self) -> &[PackEntries] {
+        &self.packs
+    }
+
+    /// How many packs the log's indexes name.
+    pub fn pack_count(&self) -> u64 {
+        self.packs.len() as u64
     }
 }
 
@@ -167,7 +179,9 @@ pub fn clone_catalog(
         ..Default::default()
     };
     let mut indexes: Vec<String> = Vec::new();
+    let mut objects: Vec<String> = Vec::new();
     for (i, (_, _, name)) in segs.iter().enumerate() {
+        objects.push(name.clone());
         progress("log", i as u64, segs.len() as u64);
         let seg = repo.segment(name)?;
         for ix in &seg.indexes {
@@ -211,11 +225,15 @@ pub fn clone_catalog(
         Err(e) => return Err(e),
     }
     report.traffic = repo.traffic();
-    Ok(Cloning { report, packs })
+    objects.extend(indexes);
+    Ok(Cloning {
+        report,
+        packs,
+        objects,
+    })
 }
 
 /// The second half of a clone: every pack, authenticated, its records stored into `dest`.
-/// Several fetchers, so that waiting on the network overlaps with checking and storing.
 /// Returns the chunks stored.
 pub fn fetch_packs(
     store: &Store,
@@ -224,11 +242,69 @@ pub fn fetch_packs(
     dest: ChunkDest,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<Vec<ChunkId>> {
-    let total = cloning.packs.len() as u64;
+    let all: Vec<&PackEntries> = cloning.packs.iter().collect();
+    fetch_these(store, repo, &all, dest, progress)
+}
+
+/// Fetches into `spool` only the packs that hold what `wanted` needs: first those holding its
+/// chunk lists and the chunks it names directly, then, the lists read, those holding the
+/// chunks they list. A chunk no index names is left for the reader to report missing. Returns
+/// how many packs it fetched.
+pub fn fetch_wanted(
+    store: &Store,
+    repo: &Repo,
+    cloning: &Cloning,
+    spool: &SpoolStore,
+    wanted: &Wanted,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<u64> {
+    let packs = &cloning.packs;
+    let home: HashMap<ChunkId, usize> = packs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, es))| es.iter().map(move |e| (e.id, i)))
+        .collect();
+    let mut taken = vec![false; packs.len()];
+    let mut pick = |ids: &mut dyn Iterator<Item = &ChunkId>| {
+        let mut round: Vec<&PackEntries> = Vec::new();
+        for i in ids.filter_map(|id| home.get(id)) {
+            if !std::mem::replace(&mut taken[*i], true) {
+                round.push(&packs[*i]);
+            }
+        }
+        round
+    };
+    let first = pick(&mut wanted.leaves.iter().chain(&wanted.chunks));
+    fetch_these(store, repo, &first, ChunkDest::Spool(spool), progress)?;
+    let mut listed = HashSet::new();
+    for leaf in &wanted.leaves {
+        let data = spool
+            .get(leaf)
+            .map_err(|e| ReplicaError::BadObject(format!("chunk list {leaf}: {e}")))?;
+        listed.extend(decode_leaf(&data)?.iter().map(|r| r.id));
+    }
+    let second = pick(&mut listed.iter());
+    fetch_these(store, repo, &second, ChunkDest::Spool(spool), progress)?;
+    Ok((first.len() + second.len()) as u64)
+}
+
+/// A pack's name and the records it holds, as its index gives them.
+type PackEntries = (String, Vec<layout::IndexEntry>);
+
+/// Fetches `packs` into `dest` on several threads, so that waiting on the network overlaps
+/// with checking and storing. Returns the chunks stored.
+fn fetch_these(
+    store: &Store,
+    repo: &Repo,
+    packs: &[&PackEntries],
+    dest: ChunkDest,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Vec<ChunkId>> {
+    let total = packs.len() as u64;
     let held = parking_lot::Mutex::new(Vec::<ChunkId>::new());
     in_parallel(
         PACK_FETCHERS,
-        &cloning.packs,
+        packs,
         |(pack, entries)| {
             let ids = fetch_pack(store, repo, pack, entries, dest)?;
             held.lock().extend(ids);
@@ -242,7 +318,7 @@ pub fn fetch_packs(
 /// Runs `work` on every item with `workers` threads; `done(count, result)` runs on the calling
 /// thread as each item finishes. After the first failure no new item starts; that failure is
 /// returned once the running ones end.
-fn in_parallel<T: Sync, R: Send>(
+pub(crate) fn in_parallel<T: Sync, R: Send>(
     workers: usize,
     items: &[T],
     work: impl Fn(&T) -> Result<R> + Sync,
@@ -447,6 +523,66 @@ impl<'a> TreeSource<'a> {
     }
 }
 
+/// The entries of the tree (or only of `paths`, each with what lies below it) as of `seq`,
+/// and their paths; a path that did not exist then is an error.
+type Entries = Vec<(RelPath, crate::store::query::Entry)>;
+fn entries_at(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<(Entries, BTreeSet<RelPath>)> {
+    let roots: Vec<RelPath> = if paths.is_empty() {
+        vec![RelPath::root()]
+    } else {
+        paths.to_vec()
+    };
+    let mut entries = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &roots {
+        let walked = store.walk(r, seq)?;
+        if walked.is_empty() {
+            return Err(ReplicaError::Usage(format!(
+                "{r} did not exist at moment {seq}"
+            )));
+        }
+        for (p, e) in walked {
+            if seen.insert(p.clone()) {
+                entries.push((p, e));
+            }
+        }
+    }
+    Ok((entries, seen))
+}
+
+/// What the files of a tree are made of, as far as the catalogue tells: the chunk lists
+/// (leaves) of their contents, and the chunks their contents name directly.
+#[derive(Default)]
+pub struct Wanted {
+    pub(crate) leaves: HashSet<ChunkId>,
+    pub(crate) chunks: HashSet<ChunkId>,
+}
+
+impl Wanted {
+    /// Adds what `content` is made of.
+    pub(crate) fn add(&mut self, content: &Content) {
+        for seg in &content.segments {
+            if seg.is_single() {
+                self.chunks.insert(seg.leaf);
+            } else {
+                self.leaves.insert(seg.leaf);
+            }
+        }
+    }
+}
+
+/// What restoring the tree (or `paths`) as of `seq` reads; errors as [`restore_tree`] would
+/// for a path that did not exist then.
+pub fn wanted(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<Wanted> {
+    let mut w = Wanted::default();
+    for (_, e) in entries_at(store, seq, paths)?.0 {
+        if e.version.kind == NodeKind::File {
+            w.add(&e.version.content);
+        }
+    }
+    Ok(w)
+}
+
 /// Writes the tree (or only `paths`) as of `seq` from `src` into `target`, which must be empty
 /// or absent. All or nothing: the tree is written into a staging directory inside `target`
 /// and moved into place only once every file is complete and `src.complete` agrees; on error
@@ -475,27 +611,8 @@ pub fn restore_tree(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(ReplicaError::Io(format!("{}: {e}", target.display()))),
     };
-    let roots: Vec<RelPath> = if paths.is_empty() {
-        vec![RelPath::root()]
-    } else {
-        paths.to_vec()
-    };
     // Everything is looked up before anything is written.
-    let mut entries = Vec::new();
-    let mut seen = BTreeSet::new();
-    for r in &roots {
-        let walked = store.walk(r, seq)?;
-        if walked.is_empty() {
-            return Err(ReplicaError::Usage(format!(
-                "{r} did not exist at moment {seq}"
-            )));
-        }
-        for (p, e) in walked {
-            if seen.insert(p.clone()) {
-                entries.push((p, e));
-            }
-        }
-    }
+    let (entries, seen) = entries_at(store, seq, paths)?;
     std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
     let staging = target.join(format!(".clawfs-restore.{:08x}", rand::random::<u32>()));
     let written = std::fs::create_dir(&staging)
