@@ -163,6 +163,10 @@ pub enum Cmd {
         /// Check this remote (a configured name, or a URL) instead of the local store.
         #[arg(long, value_name = "REMOTE")]
         remote: Option<String>,
+        /// Read only slice N of T of the remote's packs (logs and indexes are read whole):
+        /// 1/7 … 7/7 on successive days read everything once a week.
+        #[arg(long, value_name = "N/T", requires = "remote")]
+        subset: Option<crate::replicate::check::Subset>,
         /// Options of a remote given as a URL.
         #[command(flatten)]
         opts: RemoteOpts,

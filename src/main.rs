@@ -256,12 +256,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Verify {
             remote: Some(remote),
+            subset,
             opts,
         } => {
             let store = store_for(&cli, &dir, &cwd);
             let stdout = std::io::stdout();
             commands::verify::run_remote(
                 remote,
+                *subset,
                 opts,
                 &store,
                 cli.passphrase_file.as_deref(),

@@ -457,6 +457,28 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
     assert_eq!(whole["problems"].as_array().unwrap().len(), 0, "{whole}");
     assert!(whole["traffic"]["bytes_down"].as_u64().unwrap() >= bucket);
     assert!(String::from_utf8_lossy(&verify(false).stdout).contains("no damage found"));
+    // Two halves read every pack once between them; a subset that is not N/T is refused.
+    let half = |n: &str| {
+        let mut args = s3_args(&["verify", "--remote"], "s3://bkt/agent", &ep, &[]);
+        args.extend_from_slice(&["--json", "--subset", n]);
+        nm.raw(&args)
+    };
+    let halves: Vec<serde_json::Value> = ["1/2", "2/2"]
+        .iter()
+        .map(|n| {
+            let out = half(n);
+            common::assert_ok(&out);
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    let read: u64 = halves.iter().map(|h| h["packs"].as_u64().unwrap()).sum();
+    assert_eq!(read as usize, all_packs.len(), "{halves:?}");
+    let out = half("3/2");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 <= N <= T"),
+        "{out:?}"
+    );
     // An object no log names (as a push cut short leaves) is listed, and is not damage.
     let stray = old_packs[0].with_file_name("0000stray");
     std::fs::copy(&old_packs[0], &stray).unwrap();

@@ -10,7 +10,7 @@ use crate::cli::RemoteOpts;
 use crate::commands::push::bar;
 use crate::commands::restore::{open_repo, remote_entry};
 use crate::commands::{human, Ctx};
-use crate::replicate::check::{self, CheckReport};
+use crate::replicate::check::{self, CheckReport, Subset};
 
 /// Runs `verify`.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
@@ -22,10 +22,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Runs `verify --remote REMOTE`: reads the whole repository into a scratch directory that is
-/// removed afterwards. Exits 1 when it found damage.
+/// Runs `verify --remote REMOTE`: reads the whole repository (of the packs, `subset`'s slice)
+/// into a scratch directory that is removed afterwards. Exits 1 when it found damage.
 pub fn run_remote(
     from: &str,
+    subset: Option<Subset>,
     opts: &RemoteOpts,
     store_dir: &Path,
     pass_file: Option<&Path>,
@@ -42,7 +43,7 @@ pub fn run_remote(
                 .unwrap_or_else(std::env::temp_dir),
         )?;
     let b = bar("verify");
-    let r = check::check(&repo, scratch.path(), &mut |what, done, total| {
+    let r = check::check(&repo, scratch.path(), subset, &mut |what, done, total| {
         if let Some(b) = &b {
             b.set_message(what.to_string());
             b.set_length(total);
@@ -63,10 +64,9 @@ pub fn run_remote(
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "{}: {} problem{} found",
+        "{}: {} found",
         r.remote,
-        r.problems.len(),
-        if r.problems.len() == 1 { "" } else { "s" }
+        plural(r.problems.len(), "problem")
     );
     Ok(ExitCode::from(1))
 }
@@ -90,6 +90,13 @@ fn say(out: &mut dyn std::io::Write, r: &CheckReport) -> Result<()> {
         human(r.traffic.bytes_down),
         r.traffic.requests()
     )?;
+    if let Some(subset) = &r.subset {
+        writeln!(
+            out,
+            "subset {subset}: {} other packs left unread (their indexes vouch for their chunks)",
+            r.packs_unread
+        )?;
+    }
     if !r.unreferenced.is_empty() {
         writeln!(
             out,
@@ -103,10 +110,15 @@ fn say(out: &mut dyn std::io::Write, r: &CheckReport) -> Result<()> {
     if r.problems.is_empty() {
         writeln!(out, "no damage found")?;
     } else {
-        writeln!(out, "{} problems:", r.problems.len())?;
+        writeln!(out, "{}:", plural(r.problems.len(), "problem"))?;
         for p in &r.problems {
             writeln!(out, "  {p}")?;
         }
     }
     Ok(())
+}
+
+/// "1 problem", "2 problems".
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }

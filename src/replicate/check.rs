@@ -8,11 +8,16 @@
 //! id). Then it checks that every chunk the logs' versions use, chunk lists included, is held
 //! by some pack. Objects that no log names (left by a push or a thinning cut short, or a push
 //! still under way) are listed but are not damage. It never writes to the remote.
+//!
+//! A [`Subset`] reads only a slice of the packs (restic's `--read-data-subset`), so a large
+//! repository can be read whole over a week of daily checks; the logs and indexes are read
+//! every time.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::ids::{ChunkId, Seq};
 use crate::remote::Traffic;
@@ -28,6 +33,46 @@ use crate::store::{schema, Store};
 
 /// Packs read at once (each held in memory while it is checked, ~8 MiB).
 const CHECKERS: usize = 4;
+
+/// The slice `n` of `t` of a repository's packs: a pack belongs to one slice, by a hash of its
+/// name, so the slices 1/t … t/t together read every pack exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subset {
+    n: u64,
+    t: u64,
+}
+
+impl Subset {
+    /// Whether `pack` is in this slice.
+    pub fn holds(&self, pack: &str) -> bool {
+        let h = sha2::Sha256::digest(pack.as_bytes());
+        let first = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        first % self.t == self.n - 1
+    }
+}
+
+impl std::str::FromStr for Subset {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not a subset: give N/T with 1 <= N <= T, such as 1/7");
+        let (n, t) = s.split_once('/').ok_or_else(bad)?;
+        let (n, t): (u64, u64) = (
+            n.trim().parse().map_err(|_| bad())?,
+            t.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || n > t {
+            return Err(bad());
+        }
+        Ok(Subset { n, t })
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.n, self.t)
+    }
+}
 
 /// One device's log, as read.
 #[derive(Clone, Debug, Serialize)]
@@ -51,6 +96,10 @@ pub struct CheckReport {
     pub indexes: u64,
     /// Pack objects read (a missing or unreadable one is a problem, not counted here).
     pub packs: u64,
+    /// The slice of the packs read (`N/T`), or none when all were.
+    pub subset: Option<String>,
+    /// Packs the logs name that this slice left unread: their indexes vouch for their chunks.
+    pub packs_unread: u64,
     /// Their size, sealed.
     pub pack_bytes: u64,
     /// Chunk records checked.
@@ -73,16 +122,19 @@ struct PackCheck {
     problems: Vec<String>,
 }
 
-/// Reads and checks everything on `repo`, with scratch catalogues under `scratch`. Damage is
-/// reported in the result; an error means the check itself could not go on (the remote
-/// cannot be listed, the scratch directory cannot be written).
+/// Reads and checks everything on `repo` (of the packs, only `subset`'s slice when given),
+/// with scratch catalogues under `scratch`. Damage is reported in the result; an error means
+/// the check itself could not go on (the remote cannot be listed, the scratch directory cannot
+/// be written).
 pub fn check(
     repo: &Repo,
     scratch: &Path,
+    subset: Option<Subset>,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<CheckReport> {
     let mut report = CheckReport {
         remote: repo.remote().describe(),
+        subset: subset.map(|s| s.to_string()),
         ..Default::default()
     };
     let mut named: HashSet<String> = HashSet::from([layout::CONFIG.to_string()]);
@@ -124,9 +176,13 @@ pub fn check(
         }
         report.devices.push(log);
     }
-    let packs: Vec<(String, Vec<IndexEntry>)> = packs.into_iter().collect();
-    let total = packs.len() as u64;
     let mut held: HashSet<ChunkId> = HashSet::new();
+    let (packs, unread): (Vec<(String, Vec<IndexEntry>)>, Vec<_>) = packs
+        .into_iter()
+        .partition(|(pack, _)| subset.is_none_or(|s| s.holds(pack)));
+    report.packs_unread = unread.len() as u64;
+    held.extend(unread.iter().flat_map(|(_, es)| es.iter().map(|e| e.id)));
+    let total = packs.len() as u64;
     let mut listed: Vec<ChunkId> = Vec::new();
     in_parallel(
         CHECKERS,
@@ -259,9 +315,55 @@ mod tests {
     }
 
     fn run(remote: &Arc<MemRemote>, d: &Path) -> CheckReport {
+        run_subset(remote, d, None)
+    }
+
+    fn run_subset(remote: &Arc<MemRemote>, d: &Path, subset: Option<&str>) -> CheckReport {
         let (repo, _) = Repo::open(remote.clone(), "pw", false).unwrap();
         let scratch = tempfile::tempdir_in(d).unwrap();
-        check(&repo, scratch.path(), &mut |_, _, _| {}).unwrap()
+        let subset = subset.map(|s| s.parse().unwrap());
+        check(&repo, scratch.path(), subset, &mut |_, _, _| {}).unwrap()
+    }
+
+    /// The slices 1/t … t/t read every pack exactly once between them, and a damaged pack is
+    /// found by the one slice that reads it; a subset that is not N/T is refused.
+    #[test]
+    fn subsets_read_every_pack_once_between_them() {
+        let d = tempfile::tempdir().unwrap();
+        let remote = pushed(d.path());
+        let packs = remote.list("packs/").unwrap();
+        assert!(packs.len() >= 2, "{packs:?}");
+        let t = 3;
+        let slices: Vec<CheckReport> = (1..=t)
+            .map(|n| run_subset(&remote, d.path(), Some(&format!("{n}/{t}"))))
+            .collect();
+        for r in &slices {
+            assert!(r.problems.is_empty(), "{:?}", r.problems);
+            assert_eq!((r.packs + r.packs_unread) as usize, packs.len());
+        }
+        assert_eq!(
+            slices.iter().map(|r| r.packs).sum::<u64>() as usize,
+            packs.len()
+        );
+
+        let name = &packs[0];
+        let good = remote.get(name).unwrap();
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 1;
+        remote.put(name, &bad).unwrap();
+        let found: Vec<bool> = (1..=t)
+            .map(|n| {
+                let r = run_subset(&remote, d.path(), Some(&format!("{n}/{t}")));
+                r.problems.iter().any(|p| p.contains(name.as_str()))
+            })
+            .collect();
+        assert_eq!(found.iter().filter(|f| **f).count(), 1, "{found:?}");
+
+        for bad in ["0/3", "4/3", "1", "a/b", "1/0", ""] {
+            let e = bad.parse::<Subset>().unwrap_err();
+            assert!(e.contains("N/T"), "{bad}: {e}");
+        }
+        assert_eq!("2/7".parse::<Subset>().unwrap().to_string(), "2/7");
     }
 
     /// A whole repository checks clean; each kind of object, damaged, is one problem named by
