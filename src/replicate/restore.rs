@@ -523,9 +523,11 @@ impl<'a> TreeSource<'a> {
     }
 }
 
+/// Paths and what the catalogue holds for each, in walk order.
+type Entries = Vec<(RelPath, crate::store::query::Entry)>;
+
 /// The entries of the tree (or only of `paths`, each with what lies below it) as of `seq`,
 /// and their paths; a path that did not exist then is an error.
-type Entries = Vec<(RelPath, crate::store::query::Entry)>;
 fn entries_at(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<(Entries, BTreeSet<RelPath>)> {
     let roots: Vec<RelPath> = if paths.is_empty() {
         vec![RelPath::root()]
