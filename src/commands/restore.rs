@@ -117,9 +117,9 @@ pub fn open_repo(entry: &RemoteEntry, pass_file: Option<&Path>) -> Result<Repo> 
     Ok(Repo::open_entry(entry, &pass)?)
 }
 
-/// Runs `f` with a progress callback that draws a "clone" bar on a terminal.
-fn with_clone_bar<T>(f: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> T) -> T {
-    let b = bar("clone");
+/// Runs `f` with a progress callback that draws a bar named `name` on a terminal.
+pub(crate) fn with_bar<T>(name: &str, f: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> T) -> T {
+    let b = bar(name);
     let r = f(&mut |what, done, total| {
         if let Some(b) = &b {
             b.set_message(what.to_string());
@@ -133,6 +133,11 @@ fn with_clone_bar<T>(f: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> T) -> T {
     r
 }
 
+/// A scratch directory under `$TMPDIR` (else `/tmp`), removed when dropped.
+pub(crate) fn scratch(prefix: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
+}
+
 /// Clones `device`'s history from `repo` into a fresh store at `store_dir`; on failure what
 /// the clone made there is removed again.
 pub fn clone_store(
@@ -143,8 +148,9 @@ pub fn clone_store(
 ) -> Result<Arc<Store>> {
     let existed = store_dir.join("catalog").exists();
     let store = Store::open_or_create(store_dir)?;
-    let r =
-        with_clone_bar(|progress| restore::clone_into(&store, repo, device, remote_name, progress));
+    let r = with_bar("clone", |progress| {
+        restore::clone_into(&store, repo, device, remote_name, progress)
+    });
     if let Err(e) = r {
         drop(store);
         if !existed {
@@ -194,13 +200,7 @@ pub fn run_from(
     let paths = paths_of(paths)?;
     let entry = remote_entry(store_dir, from, opts)?;
     let repo = open_repo(&entry, pass_file)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("clawfs-restore-")
-        .tempdir_in(
-            std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir),
-        )?;
+    let scratch = scratch("clawfs-restore-")?;
     // This machine's own history by default: its device id is read beside the store, which
     // the mount daemon may hold open.
     let own = crate::replicate::push::published_device_id(store_dir);
@@ -210,8 +210,9 @@ pub fn run_from(
     };
     let t0 = std::time::Instant::now();
     let store = Store::open_or_create(&scratch.path().join("store"))?;
-    let cloning =
-        with_clone_bar(|progress| restore::clone_catalog(&store, &repo, &device, progress))?;
+    let cloning = with_bar("clone", |progress| {
+        restore::clone_catalog(&store, &repo, &device, progress)
+    })?;
     tracing::debug!(elapsed = ?t0.elapsed(), "catalogue cloned into the scratch store");
     let seq = crate::when::resolve(&store, at)?;
     // Only the packs that hold what this tree is made of, whatever the length of the history

@@ -1,14 +1,13 @@
 //! `clawfs verify`: every chunk checked against its checksum and its hash, and every chunk a
 //! version names found; with `--remote`, the same for a remote's whole repository.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::cli::RemoteOpts;
-use crate::commands::push::bar;
-use crate::commands::restore::{open_repo, remote_entry};
+use crate::commands::restore::{open_repo, remote_entry, scratch, with_bar};
 use crate::commands::{human, Ctx};
 use crate::replicate::check::{self, CheckReport, Subset};
 
@@ -35,25 +34,10 @@ pub fn run_remote(
 ) -> Result<ExitCode> {
     let entry = remote_entry(store_dir, from, opts)?;
     let repo = open_repo(&entry, pass_file)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("clawfs-verify-")
-        .tempdir_in(
-            std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir),
-        )?;
-    let b = bar("verify");
-    let r = check::check(&repo, scratch.path(), subset, &mut |what, done, total| {
-        if let Some(b) = &b {
-            b.set_message(what.to_string());
-            b.set_length(total);
-            b.set_position(done);
-        }
-    });
-    if let Some(b) = b {
-        b.finish_and_clear();
-    }
-    let r = r?;
+    let scratch = scratch("clawfs-verify-")?;
+    let r = with_bar("verify", |progress| {
+        check::check(&repo, scratch.path(), subset, progress)
+    })?;
     if json {
         serde_json::to_writer(&mut *out, &r)?;
         writeln!(out)?;
