@@ -225,13 +225,17 @@ impl Store {
             dry_run: false,
             ..plan.summary()
         };
+        let t0 = std::time::Instant::now();
         for run in &plan.folds {
             report.records_removed += self.fold(run)?;
         }
+        let folded = t0.elapsed();
         // The catalogue no longer names what goes before anything goes.
         self.flush()?;
+        let flushed = t0.elapsed();
         let live = self.live_chunks()?;
         let retiring = self.packs.retire()?;
+        tracing::debug!(?folded, ?flushed, done = ?t0.elapsed(), "folded and retired");
         Ok(Folded {
             report,
             live,
