@@ -515,6 +515,13 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
     );
     assert!(err.contains("2 problems found"), "{err}");
     assert!(said.contains("held by no intact pack"), "{said}");
+    // The old moment needs that pack: refused in one line, nothing written.
+    let (target, out) = restore_json("old-tampered", &["--at", "old"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored from a tampered pack");
+    assert!(err.contains("tampered"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    assert!(!target.exists(), "nothing may be written to the target");
     std::fs::write(&old_packs[0], &good).unwrap();
 
     // The packs only the old moment needs go missing.
