@@ -420,6 +420,15 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
         let out = restore_from_s3(&nm, &s3, &target, &args);
         (target, out)
     };
+    // A restore `--at old` into `name`, refused in one line naming `why`, with nothing written.
+    let old_is_refused = |name: &str, why: &str| {
+        let (target, out) = restore_json(name, &["--at", "old"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "restored the old moment: {err}");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        assert!(!target.exists(), "nothing may be written to the target");
+    };
     let (target, out) = restore_json("now", &[]);
     common::assert_ok(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -515,13 +524,8 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
     );
     assert!(err.contains("2 problems found"), "{err}");
     assert!(said.contains("held by no intact pack"), "{said}");
-    // The old moment needs that pack: refused in one line, nothing written.
-    let (target, out) = restore_json("old-tampered", &["--at", "old"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "restored from a tampered pack");
-    assert!(err.contains("tampered"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
-    assert!(!target.exists(), "nothing may be written to the target");
+    // The old moment needs that pack.
+    old_is_refused("old-tampered", "tampered");
     std::fs::write(&old_packs[0], &good).unwrap();
 
     // The packs only the old moment needs go missing.
@@ -536,12 +540,7 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("held by no intact pack"), "{said}");
     assert!(said.contains("is missing on the remote"), "{said}");
-    let (target, out) = restore_json("old-again", &["--at", "old"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "restored without its pack");
-    assert!(err.contains("missing"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
-    assert!(!target.exists(), "nothing may be written to the target");
+    old_is_refused("old-again", "missing");
 }
 
 #[test]
