@@ -160,8 +160,9 @@ pub enum Cmd {
     /// Check every chunk of the store against its checksum and hash; with --remote, read a
     /// remote's whole repository instead and check every object and chunk in it.
     Verify {
-        /// Check this remote (a configured name, or a URL) instead of the local store.
-        #[arg(long, value_name = "REMOTE")]
+        /// Check this remote (a configured name, or a URL; alone, the default remote) instead
+        /// of the local store.
+        #[arg(long, value_name = "REMOTE", num_args = 0..=1, default_missing_value = "")]
         remote: Option<String>,
         /// Read only slice N of T of the remote's packs (logs and indexes are read whole):
         /// 1/7 … 7/7 on successive days read everything once a week.

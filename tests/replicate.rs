@@ -466,6 +466,12 @@ fn a_restore_fetches_only_the_packs_its_moment_needs() {
     assert_eq!(whole["problems"].as_array().unwrap().len(), 0, "{whole}");
     assert!(whole["traffic"]["bytes_down"].as_u64().unwrap() >= bucket);
     assert!(String::from_utf8_lossy(&verify(false).stdout).contains("no damage found"));
+    // On the first machine, `--remote` alone checks its one configured remote.
+    let out = sb.raw(&["verify", "--remote", "--json"]);
+    common::assert_ok(&out);
+    let mine: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(mine["packs"], all_packs.len(), "{mine}");
+    assert!(mine["remote"].as_str().unwrap().contains("bkt"), "{mine}");
     // Two halves read every pack once between them; a subset that is not N/T is refused.
     let half = |n: &str| {
         let mut args = s3_args(&["verify", "--remote"], "s3://bkt/agent", &ep, &[]);

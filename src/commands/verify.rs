@@ -10,6 +10,7 @@ use crate::cli::RemoteOpts;
 use crate::commands::restore::{open_repo, remote_entry, scratch, with_bar};
 use crate::commands::{human, Ctx};
 use crate::replicate::check::{self, CheckReport, Subset};
+use crate::replicate::settings::Remotes;
 
 /// Runs `verify`.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
@@ -21,7 +22,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Runs `verify --remote REMOTE`: reads the whole repository (of the packs, `subset`'s slice)
+/// Runs `verify --remote REMOTE` (an empty `from`: the default remote): reads the whole repository (of the packs, `subset`'s slice)
 /// into a scratch directory that is removed afterwards. Exits 1 when it found damage.
 pub fn run_remote(
     from: &str,
@@ -32,7 +33,11 @@ pub fn run_remote(
     json: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<ExitCode> {
-    let entry = remote_entry(store_dir, from, opts)?;
+    let entry = if from.is_empty() {
+        Remotes::load(store_dir)?.get(None)?.clone()
+    } else {
+        remote_entry(store_dir, from, opts)?
+    };
     let repo = open_repo(&entry, pass_file)?;
     let scratch = scratch("clawfs-verify-")?;
     let r = with_bar("verify", |progress| {
