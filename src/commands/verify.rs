@@ -22,8 +22,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Runs `verify --remote REMOTE` (an empty `from`: the default remote): reads the whole repository (of the packs, `subset`'s slice)
-/// into a scratch directory that is removed afterwards. Exits 1 when it found damage.
+/// Runs `verify --remote REMOTE` (an empty `from`: the default remote): reads the whole
+/// repository (of the packs, `subset`'s slice) into a scratch directory that is removed
+/// afterwards. Exits 1 when it found damage.
 pub fn run_remote(
     from: &str,
     subset: Option<Subset>,
