@@ -20,6 +20,14 @@ fn tools() -> PathBuf {
         "openclaw is not installed under {} (scripts/test.sh installs it)",
         dir.display()
     );
+    // Started for the first time, openclaw runs its postinstall under a lock that a second
+    // openclaw started at the same moment refuses; the tests start several at once.
+    assert!(
+        !dir.join("node_modules/openclaw/.openclaw-lifecycle-pending")
+            .exists(),
+        "openclaw's postinstall is still pending under {} (scripts/openclaw-tools.sh completes it)",
+        dir.display()
+    );
     dir
 }
 
