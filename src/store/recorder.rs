@@ -316,6 +316,8 @@ pub struct Recorder {
     change_index: HashMap<(String, Op), usize>,
     pending_bytes: u64,
     last_time: i64,
+    /// The system clock was found behind `last_time` and said so; cleared once it caught up.
+    clock_behind: bool,
     settled: RefCell<Settled>,
 }
 
@@ -351,6 +353,7 @@ impl Store {
             change_index: HashMap::new(),
             pending_bytes: 0,
             last_time,
+            clock_behind: false,
             settled: RefCell::new(Settled {
                 head: self.head(),
                 entries: lru::LruCache::new(
@@ -954,12 +957,34 @@ impl Recorder {
         result.map(Some)
     }
 
+    /// A clock set back (by hand, or by a first time sync after a wrong start) leaves new moments
+    /// stamped with the last moment's time until it catches up, so a time such as "10 minutes
+    /// ago", counted from the clock, names a moment before all of them. Said loudly, once per
+    /// such stretch; a few seconds' step of a time sync is not worth a line.
+    fn note_clock(&mut self, now: i64) {
+        const SLACK_NS: i64 = 5_000_000_000;
+        let behind = self.last_time.saturating_sub(now);
+        if behind <= SLACK_NS {
+            self.clock_behind = false;
+        } else if !self.clock_behind {
+            self.clock_behind = true;
+            tracing::warn!(
+                behind_s = behind / 1_000_000_000,
+                "the system clock is behind the newest moment: new moments carry that moment's \
+                 time until the clock catches up, and times given as \"ago\" count from the \
+                 clock"
+            );
+        }
+    }
+
     fn commit_inner(&mut self, durable: bool) -> Result<Committed> {
         let store = Arc::clone(&self.store);
         let before = store.head();
         let seq = before.next();
         // Times never go backwards, so "the moment at time T" is well defined.
-        let time_ns = now_ns().max(self.last_time);
+        let now = now_ns();
+        self.note_clock(now);
+        let time_ns = now.max(self.last_time);
         let mut batch = Journaled::default();
         let (mut stored, mut hashed) = (0u64, 0u64);
         let mut sizes: HashMap<NodeId, u64> = HashMap::new();
@@ -1060,6 +1085,33 @@ impl Journaled {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// With the clock an hour behind the newest moment, new moments carry that moment's time
+    /// (times stay in order) and the recorder notes the stretch; once the clock is past it again,
+    /// moments carry the clock's time and the note is cleared, so the next stretch is said too.
+    #[test]
+    fn a_clock_set_back_keeps_times_in_order_and_is_noted_once_per_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let commit = |rec: &mut Recorder, name: &str| {
+            let path = RelPath::new(name).unwrap();
+            rec.create(&path, NodeKind::File, Meta::default(), "").unwrap();
+            let seq = rec.commit(false).unwrap().unwrap().seq;
+            store.epoch(seq).unwrap().unwrap().time_ns
+        };
+        let ahead = now_ns() + 3_600_000_000_000;
+        rec.last_time = ahead;
+        assert_eq!(commit(&mut rec, "a"), ahead);
+        assert!(rec.clock_behind);
+        assert_eq!(commit(&mut rec, "b"), ahead);
+        assert!(rec.clock_behind);
+        let now = now_ns();
+        rec.last_time = now - 1;
+        let caught_up = commit(&mut rec, "c");
+        assert!(caught_up >= now && caught_up < ahead);
+        assert!(!rec.clock_behind);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
