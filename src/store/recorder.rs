@@ -1096,7 +1096,8 @@ mod tests {
         let mut rec = store.recorder(SessionId(1)).unwrap();
         let commit = |rec: &mut Recorder, name: &str| {
             let path = RelPath::new(name).unwrap();
-            rec.create(&path, NodeKind::File, Meta::default(), "").unwrap();
+            rec.create(&path, NodeKind::File, Meta::default(), "")
+                .unwrap();
             let seq = rec.commit(false).unwrap().unwrap().seq;
             store.epoch(seq).unwrap().unwrap().time_ns
         };
