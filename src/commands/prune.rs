@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::commands::{human, push as push_cmd, Ctx};
+use crate::commands::{human, push as push_cmd, Ctx, LiveCtx};
 use crate::replicate::push;
 use crate::replicate::replicator::{connect, Msg, Replicator};
 use crate::replicate::repo::Repo;
 use crate::replicate::settings::{RemoteEntry, Remotes};
 use crate::replicate::thin::{self, ThinReport};
-use crate::store::prune::{Folded, Policy};
+use crate::store::prune::Policy;
 use crate::when::{parse_age, rfc3339, show_time};
 
 /// The policy from the command line's ages (`24h`, `7d`, `90d`), each at least the one before.
@@ -94,6 +94,23 @@ impl Thinners {
     }
 }
 
+/// Runs `step` on the live mount's recorder thread once what was pending is committed, so that
+/// nothing is recorded meanwhile and every stored chunk is named.
+fn quiesced<R: Send + 'static>(
+    l: &LiveCtx,
+    step: impl FnOnce() -> Result<R> + Send + 'static,
+) -> Result<R> {
+    l.rec
+        .call(move |r| {
+            r.commit(true);
+            if !r.rec.pending_paths().is_empty() {
+                bail!("changes are pending that could not be committed (see `clawfs status`)");
+            }
+            step()
+        })
+        .ok_or_else(|| anyhow!("the recorder thread is gone"))?
+}
+
 /// Runs `prune`.
 pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) -> Result<()> {
     let configured = Remotes::load(ctx.store.dir())?;
@@ -111,22 +128,26 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) ->
         match ctx.live {
             Some(l) => {
                 let _one = ctx.store.prune_lock();
+                // Each step on the recorder thread, what was pending committed first: nothing
+                // is recorded (nor a chunk stored) while a run is folded, and every stored chunk
+                // is named when the packs are retired. Writers wait for one run's fold at a time
+                // (a daily prune folds a day's moments in runs of an hour), not for all of them;
+                // the packs are collected while they go on.
+                let (store, policy) = (ctx.store.clone(), *policy);
+                let plan = quiesced(l, move || Ok(store.plan_prune(&policy, now, &pinned)?))
+                    .context("nothing was pruned")?;
+                let mut report = ctx.store.prune_report(&plan)?;
+                let runs = plan.folds.len();
+                for (i, run) in plan.folds.into_iter().enumerate() {
+                    let store = ctx.store.clone();
+                    report.records_removed += quiesced(l, move || Ok(store.fold(&run)?))
+                        .with_context(|| {
+                            format!("the prune stopped after folding {i} of {runs} runs of moments; no pack was collected")
+                        })?;
+                }
                 let store = ctx.store.clone();
-                let policy = *policy;
-                // Its first part on the recorder thread: nothing is recorded (nor a chunk
-                // stored) meanwhile, and what was pending is committed first, so every stored
-                // chunk is named. The packs are collected while writers go on.
-                let folded = l
-                    .rec
-                    .call(move |r| -> Result<Folded> {
-                        r.commit(true);
-                        if !r.rec.pending_paths().is_empty() {
-                            bail!("changes are pending that could not be committed (see `clawfs status`): nothing was pruned");
-                        }
-                        let plan = store.plan_prune(&policy, now, &pinned)?;
-                        Ok(store.fold_and_retire(&plan)?)
-                    })
-                    .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??;
+                let folded = quiesced(l, move || Ok(store.retire(report)?))
+                    .context("the prune stopped after folding; no pack was collected")?;
                 let report = ctx.store.collect(folded);
                 crate::fs::sys::release_free_memory();
                 report?

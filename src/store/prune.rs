@@ -217,25 +217,36 @@ impl Store {
 
     /// The first part of a prune, while nothing is recorded (the caller holds the only
     /// recorder, with nothing pending, and the [`prune_lock`](Self::prune_lock)): folds the
-    /// moments `plan` drops, makes that durable, takes the chunks still named, and retires the
-    /// packs (from here a chunk found only in one of them is stored anew, never named).
+    /// moments `plan` drops, then [`retire`](Self::retire)s.
     pub fn fold_and_retire(&self, plan: &Plan) -> Result<Folded> {
-        let mut report = PruneReport {
-            disk_before: self.disk_usage()?,
-            dry_run: false,
-            ..plan.summary()
-        };
-        let t0 = std::time::Instant::now();
+        let mut report = self.prune_report(plan)?;
         for run in &plan.folds {
             report.records_removed += self.fold(run)?;
         }
-        let folded = t0.elapsed();
+        self.retire(report)
+    }
+
+    /// What a prune carrying out `plan` reports before it changes anything.
+    pub fn prune_report(&self, plan: &Plan) -> Result<PruneReport> {
+        Ok(PruneReport {
+            disk_before: self.disk_usage()?,
+            dry_run: false,
+            ..plan.summary()
+        })
+    }
+
+    /// After the folds, while nothing is recorded (the caller holds the only recorder, with
+    /// nothing pending, and the [`prune_lock`](Self::prune_lock)): makes the folds durable,
+    /// takes the chunks still named, and retires the packs (from here a chunk found only in one
+    /// of them is stored anew, never named).
+    pub fn retire(&self, report: PruneReport) -> Result<Folded> {
+        let t0 = std::time::Instant::now();
         // The catalogue no longer names what goes before anything goes.
         self.flush()?;
         let flushed = t0.elapsed();
         let live = self.live_chunks()?;
         let retiring = self.packs.retire()?;
-        tracing::debug!(?folded, ?flushed, done = ?t0.elapsed(), "folded and retired");
+        tracing::debug!(?flushed, done = ?t0.elapsed(), "flushed and retired");
         Ok(Folded {
             report,
             live,
@@ -270,12 +281,16 @@ impl Store {
         Ok(report)
     }
 
-    /// Folds the epochs of `run` (oldest first) into its last one; returns the number of
-    /// node-version and entry records removed.
-    fn fold(&self, run: &[Seq]) -> Result<u64> {
+    /// Folds the epochs of `run` (one of a [`Plan`]'s `folds`, oldest first) into its last one;
+    /// returns the number of node-version and entry records removed. The caller holds the
+    /// [`prune_lock`](Self::prune_lock) and the only recorder, with nothing pending. Between
+    /// two folds the recorder may commit: a fold rewrites only records of its run's epochs, and
+    /// every kept moment, and every moment after the run, reads the same before and after it.
+    pub fn fold(&self, run: &[Seq]) -> Result<u64> {
+        let t0 = std::time::Instant::now();
         let (ops, removed) = self.fold_ops(run)?;
         apply_fold(&self.cat, ops.0)?;
-        tracing::debug!(into = %run[run.len() - 1], folded = run.len() - 1, removed, "folded moments");
+        tracing::debug!(into = %run[run.len() - 1], folded = run.len() - 1, removed, took = ?t0.elapsed(), "folded moments");
         Ok(removed)
     }
 
@@ -812,6 +827,111 @@ pub(crate) mod tests {
                 store.read_file(&p("after"), seq).unwrap(),
                 b"still recording"
             );
+        }
+    }
+
+    /// Folded one run at a time with a writer committing between the runs, as on a live
+    /// mount: every kept moment reads as before, every moment the writer committed reads as it
+    /// did then (also after a reopen), and the store verifies. The writer rewrites the folded
+    /// files, deletes and recreates one, and writes old contents again, whose chunks only
+    /// folded-away versions named before.
+    #[test]
+    fn a_writer_committing_between_folds_changes_no_moment() {
+        for seed in 0..4u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut trees) = random_history(dir.path(), seed, 80);
+            // Then a file rewritten whole, so that the folds leave packs to collect.
+            let mut rec = store.recorder(SessionId(2)).unwrap();
+            let churn = p("churn");
+            rec.create(&churn, NodeKind::File, Meta::default(), "")
+                .unwrap();
+            for i in 0..12 {
+                rec.write(&churn, 0, &noise(10 + i, 3 << 20)).unwrap();
+                let seq = rec.commit(false).unwrap().unwrap().seq;
+                trees.push(tree(&store, seq));
+            }
+            let moments = store.moments().unwrap();
+            let mut rng = StdRng::seed_from_u64(seed + 200);
+            // Of the rewrites, only the last is kept.
+            let mut kept: BTreeSet<Seq> = moments
+                .iter()
+                .map(|m| m.0)
+                .filter(|s| s.0 <= 80 && rng.gen_bool(0.2))
+                .collect();
+            kept.insert(store.head());
+            let plan = Plan::new(moments, kept.clone());
+            assert!(
+                plan.folds.len() > 3,
+                "seed {seed}: {} runs",
+                plan.folds.len()
+            );
+            let olds: Vec<Vec<u8>> = trees[..=80]
+                .iter()
+                .flat_map(|t| t.values())
+                .filter(|(kind, _, data)| *kind == NodeKind::File && !data.is_empty())
+                .map(|(_, _, data)| data.clone())
+                .collect();
+            let one = store.prune_lock();
+            let mut report = store.prune_report(&plan).unwrap();
+            for run in &plan.folds {
+                report.records_removed += store.fold(run).unwrap();
+                for name in ["a", "db", "db-wal"] {
+                    let path = p(name);
+                    match (
+                        rec.resolve_now(&path).unwrap().is_some(),
+                        rng.gen_range(0..4),
+                    ) {
+                        (false, _) => {
+                            rec.create(&path, NodeKind::File, Meta::default(), "")
+                                .unwrap();
+                        }
+                        (true, 0) => rec.unlink(&path).unwrap(),
+                        (true, 1) => {
+                            let old = &olds[rng.gen_range(0..olds.len())];
+                            rec.truncate(&path, 0).unwrap();
+                            rec.write(&path, 0, old).unwrap();
+                        }
+                        (true, _) => {
+                            let data: Vec<u8> = (0..rng.gen_range(1..40_000))
+                                .map(|_| rng.gen::<u8>() % 5)
+                                .collect();
+                            rec.write(&path, rng.gen_range(0..3000), &data).unwrap();
+                        }
+                    }
+                }
+                if rng.gen_bool(0.2) {
+                    let old = noise(10 + rng.gen_range(0..12), 3 << 20);
+                    rec.write(&churn, 0, &old).unwrap();
+                }
+                let seq = rec.commit(false).unwrap().unwrap().seq;
+                assert_eq!(seq.0 as usize, trees.len());
+                trees.push(tree(&store, seq));
+                kept.insert(seq);
+            }
+            rec.commit(true).unwrap();
+            let folded = store.retire(report).unwrap();
+            let report = store.collect(folded).unwrap();
+            drop(one);
+            assert!(report.records_removed > 0, "seed {seed}");
+            assert!(report.chunks_removed > 0, "seed {seed}: {report:?}");
+            let check = |store: &Store| {
+                for &s in &kept {
+                    assert_eq!(
+                        tree(store, s),
+                        trees[s.0 as usize],
+                        "seed {seed}, moment {s}"
+                    );
+                }
+                assert_eq!(store.moment_count().unwrap(), kept.len() as u64);
+                store.verify().unwrap();
+            };
+            check(&store);
+            drop(rec);
+            drop(store);
+            let store =
+                Store::open_when_free(dir.path(), false, std::time::Duration::from_secs(10))
+                    .unwrap();
+            check(&store);
         }
     }
 
