@@ -306,6 +306,51 @@ fn offline_commands_work_after_unmount_and_capture_offline_edits() {
     assert!(err.contains("not a moment"), "{err}");
 }
 
+/// A mount scans the real tree for what changed while unmounted, and a rollback rescans it
+/// first: neither may give an unchanged file a version (a phantom "write" in its history, and a
+/// catalogue record per file per mount).
+#[test]
+fn a_remount_or_a_rollback_gives_unchanged_files_no_version() {
+    let s = Sandbox::new();
+    s.write("SOUL.md", b"calm\n");
+    s.write("memory/notes.md", b"one\n");
+    std::os::unix::fs::symlink("SOUL.md", s.path("soul-link")).unwrap();
+    s.mount();
+    std::fs::write(s.path("SOUL.md"), b"angry\n").unwrap();
+    s.settle();
+    s.unmount();
+    let versions = |path: &str| s.json(&["history", path]).len();
+    let (log, soul, notes) = (
+        s.json(&["log"]).len(),
+        versions("SOUL.md"),
+        versions("memory/notes.md"),
+    );
+    assert_eq!((soul, notes), (2, 1));
+    s.mount();
+    s.settle();
+    assert_eq!(
+        s.json(&["log"]).len(),
+        log,
+        "a remount with nothing changed is no moment"
+    );
+    assert_eq!(versions("SOUL.md"), soul);
+    assert_eq!(versions("memory/notes.md"), notes);
+    s.unmount();
+    // Edited while unmounted: that file alone gets a version at the next mount.
+    std::fs::write(s.path("memory/notes.md"), b"two\n").unwrap();
+    s.mount();
+    s.settle();
+    assert_eq!(versions("memory/notes.md"), notes + 1);
+    assert_eq!(versions("SOUL.md"), soul);
+    assert_eq!(s.json(&["log"]).len(), log + 1);
+    // A rollback of one file gives the others no version either.
+    s.ok(&["rollback", "SOUL.md", "--to", "1", "--yes"]);
+    assert_eq!(s.read("SOUL.md"), b"calm\n");
+    assert_eq!(versions("SOUL.md"), soul + 1);
+    assert_eq!(versions("memory/notes.md"), notes + 1);
+    s.unmount();
+}
+
 #[test]
 fn every_moment_form_resolves_and_bad_ones_are_clear() {
     let s = Sandbox::new();

@@ -447,24 +447,27 @@ impl Recorder {
         Ok((self.dir_node(&parent)?, name))
     }
 
+    /// The head's version of `node` (the root's default before anything was recorded in it).
+    fn committed(&self, node: NodeId) -> Result<NodeVersion> {
+        match self.store.node_at(node, self.store.head())? {
+            Some((_, v)) => Ok(v),
+            None if node == NodeId::ROOT => Ok(NodeVersion::new(
+                NodeKind::Dir,
+                Meta {
+                    mode: 0o755,
+                    ..Default::default()
+                },
+            )),
+            None => Err(StoreError::CorruptCatalog {
+                what: format!("node {}", node.0),
+                detail: "named but never written".into(),
+            }),
+        }
+    }
+
     fn node_now(&mut self, node: NodeId) -> Result<&mut PendingNode> {
         if !self.nodes.contains_key(&node) {
-            let version = match self.store.node_at(node, self.store.head())? {
-                Some((_, v)) => v,
-                None if node == NodeId::ROOT => NodeVersion::new(
-                    NodeKind::Dir,
-                    Meta {
-                        mode: 0o755,
-                        ..Default::default()
-                    },
-                ),
-                None => {
-                    return Err(StoreError::CorruptCatalog {
-                        what: format!("node {}", node.0),
-                        detail: "named but never written".into(),
-                    })
-                }
-            };
+            let version = self.committed(node)?;
             self.nodes.insert(
                 node,
                 PendingNode {
@@ -481,7 +484,11 @@ impl Recorder {
         let Some((node, _)) = self.resolve_now(path)? else {
             return Ok(None);
         };
-        let pn = self.node_now(node)?;
+        // Read, not made pending: a pending node is written at the commit, and a version of
+        // every file stat'ed (a mount's scan of the tree) would be versions nobody made.
+        let Some(pn) = self.nodes.get(&node) else {
+            return Ok(Some((node, self.committed(node)?)));
+        };
         let mut v = pn.version.clone();
         if let Some(d) = &pn.data {
             v.content.size = d.size;
