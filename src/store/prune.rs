@@ -29,8 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::ids::{ChunkId, NodeId, Seq, VersionId};
-use crate::relpath::RelPath;
-use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeVersion};
+use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeKind, NodeVersion};
 use crate::store::error::{Result, StoreError};
 use crate::store::{epoch_keys, schema, stored_epoch, Store};
 
@@ -371,12 +370,7 @@ impl Store {
         // gets a name back once it has lost its last one (node ids are never used again; a
         // rollback or an import makes a new node), and a path's history asks for a node's
         // versions only while a kept moment names it there.
-        let mut shown: HashSet<NodeId> = self
-            .walk(&RelPath::root(), k)?
-            .into_iter()
-            .map(|(_, e)| e.node)
-            .collect();
-        shown.insert(NodeId::ROOT);
+        let shown = self.shown_nodes(k)?;
         let mut removed = 0u64;
         let mut new_keys = kept_keys;
         for (prefix, records) in by_key {
@@ -437,6 +431,22 @@ impl Store {
         let gaps = self.gaps()? + (run.len() as u64 - 1);
         batch.insert(&schema::meta_key(schema::META_GAPS), &gaps.to_be_bytes());
         Ok((batch, removed))
+    }
+
+    /// The nodes moment `seq` shows: the root and every node a name reaches from it, found from
+    /// directory entries alone (a fold asks this of its kept moment, whose tree may be large;
+    /// reading every node's version too took most of a fold's time).
+    fn shown_nodes(&self, seq: Seq) -> Result<HashSet<NodeId>> {
+        let mut shown = HashSet::from([NodeId::ROOT]);
+        let mut dirs = vec![NodeId::ROOT];
+        while let Some(dir) = dirs.pop() {
+            for d in self.list_node(dir, seq)? {
+                if shown.insert(d.node) && d.kind == NodeKind::Dir {
+                    dirs.push(d.node);
+                }
+            }
+        }
+        Ok(shown)
     }
 
     /// Checks every record of every pack against its checksum and hash, and that every chunk a
