@@ -31,18 +31,7 @@ python3 "$fixtures/gen.py" "$dir/agent" >/dev/null
 sleep 1.5
 for i in $(seq 1 "$rounds"); do python3 "$fixtures/mutate.py" "$dir/agent" "$i" >/dev/null; sleep 1.2; done
 echo "before: $(field moments) moments, store $(field store_bytes) bytes, daemon RSS $(rss) KiB"
-# A writer that fsyncs a small file every 5 ms; it reports its slowest write.
-python3 - "$dir/agent/probe.txt" > "$work/probe.out" <<'PY' &
-import os, sys, time
-p = sys.argv[1]; worst = 0; n = 0
-while not os.path.exists(p + ".stop"):
-    t = time.time()
-    with open(p, "w") as f:
-        f.write("x" * 100); f.flush(); os.fsync(f.fileno())
-    worst = max(worst, time.time() - t); n += 1
-    time.sleep(0.005)
-print(f"writer during the prune: {n} fsync'd writes, slowest {worst * 1000:.0f} ms")
-PY
+python3 benches/probe.py "$dir/agent/probe.txt" > "$work/probe.out" &
 probe=$!
 sleep 1
 /usr/bin/time -f "prune: %e s wall" "$bin" -C "$dir" --store "$store" prune \
