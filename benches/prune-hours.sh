@@ -19,18 +19,10 @@ if [ -z "${CLAWFS_BIN:-}" ]; then
   cargo build --release --locked -q
 fi
 bin="${CLAWFS_BIN:-$PWD/target/release/clawfs}"
-work=$(mktemp -d /var/tmp/clawfs-prune-hours.XXXXXX)
-dir="$work/state" store="$work/store"
-mkdir -p "$dir"
-export CLAWFS_LOG=${CLAWFS_LOG:-warn}
-cleanup() {
-  touch "$dir/probe.txt.stop" 2>/dev/null || true
-  "$bin" unmount "$dir" >/dev/null 2>&1 || umount -l "$dir" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-claw() { "$bin" -C "$dir" --store "$store" "$@"; }
-field() { claw --json status | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+name=prune-hours
+# shellcheck source=benches/prune-lib.sh
+. benches/prune-lib.sh
+probe="$dir/probe.txt"
 for h in $(seq 0 $((hours - 1))); do
   # libfaketime preloaded by hand (the faketime wrapper would wait for the daemon to exit), its
   # clock only: files' times stay real, as the next mount sees them.
@@ -52,12 +44,12 @@ PY
 done
 claw mount "$dir" >/dev/null
 echo "before: $(field moments) moments over $hours past hours, store $(field store_bytes) bytes"
-python3 benches/probe.py "$dir/probe.txt" > "$work/probe.out" &
-probe=$!
+python3 benches/probe.py "$probe" > "$work/probe.out" &
+writer=$!
 sleep 1
 /usr/bin/time -f "prune: %e s wall" "$bin" -C "$dir" --store "$store" prune
 echo "after: $(field moments) moments, store $(field store_bytes) bytes"
-touch "$dir/probe.txt.stop"; wait "$probe"; cat "$work/probe.out"; rm -f "$dir/probe.txt.stop"
+touch "$probe.stop"; wait "$writer"; cat "$work/probe.out"; rm -f "$probe.stop"
 claw verify
 claw restore --at now "$work/back" >/dev/null
 diff -r --exclude='probe.txt*' "$dir" "$work/back" >/dev/null

@@ -13,31 +13,23 @@ fixtures=$(realpath "${2:-../shared/fixtures/agent-state}")
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 cargo build --release --locked -q
 bin="$PWD/target/release/clawfs"
-work=$(mktemp -d /var/tmp/clawfs-prune.XXXXXX)
-dir="$work/state" store="$work/store"
-mkdir -p "$dir"
-export CLAWFS_LOG=warn
-cleanup() {
-  touch "$dir/agent/probe.txt.stop" 2>/dev/null || true
-  "$bin" unmount "$dir" >/dev/null 2>&1 || umount -l "$dir" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-claw() { "$bin" -C "$dir" --store "$store" "$@"; }
-field() { claw --json status | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+name=prune
+# shellcheck source=benches/prune-lib.sh
+. benches/prune-lib.sh
+probe="$dir/agent/probe.txt"
 rss() { ps -o rss= -C clawfs | sort -n | tail -1; }
 claw mount "$dir" >/dev/null
 python3 "$fixtures/gen.py" "$dir/agent" >/dev/null
 sleep 1.5
 for i in $(seq 1 "$rounds"); do python3 "$fixtures/mutate.py" "$dir/agent" "$i" >/dev/null; sleep 1.2; done
 echo "before: $(field moments) moments, store $(field store_bytes) bytes, daemon RSS $(rss) KiB"
-python3 benches/probe.py "$dir/agent/probe.txt" > "$work/probe.out" &
-probe=$!
+python3 benches/probe.py "$probe" > "$work/probe.out" &
+writer=$!
 sleep 1
 /usr/bin/time -f "prune: %e s wall" "$bin" -C "$dir" --store "$store" prune \
   --keep-within 0s --hourly 0s --daily 0s
 echo "after: $(field moments) moments, store $(field store_bytes) bytes, daemon RSS $(rss) KiB"
-touch "$dir/agent/probe.txt.stop"; wait "$probe"; cat "$work/probe.out"; rm -f "$dir/agent/probe.txt.stop"
+touch "$probe.stop"; wait "$writer"; cat "$work/probe.out"; rm -f "$probe.stop"
 claw verify
 claw restore --at now "$work/back" >/dev/null
 diff -r --exclude='*-shm' --exclude='probe.txt*' "$dir" "$work/back" >/dev/null
