@@ -54,14 +54,12 @@ fn say(json: bool, out: &mut dyn std::io::Write, r: &RestoreReport) -> Result<()
     Ok(())
 }
 
+/// Runs `restore` with a progress callback that draws a "restore" bar on a terminal.
 fn write_tree(
-    src: &restore::TreeSource,
-    seq: crate::ids::Seq,
-    target: &Path,
-    paths: &[RelPath],
+    restore: impl FnOnce(&mut dyn FnMut(u64, u64)) -> Result<RestoreReport, ReplicaError>,
 ) -> Result<RestoreReport, ReplicaError> {
     let b = bar("restore");
-    let r = restore::restore_tree(src, seq, target, paths, &mut |d, t| {
+    let r = restore(&mut |d, t| {
         if let Some(b) = &b {
             b.set_length(t);
             b.set_position(d);
@@ -80,12 +78,9 @@ pub fn run_local(ctx: &mut Ctx, at: &str, target: &Path, paths: &[PathBuf]) -> R
     if target.starts_with(&ctx.dir) {
         bail!("restore into a directory outside {} (to put files back in place, use `clawfs rollback`)", ctx.dir.display());
     }
-    let r = write_tree(
-        &restore::TreeSource::store(&ctx.store),
-        seq,
-        &target,
-        &paths_of(paths)?,
-    )?;
+    let paths = paths_of(paths)?;
+    let src = restore::TreeSource::store(&ctx.store);
+    let r = write_tree(|progress| restore::restore_tree(&src, seq, &target, &paths, progress))?;
     crate::realfs::RealTree::new_batch(&target).sync_all()?;
     say(ctx.json, ctx.out, &r)
 }
@@ -217,7 +212,8 @@ pub fn run_from(
     let seq = crate::when::resolve(&store, at)?;
     // Only the packs that hold what this tree is made of, whatever the length of the history
     // (`clawfs verify --remote` reads them all).
-    let wanted = restore::wanted(&store, seq, &paths)?;
+    let walked = restore::Walked::at(&store, seq, &paths)?;
+    let wanted = walked.wanted();
     // Packs stream into a spool while the tree is written, each file as soon as its chunks are
     // in. Only CRCs at fetch time: the restore hashes every chunk as it writes it, and writes
     // into a staging directory that is thrown away if anything fails, fetching included.
@@ -244,7 +240,8 @@ pub fn run_from(
             verified: false,
             complete: &fetched,
         };
-        let written = write_tree(&src, seq, target, &paths);
+        let written =
+            write_tree(|progress| restore::restore_walked(&src, seq, target, walked, progress));
         if written.is_err() && !spool.close(None) {
             // The fetch failed first, and that is why the write did: say why it failed.
             if let Ok(Err(e)) = done_rx.recv() {

@@ -523,33 +523,51 @@ impl<'a> TreeSource<'a> {
     }
 }
 
-/// Paths and what the catalogue holds for each, in walk order.
-type Entries = Vec<(RelPath, crate::store::query::Entry)>;
+/// The entries of the tree (or only of some paths, each with what lies below it) as of a
+/// moment, in walk order: looked up once, before anything is written, for what a restore
+/// writes and what it has fetched.
+pub struct Walked {
+    entries: Vec<(RelPath, crate::store::query::Entry)>,
+    /// Their paths.
+    seen: BTreeSet<RelPath>,
+}
 
-/// The entries of the tree (or only of `paths`, each with what lies below it) as of `seq`,
-/// and their paths; a path that did not exist then is an error.
-fn entries_at(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<(Entries, BTreeSet<RelPath>)> {
-    let roots: Vec<RelPath> = if paths.is_empty() {
-        vec![RelPath::root()]
-    } else {
-        paths.to_vec()
-    };
-    let mut entries = Vec::new();
-    let mut seen = BTreeSet::new();
-    for r in &roots {
-        let walked = store.walk(r, seq)?;
-        if walked.is_empty() {
-            return Err(ReplicaError::Usage(format!(
-                "{r} did not exist at moment {seq}"
-            )));
-        }
-        for (p, e) in walked {
-            if seen.insert(p.clone()) {
-                entries.push((p, e));
+impl Walked {
+    /// The tree (or only `paths`) as of `seq`; a path that did not exist then is an error.
+    pub fn at(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<Walked> {
+        let roots: Vec<RelPath> = if paths.is_empty() {
+            vec![RelPath::root()]
+        } else {
+            paths.to_vec()
+        };
+        let mut entries = Vec::new();
+        let mut seen = BTreeSet::new();
+        for r in &roots {
+            let walked = store.walk(r, seq)?;
+            if walked.is_empty() {
+                return Err(ReplicaError::Usage(format!(
+                    "{r} did not exist at moment {seq}"
+                )));
+            }
+            for (p, e) in walked {
+                if seen.insert(p.clone()) {
+                    entries.push((p, e));
+                }
             }
         }
+        Ok(Walked { entries, seen })
     }
-    Ok((entries, seen))
+
+    /// What writing these entries reads.
+    pub fn wanted(&self) -> Wanted {
+        let mut w = Wanted::default();
+        for (_, e) in &self.entries {
+            if e.version.kind == NodeKind::File {
+                w.add(&e.version.content);
+            }
+        }
+        w
+    }
 }
 
 /// What the files of a tree are made of, as far as the catalogue tells: the chunk lists
@@ -573,18 +591,6 @@ impl Wanted {
     }
 }
 
-/// What restoring the tree (or `paths`) as of `seq` reads; errors as [`restore_tree`] would
-/// for a path that did not exist then.
-pub fn wanted(store: &Store, seq: Seq, paths: &[RelPath]) -> Result<Wanted> {
-    let mut w = Wanted::default();
-    for (_, e) in entries_at(store, seq, paths)?.0 {
-        if e.version.kind == NodeKind::File {
-            w.add(&e.version.content);
-        }
-    }
-    Ok(w)
-}
-
 /// Writes the tree (or only `paths`) as of `seq` from `src` into `target`, which must be empty
 /// or absent. All or nothing: the tree is written into a staging directory inside `target`
 /// and moved into place only once every file is complete and `src.complete` agrees; on error
@@ -598,7 +604,34 @@ pub fn restore_tree(
     paths: &[RelPath],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
-    let store = src.store;
+    restore_into(
+        src,
+        seq,
+        target,
+        || Walked::at(src.store, seq, paths),
+        progress,
+    )
+}
+
+/// [`restore_tree`] of entries already looked up (by the caller, to fetch what they need).
+pub fn restore_walked(
+    src: &TreeSource,
+    seq: Seq,
+    target: &Path,
+    walked: Walked,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    restore_into(src, seq, target, || Ok(walked), progress)
+}
+
+/// [`restore_tree`], the entries looked up by `walk` once `target` is found usable.
+fn restore_into(
+    src: &TreeSource,
+    seq: Seq,
+    target: &Path,
+    walk: impl FnOnce() -> Result<Walked>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
     let io = |what: String| move |e: std::io::Error| ReplicaError::Io(format!("{what}: {e}"));
     let created = match std::fs::read_dir(target) {
         Ok(mut d) => {
@@ -614,7 +647,7 @@ pub fn restore_tree(
         Err(e) => return Err(ReplicaError::Io(format!("{}: {e}", target.display()))),
     };
     // Everything is looked up before anything is written.
-    let (entries, seen) = entries_at(store, seq, paths)?;
+    let Walked { entries, seen } = walk()?;
     std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
     let staging = target.join(format!(".clawfs-restore.{:08x}", rand::random::<u32>()));
     let written = std::fs::create_dir(&staging)
