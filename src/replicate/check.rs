@@ -22,14 +22,12 @@ use sha2::Digest;
 use crate::ids::{ChunkId, Seq};
 use crate::remote::Traffic;
 use crate::replicate::layout::{self, IndexEntry};
-use crate::replicate::push;
 use crate::replicate::repo::Repo;
 use crate::replicate::restore::{clone_catalog, in_parallel, Wanted};
 use crate::replicate::Result;
-use crate::store::catalog::{decode, NodeVersion};
 use crate::store::content::decode_leaf;
 use crate::store::pack::decode_record;
-use crate::store::{schema, Store};
+use crate::store::Store;
 
 /// Packs read at once (each held in memory while it is checked, ~8 MiB).
 const CHECKERS: usize = 4;
@@ -161,14 +159,10 @@ pub fn check(
                         .or_default()
                         .extend(entries.iter().cloned());
                 }
-                for epoch in store.epochs_from(Seq(1), store.head()) {
-                    for (k, v) in push::journaled(&store, epoch?.0)?.records {
-                        if k.first() == Some(&schema::NODE) {
-                            let nv: NodeVersion = decode(&v, || "node version".into())?;
-                            wanted.add(&nv.content);
-                        }
-                    }
-                }
+                store.each_content(|content| {
+                    wanted.add(content);
+                    Ok(())
+                })?;
             }
             Err(e) => report
                 .problems
@@ -285,6 +279,7 @@ mod tests {
     use crate::ids::SessionId;
     use crate::relpath::RelPath;
     use crate::remote::{MemRemote, Remote};
+    use crate::replicate::push;
     use crate::replicate::settings::RemoteEntry;
     use crate::store::catalog::{Meta, NodeKind};
     use std::sync::Arc;

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::ids::{ChunkId, NodeId, Seq, VersionId};
-use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeKind, NodeVersion};
+use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeKind};
 use crate::store::error::{Result, StoreError};
 use crate::store::{epoch_keys, schema, stored_epoch, Store};
 
@@ -464,15 +464,8 @@ impl Store {
     /// Every chunk a node version names: its chunks and the leaves listing them.
     fn live_chunks(&self) -> Result<HashSet<ChunkId>> {
         let mut live = HashSet::new();
-        for kv in self.cat.scan_prefix([schema::NODE]) {
-            let (k, v) = kv?;
-            let nv: NodeVersion = decode(&v, || {
-                format!(
-                    "node version {:?}",
-                    schema::node_key_node(&k).unwrap_or(NodeId(0))
-                )
-            })?;
-            for seg in &nv.content.segments {
+        self.each_content(|content| {
+            for seg in &content.segments {
                 if !live.insert(seg.leaf) || seg.is_single() {
                     continue;
                 }
@@ -480,7 +473,8 @@ impl Store {
                     live.insert(r.id);
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(live)
     }
 }

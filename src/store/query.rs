@@ -397,6 +397,24 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `f` with the content of every node version the catalogue holds, at any moment.
+    pub fn each_content(
+        &self,
+        mut f: impl FnMut(&crate::store::content::Content) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.cat.scan_prefix([schema::NODE]) {
+            let (k, v) = kv?;
+            let nv: NodeVersion = decode(&v, || {
+                format!(
+                    "node version {:?}",
+                    schema::node_key_node(&k).unwrap_or(NodeId(0))
+                )
+            })?;
+            f(&nv.content)?;
+        }
+        Ok(())
+    }
+
     /// Every path in the tree below `root` (inclusive) as of `seq`, parents before children.
     pub fn walk(&self, root: &RelPath, seq: Seq) -> Result<Vec<(RelPath, Entry)>> {
         let mut out = Vec::new();
