@@ -118,6 +118,108 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
     assert_eq!(s.read("cache/big.bin").len(), 100_000);
 }
 
+/// As root, files that are not versioned are served by the kernel on the real file (FUSE
+/// passthrough): SQLite's `-shm` mapping, caches, `tmp/`. The kernel holds an inode in one mode
+/// at a time and answers an open in the other with ETXTBSY, which a plain directory never does:
+/// opens across a rename between a versioned and an unversioned name must all succeed, and what
+/// is written under a versioned name ends up versioned.
+#[test]
+fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
+    use std::io::{BufRead, Write};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: passthrough needs root");
+        return;
+    }
+    let s = Sandbox::new();
+    s.write("notes/b.md", b"b\n");
+    s.write("tmp/.keep", b"");
+    s.mount();
+    let passed = || s.json(&["status"])[0]["passthrough"].as_u64();
+    assert_eq!(passed(), Some(0), "passthrough is not on");
+
+    // Open under tmp/: passed through. Renamed in while open, and opened again under the
+    // versioned name to append: that open must join the first one's mode, not fail.
+    let rw = |rel: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.path(rel))
+            .unwrap()
+    };
+    let mut a = rw("tmp/a");
+    a.write_all(b"from tmp\n").unwrap();
+    assert_eq!(passed(), Some(1));
+    std::fs::rename(s.path("tmp/a"), s.path("notes/a.md")).unwrap();
+    let mut b = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.path("notes/a.md"))
+        .expect("an open of a file already open passed through");
+    b.write_all(b"appended\n").unwrap();
+    assert_eq!(passed(), Some(1));
+    drop((a, b));
+    common::eventually("the passed-through opens to be released", || {
+        passed() == Some(0)
+    });
+    s.settle();
+    assert_eq!(s.ok(&["cat", "notes/a.md"]), "from tmp\nappended\n");
+
+    // The other way round: a versioned file held open through the cache, renamed out to tmp/
+    // and opened there to write, stays in the cache.
+    let held = std::fs::File::open(s.path("notes/b.md")).unwrap();
+    std::fs::rename(s.path("notes/b.md"), s.path("tmp/b")).unwrap();
+    rw("tmp/b")
+        .write_all(b"B")
+        .expect("writing through a second open");
+    assert_eq!(passed(), Some(0));
+    drop(held);
+    assert_eq!(s.read("tmp/b"), b"B\n");
+
+    // SQLite in WAL mode: its -shm is mapped from the real file while the database is open.
+    let mut py = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import sqlite3, sys
+con = sqlite3.connect("state.sqlite")
+con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
+con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(500):
+    con.execute("INSERT INTO t(v) VALUES (?)", ("row %d" % i,)); con.commit()
+print("open", flush=True)
+sys.stdin.readline()
+for i in range(500):
+    con.execute("INSERT INTO t(v) VALUES (?)", ("row %d" % i,)); con.commit()
+print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select count(*) from t").fetchone()[0])
+"#,
+        )
+        .current_dir(&s.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "open\n");
+    assert_eq!(passed(), Some(1), "state.sqlite-shm is not passed through");
+    py.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ok 1000\n");
+    assert!(py.wait().unwrap().success());
+    s.settle();
+    assert!(!s.json(&["history", "state.sqlite"]).is_empty());
+    s.unmount();
+    assert_eq!(
+        sh_in(&s.dir, "sqlite3 state.sqlite 'select count(*) from t;'").trim(),
+        "1000"
+    );
+    assert_eq!(s.read("notes/a.md"), b"from tmp\nappended\n");
+}
+
 /// Python asks `TCGETS` of every file it opens (`isatty`). The answer must be the one a plain
 /// file gives (ENOTTY), and the daemon must not log a warning for each: it once did, one line
 /// per open, into a log nothing rotates.

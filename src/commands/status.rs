@@ -22,6 +22,8 @@ struct Status {
     oldest: Option<String>,
     marks: usize,
     open_writers: Vec<crate::fs::overlay::OpenWriter>,
+    /// Mounted with kernel passthrough: how many unversioned files are open passed through.
+    passthrough: Option<usize>,
     last_error: Option<String>,
     remotes: Vec<RemoteStatus>,
 }
@@ -99,6 +101,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .live
             .map(|l| l.overlay.open_writers())
             .unwrap_or_default(),
+        passthrough: ctx.live.and_then(|l| l.overlay.passed_through()),
         last_error,
         remotes: remotes(ctx)?,
     };
@@ -123,6 +126,18 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         writeln!(o, "oldest      #1 at {} ({})", show_time(old), ago(old))?;
     }
     writeln!(o, "marks       {}", s.marks)?;
+    if s.mounted {
+        match s.passthrough {
+            Some(n) => writeln!(
+                o,
+                "passthrough on: unversioned files are served by the kernel ({n} open now)"
+            )?,
+            None => writeln!(
+                o,
+                "passthrough off (needs root and Linux 6.9+): unversioned files go through the daemon"
+            )?,
+        }
+    }
     for w in &s.open_writers {
         writeln!(o, "writing     {} (pid {} {})", w.path, w.pid, w.command)?;
     }

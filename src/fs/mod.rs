@@ -4,10 +4,12 @@
 //!   every change to the recorder thread in the order the writers issued it.
 //! - [`browse`]: the read-only view of any past moment.
 //! - [`filter`]: which paths are versioned.
+//! - [`iomode`]: which open files the kernel serves without the daemon (passthrough).
 //! - [`inodes`], [`sys`]: the inode table and the `*at()` calls.
 
 pub mod browse;
 pub mod filter;
 pub mod inodes;
+pub mod iomode;
 pub mod overlay;
 pub mod sys;

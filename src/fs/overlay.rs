@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::daemon::recorder_thread::{meta_of, FsEvent, RecorderHandle};
 use crate::fs::filter::Filter;
 use crate::fs::inodes::Inodes;
+use crate::fs::iomode::{IoModes, Mode};
 use crate::fs::sys;
 use crate::relpath::RelPath;
 use crate::store::catalog::NodeKind;
@@ -48,6 +49,15 @@ const ENTRY_TTL: Duration = Duration::from_secs(1);
 /// `GETATTR` per directory (41,000 requests for 5,000 small files).
 const ATTR_TTL: Duration = Duration::from_secs(1);
 
+/// How the real file behind a passed-through open is opened: one backing file serves every open
+/// of the inode, whatever its access mode.
+const BACKING_FLAGS: i32 = libc::O_RDWR | libc::O_NOFOLLOW;
+
+/// The only open flags the kernel takes with a passed-through open (`FOPEN_PASSTHROUGH_MASK`);
+/// any other, `FOPEN_KEEP_CACHE` included, fails the caller's open with `EIO`. There is no page
+/// cache of ours to keep: the real file's serves.
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// A directory as `opendir` saw it: (inode, type, name), so offsets stay stable.
 type Listing = Vec<(u64, FileType, OsString)>;
 
@@ -65,6 +75,8 @@ struct Handle {
     truncated: AtomicBool,
     /// Who opened it for writing: shown by `status`, and a rollback refuses to replace it.
     writer: Option<(u32, String)>,
+    /// Its reads and writes go to the real file without us ([`IoModes`]).
+    passed: bool,
 }
 
 /// A process holding a file open for writing through the mount.
@@ -85,6 +97,7 @@ pub struct Live {
     inodes: Inodes,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     notifier: Arc<OnceLock<Notifier>>,
+    modes: IoModes,
 }
 
 /// The overlay filesystem.
@@ -194,6 +207,7 @@ impl Overlay {
                 root,
                 handles: RwLock::new(HashMap::new()),
                 notifier,
+                modes: IoModes::default(),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -433,6 +447,11 @@ impl Overlay {
 }
 
 impl Live {
+    /// With passthrough granted, how many files are open passed through now; None without it.
+    pub fn passed_through(&self) -> Option<usize> {
+        self.modes.passed_files()
+    }
+
     /// Every file some process holds open for writing through the mount.
     pub fn open_writers(&self) -> Vec<OpenWriter> {
         self.handles
@@ -538,6 +557,16 @@ impl Filesystem for Overlay {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_background(64);
+        // Registering a backing file takes CAP_SYS_ADMIN. A stack depth of 1: real files on a
+        // stacked file system (overlayfs) cannot be backing files, and are served through the
+        // cache; the mount itself can still be stacked on once.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.live.modes.enable();
+        }
         Ok(())
     }
 
@@ -930,6 +959,15 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
+        let versioned = self.versioned(&path).is_some();
+        let mode = self.live.modes.open(ino.0, !versioned, || {
+            reply.open_backing(sys::open_at(self.fd(), &path, BACKING_FLAGS, 0)?)
+        });
+        let passed = matches!(mode, Mode::Passthrough(_));
+        if passed && versioned {
+            tracing::warn!(path = ?path, "opened while already open passed through: \
+                           its writes are captured when it is closed, not as they happen");
+        }
         let fh = self.add_handle(Handle {
             file,
             ino: ino.0,
@@ -937,6 +975,7 @@ impl Filesystem for Overlay {
             wrote: AtomicBool::new(false),
             truncated: AtomicBool::new(false),
             writer,
+            passed,
         });
         // Closing a read-only descriptor needs nothing from us (nothing was written through
         // it, and locks are the kernel's): no FLUSH round trip on every close(2).
@@ -945,7 +984,10 @@ impl Filesystem for Overlay {
         } else {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         };
-        reply.opened(fh, flags);
+        match mode {
+            Mode::Passthrough(b) => reply.opened_passthrough(fh, flags & PASSTHROUGH_FLAGS, &b),
+            Mode::Cached => reply.opened(fh, flags),
+        }
     }
 
     fn read(
@@ -1065,10 +1107,24 @@ impl Filesystem for Overlay {
     ) {
         let removed = self.live.handles.write().remove(&fh.0);
         if let Some(h) = removed {
+            self.live.modes.release(h.ino, h.passed);
             if h.wrote.load(Ordering::Relaxed) || h.truncated.load(Ordering::Relaxed) {
                 let _order = self.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
+            }
+            // Written without us, under a path that is versioned now (renamed in while open):
+            // capture it whole.
+            if h.passed && h.writer.is_some() {
+                if let Some(p) = self
+                    .path(INodeNo(h.ino))
+                    .ok()
+                    .and_then(|p| self.versioned(&p))
+                {
+                    let _order = self.order.lock();
+                    self.rec.send(FsEvent::Import(p));
+                    self.rec.commit(false, false);
+                }
             }
         }
         reply.ok();
@@ -1404,6 +1460,13 @@ impl Filesystem for Overlay {
         }
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let attr = self.entry(parent, name, &st);
+        let mode = self
+            .live
+            .modes
+            .open(attr.ino.0, self.versioned(&path).is_none(), || {
+                reply.open_backing(sys::open_at(fd, &path, BACKING_FLAGS, 0)?)
+            });
+        let passed = matches!(mode, Mode::Passthrough(_));
         let fh = self.add_handle(Handle {
             file,
             ino: attr.ino.0,
@@ -1411,14 +1474,25 @@ impl Filesystem for Overlay {
             wrote: AtomicBool::new(false),
             truncated: AtomicBool::new(created || flags & libc::O_TRUNC != 0),
             writer: writable.then(|| (req.pid(), comm_of(req.pid()))),
+            passed,
         });
-        reply.created(
-            &ENTRY_TTL,
-            &attr,
-            Generation(0),
-            fh,
-            FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        match mode {
+            Mode::Passthrough(b) => reply.created_passthrough(
+                &ENTRY_TTL,
+                &attr,
+                Generation(0),
+                fh,
+                FopenFlags::empty(),
+                &b,
+            ),
+            Mode::Cached => reply.created(
+                &ENTRY_TTL,
+                &attr,
+                Generation(0),
+                fh,
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+        }
     }
 
     fn fallocate(
