@@ -2,7 +2,9 @@
 # POSIX conformance through a clawfs mount:
 # - pjdfstest on the plain backing directory and through the mount: the mount may fail no test
 #   that the plain directory passes;
-# - fsx, 100,000 random operations on one file through the mount: all must check out.
+# - fsx, 100,000 random operations on one file through the mount: all must check out;
+# - both again under `tmp/`, which is not versioned: as root, the kernel serves those files
+#   without the daemon (FUSE passthrough), and must still pass.
 # Installs pjdfstest 0.2.2 and fsx 0.3.2 into ~/.cargo/bin when missing (cached across runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,20 +55,33 @@ echo "-- pjdfstest through the clawfs mount"
 (cd "$work/mnt" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/mnt" > "$work/mnt.log" 2>&1) || true
 grep '^Summary' "$work/mnt.log"
 grep -q '^Summary' "$work/mnt.log" || { tail -50 "$work/mnt.log"; echo "pjdfstest did not finish"; exit 1; }
-extra=$(comm -13 <(failed_tests "$work/plain.log") <(failed_tests "$work/mnt.log"))
-if [ -n "$extra" ]; then
-  echo "failures through clawfs that the plain directory does not have:"
-  echo "$extra"
-  for t in $extra; do grep -A3 "^$t " "$work/mnt.log"; done
-  exit 1
-fi
-passed_plain=$(grep -oE '[0-9]+ passed' "$work/plain.log" | head -1)
-passed_mnt=$(grep -oE '[0-9]+ passed' "$work/mnt.log" | head -1)
-echo "pjdfstest: no extra failures (plain: $passed_plain, clawfs: $passed_mnt)"
+no_extra_failures() { # LOG: what the mount failed beyond the plain directory, if anything
+  local extra
+  extra=$(comm -13 <(failed_tests "$work/plain.log") <(failed_tests "$1"))
+  if [ -n "$extra" ]; then
+    echo "failures through clawfs that the plain directory does not have:"
+    echo "$extra"
+    for t in $extra; do grep -A3 "^$t " "$1"; done
+    exit 1
+  fi
+  echo "pjdfstest: no extra failures (plain: $(grep -oE '[0-9]+ passed' "$work/plain.log" | head -1), clawfs: $(grep -oE '[0-9]+ passed' "$1" | head -1))"
+}
+no_extra_failures "$work/mnt.log"
 
+fsx_ok() { # FILE LOG
+  (cd "$work" && fsx -N 100000 -S 20261121 -P "$work" "$1" > "$2" 2>&1) || { tail -40 "$2"; echo "fsx failed"; exit 1; }
+  tail -1 "$2"
+  grep -q 'All operations completed A-OK' "$2"
+}
 echo "-- fsx: 100000 operations through the mount"
-(cd "$work" && fsx -N 100000 -S 20261121 -P "$work" "$work/mnt/fsx.file" > "$work/fsx.log" 2>&1) || { tail -40 "$work/fsx.log"; echo "fsx failed"; exit 1; }
-tail -1 "$work/fsx.log"
-grep -q 'All operations completed A-OK' "$work/fsx.log"
+fsx_ok "$work/mnt/fsx.file" "$work/fsx.log"
+
+echo "-- the same under tmp/, not versioned: passed through to the real files"
+mkdir -p "$work/mnt/tmp/pjd"
+"$bin" status "$work/mnt" | grep '^passthrough on' || { echo "passthrough is not on"; exit 1; }
+(cd "$work/mnt/tmp/pjd" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/mnt/tmp/pjd" > "$work/tmp.log" 2>&1) || true
+grep '^Summary' "$work/tmp.log"
+no_extra_failures "$work/tmp.log"
+fsx_ok "$work/mnt/tmp/fsx.file" "$work/fsx-tmp.log"
 "$bin" unmount "$work/mnt"
-echo "posix: 2 passed, 0 failed"
+echo "posix: 4 passed, 0 failed"
