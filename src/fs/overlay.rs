@@ -53,9 +53,11 @@ const ATTR_TTL: Duration = Duration::from_secs(1);
 /// of the inode, whatever its access mode.
 const BACKING_FLAGS: i32 = libc::O_RDWR | libc::O_NOFOLLOW;
 
-/// The only open flags the kernel takes with a passed-through open (`FOPEN_PASSTHROUGH_MASK`);
-/// any other, `FOPEN_KEEP_CACHE` included, fails the caller's open with `EIO`. There is no page
-/// cache of ours to keep: the real file's serves.
+/// How a passed-through open is answered. The kernel takes no flag outside
+/// `FOPEN_PASSTHROUGH_MASK` with it (`FOPEN_KEEP_CACHE` fails the caller's open with `EIO`;
+/// there is no page cache of ours to keep, the real file's serves). Its close needs nothing from
+/// us, written or not: its writes never came here, and a file written under a versioned name is
+/// captured at RELEASE.
 const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// A directory as `opendir` saw it: (inode, type, name), so offsets stay stable.
@@ -985,7 +987,7 @@ impl Filesystem for Overlay {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         };
         match mode {
-            Mode::Passthrough(b) => reply.opened_passthrough(fh, flags & PASSTHROUGH_FLAGS, &b),
+            Mode::Passthrough(b) => reply.opened_passthrough(fh, PASSTHROUGH_FLAGS, &b),
             Mode::Cached => reply.opened(fh, flags),
         }
     }
@@ -1482,7 +1484,7 @@ impl Filesystem for Overlay {
                 &attr,
                 Generation(0),
                 fh,
-                FopenFlags::empty(),
+                PASSTHROUGH_FLAGS,
                 &b,
             ),
             Mode::Cached => reply.created(
