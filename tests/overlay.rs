@@ -122,7 +122,7 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
 /// passthrough): SQLite's `-shm` mapping, caches, `tmp/`. The kernel holds an inode in one mode
 /// at a time and answers an open in the other with ETXTBSY, which a plain directory never does:
 /// opens across a rename between a versioned and an unversioned name must all succeed, and what
-/// is written under a versioned name ends up versioned.
+/// is written under a versioned name is versioned by its fsync and close.
 #[test]
 fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     use std::io::{BufRead, Write};
@@ -159,6 +159,9 @@ fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
         .expect("an open of a file already open passed through");
     b.write_all(b"appended\n").unwrap();
     assert_eq!(passed(), Some(1));
+    // Its writes never reach the daemon: an fsync captures the file whole.
+    b.sync_all().unwrap();
+    assert_eq!(s.ok(&["cat", "notes/a.md"]), "from tmp\nappended\n");
     drop((a, b));
     common::eventually("the passed-through opens to be released", || {
         passed() == Some(0)

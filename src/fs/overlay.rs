@@ -20,10 +20,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -424,6 +424,26 @@ impl Overlay {
             self.live.attrs_changed(ino.0);
         }
         Ok(dropped)
+    }
+
+    /// How to serve an open of inode `ino` at `path` ([`IoModes::open`]): passed through if it
+    /// is not versioned and the inode allows it. `register` makes the real file, opened here, a
+    /// backing file.
+    fn io_mode(
+        &self,
+        ino: u64,
+        path: &OsStr,
+        register: impl FnOnce(File) -> io::Result<BackingId>,
+    ) -> Mode {
+        let versioned = self.versioned(path).is_some();
+        let mode = self.live.modes.open(ino, !versioned, || {
+            register(sys::open_at(self.fd(), path, BACKING_FLAGS, 0)?)
+        });
+        if versioned && matches!(mode, Mode::Passthrough(_)) {
+            tracing::warn!(path = ?path, "opened while already open passed through: \
+                           its writes are captured at fsync and close, not as they happen");
+        }
+        mode
     }
 
     /// Tells the recorder the permission bits [`drop_suid`] left on `path`, if it changed them.
@@ -961,15 +981,8 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
-        let versioned = self.versioned(&path).is_some();
-        let mode = self.live.modes.open(ino.0, !versioned, || {
-            reply.open_backing(sys::open_at(self.fd(), &path, BACKING_FLAGS, 0)?)
-        });
+        let mode = self.io_mode(ino.0, &path, |f| reply.open_backing(f));
         let passed = matches!(mode, Mode::Passthrough(_));
-        if passed && versioned {
-            tracing::warn!(path = ?path, "opened while already open passed through: \
-                           its writes are captured when it is closed, not as they happen");
-        }
         let fh = self.add_handle(Handle {
             file,
             ino: ino.0,
@@ -1154,8 +1167,21 @@ impl Filesystem for Overlay {
         if let Err(e) = r {
             return reply.error(errno(e));
         }
+        // A file that is not versioned has nothing to commit.
+        let Some(path) = self
+            .live
+            .inodes
+            .path(h.ino)
+            .and_then(|p| self.versioned(&p))
+        else {
+            return reply.ok();
+        };
         {
             let _order = self.order.lock();
+            if h.passed {
+                // Written without us (see `IoModes`): capture it whole.
+                self.rec.send(FsEvent::Import(path));
+            }
             self.record_mtime(&h);
         }
         // Then the version, durable too when fsync returns: what the writer asked the disk to
@@ -1462,12 +1488,7 @@ impl Filesystem for Overlay {
         }
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let attr = self.entry(parent, name, &st);
-        let mode = self
-            .live
-            .modes
-            .open(attr.ino.0, self.versioned(&path).is_none(), || {
-                reply.open_backing(sys::open_at(fd, &path, BACKING_FLAGS, 0)?)
-            });
+        let mode = self.io_mode(attr.ino.0, &path, |f| reply.open_backing(f));
         let passed = matches!(mode, Mode::Passthrough(_));
         let fh = self.add_handle(Handle {
             file,
