@@ -618,14 +618,24 @@ fn mode_alone(path: &std::path::Path) -> u32 {
 
 /// Writing, truncating or allocating in a set-user-ID file without privilege clears the bit (and set-group-ID
 /// when group-executable), as on the real file system; the daemon does it (the kernel leaves it
-/// to us, see `drop_suid`), and the history records the new mode.
+/// to us, see `drop_suid`), and the history records the new mode. So under a path that is not
+/// versioned: a set-ID file is never passed through.
 #[test]
 fn unprivileged_writes_clear_set_id_bits_as_natively() {
     use std::os::unix::fs::PermissionsExt;
     let s = Sandbox::new();
     let plain = s.home.path().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    for d in [s.home.path(), s.dir.as_path(), plain.as_path()] {
+    // Under tmp/, not versioned, files are passed through to the kernel: it writes them with the
+    // daemon's privilege, which would keep the bits.
+    let unversioned = s.dir.join("tmp");
+    std::fs::create_dir_all(&unversioned).unwrap();
+    for d in [
+        s.home.path(),
+        s.dir.as_path(),
+        plain.as_path(),
+        unversioned.as_path(),
+    ] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     s.mount();
@@ -636,7 +646,7 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
         ("fallocate", "fallocate -l 8192 f"),
         ("punch", "fallocate -p -o 0 -l 2 f"),
     ];
-    for dir in [plain.as_path(), s.dir.as_path()] {
+    for dir in [plain.as_path(), s.dir.as_path(), unversioned.as_path()] {
         for (name, script) in cases {
             for (mode, after) in [(0o6777, 0o0777), (0o6767, 0o2767)] {
                 let f = dir.join("f");
