@@ -180,6 +180,17 @@ fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     drop(held);
     assert_eq!(s.read("tmp/b"), b"B\n");
 
+    // Pages read while a file is cached must not be served after it was written passed through
+    // (the passed-through open drops them: it cannot keep the cache): read under a versioned
+    // name, rewritten in place under tmp/, read again under its name.
+    let page = |c: u8| vec![c; 8192];
+    s.write("notes/c.md", &page(b'a'));
+    assert_eq!(s.read("notes/c.md"), page(b'a'));
+    std::fs::rename(s.path("notes/c.md"), s.path("tmp/c")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&rw("tmp/c"), &page(b'b'), 0).unwrap();
+    std::fs::rename(s.path("tmp/c"), s.path("notes/c.md")).unwrap();
+    assert!(s.read("notes/c.md") == page(b'b'), "stale pages served");
+
     // SQLite in WAL mode: its -shm is mapped from the real file while the database is open.
     let mut py = std::process::Command::new("python3")
         .arg("-c")

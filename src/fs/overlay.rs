@@ -55,7 +55,9 @@ const BACKING_FLAGS: i32 = libc::O_RDWR | libc::O_NOFOLLOW;
 
 /// How a passed-through open is answered. The kernel takes no flag outside
 /// `FOPEN_PASSTHROUGH_MASK` with it (`FOPEN_KEEP_CACHE` fails the caller's open with `EIO`;
-/// there is no page cache of ours to keep, the real file's serves). Its close needs nothing from
+/// there is no page cache of ours to keep, the real file's serves; and without it, the kernel
+/// drops the pages a cached open left, so none is served stale after the file is written passed
+/// through). Its close needs nothing from
 /// us, written or not: its writes never came here, and a file written under a versioned name is
 /// captured at RELEASE.
 const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
