@@ -24,31 +24,49 @@ use fuser::BackingId;
 use parking_lot::Mutex;
 
 /// The open files of one inode, by mode.
-#[derive(Default)]
-struct Opens {
+struct Opens<B> {
     cached: usize,
     passed: usize,
     /// Registered with the kernel while `passed > 0`; every passed-through open of the inode
     /// must name the same one (the kernel answers `EBUSY` to a second).
-    backing: Option<Arc<BackingId>>,
+    backing: Option<Arc<B>>,
+}
+
+impl<B> Default for Opens<B> {
+    fn default() -> Self {
+        Opens {
+            cached: 0,
+            passed: 0,
+            backing: None,
+        }
+    }
 }
 
 /// How one open is served.
-pub enum Mode {
+pub enum Mode<B = BackingId> {
     /// Through the daemon and the page cache.
     Cached,
     /// On the real file, registered with the kernel as this backing file.
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<B>),
 }
 
-/// The mode of every open inode.
-#[derive(Default)]
-pub struct IoModes {
+/// The mode of every open inode. `B` is the kernel's backing-file registration (a stand-in in
+/// unit tests).
+pub struct IoModes<B = BackingId> {
     enabled: AtomicBool,
-    opens: Mutex<HashMap<u64, Opens>>,
+    opens: Mutex<HashMap<u64, Opens<B>>>,
 }
 
-impl IoModes {
+impl<B> Default for IoModes<B> {
+    fn default() -> Self {
+        IoModes {
+            enabled: AtomicBool::new(false),
+            opens: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<B> IoModes<B> {
     /// Passthrough was granted at INIT: from now on, [`open`](Self::open) may choose it.
     pub fn enable(&self) {
         self.enabled.store(true, Ordering::Relaxed);
@@ -69,8 +87,8 @@ impl IoModes {
         &self,
         ino: u64,
         wanted: bool,
-        register: impl FnOnce() -> io::Result<BackingId>,
-    ) -> Mode {
+        register: impl FnOnce() -> io::Result<B>,
+    ) -> Mode<B> {
         let mut opens = self.opens.lock();
         let o = opens.entry(ino).or_default();
         if let Some(b) = o.backing.as_ref().filter(|_| o.passed > 0) {
@@ -113,5 +131,73 @@ impl IoModes {
         if o.cached == 0 && o.passed == 0 {
             opens.remove(&ino);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backing(id: u32) -> impl FnOnce() -> io::Result<u32> {
+        move || Ok(id)
+    }
+
+    fn refused() -> io::Result<u32> {
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
+    }
+
+    fn passed(m: &Mode<u32>) -> Option<u32> {
+        match m {
+            Mode::Passthrough(b) => Some(**b),
+            Mode::Cached => None,
+        }
+    }
+
+    #[test]
+    fn an_inode_is_opened_again_the_way_it_is_open() {
+        let modes = IoModes::<u32>::default();
+        // Not granted: everything through the cache.
+        assert_eq!(passed(&modes.open(1, true, backing(7))), None);
+        assert_eq!(modes.passed_files(), None);
+        modes.release(1, false);
+        modes.enable();
+        assert_eq!(modes.passed_files(), Some(0));
+
+        // Wanted: registered once, and every later open of the inode names the same backing,
+        // even one that would rather go through the cache (a versioned name).
+        assert_eq!(passed(&modes.open(1, true, backing(7))), Some(7));
+        assert_eq!(
+            passed(&modes.open(1, true, || panic!("registered twice"))),
+            Some(7)
+        );
+        assert_eq!(
+            passed(&modes.open(1, false, || panic!("registered"))),
+            Some(7)
+        );
+        assert_eq!(modes.passed_files(), Some(1));
+        for _ in 0..3 {
+            modes.release(1, true);
+        }
+        assert_eq!(modes.passed_files(), Some(0));
+        // The last release let the registration go: the next open registers anew.
+        assert_eq!(passed(&modes.open(1, true, backing(8))), Some(8));
+        modes.release(1, true);
+
+        // Open through the cache: a wanted open joins it instead of failing.
+        assert_eq!(passed(&modes.open(2, false, || panic!("registered"))), None);
+        assert_eq!(passed(&modes.open(2, true, || panic!("registered"))), None);
+        modes.release(2, false);
+        modes.release(2, false);
+        assert_eq!(passed(&modes.open(2, true, backing(9))), Some(9));
+        modes.release(2, true);
+
+        // A registration the kernel refuses falls back to the cache, and counts there.
+        assert_eq!(passed(&modes.open(3, true, refused)), None);
+        assert_eq!(passed(&modes.open(3, true, || panic!("registered"))), None);
+        modes.release(3, false);
+        modes.release(3, false);
+        assert_eq!(passed(&modes.open(3, true, backing(10))), Some(10));
+        modes.release(3, true);
+        assert!(modes.opens.lock().is_empty());
     }
 }
