@@ -234,6 +234,72 @@ print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select c
     assert_eq!(s.read("notes/a.md"), b"from tmp\nappended\n");
 }
 
+/// A state directory on overlayfs, as in a container: unversioned files are still passed through
+/// (the mount must declare a stack depth above overlayfs's, or the kernel refuses every real
+/// file as a backing file).
+#[test]
+fn on_overlayfs_unversioned_files_are_still_passed_through() {
+    use std::io::Write;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: overlayfs and passthrough need root");
+        return;
+    }
+    let s = Sandbox::new();
+    let layers = s.home.path().join("layers");
+    for d in ["lower/tmp", "upper", "work"] {
+        std::fs::create_dir_all(layers.join(d)).unwrap();
+    }
+    std::fs::write(layers.join("lower/AGENTS.md"), b"from the image\n").unwrap();
+    let opts = format!(
+        "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+        layers.display()
+    );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&s.dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting overlayfs");
+    // Dropped first: the clawfs mount on top, then the overlay under it.
+    struct Layers<'a>(&'a Sandbox);
+    impl Drop for Layers<'_> {
+        fn drop(&mut self) {
+            if self.0.is_mounted() {
+                let _ = self
+                    .0
+                    .cmd()
+                    .args(["unmount", self.0.dir.to_str().unwrap()])
+                    .output();
+            }
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0.dir)
+                .status();
+        }
+    }
+    let _layers = Layers(&s);
+    s.mount();
+    let passed = || s.json(&["status"])[0]["passthrough"].as_u64();
+    assert_eq!(passed(), Some(0), "passthrough is not on");
+    let mut f = std::fs::File::create(s.path("tmp/scratch")).unwrap();
+    f.write_all(b"scratch").unwrap();
+    assert_eq!(
+        passed(),
+        Some(1),
+        "a file on overlayfs is not passed through"
+    );
+    drop(f);
+    s.write("AGENTS.md", b"edited\n");
+    s.settle();
+    assert_eq!(s.ok(&["cat", "AGENTS.md"]), "edited\n");
+    s.unmount();
+    assert_eq!(
+        std::fs::read(layers.join("upper/tmp/scratch")).unwrap(),
+        b"scratch"
+    );
+}
+
 /// Python asks `TCGETS` of every file it opens (`isatty`). The answer must be the one a plain
 /// file gives (ENOTTY), and the daemon must not log a warning for each: it once did, one line
 /// per open, into a log nothing rotates.

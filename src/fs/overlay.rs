@@ -587,13 +587,19 @@ impl Filesystem for Overlay {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_background(64);
-        // Registering a backing file takes CAP_SYS_ADMIN. A stack depth of 1: real files on a
-        // stacked file system (overlayfs) cannot be backing files, and are served through the
-        // cache; the mount itself can still be stacked on once.
+        // Registering a backing file takes CAP_SYS_ADMIN. The mount's stack depth must exceed
+        // that of the real files' file system: 1 over a plain one, so the mount itself can still
+        // be stacked on; 2, the most there is, over overlayfs (a container's root), so that
+        // passthrough works there too. (Real files on another stacked file system are served
+        // through the cache: the kernel refuses to register them.)
+        let over_overlay =
+            sys::fstatfs(self.fd()).is_ok_and(|st| st.f_type == sys::OVERLAYFS_SUPER_MAGIC);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
+            && config
+                .set_max_stack_depth(if over_overlay { 2 } else { 1 })
+                .is_ok()
         {
             self.live.modes.enable();
         }

@@ -211,6 +211,19 @@ pub fn statfs_path(path: &std::path::Path) -> io::Result<libc::statfs> {
 /// `f_type` of a FUSE file system in `statfs`.
 pub const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
 
+/// `f_type` of overlayfs (a container's root) in `statfs`.
+pub const OVERLAYFS_SUPER_MAGIC: libc::__fsword_t = 0x794c_7630;
+
+/// `fstatfs` of an open file: the file system it is on.
+pub fn fstatfs(fd: RawFd) -> io::Result<libc::statfs> {
+    // SAFETY: `st` is written before read.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        check(libc::fstatfs(fd, &mut st))?;
+        Ok(st)
+    }
+}
+
 /// The `/proc/self/fd/<dir>/<path>` name of a path, for calls that have no `*at()` form (xattrs).
 pub fn proc_path(dir: RawFd, path: &OsStr) -> CString {
     let mut v = format!("/proc/self/fd/{dir}").into_bytes();
