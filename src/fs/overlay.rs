@@ -428,9 +428,9 @@ impl Overlay {
         Ok(dropped)
     }
 
-    /// How to serve an open of inode `ino` at `path`, whose mode is `st_mode`
-    /// ([`IoModes::open`]): passed through if it is not versioned and the inode allows it.
-    /// `register` makes the real file, opened here, a backing file.
+    /// How to serve an open of inode `ino` at `path` ([`IoModes::open`]): passed through if it
+    /// is not versioned and the inode allows it. `st_mode` gives the file's mode, asked only for
+    /// a path that is not versioned; `register` makes the real file, opened here, a backing file.
     ///
     /// Never a set-ID file: the kernel writes a passed-through file with the daemon's privilege,
     /// so an unprivileged write would leave its set-user-ID bit, which it must clear (the daemon
@@ -439,12 +439,12 @@ impl Overlay {
         &self,
         ino: u64,
         path: &OsStr,
-        st_mode: u32,
+        st_mode: impl FnOnce() -> u32,
         register: impl FnOnce(File) -> io::Result<BackingId>,
     ) -> Mode {
         let versioned = self.versioned(path).is_some();
-        let set_id = st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
-        let mode = self.live.modes.open(ino, !versioned && !set_id, || {
+        let wanted = !versioned && st_mode() & (libc::S_ISUID | libc::S_ISGID) == 0;
+        let mode = self.live.modes.open(ino, wanted, || {
             register(sys::open_at(self.fd(), path, BACKING_FLAGS, 0)?)
         });
         if versioned && matches!(mode, Mode::Passthrough(_)) {
@@ -995,7 +995,7 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         let writer = writable.then(|| (req.pid(), comm_of(req.pid())));
-        let st_mode = sys::fstat(file.as_raw_fd()).map_or(libc::S_ISUID, |st| st.st_mode);
+        let st_mode = || sys::fstat(file.as_raw_fd()).map_or(libc::S_ISUID, |st| st.st_mode);
         let mode = self.io_mode(ino.0, &path, st_mode, |f| reply.open_backing(f));
         let passed = matches!(mode, Mode::Passthrough(_));
         let fh = self.add_handle(Handle {
@@ -1503,7 +1503,7 @@ impl Filesystem for Overlay {
         }
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let attr = self.entry(parent, name, &st);
-        let mode = self.io_mode(attr.ino.0, &path, st.st_mode, |f| reply.open_backing(f));
+        let mode = self.io_mode(attr.ino.0, &path, || st.st_mode, |f| reply.open_backing(f));
         let passed = matches!(mode, Mode::Passthrough(_));
         let fh = self.add_handle(Handle {
             file,
