@@ -57,9 +57,8 @@ const BACKING_FLAGS: i32 = libc::O_RDWR | libc::O_NOFOLLOW;
 /// `FOPEN_PASSTHROUGH_MASK` with it (`FOPEN_KEEP_CACHE` fails the caller's open with `EIO`;
 /// there is no page cache of ours to keep, the real file's serves; and without it, the kernel
 /// drops the pages a cached open left, so none is served stale after the file is written passed
-/// through). Its close needs nothing from
-/// us, written or not: its writes never came here, and a file written under a versioned name is
-/// captured at RELEASE.
+/// through). Its close needs nothing from us, written or not: its writes never came here, and a
+/// file written under a versioned name is captured at RELEASE.
 const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// A directory as `opendir` saw it: (inode, type, name), so offsets stay stable.
@@ -270,6 +269,11 @@ impl Overlay {
         RelPath::new(s).ok()
     }
 
+    /// The path of inode `ino` as the store names it, when it has one and it is versioned.
+    fn versioned_ino(&self, ino: u64) -> Option<RelPath> {
+        self.versioned(&self.live.inodes.path(ino)?)
+    }
+
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
         let ino = self.live.inodes.fuse_ino(st.st_ino);
         self.live.inodes.remember(ino, parent.0, name);
@@ -333,17 +337,17 @@ impl Overlay {
     }
 
     fn record_mtime(&self, h: &Handle) {
-        if let (Ok(st), Some(path)) = (sys::fstat(h.file.as_raw_fd()), self.live.inodes.path(h.ino))
-        {
-            if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Meta {
-                    path: p,
-                    update: MetaUpdate {
-                        mtime_ns: Some(sys::mtime_ns(&st)),
-                        ..Default::default()
-                    },
-                });
-            }
+        let Some(p) = self.versioned_ino(h.ino) else {
+            return;
+        };
+        if let Ok(st) = sys::fstat(h.file.as_raw_fd()) {
+            self.rec.send(FsEvent::Meta {
+                path: p,
+                update: MetaUpdate {
+                    mtime_ns: Some(sys::mtime_ns(&st)),
+                    ..Default::default()
+                },
+            });
         }
     }
 
@@ -1085,12 +1089,7 @@ impl Filesystem for Overlay {
             Ok(m) => m,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = self
-            .live
-            .inodes
-            .path(h.ino)
-            .and_then(|p| self.versioned(&p))
-        {
+        if let Some(p) = self.versioned_ino(h.ino) {
             self.rec.send(FsEvent::Write {
                 path: p.clone(),
                 offset,
@@ -1146,11 +1145,7 @@ impl Filesystem for Overlay {
             // Written without us, under a path that is versioned now (renamed in while open):
             // capture it whole.
             if h.passed && h.writer.is_some() {
-                if let Some(p) = self
-                    .path(INodeNo(h.ino))
-                    .ok()
-                    .and_then(|p| self.versioned(&p))
-                {
+                if let Some(p) = self.versioned_ino(h.ino) {
                     let _order = self.order.lock();
                     self.rec.send(FsEvent::Import(p));
                     self.rec.commit(false, false);
@@ -1183,12 +1178,7 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         // A file that is not versioned has nothing to commit.
-        let Some(path) = self
-            .live
-            .inodes
-            .path(h.ino)
-            .and_then(|p| self.versioned(&p))
-        else {
+        let Some(path) = self.versioned_ino(h.ino) else {
             return reply.ok();
         };
         {
@@ -1561,12 +1551,7 @@ impl Filesystem for Overlay {
             Ok(m) => m,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = self
-            .live
-            .inodes
-            .path(ino.0)
-            .and_then(|p| self.versioned(&p))
-        {
+        if let Some(p) = self.versioned_ino(ino.0) {
             if mode == 0 || mode == libc::FALLOC_FL_KEEP_SIZE {
                 let after = sys::fstat(h.file.as_raw_fd())
                     .map(|s| s.st_size as u64)
