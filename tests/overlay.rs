@@ -126,17 +126,14 @@ fn unversioned_paths_pass_through_and_are_captured_when_renamed_in() {
 #[test]
 fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     use std::io::{BufRead, Write};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: passthrough needs root");
+    if !common::root_or_skip("passthrough") {
         return;
     }
     let s = Sandbox::new();
     s.write("notes/b.md", b"b\n");
     s.write("tmp/.keep", b"");
     s.mount();
-    let passed = || s.json(&["status"])[0]["passthrough"].as_u64();
-    assert_eq!(passed(), Some(0), "passthrough is not on");
+    assert_eq!(s.passed_through(), Some(0), "passthrough is not on");
 
     // Open under tmp/: passed through. Renamed in while open, and opened again under the
     // versioned name to append: that open must join the first one's mode, not fail.
@@ -151,20 +148,20 @@ fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     };
     let mut a = rw("tmp/a");
     a.write_all(b"from tmp\n").unwrap();
-    assert_eq!(passed(), Some(1));
+    assert_eq!(s.passed_through(), Some(1));
     std::fs::rename(s.path("tmp/a"), s.path("notes/a.md")).unwrap();
     let mut b = std::fs::OpenOptions::new()
         .append(true)
         .open(s.path("notes/a.md"))
         .expect("an open of a file already open passed through");
     b.write_all(b"appended\n").unwrap();
-    assert_eq!(passed(), Some(1));
+    assert_eq!(s.passed_through(), Some(1));
     // Its writes never reach the daemon: an fsync captures the file whole.
     b.sync_all().unwrap();
     assert_eq!(s.ok(&["cat", "notes/a.md"]), "from tmp\nappended\n");
     drop((a, b));
     common::eventually("the passed-through opens to be released", || {
-        passed() == Some(0)
+        s.passed_through() == Some(0)
     });
     s.settle();
     assert_eq!(s.ok(&["cat", "notes/a.md"]), "from tmp\nappended\n");
@@ -176,7 +173,7 @@ fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     rw("tmp/b")
         .write_all(b"B")
         .expect("writing through a second open");
-    assert_eq!(passed(), Some(0));
+    assert_eq!(s.passed_through(), Some(0));
     drop(held);
     assert_eq!(s.read("tmp/b"), b"B\n");
 
@@ -218,7 +215,11 @@ print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select c
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "open\n");
-    assert_eq!(passed(), Some(1), "state.sqlite-shm is not passed through");
+    assert_eq!(
+        s.passed_through(),
+        Some(1),
+        "state.sqlite-shm is not passed through"
+    );
     py.stdin.take().unwrap().write_all(b"go\n").unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -240,9 +241,7 @@ print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select c
 #[test]
 fn on_overlayfs_unversioned_files_are_still_passed_through() {
     use std::io::Write;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: overlayfs and passthrough need root");
+    if !common::root_or_skip("overlayfs with passthrough") {
         return;
     }
     let s = Sandbox::new();
@@ -280,12 +279,11 @@ fn on_overlayfs_unversioned_files_are_still_passed_through() {
     }
     let _layers = Layers(&s);
     s.mount();
-    let passed = || s.json(&["status"])[0]["passthrough"].as_u64();
-    assert_eq!(passed(), Some(0), "passthrough is not on");
+    assert_eq!(s.passed_through(), Some(0), "passthrough is not on");
     let mut f = std::fs::File::create(s.path("tmp/scratch")).unwrap();
     f.write_all(b"scratch").unwrap();
     assert_eq!(
-        passed(),
+        s.passed_through(),
         Some(1),
         "a file on overlayfs is not passed through"
     );

@@ -152,6 +152,12 @@ impl Sandbox {
         v.first().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0)
     }
 
+    /// How many files the mount serves passed through to the kernel now (`status`); None when
+    /// passthrough is off.
+    pub fn passed_through(&self) -> Option<u64> {
+        self.json(&["status"])[0]["passthrough"].as_u64()
+    }
+
     /// Runs a shell command with `cwd` = the state directory; panics on failure.
     pub fn sh(&self, script: &str) -> String {
         sh_in(&self.dir, script)
@@ -216,6 +222,17 @@ impl Drop for LazyUnmount<'_> {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Whether the tests run as root; a test of what only root can do says it is skipped otherwise
+/// (CI runs as root).
+pub fn root_or_skip(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: {what} needs root");
+    }
+    root
 }
 
 /// Waits until `f` holds, up to 20 s.
