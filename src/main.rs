@@ -354,6 +354,7 @@ fn run_store(
         out: &mut out,
         live: None,
         passphrase,
+        client: None,
     };
     commands::run(&cli.cmd, &mut ctx)?;
     out.flush()?;

@@ -27,13 +27,35 @@ pub fn command_of(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
-/// Every process but this one with a file under `dir` open for writing, from `/proc`.
-pub fn writers_under(dir: &Path) -> Vec<Writer> {
+/// How a process holds a path under a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Its working directory.
+    Cwd,
+    /// Its root directory (`chroot`).
+    Root,
+    /// An open descriptor, with its `open(2)` flags.
+    Fd(i64),
+}
+
+/// Calls `each(pid, hold, rel, link)` for everything a process but this one holds under `dir`
+/// (or `dir` itself, with `rel` empty), from `/proc`: `link` is the `/proc` link, which `stat`
+/// follows to the file the process really holds.
+fn holds_under(dir: &Path, mut each: impl FnMut(u32, Hold, &str, &Path)) {
     let me = std::process::id();
-    let prefix = dir.to_string_lossy().trim_end_matches('/').to_string() + "/";
-    let mut out = Vec::new();
+    let dir = dir.to_string_lossy();
+    let dir = dir.trim_end_matches('/');
+    let prefix = format!("{dir}/");
+    let rel_of = |target: &Path| -> Option<String> {
+        let t = target.to_string_lossy();
+        let t = t.trim_end_matches(" (deleted)");
+        if t == dir {
+            return Some(String::new());
+        }
+        t.strip_prefix(&prefix).map(str::to_string)
+    };
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
+        return;
     };
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -42,18 +64,19 @@ pub fn writers_under(dir: &Path) -> Vec<Writer> {
         if pid == me {
             continue;
         }
+        for (name, hold) in [("cwd", Hold::Cwd), ("root", Hold::Root)] {
+            let link = p.path().join(name);
+            if let Some(rel) = std::fs::read_link(&link).ok().and_then(|t| rel_of(&t)) {
+                each(pid, hold, &rel, &link);
+            }
+        }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
+            let Some(rel) = std::fs::read_link(fd.path()).ok().and_then(|t| rel_of(&t)) else {
                 continue;
             };
-            let t = target.to_string_lossy();
-            let Some(rel) = t.strip_prefix(&prefix) else {
-                continue;
-            };
-            let rel = rel.trim_end_matches(" (deleted)");
             let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
                 .unwrap_or_default();
             let flags = info
@@ -61,16 +84,95 @@ pub fn writers_under(dir: &Path) -> Vec<Writer> {
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
                 .unwrap_or(0);
-            if flags & libc::O_ACCMODE as i64 != libc::O_RDONLY as i64 {
-                out.push(Writer {
-                    pid,
-                    command: command_of(pid).unwrap_or_default(),
-                    path: rel.to_string(),
-                });
-            }
+            each(pid, Hold::Fd(flags), &rel, &fd.path());
         }
     }
+}
+
+fn writable(flags: i64) -> bool {
+    flags & libc::O_ACCMODE as i64 != libc::O_RDONLY as i64
+}
+
+/// Every process but this one with a file under `dir` open for writing, from `/proc`.
+pub fn writers_under(dir: &Path) -> Vec<Writer> {
+    let mut out = Vec::new();
+    holds_under(dir, |pid, hold, rel, _| {
+        if matches!(hold, Hold::Fd(flags) if writable(flags)) && !rel.is_empty() {
+            out.push(Writer {
+                pid,
+                command: command_of(pid).unwrap_or_default(),
+                path: rel.to_string(),
+            });
+        }
+    });
     out.sort_by(|a, b| (a.pid, &a.path).cmp(&(b.pid, &b.path)));
+    out.dedup();
+    out
+}
+
+/// A process that reaches the real files under a mounted directory past the mount, through a
+/// working directory or a descriptor it took before the mount covered them: what it changes
+/// that way is not versioned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Underneath {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub command: String,
+    /// `cwd` (its working directory), `root` (its root directory), `dir` (an open
+    /// directory: `openat` on it goes underneath) or `writing` (a versioned file open for
+    /// writing).
+    pub holds: String,
+    /// The path it holds, relative to the tree (empty: the tree's root).
+    pub path: String,
+}
+
+impl Underneath {
+    /// "pid 1234 bash, working directory workspace", as `mount` and `status` say it.
+    pub fn describe(&self) -> String {
+        let what = match self.holds.as_str() {
+            "cwd" => "working directory",
+            "root" => "root directory",
+            "dir" => "open directory",
+            _ => "writing",
+        };
+        let path = if self.path.is_empty() {
+            "(the root)"
+        } else {
+            &self.path
+        };
+        format!("pid {} {}, {what} {path}", self.pid, self.command)
+    }
+}
+
+/// Every process but this one that holds, under `dir`, a working directory, a root, an open
+/// directory or a file open for writing on `real_dev` (the device of the real files, which
+/// the mount hides; what is reached through the mount has the mount's device). Files open for
+/// writing count only when `versioned` says their path is.
+pub fn underneath(dir: &Path, real_dev: u64, versioned: impl Fn(&str) -> bool) -> Vec<Underneath> {
+    let mut out = Vec::new();
+    holds_under(dir, |pid, hold, rel, link| {
+        let Ok(st) = std::fs::metadata(link) else {
+            return;
+        };
+        if std::os::unix::fs::MetadataExt::dev(&st) != real_dev {
+            return;
+        }
+        let holds = match hold {
+            Hold::Cwd => "cwd",
+            Hold::Root => "root",
+            Hold::Fd(_) if st.is_dir() => "dir",
+            Hold::Fd(flags) if writable(flags) && st.is_file() && versioned(rel) => "writing",
+            Hold::Fd(_) => return,
+        };
+        out.push(Underneath {
+            pid,
+            command: command_of(pid).unwrap_or_default(),
+            holds: holds.into(),
+            path: rel.to_string(),
+        });
+    });
+    out.sort_by(|a, b| (a.pid, &a.holds, &a.path).cmp(&(b.pid, &b.holds, &b.path)));
     out.dedup();
     out
 }

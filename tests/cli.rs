@@ -550,3 +550,130 @@ fn another_user_is_refused_at_the_socket_with_a_clear_message() {
     );
     std::fs::remove_file(&mut bin_copy).ok();
 }
+
+/// A shell that was in the directory before the mount, and a program that opened a file for
+/// writing then, reach the real files past the mount. `mount` names them, `status` lists them
+/// for as long as they hold on, and the warning is true: what they write there is not
+/// versioned. A process that came in through the mount, a file that is not versioned, and the
+/// `clawfs` processes themselves are not named.
+#[test]
+fn processes_holding_the_directory_from_before_the_mount_are_named() {
+    use std::process::{Command, Stdio};
+    let s = Sandbox::new();
+    s.write("workspace/MEMORY.md", b"v1\n");
+    s.write("tmp/scratch", b"");
+    let holder = |script: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(s.path("workspace"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let holds_fd =
+        |pid: u32, fd: u32| std::path::Path::new(&format!("/proc/{pid}/fd/{fd}")).exists();
+    let mut early = holder("exec 3>>MEMORY.md 4>>../tmp/scratch; read x; echo early >&3; read y");
+    common::eventually("the early holder's descriptors", || holds_fd(early.id(), 4));
+    // A `clawfs status` (once it execs) whose working directory is underneath too: it does not
+    // name itself.
+    let asker = Command::new("sh")
+        .arg("-c")
+        .arg(r#"read x; exec "$@""#)
+        .arg("sh")
+        .arg(common::bin())
+        .arg("--store")
+        .arg(&s.store)
+        .args(["-C", s.dir.to_str().unwrap(), "--json", "status"])
+        .current_dir(s.path("workspace"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // `clawfs mount`, run from inside the directory too, does not name itself.
+    let out = s
+        .cmd()
+        .args(["mount", s.dir.to_str().unwrap()])
+        .current_dir(s.path("workspace"))
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let warning = String::from_utf8_lossy(&out.stderr);
+    let e = early.id();
+    for want in [
+        format!("pid {e} sh, working directory workspace"),
+        format!("pid {e} sh, writing workspace/MEMORY.md"),
+        "not versioned".to_string(),
+    ] {
+        assert!(warning.contains(&want), "{want:?} missing from: {warning}");
+    }
+    assert!(!warning.contains("scratch"), "{warning}");
+    let named = warning.lines().filter(|l| l.starts_with("warning:   pid"));
+    assert_eq!(named.count(), 3, "{warning}");
+    assert!(warning.contains(&format!(
+        "pid {} sh, working directory workspace",
+        asker.id()
+    )));
+
+    let mut late = holder("exec 3>>MEMORY.md; read x");
+    common::eventually("the late holder's descriptor", || holds_fd(late.id(), 3));
+    let held = |s: &Sandbox| -> Vec<(u64, String, String)> {
+        let st = s.json(&["status"]);
+        st[0]["underneath"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["pid"].as_u64().unwrap(),
+                    u["holds"].as_str().unwrap().to_string(),
+                    u["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let now = held(&s);
+    let e = e as u64;
+    assert!(
+        now.contains(&(e, "cwd".into(), "workspace".into())),
+        "{now:?}"
+    );
+    assert!(
+        now.contains(&(e, "writing".into(), "workspace/MEMORY.md".into())),
+        "{now:?}"
+    );
+    let a = asker.id() as u64;
+    assert!(
+        now.contains(&(a, "cwd".into(), "workspace".into())),
+        "{now:?}"
+    );
+    assert!(now.iter().all(|(pid, ..)| [e, a].contains(pid)), "{now:?}");
+    assert!(s.ok(&["status"]).contains("underneath  pid"));
+    writeln!(asker.stdin.as_ref().unwrap()).unwrap();
+    let asked = asker.wait_with_output().unwrap();
+    common::assert_ok(&asked);
+    let asked: Value = serde_json::from_slice(&asked.stdout).unwrap();
+    let pids: Vec<u64> = asked["underneath"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.contains(&e) && !pids.contains(&a), "{asked}");
+
+    // What the early holder writes reaches the real file, unversioned, as said.
+    let versions = s.json(&["history", "workspace/MEMORY.md"]).len();
+    writeln!(early.stdin.as_ref().unwrap()).unwrap();
+    common::eventually("the early write", || {
+        s.read("workspace/MEMORY.md") == b"v1\nearly\n"
+    });
+    s.settle();
+    assert_eq!(s.json(&["history", "workspace/MEMORY.md"]).len(), versions);
+
+    for c in [&mut early, &mut late] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert_eq!(held(&s), vec![]);
+}

@@ -63,6 +63,9 @@ pub struct Ctx<'a> {
     pub live: Option<&'a LiveCtx>,
     /// The repository passphrase, when the user gave one.
     pub passphrase: Option<String>,
+    /// The process that sent the command over the control socket, if one did: not counted
+    /// among the processes that hold the tree.
+    pub client: Option<u32>,
 }
 
 impl Ctx<'_> {

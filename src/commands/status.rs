@@ -24,6 +24,8 @@ struct Status {
     open_writers: Vec<crate::fs::overlay::OpenWriter>,
     /// Mounted with kernel passthrough: how many unversioned files are open passed through.
     passthrough: Option<usize>,
+    /// Processes that reach the real files past the mount (what they change is not versioned).
+    underneath: Vec<crate::procs::Underneath>,
     last_error: Option<String>,
     remotes: Vec<RemoteStatus>,
 }
@@ -102,6 +104,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .map(|l| l.overlay.open_writers())
             .unwrap_or_default(),
         passthrough: ctx.live.and_then(|l| l.overlay.passed_through()),
+        underneath: ctx
+            .live
+            .map(|l| l.overlay.underneath(&ctx.dir))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|u| Some(u.pid) != ctx.client)
+            .collect(),
         last_error,
         remotes: remotes(ctx)?,
     };
@@ -140,6 +149,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     for w in &s.open_writers {
         writeln!(o, "writing     {} (pid {} {})", w.path, w.pid, w.command)?;
+    }
+    for u in &s.underneath {
+        writeln!(
+            o,
+            "underneath  {} (held from before the mount: not versioned)",
+            u.describe()
+        )?;
     }
     if let Some(e) = &s.last_error {
         writeln!(o, "last error  {e}")?;

@@ -22,6 +22,7 @@ use crate::fs::filter::Filter;
 use crate::fs::overlay::Overlay;
 use crate::fs::sys;
 use crate::ids::SessionId;
+use crate::procs::Underneath;
 use crate::relpath::RelPath;
 use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
@@ -251,8 +252,16 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
     }
     let mut child = child.spawn().context("starting the clawfs daemon")?;
     let stdout = child.stdout.take().expect("piped");
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    loop {
+        line.clear();
+        stdout.read_line(&mut line)?;
+        match line.trim_end().strip_prefix("warning: ") {
+            Some(w) => eprintln!("warning: {w}"),
+            None => break,
+        }
+    }
     if line.trim() == "ready" {
         return Ok(());
     }
@@ -275,6 +284,34 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
             msg
         }
     )
+}
+
+/// The processes that will reach under `dir` past the mount about to cover it, less the
+/// `clawfs mount` that started this daemon (it exits once the mount is up).
+fn underneath_at_mount(live: &LiveCtx, dir: &Path) -> Vec<Underneath> {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let ours = exe(std::process::id());
+    let mut under = live.overlay.underneath(dir);
+    under.retain(|u| !(u.pid == parent && exe(parent) == ours));
+    under
+}
+
+/// What `mount` says about processes that reach the real files past the mount.
+fn underneath_warning(under: &[Underneath], dir: &Path) -> Vec<String> {
+    if under.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!(
+        "these processes took hold under {} before the mount and reach the real files past it: \
+         what they change that way is not versioned until they let go (a shell: `cd {}` again; \
+         a program: restart it)",
+        dir.display(),
+        dir.display(),
+    )];
+    lines.extend(under.iter().map(|u| format!("  {}", u.describe())));
+    lines
 }
 
 /// A daemon killed a moment ago (its stale mount was just cleared) still holds the store's
@@ -338,6 +375,9 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
         started_ns,
         replicator,
     };
+    // Asked before the mount covers the directory, when nothing can be reached through it yet
+    // (asking after would stat files through a mount not served yet).
+    let underneath = underneath_at_mount(&live, dir);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("{FS_TYPE}:{}", store_dir.display())),
@@ -416,10 +456,16 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
                 }
             })?;
     }
+    for line in underneath_warning(&underneath, dir) {
+        println!("warning: {line}");
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     redirect_output();
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
+    for line in underneath_warning(&underneath, dir) {
+        tracing::warn!("{line}");
+    }
     let result = session_fuse.run();
     tracing::info!("unmounted; flushing");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -544,6 +590,7 @@ fn handle(
                     out: &mut w,
                     live: Some(&live),
                     passphrase: req.passphrase.clone(),
+                    client: control::peer_pid(&conn),
                 };
                 match commands::run(cmd, &mut ctx) {
                     Ok(()) => 0,

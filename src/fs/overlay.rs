@@ -101,6 +101,7 @@ pub struct Live {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     notifier: Arc<OnceLock<Notifier>>,
     modes: IoModes,
+    filter: Filter,
 }
 
 /// The overlay filesystem.
@@ -211,6 +212,7 @@ impl Overlay {
                 handles: RwLock::new(HashMap::new()),
                 notifier,
                 modes: IoModes::default(),
+                filter: filter.clone(),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -484,6 +486,15 @@ impl Live {
     /// With passthrough granted, how many files are open passed through now; None without it.
     pub fn passed_through(&self) -> Option<usize> {
         self.modes.passed_files()
+    }
+
+    /// Every process that reaches the real files under `dir` past the mount, through what it
+    /// took before the mount covered them: what it changes that way is not versioned.
+    pub fn underneath(&self, dir: &Path) -> Vec<crate::procs::Underneath> {
+        let Ok(st) = sys::fstat(self.root.as_raw_fd()) else {
+            return Vec::new();
+        };
+        crate::procs::underneath(dir, st.st_dev, |p| self.filter.versioned(p))
     }
 
     /// Every file some process holds open for writing through the mount.
