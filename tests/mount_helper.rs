@@ -93,14 +93,25 @@ fn the_systemd_unit_commands_mount_and_unmount() {
         start.contains("--foreground"),
         "systemd needs a foreground daemon: {start}"
     );
+    // `Type=notify`: the daemon says when the mount is up, so that the agent's unit, ordered
+    // after this one, starts only then.
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    let notify = s.home.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    systemd
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     let mut args = start.split_whitespace();
     let mut daemon = s.cmd();
     let _ = args.next();
     let mut daemon = {
-        daemon.args(args);
+        daemon.args(args).env("NOTIFY_SOCKET", &notify);
         daemon.spawn().unwrap()
     };
-    eventually("the unit's mount", || s.is_mounted());
+    let mut msg = [0u8; 64];
+    let n = systemd.recv(&mut msg).expect("READY=1 from the daemon");
+    assert_eq!(&msg[..n], b"READY=1");
+    assert!(s.is_mounted(), "READY=1 came before the mount was up");
     let mut args = stop.split_whitespace();
     let _ = args.next();
     let st = s.cmd().args(args).status().unwrap();

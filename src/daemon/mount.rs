@@ -298,6 +298,27 @@ fn underneath_at_mount(live: &LiveCtx, dir: &Path) -> Vec<Underneath> {
     under
 }
 
+/// Tells systemd that the mount is up (`Type=notify` in `clawfs@.service`), so that a unit
+/// ordered after it (the agent's) starts only once its writes will be versioned.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound()
+        .and_then(|sock| addr.and_then(|a| sock.send_to_addr(b"READY=1", &a)));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not tell systemd the mount is up (NOTIFY_SOCKET)");
+    }
+}
+
 /// What `mount` says about processes that reach the real files past the mount.
 fn underneath_warning(under: &[Underneath], dir: &Path) -> Vec<String> {
     if under.is_empty() {
@@ -461,6 +482,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     }
     println!("ready");
     let _ = std::io::stdout().flush();
+    notify_ready();
     redirect_output();
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
     for line in underneath_warning(&underneath, dir) {
