@@ -110,31 +110,30 @@ pub fn writers_under(dir: &Path) -> Vec<Writer> {
     out
 }
 
-/// A process that reaches the real files under a mounted directory past the mount, through a
-/// working directory or a descriptor it took before the mount covered them: what it changes
-/// that way is not versioned.
+/// A process holding something under a directory: a working directory, a root, or an open
+/// descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Underneath {
+pub struct Holder {
     /// Process id.
     pub pid: u32,
     /// Command name.
     pub command: String,
-    /// `cwd` (its working directory), `root` (its root directory), `dir` (an open
-    /// directory: `openat` on it goes underneath) or `writing` (a versioned file open for
-    /// writing).
+    /// `cwd` (its working directory), `root` (its root directory), `dir` (an open directory),
+    /// `writing` (a file open for writing) or `open` (a file open for reading).
     pub holds: String,
     /// The path it holds, relative to the tree (empty: the tree's root).
     pub path: String,
 }
 
-impl Underneath {
-    /// "pid 1234 bash, working directory workspace", as `mount` and `status` say it.
+impl Holder {
+    /// "pid 1234 bash, working directory workspace", as `mount`, `status` and `unmount` say it.
     pub fn describe(&self) -> String {
         let what = match self.holds.as_str() {
             "cwd" => "working directory",
             "root" => "root directory",
             "dir" => "open directory",
-            _ => "writing",
+            "writing" => "writing",
+            _ => "open",
         };
         let path = if self.path.is_empty() {
             "(the root)"
@@ -145,36 +144,55 @@ impl Underneath {
     }
 }
 
-/// Every process but this one that holds, under `dir`, a working directory, a root, an open
-/// directory or a file open for writing on `real_dev` (the device of the real files, which
-/// the mount hides; what is reached through the mount has the mount's device). Files open for
-/// writing count only when `versioned` says their path is.
-pub fn underneath(dir: &Path, real_dev: u64, versioned: impl Fn(&str) -> bool) -> Vec<Underneath> {
+/// Every process but this one that holds something under `dir` on device `dev`, and what,
+/// when `keep(holds, rel)` says it counts.
+fn holders_on(dir: &Path, dev: u64, keep: impl Fn(&str, &str) -> bool) -> Vec<Holder> {
     let mut out = Vec::new();
     holds_under(dir, |pid, hold, rel, link| {
         let Ok(st) = std::fs::metadata(link) else {
             return;
         };
-        if std::os::unix::fs::MetadataExt::dev(&st) != real_dev {
+        if std::os::unix::fs::MetadataExt::dev(&st) != dev {
             return;
         }
         let holds = match hold {
             Hold::Cwd => "cwd",
             Hold::Root => "root",
             Hold::Fd(_) if st.is_dir() => "dir",
-            Hold::Fd(flags) if writable(flags) && st.is_file() && versioned(rel) => "writing",
-            Hold::Fd(_) => return,
+            Hold::Fd(flags) if writable(flags) => "writing",
+            Hold::Fd(_) => "open",
         };
-        out.push(Underneath {
-            pid,
-            command: command_of(pid).unwrap_or_default(),
-            holds: holds.into(),
-            path: rel.to_string(),
-        });
+        if keep(holds, rel) {
+            out.push(Holder {
+                pid,
+                command: command_of(pid).unwrap_or_default(),
+                holds: holds.into(),
+                path: rel.to_string(),
+            });
+        }
     });
     out.sort_by(|a, b| (a.pid, &a.holds, &a.path).cmp(&(b.pid, &b.holds, &b.path)));
     out.dedup();
     out
+}
+
+/// The processes that reach the real files under a mounted `dir` past the mount, through a
+/// working directory, a root, an open directory or a versioned file open for writing that they
+/// took before the mount covered them: what they change that way is not versioned. `real_dev`
+/// is the device of the real files (what is reached through the mount has the mount's);
+/// `versioned` says which paths are.
+pub fn underneath(dir: &Path, real_dev: u64, versioned: impl Fn(&str) -> bool) -> Vec<Holder> {
+    holders_on(dir, real_dev, |holds, rel| match holds {
+        "open" => false,
+        "writing" => versioned(rel),
+        _ => true,
+    })
+}
+
+/// The processes that hold anything through the mount at `dir` (device `mount_dev`): what keeps
+/// it busy.
+pub fn holding(dir: &Path, mount_dev: u64) -> Vec<Holder> {
+    holders_on(dir, mount_dev, |_, _| true)
 }
 
 #[cfg(test)]

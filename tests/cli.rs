@@ -555,9 +555,10 @@ fn another_user_is_refused_at_the_socket_with_a_clear_message() {
 /// writing then, reach the real files past the mount. `mount` names them, `status` lists them
 /// for as long as they hold on, and the warning is true: what they write there is not
 /// versioned. A process that came in through the mount, a file that is not versioned, and the
-/// `clawfs` processes themselves are not named.
+/// `clawfs` processes themselves are not named; the one that came in through the mount is
+/// named by `unmount`, which it keeps busy.
 #[test]
-fn processes_holding_the_directory_from_before_the_mount_are_named() {
+fn processes_holding_the_directory_are_named_by_mount_status_and_unmount() {
     use std::process::{Command, Stdio};
     let s = Sandbox::new();
     s.write("workspace/MEMORY.md", b"v1\n");
@@ -671,9 +672,30 @@ fn processes_holding_the_directory_from_before_the_mount_are_named() {
     s.settle();
     assert_eq!(s.json(&["history", "workspace/MEMORY.md"]).len(), versions);
 
-    for c in [&mut early, &mut late] {
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
+    early.kill().unwrap();
+    early.wait().unwrap();
     assert_eq!(held(&s), vec![]);
+
+    // The late holder keeps the mount busy: `unmount` names it, and the mount goes on.
+    let d = s.dir.to_str().unwrap();
+    let err = s.fails(&["unmount", d]);
+    let l = late.id();
+    for want in [
+        format!("pid {l} sh, working directory workspace"),
+        format!("pid {l} sh, writing workspace/MEMORY.md"),
+    ] {
+        assert!(err.contains(&want), "{want:?} missing from: {err}");
+    }
+    assert!(s.is_mounted());
+    late.kill().unwrap();
+    late.wait().unwrap();
+    // Asked from inside the mount, `unmount` is not kept busy by its own working directory.
+    let out = s
+        .cmd()
+        .args(["unmount", d])
+        .current_dir(s.path("workspace"))
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    assert!(!s.is_mounted());
 }

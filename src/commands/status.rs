@@ -25,7 +25,7 @@ struct Status {
     /// Mounted with kernel passthrough: how many unversioned files are open passed through.
     passthrough: Option<usize>,
     /// Processes that reach the real files past the mount (what they change is not versioned).
-    underneath: Vec<crate::procs::Underneath>,
+    underneath: Vec<crate::procs::Holder>,
     last_error: Option<String>,
     remotes: Vec<RemoteStatus>,
 }

@@ -22,7 +22,7 @@ use crate::fs::filter::Filter;
 use crate::fs::overlay::Overlay;
 use crate::fs::sys;
 use crate::ids::SessionId;
-use crate::procs::Underneath;
+use crate::procs::Holder;
 use crate::relpath::RelPath;
 use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
@@ -206,6 +206,29 @@ pub fn unmount_now(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Why `dir` cannot be unmounted now, naming the processes that hold something through the
+/// mount (less `client`, the one asking).
+fn busy(dir: &Path, client: Option<u32>) -> String {
+    let mut holders = std::fs::metadata(dir)
+        .map(|m| crate::procs::holding(dir, std::os::unix::fs::MetadataExt::dev(&m)))
+        .unwrap_or_default();
+    holders.retain(|h| Some(h.pid) != client);
+    if holders.is_empty() {
+        return format!(
+            "{} is busy: a process has files open, mapped, or its working directory in it",
+            dir.display()
+        );
+    }
+    let mut msg = format!(
+        "{} is busy: these processes hold it (stop them, or `cd` out of it, then unmount again)",
+        dir.display()
+    );
+    for h in holders {
+        msg += &format!("\n  {}", h.describe());
+    }
+    msg
+}
+
 /// `fusermount3 -u -z`: detaches a mount even while busy or stale.
 pub fn lazy_unmount(dir: &Path) -> Result<()> {
     let out = Command::new("fusermount3")
@@ -288,7 +311,7 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
 
 /// The processes that will reach under `dir` past the mount about to cover it, less the
 /// `clawfs mount` that started this daemon (it exits once the mount is up).
-fn underneath_at_mount(live: &LiveCtx, dir: &Path) -> Vec<Underneath> {
+fn underneath_at_mount(live: &LiveCtx, dir: &Path) -> Vec<Holder> {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() } as u32;
     let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
@@ -320,7 +343,7 @@ fn notify_ready() {
 }
 
 /// What `mount` says about processes that reach the real files past the mount.
-fn underneath_warning(under: &[Underneath], dir: &Path) -> Vec<String> {
+fn underneath_warning(under: &[Holder], dir: &Path) -> Vec<String> {
     if under.is_empty() {
         return Vec::new();
     }
@@ -594,7 +617,7 @@ fn handle(
                     Ok(()) => 0,
                     Err(e) => {
                         let msg = if e.raw_os_error() == Some(libc::EBUSY) {
-                            format!("{} is busy: a process has files open in it", dir.display())
+                            busy(&dir, control::peer_pid(&conn))
                         } else {
                             format!("unmounting {}: {e}", dir.display())
                         };
@@ -630,6 +653,8 @@ fn handle(
 
 /// Unmounts `dir` through its daemon (which flushes first), waiting until it is gone.
 pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
+    // A working directory inside the mount would keep it busy: this process needs none there.
+    let _ = std::env::set_current_dir("/");
     let sock = socket_path(store);
     let Some(fstype) = mounted_type(dir) else {
         bail!("{} is not mounted", dir.display());
@@ -638,10 +663,7 @@ pub fn unmount(dir: &Path, store: &Path) -> Result<()> {
         // A time-travel view: nothing to flush.
         unmount_now(dir).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
-                anyhow!(
-                    "{} is busy: a process has files open or its working directory in it",
-                    dir.display()
-                )
+                anyhow!("{}", busy(dir, None))
             } else {
                 anyhow!("unmounting {}: {e}", dir.display())
             }

@@ -490,7 +490,7 @@ impl Live {
 
     /// Every process that reaches the real files under `dir` past the mount, through what it
     /// took before the mount covered them: what it changes that way is not versioned.
-    pub fn underneath(&self, dir: &Path) -> Vec<crate::procs::Underneath> {
+    pub fn underneath(&self, dir: &Path) -> Vec<crate::procs::Holder> {
         let Ok(st) = sys::fstat(self.root.as_raw_fd()) else {
             return Vec::new();
         };
