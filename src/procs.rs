@@ -1,5 +1,7 @@
-//! Which processes hold files open for writing: a rollback must not pull files from under a
-//! live writer (OpenClaw's gateway kills itself if its SQLite files are swapped).
+//! Which processes hold what under a directory, from `/proc`: files open for writing (a
+//! rollback must not pull files from under a live writer: OpenClaw's gateway kills itself if
+//! its SQLite files are swapped), what reaches the real files past the mount (not versioned),
+//! and what keeps the mount busy.
 
 use std::path::Path;
 
@@ -27,9 +29,9 @@ pub fn command_of(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
-/// How a process holds a path under a directory.
+/// Which of a process's `/proc` links leads under a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hold {
+enum Link {
     /// Its working directory.
     Cwd,
     /// Its root directory (`chroot`).
@@ -38,10 +40,10 @@ enum Hold {
     Fd(i64),
 }
 
-/// Calls `each(pid, hold, rel, link)` for everything a process but this one holds under `dir`
+/// Calls `each(pid, which, rel, link)` for everything a process but this one holds under `dir`
 /// (or `dir` itself, with `rel` empty), from `/proc`: `link` is the `/proc` link, which `stat`
 /// follows to the file the process really holds.
-fn holds_under(dir: &Path, mut each: impl FnMut(u32, Hold, &str, &Path)) {
+fn holds_under(dir: &Path, mut each: impl FnMut(u32, Link, &str, &Path)) {
     let me = std::process::id();
     let dir = dir.to_string_lossy();
     let dir = dir.trim_end_matches('/');
@@ -64,10 +66,10 @@ fn holds_under(dir: &Path, mut each: impl FnMut(u32, Hold, &str, &Path)) {
         if pid == me {
             continue;
         }
-        for (name, hold) in [("cwd", Hold::Cwd), ("root", Hold::Root)] {
+        for (name, which) in [("cwd", Link::Cwd), ("root", Link::Root)] {
             let link = p.path().join(name);
             if let Some(rel) = std::fs::read_link(&link).ok().and_then(|t| rel_of(&t)) {
-                each(pid, hold, &rel, &link);
+                each(pid, which, &rel, &link);
             }
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
@@ -84,7 +86,7 @@ fn holds_under(dir: &Path, mut each: impl FnMut(u32, Hold, &str, &Path)) {
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
                 .unwrap_or(0);
-            each(pid, Hold::Fd(flags), &rel, &fd.path());
+            each(pid, Link::Fd(flags), &rel, &fd.path());
         }
     }
 }
@@ -96,8 +98,8 @@ fn writable(flags: i64) -> bool {
 /// Every process but this one with a file under `dir` open for writing, from `/proc`.
 pub fn writers_under(dir: &Path) -> Vec<Writer> {
     let mut out = Vec::new();
-    holds_under(dir, |pid, hold, rel, _| {
-        if matches!(hold, Hold::Fd(flags) if writable(flags)) && !rel.is_empty() {
+    holds_under(dir, |pid, which, rel, _| {
+        if matches!(which, Link::Fd(flags) if writable(flags)) && !rel.is_empty() {
             out.push(Writer {
                 pid,
                 command: command_of(pid).unwrap_or_default(),
@@ -118,22 +120,37 @@ pub struct Holder {
     pub pid: u32,
     /// Command name.
     pub command: String,
-    /// `cwd` (its working directory), `root` (its root directory), `dir` (an open directory),
-    /// `writing` (a file open for writing) or `open` (a file open for reading).
-    pub holds: String,
+    /// What it holds there.
+    pub holds: Holds,
     /// The path it holds, relative to the tree (empty: the tree's root).
     pub path: String,
+}
+
+/// What a process holds under a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Holds {
+    /// Its working directory.
+    Cwd,
+    /// Its root directory.
+    Root,
+    /// An open directory.
+    Dir,
+    /// A file open for writing.
+    Writing,
+    /// A file open for reading only.
+    Open,
 }
 
 impl Holder {
     /// "pid 1234 bash, working directory workspace", as `mount`, `status` and `unmount` say it.
     pub fn describe(&self) -> String {
-        let what = match self.holds.as_str() {
-            "cwd" => "working directory",
-            "root" => "root directory",
-            "dir" => "open directory",
-            "writing" => "writing",
-            _ => "open",
+        let what = match self.holds {
+            Holds::Cwd => "working directory",
+            Holds::Root => "root directory",
+            Holds::Dir => "open directory",
+            Holds::Writing => "writing",
+            Holds::Open => "open",
         };
         let path = if self.path.is_empty() {
             "(the root)"
@@ -146,27 +163,27 @@ impl Holder {
 
 /// Every process but this one that holds something under `dir` on device `dev`, and what,
 /// when `keep(holds, rel)` says it counts.
-fn holders_on(dir: &Path, dev: u64, keep: impl Fn(&str, &str) -> bool) -> Vec<Holder> {
+fn holders_on(dir: &Path, dev: u64, keep: impl Fn(Holds, &str) -> bool) -> Vec<Holder> {
     let mut out = Vec::new();
-    holds_under(dir, |pid, hold, rel, link| {
+    holds_under(dir, |pid, which, rel, link| {
         let Ok(st) = std::fs::metadata(link) else {
             return;
         };
         if std::os::unix::fs::MetadataExt::dev(&st) != dev {
             return;
         }
-        let holds = match hold {
-            Hold::Cwd => "cwd",
-            Hold::Root => "root",
-            Hold::Fd(_) if st.is_dir() => "dir",
-            Hold::Fd(flags) if writable(flags) => "writing",
-            Hold::Fd(_) => "open",
+        let holds = match which {
+            Link::Cwd => Holds::Cwd,
+            Link::Root => Holds::Root,
+            Link::Fd(_) if st.is_dir() => Holds::Dir,
+            Link::Fd(flags) if writable(flags) => Holds::Writing,
+            Link::Fd(_) => Holds::Open,
         };
         if keep(holds, rel) {
             out.push(Holder {
                 pid,
                 command: command_of(pid).unwrap_or_default(),
-                holds: holds.into(),
+                holds,
                 path: rel.to_string(),
             });
         }
@@ -183,9 +200,9 @@ fn holders_on(dir: &Path, dev: u64, keep: impl Fn(&str, &str) -> bool) -> Vec<Ho
 /// `versioned` says which paths are.
 pub fn underneath(dir: &Path, real_dev: u64, versioned: impl Fn(&str) -> bool) -> Vec<Holder> {
     holders_on(dir, real_dev, |holds, rel| match holds {
-        "open" => false,
-        "writing" => versioned(rel),
-        _ => true,
+        Holds::Open => false,
+        Holds::Writing => versioned(rel),
+        Holds::Cwd | Holds::Root | Holds::Dir => true,
     })
 }
 
