@@ -454,6 +454,9 @@ fn a_user_mounts_their_own_directory_without_root() {
     std::fs::create_dir_all(&dir).unwrap();
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    // Root's file and directory in the user's tree, which the user may read but not change.
+    std::fs::write(dir.join("roots"), b"root's\n").unwrap();
+    std::fs::create_dir(dir.join("rootdir")).unwrap();
     let bin = work.path().join("clawfs");
     std::fs::copy(common::bin(), &bin).unwrap();
     let user = |args: &[&str]| {
@@ -500,6 +503,29 @@ fn a_user_mounts_their_own_directory_without_root() {
         &home,
         &format!("cd {d} && echo calm > SOUL.md && echo reckless > SOUL.md"),
     );
+    // The mount checks permissions as the real file system does for the user (the daemon's
+    // calls, as that user, meet them): `access`, `chdir`, opens, changes of root's files.
+    as_nobody(
+        &home,
+        &format!(
+            r#"set -e
+            denied() {{ if "$@" 2>/dev/null; then echo "allowed: $*"; exit 1; fi; }}
+            cd {d}
+            echo secret > locked; chmod 000 locked
+            denied cat locked
+            denied test -r locked
+            echo ro > ro; chmod 444 ro
+            test -r ro; denied test -w ro; denied test -x ro
+            denied sh -c 'echo x >> ro'
+            mkdir shut; chmod 600 shut
+            denied cd shut
+            chmod 700 shut; cd shut; cd ..
+            test -r roots; denied test -w roots
+            denied sh -c 'echo x >> roots'
+            denied chmod 666 roots
+            denied touch rootdir/x"#
+        ),
+    );
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let history = user(&["history", "SOUL.md"]);
     let text = String::from_utf8_lossy(&history.stdout);
@@ -513,6 +539,7 @@ fn a_user_mounts_their_own_directory_without_root() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.lines().any(|l| l.contains(d)), "{mounts}");
     assert_eq!(std::fs::read(dir.join("SOUL.md")).unwrap(), b"reckless\n");
+    assert_eq!(std::fs::read(dir.join("roots")).unwrap(), b"root's\n");
 }
 
 /// Detaches a mount left behind by a failed test.

@@ -1445,11 +1445,13 @@ impl Filesystem for Overlay {
         reply.ok();
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        // Permissions are checked by the kernel (default_permissions); this only says it exists.
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Asked only without default_permissions, that is in a user's own mount, where every
+        // caller is that user: the real file system answers for the daemon, running as them.
+        // (`access(2)` and `chdir(2)` come here; everything else the daemon's own calls check.)
         match self
             .path(ino)
-            .and_then(|p| sys::lstat_at(self.fd(), &p).map_err(errno))
+            .and_then(|p| sys::access_at(self.fd(), &p, mask.bits()).map_err(errno))
         {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),

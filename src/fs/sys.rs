@@ -42,6 +42,15 @@ pub fn lstat_at(dir: RawFd, path: &OsStr) -> io::Result<libc::stat> {
     }
 }
 
+/// `faccessat(dir, path, mode, AT_SYMLINK_NOFOLLOW)`: whether this process may access the
+/// file as `mode` asks (`F_OK`, or `R_OK | W_OK | X_OK` bits).
+pub fn access_at(dir: RawFd, path: &OsStr, mode: i32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: `c` is NUL-terminated; faccessat only reads it.
+    check(unsafe { libc::faccessat(dir, c.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
 /// `fstat(fd)`.
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: as above.
