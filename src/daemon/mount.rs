@@ -421,7 +421,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     };
     // Asked before the mount covers the directory, when nothing can be reached through it yet
     // (asking after would stat files through a mount not served yet).
-    let underneath = underneath_at_mount(&live, dir);
+    let warning = underneath_warning(&underneath_at_mount(&live, dir), dir);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("{FS_TYPE}:{}", store_dir.display())),
@@ -508,7 +508,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
                 }
             })?;
     }
-    for line in underneath_warning(&underneath, dir) {
+    for line in &warning {
         println!("warning: {line}");
     }
     println!("ready");
@@ -516,7 +516,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     notify_ready();
     redirect_output();
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
-    for line in underneath_warning(&underneath, dir) {
+    for line in &warning {
         tracing::warn!("{line}");
     }
     let result = session_fuse.run();
