@@ -57,8 +57,9 @@ const TOOLS: &[Tool] = &[
     Tool {
         name: "status",
         description: "Whether the agent's state directory is mounted and versioned, how many \
-                      moments its history holds and since when, the store's size, and the last \
-                      error, if any.",
+                      moments its history holds and since when, the store's size, the last \
+                      error, if any, and any process whose changes escape versioning because \
+                      it held the directory from before the mount (it must restart).",
         read_only: true,
         schema: || object(json!({}), &[]),
         argv: |a| {
