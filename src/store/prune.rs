@@ -616,6 +616,19 @@ pub(crate) mod tests {
         buf
     }
 
+    /// A random set of moments to keep: each with probability `p` (drawn from `seed`), and
+    /// the head.
+    fn random_kept(moments: &[(Seq, i64)], seed: u64, p: f64, head: Seq) -> BTreeSet<Seq> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut kept: BTreeSet<Seq> = moments
+            .iter()
+            .map(|m| m.0)
+            .filter(|_| rng.gen_bool(p))
+            .collect();
+        kept.insert(head);
+        kept
+    }
+
     /// A store with `epochs` epochs of random changes to a few files, a directory and a
     /// database-and-journal pair; the tree at every moment.
     fn random_history(dir: &std::path::Path, seed: u64, epochs: usize) -> (Arc<Store>, Vec<Tree>) {
@@ -699,13 +712,7 @@ pub(crate) mod tests {
             let (store, trees) = random_history(dir.path(), seed, 80);
             let moments = store.moments().unwrap();
             assert_eq!(moments.len(), 80);
-            let mut rng = StdRng::seed_from_u64(seed + 100);
-            let mut kept: BTreeSet<Seq> = moments
-                .iter()
-                .map(|m| m.0)
-                .filter(|_| rng.gen_bool(0.25))
-                .collect();
-            kept.insert(store.head());
+            let kept = random_kept(&moments, seed + 100, 0.25, store.head());
             // The version ids every kept moment showed, with their content.
             let mut ids = Vec::new();
             for &s in &kept {
@@ -880,13 +887,7 @@ pub(crate) mod tests {
             let whole = Store::open_or_create(a.path()).unwrap();
             let split = Store::open_or_create(b.path()).unwrap();
             let moments = whole.moments().unwrap();
-            let mut rng = StdRng::seed_from_u64(seed + 300);
-            let mut kept: BTreeSet<Seq> = moments
-                .iter()
-                .map(|m| m.0)
-                .filter(|_| rng.gen_bool(0.1))
-                .collect();
-            kept.insert(whole.head());
+            let kept = random_kept(&moments, seed + 300, 0.1, whole.head());
             let plan = Plan::new(moments, kept.clone());
             let (mut removed_whole, mut removed_split, mut cut) = (0, 0, 0);
             for run in &plan.folds {
