@@ -101,6 +101,7 @@ pub struct Live {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     notifier: Arc<OnceLock<Notifier>>,
     modes: IoModes,
+    /// Which paths are versioned.
     filter: Filter,
 }
 
@@ -110,7 +111,6 @@ pub struct Overlay {
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     rec: Arc<RecorderHandle>,
-    filter: Filter,
     /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
     /// in the order they happened.
     order: Mutex<()>,
@@ -212,12 +212,11 @@ impl Overlay {
                 handles: RwLock::new(HashMap::new()),
                 notifier,
                 modes: IoModes::default(),
-                filter: filter.clone(),
+                filter,
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             rec,
-            filter,
             order: Mutex::new(()),
         })
     }
@@ -265,7 +264,7 @@ impl Overlay {
     /// The path as the store names it, when it is versioned.
     fn versioned(&self, path: &OsStr) -> Option<RelPath> {
         let s = std::str::from_utf8(path.as_bytes()).ok()?;
-        if !self.filter.versioned(s) {
+        if !self.live.filter.versioned(s) {
             return None;
         }
         RelPath::new(s).ok()
