@@ -7,7 +7,10 @@
 #   WORKLOADS="seqwrite smallfiles" benches/compare.sh   runs only those (seqread needs seqwrite,
 #   mutate needs gen; openclaw installs the real OpenClaw under target/test-tools once)
 #   ROUNDS=3 (default): each workload runs ROUNDS times on each contestant, the contestants'
-#   order rotating every round. On a virtual machine's disk, whoever writes right after another
+#   order rotating every round.
+#   CPUS=0 pins the workloads and both daemons (every thread) to those CPUs (taskset list);
+#   HALT_POLL_NS=200000 sets a KVM guest's halt polling (/sys/module/haltpoll) for the run and
+#   puts it back after. Both measure what wake-ups across CPUs cost on a virtual machine. On a virtual machine's disk, whoever writes right after another
 #   contestant's 512 MiB is slowed (native's write + fsync measured 0.43 s first, 1.14 s right
 #   after clawfs's), so a fixed order would charge that to the same contestant every time.
 set -euo pipefail
@@ -29,6 +32,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+halt_poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+if [ -n "${HALT_POLL_NS:-}" ]; then
+  [ -w "$halt_poll" ] || { echo "HALT_POLL_NS: no $halt_poll to set (not a KVM guest with cpuidle-haltpoll)" >&2; exit 2; }
+  old_poll=$(cat "$halt_poll")
+  trap 'echo "$old_poll" > "$halt_poll"; cleanup' EXIT
+  echo "$HALT_POLL_NS" > "$halt_poll"
+fi
 # Each contestant writes to a fresh ext4 of its own. On one shared file system, files deleted by
 # the contestant before slow the next one's creates: ext4 skips inodes freed in the last minute
 # (five when their table block is dirty), reading each one's block to find out.
@@ -41,6 +51,11 @@ done
 bindfs "$work/bindfs-src" "$work/bindfs"
 "$bin" mount "$work/clawfs" >/dev/null
 pid=$(pgrep -f "mount --foreground $work/clawfs" | head -1)
+run=()
+if [ -n "${CPUS:-}" ]; then
+  for p in "$pid" $(pgrep -f "^bindfs $work/bindfs-src"); do taskset -a -p -c "$CPUS" "$p" >/dev/null; done
+  run=(taskset -c "$CPUS")
+fi
 
 cat > "$work/wl.py" <<'PY'
 import os, sys, time, sqlite3, subprocess
@@ -117,7 +132,7 @@ for wl in $workloads; do
         sleep 1.5  # let the epoch of gen.py close, so mutate's bytes are its own
         before=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["moments"])')
       fi
-      T[$wl,$fs,$r]=$(python3 "$work/wl.py" "$wl" "$tree" "$fixtures")
+      T[$wl,$fs,$r]=$("${run[@]}" python3 "$work/wl.py" "$wl" "$tree" "$fixtures")
       if [ "$wl" = mutate ] && [ "$fs" = clawfs ]; then
         sleep 1.5
         added+=("$("$bin" -C "$work/clawfs" --json log --since "$((before + 1))" --limit 100000 | python3 -c 'import json,sys; print(sum(json.loads(l)["stored_bytes"] for l in sys.stdin))')")
@@ -131,7 +146,7 @@ median() { printf "%s\n" "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) 
 rss=$(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)
 store=$("$bin" -C "$work/clawfs" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["store_bytes"])')
 
-echo "median of $rounds rounds, the contestants' order rotating each round"
+echo "median of $rounds rounds, the contestants' order rotating each round${CPUS:+; all on CPUs $CPUS}${HALT_POLL_NS:+; guest halt polling $HALT_POLL_NS ns}"
 printf "%-34s %9s %9s %9s %8s %8s\n" workload native bindfs clawfs bindfs/n clawfs/n
 label() { case $1 in
   seqwrite) echo "512 MiB seq write (1 MiB + fsync)";; seqread) echo "512 MiB seq read (cold)";;

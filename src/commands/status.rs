@@ -26,6 +26,11 @@ struct Status {
     passthrough: Option<usize>,
     /// Processes that reach the real files past the mount (what they change is not versioned).
     underneath: Vec<crate::procs::Holder>,
+    /// Paths changed but not versioned yet (no room on the store's disk), captured by the next
+    /// commit that succeeds.
+    uncaptured: usize,
+    /// Since when they wait.
+    uncaptured_since: Option<String>,
     last_error: Option<String>,
     remotes: Vec<RemoteStatus>,
 }
@@ -84,10 +89,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let head = ctx.store.head();
     let oldest = ctx.store.first_moment()?.map(|(_, e)| e.time_ns);
     let newest = ctx.store.epoch(head).ok().flatten().map(|e| e.time_ns);
-    let last_error = ctx
+    let (last_error, (uncaptured, uncaptured_since)) = ctx
         .live
-        .and_then(|l| l.rec.call(|r| r.last_error.clone()))
-        .flatten();
+        .and_then(|l| l.rec.call(|r| (r.last_error.clone(), r.uncaptured())))
+        .unwrap_or_default();
     let s = Status {
         dir: ctx.dir.display().to_string(),
         store: ctx.store.dir().display().to_string(),
@@ -111,6 +116,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .into_iter()
             .filter(|u| Some(u.pid) != ctx.client)
             .collect(),
+        uncaptured,
+        uncaptured_since: uncaptured_since.map(rfc3339),
         last_error,
         remotes: remotes(ctx)?,
     };
@@ -155,6 +162,15 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             o,
             "underneath  {} (held from before the mount: not versioned)",
             u.describe()
+        )?;
+    }
+    if let Some(since) = uncaptured_since {
+        writeln!(
+            o,
+            "waiting     {} paths changed since {} ({}) are not versioned yet: the first commit that succeeds captures them",
+            s.uncaptured,
+            show_time(since),
+            ago(since)
         )?;
     }
     if let Some(e) = &s.last_error {

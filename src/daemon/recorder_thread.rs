@@ -15,10 +15,14 @@
 //! for what someone waits on (fsync, a command's job, shutdown) and when much is queued.
 //!
 //! Nothing that goes wrong here may touch the real files (first law). An operation that does not
-//! fit the recorded tree, or a commit that fails (a full disk), is logged loudly and the affected
-//! paths are re-imported from the real files in the next epoch: the change degrades to "not
-//! versioned at that instant", never to a lost byte.
+//! fit the recorded tree, or a commit that fails, is logged loudly and the affected paths are
+//! re-imported from the real files in the next epoch: the change degrades to "not versioned at
+//! that instant", never to a lost byte. While the store's disk has no room (see
+//! [`crate::store::room`]), changes are dropped from memory and their paths remembered; the
+//! first commit that fits again, or a retry every [`RETRY_WHEN_FULL`], captures those paths from
+//! the real files, so versioning resumes by itself once room comes back.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -52,6 +56,9 @@ pub const CHANNEL_DEPTH: usize = 1024;
 pub const QUEUED_BYTES_MAX: u64 = 16 << 20;
 /// How long the thread waits for more changes after handling some, unless the doorbell rings.
 pub const NAP: Duration = Duration::from_millis(2);
+/// While changes wait for room on the store's disk, how often the recorder looks again when
+/// nothing else makes it commit.
+pub const RETRY_WHEN_FULL: Duration = Duration::from_secs(5);
 /// Queued messages, or written bytes, that ring the doorbell.
 const RING_AT_MESSAGES: usize = CHANNEL_DEPTH / 4;
 const RING_AT_BYTES: u64 = QUEUED_BYTES_MAX / 4;
@@ -180,6 +187,14 @@ pub struct Recording {
     pub last_error: Option<String>,
     /// Epochs committed by this session.
     pub epochs: u64,
+    /// Paths whose changes were dropped unversioned (no room on the store's disk, or a commit
+    /// that failed twice): captured from the real files by the first commit that succeeds.
+    uncaptured: BTreeSet<RelPath>,
+    /// When the first of them was dropped (ns since the Unix epoch), and why.
+    uncaptured_since: Option<(i64, String)>,
+    /// Catching up: files are read again even when their size, mtime and mode match what the
+    /// recorder holds, which may lack the writes it dropped.
+    reread: bool,
 }
 
 /// A real file as a [`ReadAt`], for imports.
@@ -273,7 +288,18 @@ impl Recording {
             flushed_at: Instant::now(),
             last_error: None,
             epochs: 0,
+            uncaptured: BTreeSet::new(),
+            uncaptured_since: None,
+            reread: false,
         }
+    }
+
+    /// Paths changed but not versioned yet, and since when (ns since the Unix epoch).
+    pub fn uncaptured(&self) -> (usize, Option<i64>) {
+        (
+            self.uncaptured.len(),
+            self.uncaptured_since.as_ref().map(|s| s.0),
+        )
     }
 
     fn apply(&mut self, ev: FsEvent) {
@@ -372,11 +398,12 @@ impl Recording {
         }
         match kind {
             NodeKind::File => {
-                let unchanged = now.as_ref().is_some_and(|(_, v)| {
-                    v.content.size == st.st_size as u64
-                        && v.meta.mtime_ns == meta.mtime_ns
-                        && v.meta.mode == meta.mode
-                });
+                let unchanged = !self.reread
+                    && now.as_ref().is_some_and(|(_, v)| {
+                        v.content.size == st.st_size as u64
+                            && v.meta.mtime_ns == meta.mtime_ns
+                            && v.meta.mode == meta.mode
+                    });
                 if !unchanged {
                     let (src, st2) =
                         FileSource::open(&self.root, path).map_err(|e| StoreError::Io {
@@ -467,48 +494,133 @@ impl Recording {
         Ok(())
     }
 
-    /// Closes the epoch. On failure (a full disk, a broken pack) the pending paths are
-    /// re-imported and committed again; if that fails too, they stay unversioned, loudly.
+    /// Closes the epoch. With no room on the store's disk, nothing is written: the pending
+    /// changes are dropped and their paths wait to be captured. Otherwise paths that wait are
+    /// captured from the real files first. On failure (a full disk, a broken pack) the pending
+    /// paths are re-imported and committed again; if that fails too, they wait, loudly.
     pub fn commit(&mut self, durable: bool) {
+        if !self.rec.has_pending() && self.uncaptured.is_empty() {
+            if durable {
+                self.flush();
+            }
+            return;
+        }
+        if let Err(e) = self.rec.store().room_for_epoch() {
+            self.drop_pending(&e);
+            if durable {
+                // Epochs committed before the disk filled (their records fit in the reserve).
+                self.flush();
+            }
+            return;
+        }
+        let catching_up = std::mem::take(&mut self.uncaptured);
+        if !catching_up.is_empty() {
+            self.reread = true;
+            for p in &catching_up {
+                self.import_real(p);
+            }
+            self.reread = false;
+        }
         let paths = self.rec.pending_paths();
-        match self.rec.commit(durable) {
-            Ok(Some(c)) => {
-                self.epochs += 1;
-                if c.hashed_bytes >= TRIM_AFTER_BYTES {
-                    crate::fs::sys::release_free_memory();
-                }
-                if durable {
-                    self.flushed();
-                } else {
-                    self.unflushed = true;
-                    // Committed epochs sit in the catalogue's memory until it is flushed: under
-                    // a steady stream of writes, flush at least every second, so a crash of the
-                    // daemon costs at most the last second of versions (never a real byte).
-                    if self.flushed_at.elapsed() >= MAX_EPOCH_AGE {
-                        self.flush();
-                    }
-                }
-            }
-            Ok(None) => {
-                if durable {
-                    self.flushed();
-                }
-            }
+        let result = match self.rec.commit(durable) {
             Err(e) => {
                 tracing::error!(error = %e, paths = paths.len(), "epoch not committed: these changes are not versioned; re-importing them from the real files");
                 self.last_error = Some(format!("commit failed: {e}"));
-                for p in paths {
-                    if let Ok(p) = RelPath::new(&p) {
+                // What the recorder holds of these files may lack what the failed epoch held.
+                self.reread = true;
+                for p in &paths {
+                    if let Ok(p) = RelPath::new(p) {
                         self.import_real(&p);
                     }
                 }
-                if let Err(e) = self.rec.commit(durable) {
-                    tracing::error!(error = %e, "re-import not committed either: the tree stays unversioned until the next change");
+                self.reread = false;
+                self.rec.commit(durable).inspect_err(|e| {
+                    tracing::error!(error = %e, "re-import not committed either: these paths are captured at the next commit that succeeds");
                     self.last_error = Some(format!("commit failed: {e}"));
+                })
+            }
+            ok => ok,
+        };
+        match result {
+            Ok(committed) => {
+                if !catching_up.is_empty() {
+                    self.resumed(catching_up.len());
                 }
+                match committed {
+                    Some(c) => {
+                        self.epochs += 1;
+                        if c.hashed_bytes >= TRIM_AFTER_BYTES {
+                            crate::fs::sys::release_free_memory();
+                        }
+                        if durable {
+                            self.flushed();
+                        } else {
+                            self.unflushed = true;
+                            // Committed epochs sit in the catalogue's memory until it is
+                            // flushed: under a steady stream of writes, flush at least every
+                            // second, so a crash of the daemon costs at most the last second of
+                            // versions (never a real byte).
+                            if self.flushed_at.elapsed() >= MAX_EPOCH_AGE {
+                                self.flush();
+                            }
+                        }
+                    }
+                    None if durable => self.flushed(),
+                    None => {}
+                }
+            }
+            Err(_) => {
+                self.wait_for_capture(paths);
+                self.wait_for_capture(catching_up.iter().map(|p| p.as_str().to_string()));
             }
         }
         self.first_pending = None;
+    }
+
+    /// The paths that waited are versioned again: said loudly, and kept as the last error, so
+    /// that `status` shows the gap in the history.
+    fn resumed(&mut self, paths: usize) {
+        let (since, why) = self.uncaptured_since.take().unwrap_or_default();
+        let now = crate::when::now_ns();
+        tracing::warn!(
+            paths,
+            since = %crate::when::rfc3339(since),
+            "versioning resumed: the paths changed meanwhile are captured as they are now"
+        );
+        self.last_error = Some(format!(
+            "from {} to {} changes could not be versioned ({why}); the {paths} paths they touched were captured as they were at the end",
+            crate::when::rfc3339(since),
+            crate::when::rfc3339(now),
+        ));
+    }
+
+    /// No room for an epoch: the pending changes are dropped (memory stays bounded however long
+    /// the disk stays full) and their paths wait to be captured.
+    fn drop_pending(&mut self, why: &StoreError) {
+        let paths = self.rec.pending_paths();
+        self.rec.discard();
+        self.first_pending = None;
+        if self.uncaptured_since.is_none() {
+            tracing::error!(error = %why, "changes are not versioned until the store's disk has room: they are captured from the real files then");
+        }
+        self.last_error = Some(format!("{why}: changes wait to be versioned"));
+        self.wait_for_capture(paths);
+    }
+
+    /// `paths` are captured from the real files by the next commit that succeeds.
+    fn wait_for_capture(&mut self, paths: impl IntoIterator<Item = String>) {
+        for p in paths {
+            if let Ok(p) = RelPath::new(&p) {
+                self.uncaptured.insert(p);
+            }
+        }
+        if !self.uncaptured.is_empty() && self.uncaptured_since.is_none() {
+            let why = self.last_error.clone().unwrap_or_default();
+            let why = why
+                .trim_end_matches(": changes wait to be versioned")
+                .to_string();
+            self.uncaptured_since = Some((crate::when::now_ns(), why));
+        }
     }
 
     /// Makes every committed epoch durable.
@@ -679,6 +791,7 @@ fn run(mut r: Recording, rx: Receiver<Msg>, bell: Receiver<()>, queued: &Queued)
         let timeout = match r.first_pending {
             Some(t) => MAX_EPOCH_AGE.saturating_sub(t.elapsed()),
             None if r.unflushed => MAX_EPOCH_AGE,
+            None if !r.uncaptured.is_empty() => RETRY_WHEN_FULL,
             None => Duration::from_secs(3600),
         };
         let msg = match rx.try_recv() {
@@ -721,7 +834,7 @@ fn run(mut r: Recording, rx: Receiver<Msg>, bell: Receiver<()>, queued: &Queued)
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
-                if r.first_pending.is_some() {
+                if r.first_pending.is_some() || (!r.unflushed && !r.uncaptured.is_empty()) {
                     r.commit(false);
                 } else if r.unflushed {
                     // A second after the writes stopped, the last epochs are made durable.

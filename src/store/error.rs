@@ -90,6 +90,18 @@ pub enum StoreError {
     /// A mark with that name exists already, or none exists.
     #[error("{0}")]
     Mark(String),
+    /// Writing would reach into the room kept free for the catalogue (see [`super::room`]).
+    #[error("the store's disk is full: {} free, and {} is kept free for the catalogue", mib(*.free), mib(*.reserve))]
+    Full {
+        /// Bytes free.
+        free: u64,
+        /// Bytes kept free.
+        reserve: u64,
+    },
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
 }
 
 /// Result alias of the store layer.

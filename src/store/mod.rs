@@ -20,6 +20,7 @@ pub mod query;
 pub mod recorder;
 pub mod replica;
 pub mod rollback;
+pub mod room;
 pub mod run_files;
 pub mod schema;
 pub mod version_index;
@@ -309,6 +310,15 @@ impl Store {
     pub(crate) fn persist_versions(&self, durable: Seq) {
         if let Err(e) = self.versions.persist(durable) {
             tracing::error!(error = %e, "could not write the version index; it stays in memory for now");
+        }
+    }
+
+    /// Whether an epoch may be committed: not while the disk is inside the room kept free for
+    /// the catalogue (see [`room`]). A file system that cannot say how full it is passes.
+    pub fn room_for_epoch(&self) -> Result<()> {
+        match room::Room::at(&self.dir) {
+            Ok(r) => r.check(0),
+            Err(_) => Ok(()),
         }
     }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::{ChunkId, PackId};
 use crate::store::error::{IoContext, Result, StoreError};
+use crate::store::room::Room;
 
 /// Magic at the start of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"CLAWPACK";
@@ -352,9 +353,19 @@ impl PackWriter {
     /// `writev` calls as the kernel allows (one, on a local file system), so a crash of the
     /// process leaves whole records in the page cache. When a write fails (a full disk), the
     /// pack is cut back to where it was, so the next append starts on a record boundary.
+    ///
+    /// Records that would reach into the room kept free for the catalogue are refused
+    /// ([`StoreError::Full`]): a full disk must cost versions, never the catalogue.
     pub fn append(&mut self, records: &[Record<'_>]) -> Result<u64> {
         let off = self.len;
         let total: u64 = records.iter().map(Record::len).sum();
+        {
+            use std::os::fd::AsRawFd;
+            // A file system that cannot say how full it is is written to as before.
+            if let Ok(room) = Room::of_fd(self.file.as_raw_fd()) {
+                room.check(total)?;
+            }
+        }
         let mut slices: Vec<IoSlice<'_>> = records
             .iter()
             .flat_map(|r| r.parts().map(IoSlice::new))
