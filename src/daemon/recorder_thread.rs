@@ -536,7 +536,6 @@ impl Recording {
                 self.reread = false;
                 self.rec.commit(durable).inspect_err(|e| {
                     tracing::error!(error = %e, "re-import not committed either: these paths are captured at the next commit that succeeds");
-                    self.last_error = Some(format!("commit failed: {e}"));
                 })
             }
             ok => ok,
@@ -569,9 +568,12 @@ impl Recording {
                     None => {}
                 }
             }
-            Err(_) => {
-                self.wait_for_capture(paths);
-                self.wait_for_capture(catching_up.iter().map(|p| p.as_str().to_string()));
+            Err(e) => {
+                let why = format!("commit failed: {e}");
+                self.last_error = Some(why.clone());
+                self.wait_for_capture(paths, &why);
+                let waited = catching_up.iter().map(|p| p.as_str().to_string());
+                self.wait_for_capture(waited, &why);
             }
         }
         self.first_pending = None;
@@ -604,22 +606,30 @@ impl Recording {
             tracing::error!(error = %why, "changes are not versioned until the store's disk has room: they are captured from the real files then");
         }
         self.last_error = Some(format!("{why}: changes wait to be versioned"));
-        self.wait_for_capture(paths);
+        self.wait_for_capture(paths, &why.to_string());
     }
 
-    /// `paths` are captured from the real files by the next commit that succeeds.
-    fn wait_for_capture(&mut self, paths: impl IntoIterator<Item = String>) {
+    /// `paths` (not versioned because of `why`) are captured from the real files by the next
+    /// commit that succeeds.
+    fn wait_for_capture(&mut self, paths: impl IntoIterator<Item = String>, why: &str) {
         for p in paths {
             if let Ok(p) = RelPath::new(&p) {
                 self.uncaptured.insert(p);
             }
         }
         if !self.uncaptured.is_empty() && self.uncaptured_since.is_none() {
-            let why = self.last_error.clone().unwrap_or_default();
-            let why = why
-                .trim_end_matches(": changes wait to be versioned")
-                .to_string();
-            self.uncaptured_since = Some((crate::when::now_ns(), why));
+            self.uncaptured_since = Some((crate::when::now_ns(), why.to_string()));
+        }
+    }
+
+    /// The last commit, at unmount: what still waits for room is captured by the next mount.
+    fn finish(&mut self) {
+        self.commit(true);
+        if !self.uncaptured.is_empty() {
+            tracing::error!(
+                paths = self.uncaptured.len(),
+                "unmounted with changes not versioned for lack of room: the next mount captures these paths as they are then"
+            );
         }
     }
 
@@ -830,7 +840,7 @@ fn run(mut r: Recording, rx: Receiver<Msg>, bell: Receiver<()>, queued: &Queued)
             }
             Ok(Msg::Call(job)) => job(&mut r),
             Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                r.commit(true);
+                r.finish();
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
