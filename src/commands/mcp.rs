@@ -58,8 +58,9 @@ const TOOLS: &[Tool] = &[
         name: "status",
         description: "Whether the agent's state directory is mounted and versioned, how many \
                       moments its history holds and since when, the store's size, the last \
-                      error, if any, and any process whose changes escape versioning because \
-                      it held the directory from before the mount (it must restart).",
+                      error, if any, any process whose changes escape versioning because \
+                      it held the directory from before the mount (it must restart), and how \
+                      many changed paths wait to be versioned while the store's disk is full.",
         read_only: true,
         schema: || object(json!({}), &[]),
         argv: |a| {
