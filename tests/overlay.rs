@@ -641,8 +641,14 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     let err = st["last_error"].as_str().unwrap_or_default().to_string();
     assert!(err.contains("the store's disk is full"), "status: {st}");
     assert!(st["uncaptured"].as_u64().unwrap() > 0, "status: {st}");
+    let (free, reserve) = (
+        st["store_disk_free"].as_u64(),
+        st["store_disk_reserve"].as_u64(),
+    );
+    assert!(free.unwrap() < reserve.unwrap(), "status: {st}");
     let text = String::from_utf8_lossy(&s.raw(&["status"]).stdout).into_owned();
     assert!(text.contains("are not versioned yet"), "{text}");
+    assert!(text.contains("its disk is full"), "{text}");
     // Room again, and no remount: a write before the recorder looks again lands on what it
     // holds of notes.md, which lacks the line it dropped; the capture must not keep that.
     std::fs::remove_file(&ballast).unwrap();
@@ -668,6 +674,8 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     let st = &s.json(&["status"])[0];
     let err = st["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("could not be versioned"), "status: {st}");
+    let text = String::from_utf8_lossy(&s.raw(&["status"]).stdout).into_owned();
+    assert!(!text.contains("its disk is full"), "{text}");
     // Versioning goes on as before.
     s.write("after.txt", b"after");
     s.settle();

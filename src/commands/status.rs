@@ -17,6 +17,10 @@ struct Status {
     session: Option<String>,
     mounted_since: Option<String>,
     store_bytes: u64,
+    /// Bytes free on the store's disk, and how many of them the store keeps for its catalogue
+    /// (versioning pauses when it is down to those).
+    store_disk_free: Option<u64>,
+    store_disk_reserve: Option<u64>,
     moments: u64,
     newest: Option<String>,
     oldest: Option<String>,
@@ -93,6 +97,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         .live
         .and_then(|l| l.rec.call(|r| (r.last_error.clone(), r.uncaptured())))
         .unwrap_or_default();
+    let room = crate::store::room::Room::at(ctx.store.dir()).ok();
     let s = Status {
         dir: ctx.dir.display().to_string(),
         store: ctx.store.dir().display().to_string(),
@@ -100,6 +105,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         session: ctx.live.map(|l| l.session.to_string()),
         mounted_since: ctx.live.map(|l| rfc3339(l.started_ns)),
         store_bytes: ctx.store.disk_usage()?,
+        store_disk_free: room.map(|r| r.free),
+        store_disk_reserve: room.map(|r| r.reserve),
         moments: ctx.store.moment_count()?,
         newest: newest.map(rfc3339),
         oldest: oldest.map(rfc3339),
@@ -135,7 +142,24 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         )?,
         _ => writeln!(o, "mounted     no")?,
     }
-    writeln!(o, "store       {} ({})", s.store, human(s.store_bytes))?;
+    write!(o, "store       {} ({})", s.store, human(s.store_bytes))?;
+    match room {
+        Some(r) if r.check(0).is_err() => writeln!(
+            o,
+            "; its disk is full: {} free, {} kept for the catalogue",
+            human(r.free),
+            human(r.reserve)
+        )?,
+        // Within 10 reserves (up to 640 MiB) of pausing: worth saying before it happens.
+        Some(r) if r.check(9 * r.reserve).is_err() => writeln!(
+            o,
+            "; its disk is nearly full: {} free (versioning pauses at {})",
+            human(r.free),
+            human(r.reserve)
+        )?,
+        Some(r) => writeln!(o, "; {} free on its disk", human(r.free))?,
+        None => writeln!(o)?,
+    }
     writeln!(o, "moments     {}", s.moments)?;
     if let (Some(n), Some(old)) = (newest, oldest) {
         writeln!(o, "newest      #{head} at {} ({})", show_time(n), ago(n))?;
