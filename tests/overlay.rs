@@ -690,6 +690,39 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     s.unmount();
 }
 
+/// A full disk under the real files: a write that only partly fits is the short write the plain
+/// file system gives (it used to fail whole, with its first part written anyway, so the writer
+/// and the history both missed bytes the file had), the next write fails with ENOSPC, and the
+/// version recorded is exactly the real file.
+#[test]
+fn a_full_real_disk_gives_the_short_write_and_enospc_of_the_plain_file_system() {
+    let s = Sandbox::new();
+    let _fs = SmallFs::mount(&s.dir, "1m");
+    s.mount();
+    let out = s.sh(r#"python3 -c "
+import os
+f = os.open('big', os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(f, b'a' * 1000)
+print(os.write(f, b'x' * (2 << 20)))
+try:
+    os.write(f, b'y' * 4096)
+    print('written')
+except OSError as e:
+    print(e.errno)
+os.close(f)
+""#);
+    let got: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(got, ["1047576", "28"], "{out}");
+    s.settle();
+    let real = s.read("big");
+    assert_eq!(real.len(), 1 << 20);
+    assert!(
+        s.raw(&["cat", "big"]).stdout == real,
+        "the version is not the real file"
+    );
+    s.unmount();
+}
+
 /// A sparse file (`truncate -s`, as disk images and preallocating writers make) is versioned
 /// at once, the writers after it are not held up, the store does not grow by its zeros, and a
 /// rollback brings it back sparse. The recorder used to hash every zero: `truncate -s 20G` kept

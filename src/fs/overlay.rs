@@ -116,6 +116,22 @@ pub struct Overlay {
     order: Mutex<()>,
 }
 
+/// Writes `data` at `offset`, retrying short writes; returns how much reached the file, which
+/// is less than all of it only when a later write failed after an earlier one went through.
+fn write_some_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 fn errno(e: io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -1090,9 +1106,12 @@ impl Filesystem for Overlay {
         } else {
             offset
         };
-        if let Err(e) = h.file.write_all_at(data, offset) {
-            return reply.error(errno(e));
-        }
+        // As write(2) does: what reached the file before an error (a full disk) is a short
+        // write, and only that is recorded; an error with nothing written is the error.
+        let data = match write_some_at(&h.file, data, offset) {
+            Ok(n) => &data[..n],
+            Err(e) => return reply.error(errno(e)),
+        };
         h.wrote.store(true, Ordering::Relaxed);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let dropped = match self.drop_suid_if(kill, ino, &h.file) {
