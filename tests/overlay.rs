@@ -605,22 +605,24 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     };
     s.write("notes.md", b"first line\n");
     s.settle();
+    // Something else fills the store's disk, to 300 KiB from full.
     let ballast = s.store.join("ballast");
-    let free = |p: &std::path::Path| {
+    let fill = || {
         let out = std::process::Command::new("df")
             .args(["-B1", "--output=avail"])
-            .arg(p)
+            .arg(&s.store)
             .output()
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        text.lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+        let avail: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+        let st = std::process::Command::new("fallocate")
+            .args(["-l", &(avail - (300 << 10)).to_string()])
+            .arg(&ballast)
+            .status()
+            .unwrap();
+        assert!(st.success());
     };
-    let st = std::process::Command::new("fallocate")
-        .args(["-l", &(free(&s.store) - (300 << 10)).to_string()])
-        .arg(&ballast)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    fill();
     // Every write succeeds, because the real files do not live in the store. The small files
     // first: their chunks would fit, their epochs' records are what would fill the disk.
     for i in 0..2000 {
@@ -680,13 +682,25 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     s.write("after.txt", b"after");
     s.settle();
     assert_eq!(s.raw(&["cat", "after.txt"]).stdout, b"after");
-    // Unmounting works, and leaves the plain files; the store opens again.
+    // Unmounting works, and leaves the plain files.
     s.unmount();
     for i in 0..8 {
         assert!(s.read(&format!("data/f{i}.bin")) == blob(i), "f{i}");
     }
-    s.mount();
+    // Mounting on a full disk works and says so; what changed while unmounted is captured once
+    // there is room.
+    s.write("after.txt", b"changed while unmounted");
+    fill();
+    let d = s.dir.to_str().unwrap().to_string();
+    let out = s.raw(&["mount", &d]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("warning: the store's disk is full"), "{said}");
     assert_eq!(s.raw(&["cat", "after.txt"]).stdout, b"after");
+    std::fs::remove_file(&ballast).unwrap();
+    common::eventually("what changed while unmounted to be captured", || {
+        s.raw(&["cat", "after.txt"]).stdout == b"changed while unmounted"
+    });
     s.unmount();
 }
 

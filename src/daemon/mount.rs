@@ -421,7 +421,13 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     };
     // Asked before the mount covers the directory, when nothing can be reached through it yet
     // (asking after would stat files through a mount not served yet).
-    let warning = underneath_warning(&underneath_at_mount(&live, dir), dir);
+    let mut warning = underneath_warning(&underneath_at_mount(&live, dir), dir);
+    if let Err(e) = store.room_for_epoch() {
+        warning.push(format!(
+            "{e}: changes are not versioned until there is room (`clawfs status` counts what \
+             waits; it is captured then, without a remount)"
+        ));
+    }
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("{FS_TYPE}:{}", store_dir.display())),
