@@ -557,31 +557,6 @@ impl Drop for LazyUnmount {
     }
 }
 
-/// A tmpfs of a given size, unmounted when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(at: &std::path::Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(at).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting a tmpfs at {}", at.display());
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A full store disk costs versions, never files, and versioning resumes by itself once there
 /// is room: what changed meanwhile is captured as it is then, without a remount. The disk is
 /// filled by something else (as a full root file system would be), so that the store's own
@@ -590,7 +565,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room() {
     let s = Sandbox::new();
-    let _fs = SmallFs::mount(&s.store, "64m");
+    let _fs = common::SmallFs::mount(&s.store, "64m");
     s.mount();
     let blob = |i: u32| -> Vec<u8> {
         let mut x = 0x9e37_79b9_u32.wrapping_mul(i + 1);
@@ -607,21 +582,7 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
     s.settle();
     // Something else fills the store's disk, to 300 KiB from full.
     let ballast = s.store.join("ballast");
-    let fill = || {
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&s.store)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        let avail: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
-        let st = std::process::Command::new("fallocate")
-            .args(["-l", &(avail - (300 << 10)).to_string()])
-            .arg(&ballast)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let fill = || common::fill_disk(&s.store, &ballast, 300 << 10);
     fill();
     // Every write succeeds, because the real files do not live in the store. The small files
     // first: their chunks would fit, their epochs' records are what would fill the disk.
@@ -711,7 +672,7 @@ fn a_full_store_disk_costs_versions_never_files_and_versioning_resumes_with_room
 #[test]
 fn a_full_real_disk_gives_the_short_write_and_enospc_of_the_plain_file_system() {
     let s = Sandbox::new();
-    let _fs = SmallFs::mount(&s.dir, "1m");
+    let _fs = common::SmallFs::mount(&s.dir, "1m");
     s.mount();
     let out = s.sh(r#"python3 -c "
 import os

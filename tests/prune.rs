@@ -403,3 +403,44 @@ for i in range(1500):
     assert_eq!(sb.ok(&["cat", "notes.md"]), notes);
     sb.unmount();
 }
+
+/// On a store disk something else has filled, prune still frees space: the packs holding
+/// nothing a kept moment uses go first, needing no room, and the copy the pack that still holds
+/// a kept file needs then fits in what they gave back. The mount versions on afterwards.
+#[test]
+fn prune_on_a_full_store_disk_frees_the_dead_packs_first() {
+    let sb = Sandbox::new();
+    let _fs = common::SmallFs::mount(&sb.store, "96m");
+    sb.mount();
+    // Packs fill to 8 MiB: a.bin fills the first and starts the second, which kept.txt and
+    // b.bin share; b.bin fills the third; c.bin the fourth (the newest sealed pack, which
+    // prune leaves) and starts the open one.
+    sb.sh("head -c 12M /dev/urandom > a.bin");
+    sb.settle();
+    sb.write("kept.txt", b"kept");
+    sb.settle();
+    sb.sh("head -c 12M /dev/urandom > b.bin");
+    sb.settle();
+    sb.sh("head -c 9M /dev/urandom > c.bin");
+    sb.settle();
+    sb.sh("rm a.bin b.bin c.bin");
+    sb.settle();
+    std::thread::sleep(Duration::from_secs(6));
+    sb.write("new.txt", b"new");
+    sb.settle();
+    let ballast = sb.store.join("ballast");
+    common::fill_disk(&sb.store, &ballast, 300 << 10);
+    let report = sb.json(&[&["prune"][..], &POLICY].concat())[0].clone();
+    assert!(report["packs_removed"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["packs_left_for_room"], 0, "{report}");
+    assert!(report["bytes_copied"].as_u64().unwrap() > 0, "{report}");
+    let freed =
+        report["pack_bytes_removed"].as_u64().unwrap() - report["bytes_copied"].as_u64().unwrap();
+    assert!(freed > 20 << 20, "{report}");
+    assert_eq!(sb.raw(&["cat", "kept.txt"]).stdout, b"kept");
+    std::fs::remove_file(&ballast).unwrap();
+    sb.write("after.txt", b"after");
+    sb.settle();
+    assert_eq!(sb.raw(&["cat", "after.txt"]).stdout, b"after");
+    sb.unmount();
+}

@@ -197,6 +197,13 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) ->
             human(report.pack_bytes_removed.saturating_sub(report.bytes_copied)),
             human(report.bytes_copied),
         )?;
+        if report.packs_left_for_room > 0 {
+            writeln!(
+                ctx.out,
+                "kept {} packs whose live chunks there was no room to copy out (the store's disk is full): prune again once there is room",
+                report.packs_left_for_room
+            )?;
+        }
         writeln!(
             ctx.out,
             "store {} -> {} (the catalogue gives back the space of the records it rewrote as it reclaims its log)",

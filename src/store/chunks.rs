@@ -440,6 +440,9 @@ pub struct Collected {
     pub bytes_copied: u64,
     /// Bytes of the packs removed.
     pub bytes_removed: u64,
+    /// Packs kept because their live chunks could not be copied out: the store's disk is full
+    /// (packs with nothing live still go).
+    pub packs_left_for_room: u64,
 }
 
 /// Packs retiring for a collection ([`PackStore::retire`]); when dropped, whatever was not
@@ -479,7 +482,9 @@ impl PackStore {
     /// retiring packs: a pack whose live records (those the index points at) take less than
     /// `repack_below` of it has them appended to the open pack, made durable, and then the
     /// pack goes; the others are kept and retire no longer. Writers go on meanwhile. Damaged
-    /// packs are left for `verify` to report.
+    /// packs are left for `verify` to report. Packs with nothing live go first: they need no
+    /// room, and on a full disk they give back what the copies then need; packs whose copies
+    /// still do not fit are kept ([`Collected::packs_left_for_room`]).
     ///
     /// Order, for crashes: copies synced; then the [`DROPPING`] file; then the index forgets
     /// the packs; then they are removed; then the file. Opening a store that has the file
@@ -492,7 +497,8 @@ impl PackStore {
     ) -> Result<Collected> {
         let candidates: Vec<PackId> = self.retiring.read().iter().copied().collect();
         let mut out = Collected::default();
-        let mut dropping = BTreeSet::new();
+        // (pack, its length, its records, the live ones)
+        let mut going = Vec::new();
         for id in candidates {
             let f = self.reader(id)?;
             let len = f.metadata().ctx(|| format!("stat pack {id}"))?.len();
@@ -515,30 +521,74 @@ impl PackStore {
                 self.retiring.write().remove(&id);
                 continue;
             }
-            out.chunks_removed += (records.len() - keep.len()) as u64;
-            for (cid, loc) in keep {
-                let rec = self.raw_at(&loc)?;
-                let record = pack::Record::parse(&rec).ok_or_else(|| StoreError::CorruptPack {
-                    pack: id,
-                    offset: loc.offset,
-                    detail: "record does not check out".into(),
-                })?;
-                debug_assert_eq!(record.id(), cid);
-                // Appended even though the index has it: the copy is what stays.
-                let at = self.appended.load(Ordering::Acquire);
-                out.bytes_copied += self.append(vec![record], Some(at))?;
+            going.push((id, len, records.len(), keep));
+        }
+        let (empty, partial): (Vec<_>, Vec<_>) = going
+            .into_iter()
+            .partition(|(_, _, _, keep)| keep.is_empty());
+        let empty = empty
+            .into_iter()
+            .map(|(id, len, n, _)| (id, len, n))
+            .collect();
+        self.drop_collected(empty, &mut out)?;
+        let mut copied = Vec::new();
+        for (id, len, n, keep) in partial {
+            if out.packs_left_for_room > 0 {
+                self.retiring.write().remove(&id);
+                out.packs_left_for_room += 1;
+                continue;
             }
-            dropping.insert(id);
-            out.bytes_removed += len;
+            match self.copy_out(id, &keep, &mut out.bytes_copied) {
+                Ok(()) => {}
+                Err(e @ StoreError::Full { .. }) => {
+                    // The copies that went are harmless: the index names one copy or the other.
+                    tracing::warn!(error = %e, "prune: packs whose live chunks need copying out are kept until there is room");
+                    self.retiring.write().remove(&id);
+                    out.packs_left_for_room += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            copied.push((id, len, n - keep.len()));
         }
-        if !dropping.is_empty() {
-            self.sync()?;
-            write_dropping(&self.dir, &dropping)?;
-            self.drop_packs(&dropping)?;
-            out.packs_removed = dropping.len() as u64;
-        }
+        self.drop_collected(copied, &mut out)?;
         drop(retiring);
         Ok(out)
+    }
+
+    /// Removes `packs` (their live records copied out and synced first): (pack, length, chunk
+    /// records that go with it).
+    fn drop_collected(&self, packs: Vec<(PackId, u64, usize)>, out: &mut Collected) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.sync()?;
+        let dropping: BTreeSet<PackId> = packs.iter().map(|p| p.0).collect();
+        write_dropping(&self.dir, &dropping)?;
+        self.drop_packs(&dropping)?;
+        for (_, len, removed) in packs {
+            out.packs_removed += 1;
+            out.bytes_removed += len;
+            out.chunks_removed += removed as u64;
+        }
+        Ok(())
+    }
+
+    /// Appends the records `keep` of pack `id` to the open pack, adding their bytes to `copied`.
+    fn copy_out(&self, id: PackId, keep: &[(ChunkId, ChunkLoc)], copied: &mut u64) -> Result<()> {
+        for (cid, loc) in keep {
+            let rec = self.raw_at(loc)?;
+            let record = pack::Record::parse(&rec).ok_or_else(|| StoreError::CorruptPack {
+                pack: id,
+                offset: loc.offset,
+                detail: "record does not check out".into(),
+            })?;
+            debug_assert_eq!(record.id(), *cid);
+            // Appended even though the index has it: the copy is what stays.
+            let at = self.appended.load(Ordering::Acquire);
+            *copied += self.append(vec![record], Some(at))?;
+        }
+        Ok(())
     }
 
     /// Forgets and removes `packs` (their [`DROPPING`] file written), then the file, and

@@ -145,6 +145,9 @@ pub struct PruneReport {
     pub bytes_copied: u64,
     /// Bytes of the packs removed.
     pub pack_bytes_removed: u64,
+    /// Packs kept because the store's disk had no room to copy their live chunks out (prune
+    /// again once there is room).
+    pub packs_left_for_room: u64,
     /// Bytes the store takes on disk before and after.
     pub disk_before: u64,
     /// See `disk_before`.
@@ -284,6 +287,7 @@ impl Store {
         report.packs_removed = gc.packs_removed;
         report.bytes_copied = gc.bytes_copied;
         report.pack_bytes_removed = gc.bytes_removed;
+        report.packs_left_for_room = gc.packs_left_for_room;
         report.disk_after = self.disk_usage()?;
         tracing::info!(
             moments_before = report.moments_before,

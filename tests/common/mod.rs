@@ -321,3 +321,43 @@ pub fn rows_grow(sb: &Sandbox, db: &str, ats: &[String]) -> u64 {
     }
     last
 }
+
+/// A tmpfs of a given size, unmounted when dropped.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    pub fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs at {}", at.display());
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` with the file `ballast`, to `leave` bytes from full (as
+/// something else filling the disk would).
+pub fn fill_disk(dir: &Path, ballast: &Path, leave: u64) {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let avail: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+    let st = Command::new("fallocate")
+        .args(["-l", &(avail - leave).to_string()])
+        .arg(ballast)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
