@@ -93,10 +93,17 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     let head = ctx.store.head();
     let oldest = ctx.store.first_moment()?.map(|(_, e)| e.time_ns);
     let newest = ctx.store.epoch(head).ok().flatten().map(|e| e.time_ns);
-    let (last_error, (uncaptured, uncaptured_since)) = ctx
-        .live
-        .and_then(|l| l.rec.call(|r| (r.last_error.clone(), r.uncaptured())))
-        .unwrap_or_default();
+    let (last_error, (uncaptured, uncaptured_since)) = match ctx.live {
+        Some(l) => l
+            .rec
+            .call(|r| (r.last_error.clone(), r.uncaptured()))
+            .unwrap_or_else(|| {
+                let gone = "the recorder has stopped: changes are not versioned until the next \
+                            mount (the daemon's log says why)";
+                (Some(gone.to_string()), (0, None))
+            }),
+        None => Default::default(),
+    };
     let room = crate::store::room::Room::at(ctx.store.dir()).ok();
     let s = Status {
         dir: ctx.dir.display().to_string(),

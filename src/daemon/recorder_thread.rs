@@ -622,6 +622,28 @@ impl Recording {
         }
     }
 
+    /// After a panic while handling a message: what the recorder held is dropped (it may be
+    /// half-changed), and the whole tree is captured again from the real files (files whose
+    /// size, mtime and mode match the history are not read), so the next moment is whole.
+    /// Said loudly, and kept as the last error.
+    fn recover(&mut self, panic: &(dyn std::any::Any + Send)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
+        self.rec.reset();
+        self.first_pending = None;
+        self.reread = false;
+        self.import_real(&RelPath::root());
+        self.commit(false);
+        self.last_error = Some(format!(
+            "the recorder failed ({what}) at {}: the changes it held were not versioned, and the tree was captured again from the real files",
+            crate::when::rfc3339(crate::when::now_ns())
+        ));
+    }
+
     /// The last commit, at unmount: what still waits for room is captured by the next mount.
     fn finish(&mut self) {
         self.commit(true);
@@ -825,34 +847,57 @@ fn run(mut r: Recording, rx: Receiver<Msg>, bell: Receiver<()>, queued: &Queued)
         if let Ok(Msg::Event(FsEvent::Write { data, .. })) = &msg {
             queued.take(data.len() as u64);
         }
-        match msg {
-            Ok(Msg::Event(ev)) => {
-                r.apply(ev);
-                if r.rec.pending_bytes() >= MAX_PENDING_BYTES {
-                    r.commit(false);
-                }
-            }
-            Ok(Msg::Commit { durable, done }) => {
-                r.commit(durable);
-                if let Some(d) = done {
-                    let _ = d.send(());
-                }
-            }
-            Ok(Msg::Call(job)) => job(&mut r),
-            Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                r.finish();
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if r.first_pending.is_some() || (!r.unflushed && !r.uncaptured.is_empty()) {
-                    r.commit(false);
-                } else if r.unflushed {
-                    // A second after the writes stopped, the last epochs are made durable.
-                    r.flush();
+        // A bug that panics here must not end versioning for the rest of the mount: the
+        // thread goes on, having captured the tree again (see `Recording::recover`).
+        let handled_msg =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&mut r, msg)));
+        match handled_msg {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(panic) => {
+                let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    r.recover(panic.as_ref())
+                }));
+                if again.is_err() {
+                    tracing::error!("the recorder failed again while capturing the tree: changes are captured by the next change to each path, or the next mount");
+                    r.rec.reset();
+                    r.first_pending = None;
                 }
             }
         }
     }
+}
+
+/// Handles one message (or the timeout); false once the thread is to stop.
+fn handle(r: &mut Recording, msg: Result<Msg, RecvTimeoutError>) -> bool {
+    match msg {
+        Ok(Msg::Event(ev)) => {
+            r.apply(ev);
+            if r.rec.pending_bytes() >= MAX_PENDING_BYTES {
+                r.commit(false);
+            }
+        }
+        Ok(Msg::Commit { durable, done }) => {
+            r.commit(durable);
+            if let Some(d) = done {
+                let _ = d.send(());
+            }
+        }
+        Ok(Msg::Call(job)) => job(r),
+        Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+            r.finish();
+            return false;
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            if r.first_pending.is_some() || (!r.unflushed && !r.uncaptured.is_empty()) {
+                r.commit(false);
+            } else if r.unflushed {
+                // A second after the writes stopped, the last epochs are made durable.
+                r.flush();
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -969,5 +1014,35 @@ mod tests {
             .chunks(mib)
             .enumerate()
             .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    }
+
+    #[test]
+    fn a_panic_while_recording_is_survived_and_the_tree_captured_again() {
+        let (d, store, h) = recorder();
+        create(&h, "before.txt");
+        h.commit(true, true);
+        // Written to the real tree while the recorder is about to fail: no event for it.
+        std::fs::write(d.path().join("tree/missed.txt"), b"missed").unwrap();
+        create(&h, "pending.txt");
+        // A job that panics on the recorder thread stands for any bug there.
+        assert_eq!(h.call(|_| -> () { panic!("injected failure") }), None);
+        // The thread goes on: later changes are versioned, and the recovery captured the file
+        // whose change it never saw.
+        std::fs::write(d.path().join("tree/after.txt"), b"after").unwrap();
+        create(&h, "after.txt");
+        h.commit(true, true);
+        let head = store.head();
+        assert_eq!(store.read_file(&p("missed.txt"), head).unwrap(), b"missed");
+        assert!(store.resolve(&p("after.txt"), head).unwrap().is_some());
+        // pending.txt never existed in the real tree: recovery does not invent it.
+        assert!(store.resolve(&p("pending.txt"), head).unwrap().is_none());
+        let err = h
+            .call(|r| r.last_error.clone())
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            err.contains("the recorder failed (injected failure)"),
+            "{err}"
+        );
     }
 }

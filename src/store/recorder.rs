@@ -933,6 +933,15 @@ impl Recorder {
         self.touch(fnode, Op::Link)
     }
 
+    /// Drops everything pending and everything remembered of the catalogue: after a failure
+    /// that may have left either half-changed.
+    pub fn reset(&mut self) {
+        self.discard();
+        let settled = self.settled.get_mut();
+        settled.entries.clear();
+        settled.head = self.store.head();
+    }
+
     /// Forgets every pending operation (after a failed commit, the overlay re-imports).
     pub fn discard(&mut self) {
         self.dentries.clear();
