@@ -104,7 +104,10 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             }),
         None => Default::default(),
     };
-    let room = crate::store::room::Room::at(ctx.store.dir()).ok();
+    // A file system that keeps no count of its blocks says nothing about room (reserve 0).
+    let room = crate::store::room::Room::at(ctx.store.dir())
+        .ok()
+        .filter(|r| r.reserve > 0);
     let s = Status {
         dir: ctx.dir.display().to_string(),
         store: ctx.store.dir().display().to_string(),
