@@ -514,26 +514,14 @@ impl Recording {
             return;
         }
         let catching_up = std::mem::take(&mut self.uncaptured);
-        if !catching_up.is_empty() {
-            self.reread = true;
-            for p in &catching_up {
-                self.import_real(p);
-            }
-            self.reread = false;
-        }
-        let paths = self.rec.pending_paths();
+        self.capture_again(&catching_up);
+        let paths = self.pending_paths();
         let result = match self.rec.commit(durable) {
             Err(e) => {
                 tracing::error!(error = %e, paths = paths.len(), "epoch not committed: these changes are not versioned; re-importing them from the real files");
                 self.last_error = Some(format!("commit failed: {e}"));
                 // What the recorder holds of these files may lack what the failed epoch held.
-                self.reread = true;
-                for p in &paths {
-                    if let Ok(p) = RelPath::new(p) {
-                        self.import_real(&p);
-                    }
-                }
-                self.reread = false;
+                self.capture_again(&paths);
                 self.rec.commit(durable).inspect_err(|e| {
                     tracing::error!(error = %e, "re-import not committed either: these paths are captured at the next commit that succeeds");
                 })
@@ -572,8 +560,7 @@ impl Recording {
                 let why = format!("commit failed: {e}");
                 self.last_error = Some(why.clone());
                 self.wait_for_capture(paths, &why);
-                let waited = catching_up.iter().map(|p| p.as_str().to_string());
-                self.wait_for_capture(waited, &why);
+                self.wait_for_capture(catching_up, &why);
             }
         }
         self.first_pending = None;
@@ -596,10 +583,26 @@ impl Recording {
         ));
     }
 
+    /// The paths with pending changes (what a commit that fails leaves unversioned).
+    fn pending_paths(&self) -> Vec<RelPath> {
+        let paths = self.rec.pending_paths();
+        paths.iter().filter_map(|p| RelPath::new(p).ok()).collect()
+    }
+
+    /// Captures `paths` from the real files, reading every file again: what the recorder holds
+    /// of them may lack writes it dropped.
+    fn capture_again<'a>(&mut self, paths: impl IntoIterator<Item = &'a RelPath>) {
+        self.reread = true;
+        for p in paths {
+            self.import_real(p);
+        }
+        self.reread = false;
+    }
+
     /// No room for an epoch: the pending changes are dropped (memory stays bounded however long
     /// the disk stays full) and their paths wait to be captured.
     fn drop_pending(&mut self, why: &StoreError) {
-        let paths = self.rec.pending_paths();
+        let paths = self.pending_paths();
         self.rec.discard();
         self.first_pending = None;
         if self.uncaptured_since.is_none() {
@@ -611,12 +614,8 @@ impl Recording {
 
     /// `paths` (not versioned because of `why`) are captured from the real files by the next
     /// commit that succeeds.
-    fn wait_for_capture(&mut self, paths: impl IntoIterator<Item = String>, why: &str) {
-        for p in paths {
-            if let Ok(p) = RelPath::new(&p) {
-                self.uncaptured.insert(p);
-            }
-        }
+    fn wait_for_capture(&mut self, paths: impl IntoIterator<Item = RelPath>, why: &str) {
+        self.uncaptured.extend(paths);
         if !self.uncaptured.is_empty() && self.uncaptured_since.is_none() {
             self.uncaptured_since = Some((crate::when::now_ns(), why.to_string()));
         }
