@@ -533,23 +533,23 @@ impl PackStore {
         self.drop_collected(empty, &mut out)?;
         let mut copied = Vec::new();
         for (id, len, n, keep) in partial {
-            if out.packs_left_for_room > 0 {
+            // Once one pack's copies found no room, the rest are not tried.
+            let fits = out.packs_left_for_room == 0
+                && match self.copy_out(id, &keep, &mut out.bytes_copied) {
+                    Ok(()) => true,
+                    Err(e @ StoreError::Full { .. }) => {
+                        // The copies that went are harmless: the index names one or the other.
+                        tracing::warn!(error = %e, "prune: packs whose live chunks need copying out are kept until there is room");
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+            if fits {
+                copied.push((id, len, n - keep.len()));
+            } else {
                 self.retiring.write().remove(&id);
                 out.packs_left_for_room += 1;
-                continue;
             }
-            match self.copy_out(id, &keep, &mut out.bytes_copied) {
-                Ok(()) => {}
-                Err(e @ StoreError::Full { .. }) => {
-                    // The copies that went are harmless: the index names one copy or the other.
-                    tracing::warn!(error = %e, "prune: packs whose live chunks need copying out are kept until there is room");
-                    self.retiring.write().remove(&id);
-                    out.packs_left_for_room += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            copied.push((id, len, n - keep.len()));
         }
         self.drop_collected(copied, &mut out)?;
         drop(retiring);
