@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::daemon::mount::{mounted_type, FS_TYPE};
 use crate::fs::browse::Browse;
+use crate::fs::guard::Guarded;
 use crate::fs::sys;
 use crate::ids::Seq;
 use crate::store::Store;
@@ -56,7 +57,7 @@ fn config() -> fuser::Config {
 
 /// Mounts a view and serves it on a thread of this process (the mount daemon's).
 pub fn spawn_in_process(store: Arc<Store>, mountpoint: &Path, at: Option<Seq>) -> Result<()> {
-    let session = fuser::Session::new(Browse::new(store, at), mountpoint, &config())
+    let session = fuser::Session::new(Guarded::new(Browse::new(store, at)), mountpoint, &config())
         .with_context(|| format!("mounting the view at {}", mountpoint.display()))?;
     std::thread::Builder::new()
         .name("clawfs-browse".into())
@@ -73,7 +74,7 @@ pub fn serve(store_dir: &Path, mountpoint: &Path, at: Option<&str>) -> Result<()
     sys::limit_malloc_arenas();
     let store = Store::open(store_dir)?;
     let at = at.map(|w| crate::when::resolve(&store, w)).transpose()?;
-    let session = fuser::Session::new(Browse::new(store, at), mountpoint, &config())
+    let session = fuser::Session::new(Guarded::new(Browse::new(store, at)), mountpoint, &config())
         .with_context(|| format!("mounting the view at {}", mountpoint.display()))?;
     println!("ready");
     use std::io::Write;

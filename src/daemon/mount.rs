@@ -466,8 +466,13 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     // Modes in requests are already masked by the caller's umask: ours must not mask them again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
+    let guarded = {
+        let rec = rec.clone();
+        crate::fs::guard::Guarded::new(overlay)
+            .on_panic(move |op, what| rec.request_failed(op, what))
+    };
     let mut session_fuse =
-        fuser::Session::new(overlay, dir, &config).map_err(|e| mount_error(e, dir))?;
+        fuser::Session::new(guarded, dir, &config).map_err(|e| mount_error(e, dir))?;
     let _ = notifier.set(session_fuse.notifier());
     let unmounter = Arc::new(Mutex::new(session_fuse.unmount_callable()));
     let unmounter_dir = dir.to_path_buf();

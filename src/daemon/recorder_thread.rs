@@ -626,11 +626,7 @@ impl Recording {
     /// size, mtime and mode match the history are not read), so the next moment is whole.
     /// Said loudly, and kept as the last error.
     fn recover(&mut self, panic: &(dyn std::any::Any + Send)) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into());
+        let what = crate::fs::guard::panic_message(panic);
         tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
         self.rec.reset();
         self.first_pending = None;
@@ -639,6 +635,20 @@ impl Recording {
         self.commit(false);
         self.last_error = Some(format!(
             "the recorder failed ({what}) at {}: the changes it held were not versioned, and the tree was captured again from the real files",
+            crate::when::rfc3339(crate::when::now_ns())
+        ));
+    }
+
+    /// After a FUSE request handler panicked (see [`crate::fs::guard`]): what it changed in the
+    /// real tree before it failed may never have been reported, so once what is pending is
+    /// committed, the whole tree is captured again from the real files (files whose size,
+    /// mtime and mode match are not read). Kept as the last error.
+    fn request_failed(&mut self, op: &str, what: &str) {
+        self.commit(false);
+        self.import_real(&RelPath::root());
+        self.commit(false);
+        self.last_error = Some(format!(
+            "a {op} request failed inside clawfs ({what}) at {}: it was answered with an I/O error, and the tree was captured again from the real files",
             crate::when::rfc3339(crate::when::now_ns())
         ));
     }
@@ -797,6 +807,16 @@ impl RecorderHandle {
         rx.recv().ok()
     }
 
+    /// After a FUSE request handler panicked: has the thread capture the tree again (see
+    /// `Recording::request_failed`), without waiting for it.
+    pub fn request_failed(&self, op: &'static str, what: &str) {
+        let what = what.to_string();
+        let job: Job = Box::new(move |r| r.request_failed(op, &what));
+        if !self.queue(Msg::Call(job), true) {
+            tracing::error!("recorder thread is gone: the tree is captured by the next mount");
+        }
+    }
+
     /// Commits what is pending, flushes, and stops the thread.
     pub fn shutdown(&self) {
         let Some(t) = self.thread.lock().take() else {
@@ -902,7 +922,7 @@ fn handle(r: &mut Recording, msg: Result<Msg, RecvTimeoutError>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SessionId;
+    use crate::ids::{Seq, SessionId};
     use crate::store::Store;
 
     const META: Meta = Meta {
@@ -1041,6 +1061,33 @@ mod tests {
             .unwrap_or_default();
         assert!(
             err.contains("the recorder failed (injected failure)"),
+            "{err}"
+        );
+    }
+
+    /// A FUSE handler that panicked may have changed the real tree without saying so: told of
+    /// it, the recorder commits what it holds, then captures the tree from the real files.
+    #[test]
+    fn a_failed_request_has_the_tree_captured_again() {
+        let (d, store, h) = recorder();
+        std::fs::write(d.path().join("tree/told.txt"), b"").unwrap();
+        create(&h, "told.txt");
+        // What the failed handler wrote before it panicked: no event for it.
+        std::fs::write(d.path().join("tree/missed.txt"), b"missed").unwrap();
+        h.request_failed("write", "injected failure");
+        h.commit(true, true);
+        let head = store.head();
+        assert_eq!(store.read_file(&p("missed.txt"), head).unwrap(), b"missed");
+        // The change the recorder held is a moment of its own, before the capture.
+        let told = store.resolve(&p("told.txt"), Seq(head.0 - 1)).unwrap();
+        let missed = store.resolve(&p("missed.txt"), Seq(head.0 - 1)).unwrap();
+        assert!(told.is_some() && missed.is_none());
+        let err = h
+            .call(|r| r.last_error.clone())
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            err.contains("a write request failed inside clawfs (injected failure)"),
             "{err}"
         );
     }

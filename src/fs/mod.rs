@@ -4,11 +4,13 @@
 //!   every change to the recorder thread in the order the writers issued it.
 //! - [`browse`]: the read-only view of any past moment.
 //! - [`filter`]: which paths are versioned.
+//! - [`guard`]: a panic in a request handler fails that request, not the mount.
 //! - [`iomode`]: which open files the kernel serves without the daemon (passthrough).
 //! - [`inodes`], [`sys`]: the inode table and the `*at()` calls.
 
 pub mod browse;
 pub mod filter;
+pub mod guard;
 pub mod inodes;
 pub mod iomode;
 pub mod overlay;

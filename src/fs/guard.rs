@@ -1,0 +1,347 @@
+//! A panic in a FUSE request handler is contained to that one request.
+//!
+//! fuser calls the handlers on its worker threads without catching anything: a handler that
+//! panics ends its thread, and once the first thread's loop has ended, fuser's `Session::run`
+//! returns and drops the mount. For a mount laid over the agent's own state directory, one bug
+//! would then leave every later request waiting on threads that are gone, or the directory
+//! unmounted under a running agent. [`Guarded`] runs each handler under `catch_unwind`: the
+//! request that panicked is answered with EIO (fuser's reply does that when it is dropped
+//! unanswered, as it is while unwinding), the panic is logged, the owner is told (the overlay
+//! then has the recorder capture the tree again from the real files, so whatever the handler
+//! changed before it failed is versioned), and the thread goes on serving.
+
+use std::any::Any;
+use std::ffi::OsStr;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, INodeNo, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags,
+    ReplyAttr, ReplyBmap, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+/// What a panic said, as text.
+pub fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Told the operation's name and the panic's message after a handler panicked.
+pub type OnPanic = Box<dyn Fn(&'static str, &str) + Send + Sync>;
+
+/// A file system whose handlers' panics are contained (see the module doc).
+pub struct Guarded<F> {
+    inner: F,
+    on_panic: Option<OnPanic>,
+}
+
+impl<F: Filesystem> Guarded<F> {
+    /// Wraps `inner`.
+    pub fn new(inner: F) -> Guarded<F> {
+        Guarded {
+            inner,
+            on_panic: None,
+        }
+    }
+
+    /// Calls `f` after each contained panic, on the thread that panicked.
+    pub fn on_panic(mut self, f: impl Fn(&'static str, &str) + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(Box::new(f));
+        self
+    }
+
+    fn run(&self, op: &'static str, handler: impl FnOnce()) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(handler)) {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(op, panic = %what, "a request failed inside clawfs: it was answered with an I/O error, and the mount goes on");
+            if let Some(f) = &self.on_panic {
+                // The owner's reaction must not take the thread down either.
+                if catch_unwind(AssertUnwindSafe(|| f(op, &what))).is_err() {
+                    tracing::error!(op, "reacting to the failed request failed too");
+                }
+            }
+        }
+    }
+}
+
+/// Each handler, passed to the inner file system under [`Guarded::run`].
+macro_rules! guarded {
+    ($($name:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {
+        $(
+            fn $name(&self, req: &Request, $($arg: $ty),*) {
+                self.run(stringify!($name), || self.inner.$name(req, $($arg),*))
+            }
+        )*
+    };
+}
+
+impl<F: Filesystem> Filesystem for Guarded<F> {
+    // Before the first request and after the last: a panic here is the mount failing to start
+    // or to finish, which the caller sees.
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.inner.init(req, config)
+    }
+
+    fn destroy(&mut self) {
+        self.inner.destroy()
+    }
+
+    // `batch_forget` is left to fuser's default, which calls `forget` (guarded) for each inode:
+    // fuser does not export the type it takes.
+    guarded! {
+        lookup(parent: INodeNo, name: &OsStr, reply: ReplyEntry);
+        forget(ino: INodeNo, nlookup: u64);
+        getattr(ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr);
+        setattr(
+            ino: INodeNo,
+            mode: Option<u32>,
+            uid: Option<u32>,
+            gid: Option<u32>,
+            size: Option<u64>,
+            atime: Option<TimeOrNow>,
+            mtime: Option<TimeOrNow>,
+            ctime: Option<SystemTime>,
+            fh: Option<FileHandle>,
+            crtime: Option<SystemTime>,
+            chgtime: Option<SystemTime>,
+            bkuptime: Option<SystemTime>,
+            flags: Option<BsdFileFlags>,
+            reply: ReplyAttr,
+        );
+        readlink(ino: INodeNo, reply: ReplyData);
+        mknod(parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry);
+        mkdir(parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry);
+        unlink(parent: INodeNo, name: &OsStr, reply: ReplyEmpty);
+        rmdir(parent: INodeNo, name: &OsStr, reply: ReplyEmpty);
+        symlink(parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry);
+        rename(
+            parent: INodeNo,
+            name: &OsStr,
+            newparent: INodeNo,
+            newname: &OsStr,
+            flags: RenameFlags,
+            reply: ReplyEmpty,
+        );
+        link(ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry);
+        open(ino: INodeNo, flags: OpenFlags, reply: ReplyOpen);
+        read(
+            ino: INodeNo,
+            fh: FileHandle,
+            offset: u64,
+            size: u32,
+            flags: OpenFlags,
+            lock_owner: Option<LockOwner>,
+            reply: ReplyData,
+        );
+        write(
+            ino: INodeNo,
+            fh: FileHandle,
+            offset: u64,
+            data: &[u8],
+            write_flags: WriteFlags,
+            flags: OpenFlags,
+            lock_owner: Option<LockOwner>,
+            reply: ReplyWrite,
+        );
+        flush(ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty);
+        release(
+            ino: INodeNo,
+            fh: FileHandle,
+            flags: OpenFlags,
+            lock_owner: Option<LockOwner>,
+            flush: bool,
+            reply: ReplyEmpty,
+        );
+        fsync(ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty);
+        opendir(ino: INodeNo, flags: OpenFlags, reply: ReplyOpen);
+        readdir(ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory);
+        readdirplus(ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus);
+        releasedir(ino: INodeNo, fh: FileHandle, flags: OpenFlags, reply: ReplyEmpty);
+        fsyncdir(ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty);
+        statfs(ino: INodeNo, reply: ReplyStatfs);
+        setxattr(
+            ino: INodeNo,
+            name: &OsStr,
+            value: &[u8],
+            flags: i32,
+            position: u32,
+            reply: ReplyEmpty,
+        );
+        getxattr(ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr);
+        listxattr(ino: INodeNo, size: u32, reply: ReplyXattr);
+        removexattr(ino: INodeNo, name: &OsStr, reply: ReplyEmpty);
+        access(ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty);
+        create(
+            parent: INodeNo,
+            name: &OsStr,
+            mode: u32,
+            umask: u32,
+            flags: i32,
+            reply: ReplyCreate,
+        );
+        getlk(
+            ino: INodeNo,
+            fh: FileHandle,
+            lock_owner: LockOwner,
+            start: u64,
+            end: u64,
+            typ: i32,
+            pid: u32,
+            reply: ReplyLock,
+        );
+        setlk(
+            ino: INodeNo,
+            fh: FileHandle,
+            lock_owner: LockOwner,
+            start: u64,
+            end: u64,
+            typ: i32,
+            pid: u32,
+            sleep: bool,
+            reply: ReplyEmpty,
+        );
+        bmap(ino: INodeNo, blocksize: u32, idx: u64, reply: ReplyBmap);
+        ioctl(
+            ino: INodeNo,
+            fh: FileHandle,
+            flags: IoctlFlags,
+            cmd: u32,
+            in_data: &[u8],
+            out_size: u32,
+            reply: ReplyIoctl,
+        );
+        poll(
+            ino: INodeNo,
+            fh: FileHandle,
+            ph: PollNotifier,
+            events: PollEvents,
+            flags: PollFlags,
+            reply: ReplyPoll,
+        );
+        fallocate(
+            ino: INodeNo,
+            fh: FileHandle,
+            offset: u64,
+            length: u64,
+            mode: i32,
+            reply: ReplyEmpty,
+        );
+        lseek(ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek);
+        copy_file_range(
+            ino_in: INodeNo,
+            fh_in: FileHandle,
+            offset_in: u64,
+            ino_out: INodeNo,
+            fh_out: FileHandle,
+            offset_out: u64,
+            len: u64,
+            flags: CopyFileRangeFlags,
+            reply: ReplyWrite,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fuser::{Errno, FileAttr, FileType};
+
+    /// A file system whose lookup of `boom` panics; everything else is an empty root.
+    struct Boom;
+
+    impl Filesystem for Boom {
+        fn lookup(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+            if name == "boom" {
+                panic!("lookup of boom");
+            }
+            reply.error(Errno::ENOENT);
+        }
+
+        fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+            let t = SystemTime::UNIX_EPOCH;
+            reply.attr(
+                &Duration::ZERO,
+                &FileAttr {
+                    ino,
+                    size: 0,
+                    blocks: 0,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    crtime: t,
+                    kind: FileType::Directory,
+                    perm: 0o755,
+                    nlink: 2,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                    flags: 0,
+                },
+            );
+        }
+    }
+
+    /// Over a real mount served by one worker thread: ten lookups that panic are each answered
+    /// with EIO and reported, and the mount still answers afterwards. Unguarded, the first
+    /// panic ends the only thread and the next request waits forever; the timeout turns that
+    /// into a failure, after detaching the mount.
+    #[test]
+    fn a_panicking_handler_fails_only_its_request() {
+        if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: mounting needs root and /dev/fuse");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let fs = Guarded::new(Boom).on_panic(move |op, what| {
+            assert_eq!((op, what), ("lookup", "lookup of boom"));
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![fuser::MountOption::FSName("clawfs-guard-test".into())];
+        config.n_threads = Some(1);
+        let session = fuser::Session::new(fs, dir.path(), &config)
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let errors: Vec<Option<i32>> = (0..10)
+                .map(|_| {
+                    std::fs::metadata(root.join("boom"))
+                        .unwrap_err()
+                        .raw_os_error()
+                })
+                .collect();
+            let after = std::fs::metadata(root.join("other")).unwrap_err();
+            let _ = tx.send((errors, after.raw_os_error()));
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(20));
+        if answered.is_err() {
+            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `path` is a valid C string for the duration of the call.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        } else {
+            session.umount_and_join().ok();
+        }
+        let (errors, after) = answered.expect("the mount stopped answering after a panic");
+        assert_eq!(errors, vec![Some(libc::EIO); 10]);
+        assert_eq!(after, Some(libc::ENOENT));
+        assert_eq!(seen.load(Ordering::SeqCst), 10);
+    }
+}
