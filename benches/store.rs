@@ -251,7 +251,7 @@ fn rollback(c: &mut Criterion) {
         )
         .unwrap();
     }
-    let root = Arc::new(clawfs::fs::sys::open_dir(tree.path()).unwrap());
+    let root = Arc::new(clawfs::sys::open_dir(tree.path()).unwrap());
     let r = std::cell::RefCell::new(Recording::new(rec, root, Filter::new(&[]).unwrap()));
     r.borrow_mut().import_real(&RelPath::root());
     r.borrow_mut().commit(true);

@@ -21,4 +21,5 @@ pub mod relpath;
 pub mod remote;
 pub mod replicate;
 pub mod store;
+pub mod sys;
 pub mod when;

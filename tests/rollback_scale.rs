@@ -24,7 +24,7 @@ fn rollback_of_ten_thousand_files_touches_only_the_hundred_changed() {
         std::fs::write(p, format!("file {i}\n")).unwrap();
     }
     let store = Store::open_or_create(store_dir.path()).unwrap();
-    let root = Arc::new(clawfs::fs::sys::open_dir(tree.path()).unwrap());
+    let root = Arc::new(clawfs::sys::open_dir(tree.path()).unwrap());
     let mut r = Recording::new(
         store.recorder(SessionId(1)).unwrap(),
         root,

@@ -159,7 +159,7 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) ->
                 let folded = quiesced(l, move || Ok(store.retire(report)?))
                     .context("the prune stopped after folding; no pack was collected")?;
                 let report = ctx.store.collect(folded);
-                crate::fs::sys::release_free_memory();
+                crate::sys::release_free_memory();
                 report?
             }
             None => {

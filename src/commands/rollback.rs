@@ -126,7 +126,7 @@ pub fn offline_recording(ctx: &Ctx, kind: &str) -> Result<Recording> {
     })?;
     let cfg = StoreConfig::load(ctx.store.dir())?;
     let root = Arc::new(
-        crate::fs::sys::open_dir(&ctx.dir)
+        crate::sys::open_dir(&ctx.dir)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", ctx.dir.display()))?,
     );
     let rec = ctx.store.recorder(session)?;

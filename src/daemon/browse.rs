@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use crate::daemon::mount::{mounted_type, FS_TYPE};
 use crate::fs::browse::Browse;
 use crate::fs::guard::Guarded;
-use crate::fs::sys;
 use crate::ids::Seq;
 use crate::store::Store;
+use crate::sys;
 
 /// Filesystem type of views: `fuse.clawfs-browse`.
 pub fn browse_type() -> String {

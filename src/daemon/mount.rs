@@ -20,13 +20,13 @@ use crate::daemon::control::{self, FrameWriter};
 use crate::daemon::recorder_thread::{RecorderHandle, Recording};
 use crate::fs::filter::Filter;
 use crate::fs::overlay::Overlay;
-use crate::fs::sys;
 use crate::ids::SessionId;
 use crate::procs::Holder;
 use crate::relpath::RelPath;
 use crate::replicate::replicator::Replicator;
 use crate::store::catalog::{now_ns, SessionInfo};
 use crate::store::Store;
+use crate::sys;
 
 /// Filesystem type name: mounts show as `fuse.clawfs` (OpenClaw picks SQLite's journal mode
 /// from it).

@@ -36,12 +36,12 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvErro
 use parking_lot::{Condvar, Mutex};
 
 use crate::fs::filter::Filter;
-use crate::fs::sys;
 use crate::relpath::RelPath;
 use crate::store::catalog::{Meta, NodeKind};
 use crate::store::content::ReadAt;
 use crate::store::recorder::{MetaUpdate, Recorder, RenameMode};
 use crate::store::StoreError;
+use crate::sys;
 
 /// An epoch closes at most this long after its first change.
 pub const MAX_EPOCH_AGE: Duration = Duration::from_secs(1);
@@ -537,7 +537,7 @@ impl Recording {
                     Some(c) => {
                         self.epochs += 1;
                         if c.hashed_bytes >= TRIM_AFTER_BYTES {
-                            crate::fs::sys::release_free_memory();
+                            crate::sys::release_free_memory();
                         }
                         if durable {
                             self.flushed();

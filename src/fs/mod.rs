@@ -6,7 +6,9 @@
 //! - [`filter`]: which paths are versioned.
 //! - [`guard`]: a panic in a request handler fails that request, not the mount.
 //! - [`iomode`]: which open files the kernel serves without the daemon (passthrough).
-//! - [`inodes`], [`sys`]: the inode table and the `*at()` calls.
+//! - [`inodes`]: the inode table.
+//!
+//! The `*at()` calls they serve requests with are in [`crate::sys`].
 
 pub mod browse;
 pub mod filter;
@@ -14,4 +16,3 @@ pub mod guard;
 pub mod inodes;
 pub mod iomode;
 pub mod overlay;
-pub mod sys;

@@ -31,10 +31,10 @@ use crate::daemon::recorder_thread::{meta_of, FsEvent, RecorderHandle};
 use crate::fs::filter::Filter;
 use crate::fs::inodes::Inodes;
 use crate::fs::iomode::{IoModes, Mode};
-use crate::fs::sys;
 use crate::relpath::RelPath;
 use crate::store::catalog::NodeKind;
 use crate::store::recorder::{MetaUpdate, RenameMode};
+use crate::sys;
 
 /// How long the kernel may cache names. Every change goes through us (a rollback invalidates
 /// what it replaces), so names stay valid.
@@ -1368,7 +1368,7 @@ impl Filesystem for Overlay {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::statvfs(self.fd()) {
+        match sys::fstatvfs(self.fd()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,

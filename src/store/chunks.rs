@@ -461,7 +461,7 @@ const DROPPING: &str = "dropping";
 
 impl PackStore {
     /// Starts a collection: every sealed pack but the newest is retiring from now on (see
-    /// [`Self::stored`]), so that from here a chunk that is only there is never named again
+    /// `stored`), so that from here a chunk that is only there is never named again
     /// without being stored anew. Called while nothing is recorded, right after the set of
     /// live chunks was taken: whatever is not live then stays unnamed. The newest pack stays
     /// (the next pack id follows it), as does the open one.
@@ -486,9 +486,9 @@ impl PackStore {
     /// room, and on a full disk they give back what the copies then need; packs whose copies
     /// still do not fit are kept ([`Collected::packs_left_for_room`]).
     ///
-    /// Order, for crashes: copies synced; then the [`DROPPING`] file; then the index forgets
+    /// Order, for crashes: copies synced; then the `DROPPING` file; then the index forgets
     /// the packs; then they are removed; then the file. Opening a store that has the file
-    /// finishes the removal ([`finish_dropping`]), so the index never names a missing pack.
+    /// finishes the removal (`finish_dropping`), so the index never names a missing pack.
     pub fn collect(
         &self,
         retiring: Retiring,

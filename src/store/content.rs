@@ -249,7 +249,7 @@ impl ContentReader {
     }
 
     /// Where the first run of zeros at or after `offset` starts, for `SEEK_HOLE`: the start of
-    /// a chunk of zeros (see [`is_zero_chunk`]) or the end. Looks about [`ZERO_SCAN_MAX`] ahead;
+    /// a chunk of zeros (see [`is_zero_chunk`]) or the end. Looks about `ZERO_SCAN_MAX` ahead;
     /// past that it answers the end, which is always a hole (what lies before it then counts as
     /// data, which is never wrong). Reads leaves, never chunks.
     pub fn next_zeros(&self, offset: u64) -> Result<u64> {
@@ -367,7 +367,7 @@ impl ReadAt for ContentReader {
 
     /// The chunks of zeros from `offset` on (a file cut from a sparse one, or grown by a
     /// truncation, is chunks of zeros): known from their ids, without reading them. Looks
-    /// about [`ZERO_SCAN_MAX`] ahead (to the end of the leaf that reaches it), so a caller
+    /// about `ZERO_SCAN_MAX` ahead (to the end of the leaf that reaches it), so a caller
     /// asking at every window pays little; a leaf that cannot be read ends the run.
     fn zeros_at(&self, offset: u64) -> u64 {
         zeros_through(

@@ -7,13 +7,12 @@
 //! does not fit is "not versioned yet", never lost: the real files do not live in the store,
 //! and the recorder captures what it missed once there is room again.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::store::{Result, StoreError};
+use crate::sys;
 
 /// The reserve is this share of the file system...
 const RESERVE_SHARE: u64 = 50;
@@ -34,28 +33,12 @@ pub struct Room {
 impl Room {
     /// The room on the file system holding `path`.
     pub fn at(path: &Path) -> io::Result<Room> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: statvfs fills the struct we pass; `c` is a valid C string.
-        unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Room::of(&st))
-        }
+        sys::statvfs(path).map(|st| Room::of(&st))
     }
 
     /// The room on the file system holding the open file `fd`.
     pub fn of_fd(fd: RawFd) -> io::Result<Room> {
-        // SAFETY: fstatvfs fills the struct we pass.
-        unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            if libc::fstatvfs(fd, &mut st) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Room::of(&st))
-        }
+        sys::fstatvfs(fd).map(|st| Room::of(&st))
     }
 
     fn of(st: &libc::statvfs) -> Room {

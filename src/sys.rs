@@ -1,7 +1,9 @@
-//! Thin, safe wrappers over the `*at()` system calls the overlay serves requests with.
+//! Thin, safe wrappers over the system calls clawfs makes through `libc`, for every layer: the
+//! `*at()` calls the overlay serves requests with, and the file system queries the store and
+//! the daemon make.
 //!
-//! Every path here is relative to the directory fd opened before mounting (invariant 1), so the
-//! daemon reaches the real files underneath its own mount. `""` names that directory itself.
+//! Every `*at()` path is relative to the directory fd opened before mounting (invariant 1), so
+//! the daemon reaches the real files underneath its own mount. `""` names that directory itself.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -195,11 +197,23 @@ pub fn seek_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
 }
 
 /// `fstatvfs`.
-pub fn statvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
     // SAFETY: `st` is written before read.
     unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
         check(libc::fstatvfs(fd, &mut st))?;
+        Ok(st)
+    }
+}
+
+/// `statvfs` of the file system holding `path`.
+pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid C string; `st` is written before read.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        check(libc::statvfs(c.as_ptr(), &mut st))?;
         Ok(st)
     }
 }
