@@ -500,6 +500,10 @@ impl Recording {
     /// paths are re-imported and committed again; if that fails too, they wait, loudly.
     pub fn commit(&mut self, durable: bool) {
         if !self.rec.has_pending() && self.uncaptured.is_empty() {
+            // A change may leave nothing pending (a path that was already gone): the epoch it
+            // opened closes all the same, or its clock would stay overdue and the thread would
+            // find it so on every turn instead of sleeping.
+            self.first_pending = None;
             if durable {
                 self.flush();
             }
@@ -1063,6 +1067,20 @@ mod tests {
             err.contains("the recorder failed (injected failure)"),
             "{err}"
         );
+    }
+
+    /// A change that leaves nothing pending (here the removal of a path that never was) still
+    /// starts the epoch's clock; once that second is up, the epoch closes empty and the clock
+    /// stops. Left running, the thread found the epoch overdue on every turn and never slept
+    /// again: after a run of SQLite transactions, an idle mount's recorder kept a whole CPU
+    /// busy until the next change.
+    #[test]
+    fn a_change_that_leaves_nothing_pending_does_not_keep_the_thread_awake() {
+        let (_d, _store, h) = recorder();
+        h.send(FsEvent::Unlink(p("never-was.txt")));
+        std::thread::sleep(MAX_EPOCH_AGE + Duration::from_millis(300));
+        let clock = h.call(|r| r.first_pending.map(|t| t.elapsed()));
+        assert_eq!(clock, Some(None), "the epoch's clock still runs");
     }
 
     /// A FUSE handler that panicked may have changed the real tree without saying so: told of
