@@ -39,9 +39,11 @@ if [ -n "${HALT_POLL_NS:-}" ]; then
   trap 'echo "$old_poll" > "$halt_poll"; cleanup' EXIT
   echo "$HALT_POLL_NS" > "$halt_poll"
 fi
-# Each contestant writes to a fresh ext4 of its own. On one shared file system, files deleted by
-# the contestant before slow the next one's creates: ext4 skips inodes freed in the last minute
-# (five when their table block is dirty), reading each one's block to find out.
+# Each contestant writes to a fresh ext4 of its own, made with mkfs.ext4's defaults (a journal).
+# This machine's root file system is an ext4 without a journal, where files deleted by the
+# contestant before slow the next one's creates: such an ext4 skips inodes freed in the last
+# minute (five when their table block is dirty), reading each one's block to find out. 5,000
+# small files natively took 0.116 s, then 1.129 s right after, and 0.228 s after a minute.
 for d in native bindfs-src clawfs; do
   truncate -s 6G "$work/$d.img"
   mkfs.ext4 -q -F "$work/$d.img"
