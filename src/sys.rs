@@ -28,6 +28,35 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// One of the calls that fill a plain C struct about an open file (`fstat`, `fstatfs`,
+/// `fstatvfs`).
+fn stat_fd<T>(
+    fd: RawFd,
+    call: unsafe extern "C" fn(libc::c_int, *mut T) -> libc::c_int,
+) -> io::Result<T> {
+    // SAFETY: only called with libc's structs, for which all zeroes is a valid value; `call`
+    // writes the struct before it is read.
+    unsafe {
+        let mut st: T = std::mem::zeroed();
+        check(call(fd, &mut st))?;
+        Ok(st)
+    }
+}
+
+/// One of the calls that fill a plain C struct about a path (`statfs`, `statvfs`).
+fn stat_path<T>(
+    path: &std::path::Path,
+    call: unsafe extern "C" fn(*const libc::c_char, *mut T) -> libc::c_int,
+) -> io::Result<T> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: as in `stat_fd`; `c` is a valid C string.
+    unsafe {
+        let mut st: T = std::mem::zeroed();
+        check(call(c.as_ptr(), &mut st))?;
+        Ok(st)
+    }
+}
+
 /// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)`; the directory itself for `""`.
 pub fn lstat_at(dir: RawFd, path: &OsStr) -> io::Result<libc::stat> {
     let c = cstr(path)?;
@@ -55,12 +84,7 @@ pub fn access_at(dir: RawFd, path: &OsStr, mode: i32) -> io::Result<()> {
 
 /// `fstat(fd)`.
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: as above.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        check(libc::fstat(fd, &mut st))?;
-        Ok(st)
-    }
+    stat_fd(fd, libc::fstat)
 }
 
 /// `openat(dir, path, flags, mode)`, always with `O_CLOEXEC`.
@@ -198,37 +222,18 @@ pub fn seek_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
 
 /// `fstatvfs`.
 pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
-    // SAFETY: `st` is written before read.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        check(libc::fstatvfs(fd, &mut st))?;
-        Ok(st)
-    }
+    stat_fd(fd, libc::fstatvfs)
 }
 
 /// `statvfs` of the file system holding `path`.
 pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid C string; `st` is written before read.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        check(libc::statvfs(c.as_ptr(), &mut st))?;
-        Ok(st)
-    }
+    stat_path(path, libc::statvfs)
 }
 
 /// `statfs` of a path. On a FUSE mount it always reaches the daemon (nothing caches it), so it
 /// tells a live mount from one whose daemon died.
 pub fn statfs_path(path: &std::path::Path) -> io::Result<libc::statfs> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid C string; `st` is written before read.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        check(libc::statfs(c.as_ptr(), &mut st))?;
-        Ok(st)
-    }
+    stat_path(path, libc::statfs)
 }
 
 /// `f_type` of a FUSE file system in `statfs`.
@@ -239,12 +244,7 @@ pub const OVERLAYFS_SUPER_MAGIC: libc::__fsword_t = 0x794c_7630;
 
 /// `fstatfs` of an open file: the file system it is on.
 pub fn fstatfs(fd: RawFd) -> io::Result<libc::statfs> {
-    // SAFETY: `st` is written before read.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        check(libc::fstatfs(fd, &mut st))?;
-        Ok(st)
-    }
+    stat_fd(fd, libc::fstatfs)
 }
 
 /// The `/proc/self/fd/<dir>/<path>` name of a path, for calls that have no `*at()` form (xattrs).

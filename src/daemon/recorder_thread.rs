@@ -950,6 +950,12 @@ mod tests {
         RelPath::new(s).unwrap()
     }
 
+    fn last_error(h: &RecorderHandle) -> String {
+        h.call(|r| r.last_error.clone())
+            .flatten()
+            .unwrap_or_default()
+    }
+
     fn create(h: &RecorderHandle, path: &str) {
         h.send(FsEvent::Create {
             path: p(path),
@@ -1059,10 +1065,7 @@ mod tests {
         assert!(store.resolve(&p("after.txt"), head).unwrap().is_some());
         // pending.txt never existed in the real tree: recovery does not invent it.
         assert!(store.resolve(&p("pending.txt"), head).unwrap().is_none());
-        let err = h
-            .call(|r| r.last_error.clone())
-            .flatten()
-            .unwrap_or_default();
+        let err = last_error(&h);
         assert!(
             err.contains("the recorder failed (injected failure)"),
             "{err}"
@@ -1100,10 +1103,7 @@ mod tests {
         let told = store.resolve(&p("told.txt"), Seq(head.0 - 1)).unwrap();
         let missed = store.resolve(&p("missed.txt"), Seq(head.0 - 1)).unwrap();
         assert!(told.is_some() && missed.is_none());
-        let err = h
-            .call(|r| r.last_error.clone())
-            .flatten()
-            .unwrap_or_default();
+        let err = last_error(&h);
         assert!(
             err.contains("a write request failed inside clawfs (injected failure)"),
             "{err}"
