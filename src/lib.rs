@@ -23,3 +23,13 @@ pub mod replicate;
 pub mod store;
 pub mod sys;
 pub mod when;
+
+/// What a caught panic said, as text (for the logs and `status` of the threads that survive
+/// one: the recorder, the request threads, the replicator).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}

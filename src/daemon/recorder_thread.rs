@@ -630,7 +630,7 @@ impl Recording {
     /// size, mtime and mode match the history are not read), so the next moment is whole.
     /// Said loudly, and kept as the last error.
     fn recover(&mut self, panic: &(dyn std::any::Any + Send)) {
-        let what = crate::fs::guard::panic_message(panic);
+        let what = crate::panic_message(panic);
         tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
         self.rec.reset();
         self.first_pending = None;

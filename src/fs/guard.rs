@@ -10,7 +10,6 @@
 //! then has the recorder capture the tree again from the real files, so whatever the handler
 //! changed before it failed is versioned), and the thread goes on serving.
 
-use std::any::Any;
 use std::ffi::OsStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,15 +23,6 @@ use fuser::{
     ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-
-/// What a panic said, as text.
-pub fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
-}
 
 /// Told the operation's name and the panic's message after a handler panicked.
 pub type OnPanic = Box<dyn Fn(&'static str, &str) + Send + Sync>;
@@ -60,7 +50,7 @@ impl<F: Filesystem> Guarded<F> {
 
     fn run(&self, op: &'static str, handler: impl FnOnce()) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(handler)) {
-            let what = panic_message(panic.as_ref());
+            let what = crate::panic_message(panic.as_ref());
             tracing::error!(op, panic = %what, "a request failed inside clawfs: it was answered with an I/O error, and the mount goes on");
             if let Some(f) = &self.on_panic {
                 // The owner's reaction must not take the thread down either.

@@ -148,7 +148,19 @@ pub fn push(
     entry: &RemoteEntry,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PushReport> {
-    let r = push_inner(store, repo, entry, progress);
+    // A bug that panics here fails this push as a lost connection would (the remote is left as
+    // after any interrupted push, and the next push reconciles it), instead of ending the
+    // daemon's replicator thread, and with it every later push, without a word in `status`.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        push_inner(store, repo, entry, progress)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = crate::panic_message(panic.as_ref());
+        tracing::error!(remote = %entry.name, panic = %what, "a push failed inside clawfs");
+        Err(ReplicaError::Io(format!(
+            "the push failed inside clawfs ({what})"
+        )))
+    });
     if let Err(e) = &r {
         if let Ok(mut st) = load_state(store, &entry.name) {
             st.last_error = Some(format!("{e} ({})", crate::when::show_time(now_ns())));
@@ -504,4 +516,49 @@ fn push_marks(
     repo.put_sealed(&layout::marks_name(device), &layout::pack_struct(&ds))?;
     state.marks_digest = Some(digest);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::SessionId;
+    use crate::relpath::RelPath;
+    use crate::remote::MemRemote;
+    use crate::store::catalog::{Meta, NodeKind};
+
+    /// A bug that panics during a push (here, in the progress callback) fails that push like a
+    /// lost connection: the caller gets an error naming it, `status` keeps it as the remote's
+    /// last error, and the next push goes through and clears it.
+    #[test]
+    fn a_panic_during_a_push_is_a_failed_push() {
+        std::env::set_var("CLAWFS_SCRYPT_LOG_N", "10");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path()).unwrap();
+        let mut rec = store.recorder(SessionId(1)).unwrap();
+        let path = RelPath::new("MEMORY.md").unwrap();
+        rec.create(&path, NodeKind::File, Meta::default(), "")
+            .unwrap();
+        rec.write(&path, 0, b"remember the user's name").unwrap();
+        rec.commit(true).unwrap();
+        let (repo, _) = Repo::open(Arc::new(MemRemote::default()), "pw", true).unwrap();
+        let entry = RemoteEntry::in_memory();
+
+        let err = push(&store, &repo, &entry, &mut |_, _| {
+            panic!("injected failure")
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the push failed inside clawfs (injected failure)"),
+            "{err}"
+        );
+        let kept = load_state(&store, &entry.name).unwrap().last_error;
+        assert!(kept.is_some_and(|e| e.contains("injected failure")));
+
+        let report = push(&store, &repo, &entry, &mut |_, _| {}).unwrap();
+        assert_eq!(report.epochs, 1);
+        assert_eq!(load_state(&store, &entry.name).unwrap().last_error, None);
+    }
 }

@@ -273,7 +273,16 @@ impl Worker {
             .pushing = true;
         let t = &self.targets[i];
         let repo = t.repo.as_ref().expect("unlocked");
-        let r = thin::thin(&self.store, repo, &t.entry, dry_run);
+        // As for a push (see `push::push`): a panic fails this thinning, not the thread.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            thin::thin(&self.store, repo, &t.entry, dry_run)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ReplicaError::Io(format!(
+                "thinning failed inside clawfs ({})",
+                crate::panic_message(panic.as_ref())
+            )))
+        });
         self.live
             .lock()
             .entry(name.to_string())
