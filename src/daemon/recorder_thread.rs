@@ -728,6 +728,9 @@ pub struct RecorderHandle {
     doorbell: Sender<()>,
     queued: Arc<Queued>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// A capture of the whole tree after a failed request is queued and has not started: more
+    /// failures meanwhile need no capture of their own.
+    capture_queued: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RecorderHandle {
@@ -746,6 +749,7 @@ impl RecorderHandle {
             doorbell,
             queued,
             thread: parking_lot::Mutex::new(Some(thread)),
+            capture_queued: Default::default(),
         }
     }
 
@@ -812,10 +816,20 @@ impl RecorderHandle {
     }
 
     /// After a FUSE request handler panicked: has the thread capture the tree again (see
-    /// `Recording::request_failed`), without waiting for it.
+    /// `Recording::request_failed`), without waiting for it. A bug that fails request after
+    /// request costs one capture at a time, not one each: failures while a capture waits to
+    /// start are covered by it.
     pub fn request_failed(&self, op: &'static str, what: &str) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.capture_queued.swap(true, SeqCst) {
+            return;
+        }
         let what = what.to_string();
-        let job: Job = Box::new(move |r| r.request_failed(op, &what));
+        let queued = self.capture_queued.clone();
+        let job: Job = Box::new(move |r| {
+            queued.store(false, SeqCst);
+            r.request_failed(op, &what)
+        });
         if !self.queue(Msg::Call(job), true) {
             tracing::error!("recorder thread is gone: the tree is captured by the next mount");
         }
@@ -1108,5 +1122,32 @@ mod tests {
             err.contains("a write request failed inside clawfs (injected failure)"),
             "{err}"
         );
+    }
+
+    /// Requests that fail while a capture waits to start are covered by it: a bug that fails
+    /// every request queues one capture at a time, not one per request.
+    #[test]
+    fn failed_requests_share_the_capture_that_waits() {
+        let (_d, _store, h) = recorder();
+        // Hold the thread, so that the captures asked for meanwhile wait.
+        let (release, held) = bounded::<()>(1);
+        assert!(h.queue(
+            Msg::Call(Box::new(move |_| {
+                let _ = held.recv();
+            })),
+            true
+        ));
+        while !h.tx.is_empty() {
+            std::thread::yield_now();
+        }
+        for _ in 0..50 {
+            h.request_failed("getattr", "injected failure");
+        }
+        assert_eq!(h.tx.len(), 1, "one capture waits");
+        release.send(()).unwrap();
+        assert!(last_error(&h).contains("a getattr request failed inside clawfs"));
+        // Once it has started, a new failure asks for a capture of its own.
+        h.request_failed("read", "injected failure");
+        assert!(last_error(&h).contains("a read request failed inside clawfs"));
     }
 }
