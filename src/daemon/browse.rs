@@ -72,6 +72,7 @@ pub fn spawn_in_process(store: Arc<Store>, mountpoint: &Path, at: Option<Seq>) -
 /// Serves a view in this process until it is unmounted (the standalone daemon).
 pub fn serve(store_dir: &Path, mountpoint: &Path, at: Option<&str>) -> Result<()> {
     sys::limit_malloc_arenas();
+    crate::fs::guard::quiet_panic_hook();
     let store = Store::open(store_dir)?;
     let at = at.map(|w| crate::when::resolve(&store, w)).transpose()?;
     let session = fuser::Session::new(Guarded::new(Browse::new(store, at)), mountpoint, &config())

@@ -367,6 +367,7 @@ const STORE_LOCK_WAIT: Duration = Duration::from_secs(3);
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     sys::limit_malloc_arenas();
+    crate::fs::guard::quiet_panic_hook();
     let store =
         Store::open_when_free(store_dir, true, STORE_LOCK_WAIT).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;

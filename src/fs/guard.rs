@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, INodeNo, IoctlFlags,
@@ -51,7 +51,15 @@ impl<F: Filesystem> Guarded<F> {
     fn run(&self, op: &'static str, handler: impl FnOnce()) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(handler)) {
             let what = crate::panic_message(panic.as_ref());
-            tracing::error!(op, panic = %what, "a request failed inside clawfs: it was answered with an I/O error, and the mount goes on");
+            if let Some(unsaid) = FAILED_REQUESTS.admit(Instant::now()) {
+                if unsaid > 0 {
+                    tracing::error!(
+                        failed = unsaid,
+                        "more requests failed inside clawfs in the last minute than were logged"
+                    );
+                }
+                tracing::error!(op, panic = %what, "a request failed inside clawfs: it was answered with an I/O error, and the mount goes on");
+            }
             if let Some(f) = &self.on_panic {
                 // The owner's reaction must not take the thread down either.
                 if catch_unwind(AssertUnwindSafe(|| f(op, &what))).is_err() {
@@ -60,6 +68,74 @@ impl<F: Filesystem> Guarded<F> {
             }
         }
     }
+}
+
+/// How many failures are logged in full per minute. Now that a failed request no longer ends
+/// its thread, a bug that fails every request could fail thousands a second, and the log (the
+/// daemon's stderr, with a backtrace per panic when `RUST_BACKTRACE` is set) sits on the
+/// store's disk, which is often the agent's own.
+const LOGGED_PER_MINUTE: u32 = 10;
+
+/// Failed requests, for [`Guarded::run`]'s lines.
+static FAILED_REQUESTS: LogBudget = LogBudget::new();
+/// Panics, for the panic hook's report ([`quiet_panic_hook`]).
+static PANICS: LogBudget = LogBudget::new();
+
+/// At most [`LOGGED_PER_MINUTE`] events logged a minute; the rest are counted.
+pub(crate) struct LogBudget(parking_lot::Mutex<Budget>);
+
+struct Budget {
+    /// When the current minute began.
+    since: Option<Instant>,
+    /// Logged in it.
+    logged: u32,
+    /// Not logged in it.
+    unsaid: u64,
+}
+
+impl LogBudget {
+    pub(crate) const fn new() -> LogBudget {
+        LogBudget(parking_lot::Mutex::new(Budget {
+            since: None,
+            logged: 0,
+            unsaid: 0,
+        }))
+    }
+
+    /// Whether an event at `now` is logged: `Some(n)` if it is, with `n` events of the minute
+    /// before that were not (to be said first); `None` if it is only counted.
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
+        let mut b = self.0.lock();
+        let mut unsaid = 0;
+        if b.since
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60))
+        {
+            unsaid = b.unsaid;
+            *b = Budget {
+                since: Some(now),
+                logged: 0,
+                unsaid: 0,
+            };
+        }
+        if b.logged < LOGGED_PER_MINUTE {
+            b.logged += 1;
+            Some(unsaid)
+        } else {
+            b.unsaid += 1;
+            None
+        }
+    }
+}
+
+/// Makes the process's panic hook report at most [`LOGGED_PER_MINUTE`] panics a minute (the
+/// daemon's, whose panics are contained and could come in a stream).
+pub fn quiet_panic_hook() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if PANICS.admit(Instant::now()).is_some() {
+            report(info);
+        }
+    }));
 }
 
 /// Each handler, passed to the inner file system under [`Guarded::run`].
@@ -247,6 +323,23 @@ mod tests {
     use std::time::Duration;
 
     use fuser::{Errno, FileAttr, FileType};
+
+    /// A stream of failures is logged ten a minute; the rest are counted, and the count is said
+    /// with the first line of the next minute.
+    #[test]
+    fn a_stream_of_failures_is_logged_ten_a_minute_and_counted_beyond() {
+        let budget = LogBudget::new();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for i in 0..10 {
+            assert_eq!(budget.admit(at(i)), Some(0));
+        }
+        for i in 10..1000 {
+            assert_eq!(budget.admit(at(i)), None);
+        }
+        assert_eq!(budget.admit(at(60_000)), Some(990));
+        assert_eq!(budget.admit(at(61_000)), Some(0));
+    }
 
     /// A file system whose lookup of `boom` panics; everything else is an empty root.
     struct Boom;
