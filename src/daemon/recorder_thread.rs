@@ -36,6 +36,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvErro
 use parking_lot::{Condvar, Mutex};
 
 use crate::fs::filter::Filter;
+use crate::fs::guard::LogBudget;
 use crate::relpath::RelPath;
 use crate::store::catalog::{Meta, NodeKind};
 use crate::store::content::ReadAt;
@@ -631,7 +632,18 @@ impl Recording {
     /// Said loudly, and kept as the last error.
     fn recover(&mut self, panic: &(dyn std::any::Any + Send)) {
         let what = crate::panic_message(panic);
-        tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
+        // Rationed like the request threads' failures (see `crate::fs::guard`): a bug that
+        // fails every message must not fill the store's disk with its log.
+        static FAILURES: LogBudget = LogBudget::new();
+        if let Some(unsaid) = FAILURES.admit(Instant::now()) {
+            if unsaid > 0 {
+                tracing::error!(
+                    failed = unsaid,
+                    "the recorder failed more often in the last minute than was logged"
+                );
+            }
+            tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
+        }
         self.rec.reset();
         self.first_pending = None;
         self.reread = false;
