@@ -127,7 +127,7 @@ impl LogBudget {
     }
 }
 
-/// Makes the process's panic hook report at most [`LOGGED_PER_MINUTE`] panics a minute (the
+/// Makes the process's panic hook report at most ten panics a minute (the
 /// daemon's, whose panics are contained and could come in a stream).
 pub fn quiet_panic_hook() {
     let report = std::panic::take_hook();
