@@ -148,19 +148,8 @@ pub fn push(
     entry: &RemoteEntry,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PushReport> {
-    // A bug that panics here fails this push as a lost connection would (the remote is left as
-    // after any interrupted push, and the next push reconciles it), instead of ending the
-    // daemon's replicator thread, and with it every later push, without a word in `status`.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        push_inner(store, repo, entry, progress)
-    }))
-    .unwrap_or_else(|panic| {
-        let what = crate::panic_message(panic.as_ref());
-        tracing::error!(remote = %entry.name, panic = %what, "a push failed inside clawfs");
-        Err(ReplicaError::Io(format!(
-            "the push failed inside clawfs ({what})"
-        )))
-    });
+    // A bug that panics here fails this push like any other error (kept for `status`).
+    let r = crate::replicate::contained("the push", || push_inner(store, repo, entry, progress));
     if let Err(e) = &r {
         if let Ok(mut st) = load_state(store, &entry.name) {
             st.last_error = Some(format!("{e} ({})", crate::when::show_time(now_ns())));

@@ -273,15 +273,8 @@ impl Worker {
             .pushing = true;
         let t = &self.targets[i];
         let repo = t.repo.as_ref().expect("unlocked");
-        // As for a push (see `push::push`): a panic fails this thinning, not the thread.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let r = crate::replicate::contained("thinning", || {
             thin::thin(&self.store, repo, &t.entry, dry_run)
-        }))
-        .unwrap_or_else(|panic| {
-            Err(ReplicaError::Io(format!(
-                "thinning failed inside clawfs ({})",
-                crate::panic_message(panic.as_ref())
-            )))
         });
         self.live
             .lock()
