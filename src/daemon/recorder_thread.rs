@@ -634,23 +634,27 @@ impl Recording {
         let what = crate::panic_message(panic);
         // Rationed like the request threads' failures (see `crate::fs::guard`): a bug that
         // fails every message must not fill the store's disk with its log.
-        static FAILURES: LogBudget = LogBudget::new();
-        if let Some(unsaid) = FAILURES.admit(Instant::now()) {
-            if unsaid > 0 {
-                tracing::error!(
-                    failed = unsaid,
-                    "the recorder failed more often in the last minute than was logged"
-                );
-            }
+        static FAILURES: LogBudget = LogBudget::new("recorder failures");
+        if FAILURES.allows() {
             tracing::error!(panic = %what, "the recorder failed: the changes it held are not versioned; capturing the tree again from the real files");
         }
         self.rec.reset();
         self.first_pending = None;
         self.reread = false;
+        self.capture_tree_after(
+            &format!("the recorder failed ({what})"),
+            "the changes it held were not versioned",
+        );
+    }
+
+    /// Captures the whole tree from the real files after `failure`, whose cost was `lost`
+    /// (files whose size, mtime and mode match the history are not read); kept as the last
+    /// error.
+    fn capture_tree_after(&mut self, failure: &str, lost: &str) {
         self.import_real(&RelPath::root());
         self.commit(false);
         self.last_error = Some(format!(
-            "the recorder failed ({what}) at {}: the changes it held were not versioned, and the tree was captured again from the real files",
+            "{failure} at {}: {lost}, and the tree was captured again from the real files",
             crate::when::rfc3339(crate::when::now_ns())
         ));
     }
@@ -661,12 +665,10 @@ impl Recording {
     /// mtime and mode match are not read). Kept as the last error.
     fn request_failed(&mut self, op: &str, what: &str) {
         self.commit(false);
-        self.import_real(&RelPath::root());
-        self.commit(false);
-        self.last_error = Some(format!(
-            "a {op} request failed inside clawfs ({what}) at {}: it was answered with an I/O error, and the tree was captured again from the real files",
-            crate::when::rfc3339(crate::when::now_ns())
-        ));
+        self.capture_tree_after(
+            &format!("a {op} request failed inside clawfs ({what})"),
+            "it was answered with an I/O error",
+        );
     }
 
     /// The last commit, at unmount: what still waits for room is captured by the next mount.

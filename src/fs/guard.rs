@@ -51,13 +51,7 @@ impl<F: Filesystem> Guarded<F> {
     fn run(&self, op: &'static str, handler: impl FnOnce()) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(handler)) {
             let what = crate::panic_message(panic.as_ref());
-            if let Some(unsaid) = FAILED_REQUESTS.admit(Instant::now()) {
-                if unsaid > 0 {
-                    tracing::error!(
-                        failed = unsaid,
-                        "more requests failed inside clawfs in the last minute than were logged"
-                    );
-                }
+            if FAILED_REQUESTS.allows() {
                 tracing::error!(op, panic = %what, "a request failed inside clawfs: it was answered with an I/O error, and the mount goes on");
             }
             if let Some(f) = &self.on_panic {
@@ -77,12 +71,17 @@ impl<F: Filesystem> Guarded<F> {
 const LOGGED_PER_MINUTE: u32 = 10;
 
 /// Failed requests, for [`Guarded::run`]'s lines.
-static FAILED_REQUESTS: LogBudget = LogBudget::new();
+static FAILED_REQUESTS: LogBudget = LogBudget::new("failed requests");
 /// Panics, for the panic hook's report ([`quiet_panic_hook`]).
-static PANICS: LogBudget = LogBudget::new();
+static PANICS: LogBudget = LogBudget::new("panics");
 
-/// At most [`LOGGED_PER_MINUTE`] events logged a minute; the rest are counted.
-pub(crate) struct LogBudget(parking_lot::Mutex<Budget>);
+/// At most [`LOGGED_PER_MINUTE`] events logged a minute; the rest are counted, and the count
+/// is said with the first line of the next minute.
+pub(crate) struct LogBudget {
+    /// What the events are, for the count.
+    what: &'static str,
+    budget: parking_lot::Mutex<Budget>,
+}
 
 struct Budget {
     /// When the current minute began.
@@ -94,18 +93,38 @@ struct Budget {
 }
 
 impl LogBudget {
-    pub(crate) const fn new() -> LogBudget {
-        LogBudget(parking_lot::Mutex::new(Budget {
-            since: None,
-            logged: 0,
-            unsaid: 0,
-        }))
+    pub(crate) const fn new(what: &'static str) -> LogBudget {
+        LogBudget {
+            what,
+            budget: parking_lot::Mutex::new(Budget {
+                since: None,
+                logged: 0,
+                unsaid: 0,
+            }),
+        }
+    }
+
+    /// Whether an event now is logged; if so, first says how many of the minute before were
+    /// not.
+    pub(crate) fn allows(&self) -> bool {
+        match self.admit(Instant::now()) {
+            Some(0) => true,
+            Some(unsaid) => {
+                tracing::error!(
+                    unsaid,
+                    of = self.what,
+                    "not every one was logged in the last minute"
+                );
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether an event at `now` is logged: `Some(n)` if it is, with `n` events of the minute
     /// before that were not (to be said first); `None` if it is only counted.
     pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
-        let mut b = self.0.lock();
+        let mut b = self.budget.lock();
         let mut unsaid = 0;
         if b.since
             .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60))
@@ -132,7 +151,7 @@ impl LogBudget {
 pub fn quiet_panic_hook() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if PANICS.admit(Instant::now()).is_some() {
+        if PANICS.allows() {
             report(info);
         }
     }));
@@ -328,7 +347,7 @@ mod tests {
     /// with the first line of the next minute.
     #[test]
     fn a_stream_of_failures_is_logged_ten_a_minute_and_counted_beyond() {
-        let budget = LogBudget::new();
+        let budget = LogBudget::new("test events");
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         for i in 0..10 {
