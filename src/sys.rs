@@ -329,7 +329,7 @@ pub fn limit_malloc_arenas() {
 }
 
 /// Hands the pages of freed heap memory back to the system. A large commit frees the write
-/// buffers it held (up to 16 MiB) in whichever arena they came from; glibc returns only the top
+/// buffers it held (up to 8 MiB) in whichever arena they came from; glibc returns only the top
 /// of an arena by itself, so without this the daemon's peak grew by what one commit held after
 /// another. Called after a commit of many megabytes: a walk of two arenas, a few `madvise`s.
 pub fn release_free_memory() {

@@ -63,10 +63,11 @@ impl From<sled::Error> for ReplicaError {
 /// Result alias of replication.
 pub type Result<T> = std::result::Result<T, ReplicaError>;
 
-/// Runs `work` (a push, a thinning: `what` names it), turning a panic inside it into an
-/// error, as a lost connection would fail it: the remote is left as after any interrupted
-/// run, which the next one takes up, and the daemon's replicator thread, with every later
-/// push, goes on.
+/// Runs `work` (a push, a thinning, a reload of the remotes: `what` names it), turning a
+/// panic inside it into an error, as a lost connection would fail it: the remote is left as
+/// after any interrupted run, which the next one takes up, and the daemon's replicator thread,
+/// with every later push, goes on. (A reload cut short leaves the remotes it had not reached
+/// unloaded until the next one.)
 pub(crate) fn contained<T>(what: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
         let panic = crate::panic_message(panic.as_ref());

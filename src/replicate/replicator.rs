@@ -210,7 +210,10 @@ impl Worker {
                 recv(rx) -> m => match m {
                     Err(_) | Ok(Msg::Shutdown) => return,
                     Ok(Msg::Reload { passphrase, reply }) => {
-                        let r = self.reload(passphrase.as_deref()).map_err(|e| e.to_string());
+                        let r = crate::replicate::contained("reloading the remotes", || {
+                            self.reload(passphrase.as_deref())
+                        })
+                        .map_err(|e| e.to_string());
                         let _ = reply.send(r);
                     }
                     Ok(Msg::Thin { remote, dry_run, reply }) => {
