@@ -357,6 +357,23 @@ fn run_store(
         client: None,
     };
     commands::run(&cli.cmd, &mut ctx)?;
+    drop(ctx);
+    if let Cmd::Prune { dry_run: false, .. } = cli.cmd {
+        // The store is closed now: the catalogue can be compacted if the prune emptied enough.
+        match clawfs::store::compact::if_due(store, std::time::Duration::from_secs(10)) {
+            Ok(Some(c)) if !cli.json => writeln!(
+                out,
+                "catalogue compacted: {} -> {} ({} records kept)",
+                commands::human(c.bytes_before),
+                commands::human(c.bytes_after),
+                c.records
+            )?,
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: the catalogue was not compacted (it is as it was; tried again at the next prune or mount): {e}"
+            ),
+        }
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

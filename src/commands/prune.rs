@@ -210,6 +210,12 @@ pub fn run(ctx: &mut Ctx, policy: &Policy, dry_run: bool, remotes: &[String]) ->
             human(report.disk_before),
             human(report.disk_after),
         )?;
+        if ctx.live.is_some() && crate::store::compact::is_due(ctx.store.dir()) {
+            writeln!(
+                ctx.out,
+                "the catalogue gives back the space of the records removed when it is compacted, at the next mount"
+            )?;
+        }
     }
     for t in &thinned {
         let verb = if dry_run { "would keep" } else { "kept" };

@@ -368,6 +368,19 @@ const STORE_LOCK_WAIT: Duration = Duration::from_secs(3);
 pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     sys::limit_malloc_arenas();
     crate::fs::guard::quiet_panic_hook();
+    // Before the store opens: a copy of the catalogue's live records replaces it once prunes
+    // have emptied enough of it. A failure leaves it as it was, and the mount goes on.
+    match crate::store::compact::if_due(store_dir, STORE_LOCK_WAIT) {
+        Ok(Some(c)) => {
+            tracing::info!(?c, "compacted the catalogue");
+            // Reading the old catalogue took memory in proportion to what it had held.
+            sys::release_free_memory();
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "the catalogue was not compacted (it is as it was; tried again at the next mount)")
+        }
+    }
     let store =
         Store::open_when_free(store_dir, true, STORE_LOCK_WAIT).map_err(|e| anyhow!("{e}"))?;
     let mut cfg = StoreConfig::load(store_dir)?;

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod chunk_index;
 pub mod chunker;
 pub mod chunks;
+pub mod compact;
 pub mod content;
 pub mod error;
 pub mod history;
@@ -37,6 +38,8 @@ pub use error::{Result, StoreError};
 
 /// Decoded chunks kept in memory for readers (×64 KiB at most each).
 const CHUNK_CACHE_ENTRIES: usize = 256;
+/// How long closing the store waits for the catalogue's last flush (see `Drop for Store`).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open version store. Cheap to share (`Arc<Store>`): every read method takes `&self` and is
 /// safe from any thread; one [`Recorder`](recorder::Recorder) at a time writes.
@@ -94,25 +97,20 @@ impl Store {
             return Err(StoreError::NotAStore(dir.to_path_buf()));
         }
         private_dir(dir).ctx(|| format!("creating store {}", dir.display()))?;
-        let db = sled::Config::new()
-            .path(&cat_dir)
-            // Flushes are ours: after the packs are synced, never before (see `ChunkStore`).
-            .flush_every_ms(None)
-            // sled's memory is a multiple of this: after 120,000 small files were written and
-            // removed, the daemon held 43 MiB with 2 MiB here, 77 with 16 and 150 with 64. At
-            // 8 MiB, listing and reading a past moment of a million versions took as long as
-            // at 16.
-            .cache_capacity(8 << 20)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::Busy(dir.to_path_buf())
-                }
-                other => StoreError::Catalog(other),
-            })?;
+        let db = catalog_config(&cat_dir).open().map_err(|e| {
+            if is_lock_error(&e) {
+                StoreError::Busy(dir.to_path_buf())
+            } else {
+                StoreError::Catalog(e)
+            }
+        })?;
+        // Holding the catalogue's lock: nobody is compacting it.
+        compact::remove_leftover(dir);
+        Self::open_catalog(dir, db.clone()).inspect_err(|_| close_catalog(db, dir))
+    }
+
+    /// The rest of [`open_inner`](Self::open_inner), on the opened catalogue.
+    fn open_catalog(dir: &Path, db: sled::Db) -> Result<Arc<Store>> {
         let cat = db.open_tree(schema::TREE_CATALOG)?;
         match cat.get(schema::meta_key(schema::META_FORMAT))? {
             None => {
@@ -153,7 +151,7 @@ impl Store {
         }
         let head = read_head(&cat)?.map_or(0, |(seq, _)| seq);
         let cut_off = discard_unfinished_epoch(&cat, Seq(head).next())?;
-        let folded = prune::finish_fold(&cat)?;
+        let folded = prune::finish_fold(&db.open_tree(schema::TREE_FOLDING)?, &cat)?;
         if cut_off || folded {
             db.flush()?;
         }
@@ -463,6 +461,61 @@ pub(crate) fn read_u64(tree: &sled::Tree, name: &[u8]) -> Result<Option<u64>> {
             },
         )?))),
     }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        close_catalog(self.db.clone(), &self.dir);
+    }
+}
+
+/// Flushes the catalogue `db` before its handle goes. sled flushes when its last handle goes,
+/// and after one of its writes failed (the disk filled) that flush can wait forever: an
+/// unmounted command that hit a full disk hung at exit instead of saying so, and so did the
+/// next command, in `open`. The flush is made here first, on a thread of its own, for at most
+/// [`CLOSE_WAIT`]; if it does not return, that thread keeps its handle, so no drop flushes
+/// again, and what was not flushed is left to sled's recovery at the next open, as after a
+/// crash (every epoch is whole or absent there).
+fn close_catalog(db: sled::Db, dir: &Path) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let flusher = std::thread::Builder::new()
+        .name("clawfs-close".into())
+        .spawn(move || {
+            let _ = tx.send(db.flush());
+        });
+    let Ok(flusher) = flusher else {
+        return;
+    };
+    match rx.recv_timeout(CLOSE_WAIT) {
+        Ok(r) => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the catalogue's last flush failed");
+            }
+            let _ = flusher.join();
+        }
+        Err(_) => tracing::error!(
+            store = %dir.display(),
+            "the catalogue's last flush did not finish in {CLOSE_WAIT:?} (its disk failed a write?): closing without it; the next open recovers the catalogue as after a crash"
+        ),
+    }
+}
+
+/// How the catalogue's sled database is opened, by the store and by `compact`.
+pub(crate) fn catalog_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        // Flushes are ours: after the packs are synced, never before (see `ChunkStore`).
+        .flush_every_ms(None)
+        // sled's memory is a multiple of this: after 120,000 small files were written and
+        // removed, the daemon held 43 MiB with 2 MiB here, 77 with 16 and 150 with 64. At
+        // 8 MiB, listing and reading a past moment of a million versions took as long as at 16.
+        .cache_capacity(8 << 20)
+}
+
+/// Whether sled failed to open because another process holds the database.
+pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 /// How epoch `seq` is stored, given its header, its encoded changes and the keys of its other

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::ids::{ChunkId, NodeId, Seq, VersionId};
 use crate::store::catalog::{decode, decode_epoch, encode, Change, Epoch, NodeKind};
 use crate::store::error::{Result, StoreError};
-use crate::store::{epoch_keys, schema, stored_epoch, Store};
+use crate::store::{compact, epoch_keys, schema, stored_epoch, Store};
 
 /// A pack is rewritten when its live records take less than this share of it.
 pub const REPACK_BELOW: f64 = 0.75;
@@ -263,6 +263,12 @@ impl Store {
         // The catalogue no longer names what goes before anything goes.
         self.flush()?;
         let flushed = t0.elapsed();
+        if report.records_removed > 0 {
+            // Only a count: were it lost, the catalogue would be compacted later, or not.
+            if let Err(e) = compact::note_removed(&self.dir, report.records_removed) {
+                tracing::warn!(error = %e, "cannot count the records removed for compaction");
+            }
+        }
         let live = self.live_chunks()?;
         let retiring = self.packs.retire()?;
         tracing::debug!(?flushed, done = ?t0.elapsed(), "flushed and retired");
@@ -309,7 +315,7 @@ impl Store {
     pub fn fold(&self, run: &[Seq]) -> Result<u64> {
         let t0 = std::time::Instant::now();
         let (ops, removed) = self.fold_ops(run)?;
-        apply_fold(&self.cat, ops.0)?;
+        apply_fold(&self.db.open_tree(schema::TREE_FOLDING)?, &self.cat, ops.0)?;
         tracing::debug!(into = %run[run.len() - 1], folded = run.len() - 1, removed, took = ?t0.elapsed(), "folded moments");
         Ok(removed)
     }
@@ -518,12 +524,15 @@ impl Ops {
 /// sled recovers a prefix of its log, so after a crash the note is absent (and so is every
 /// write of the fold) or present (and [`finish_fold`] applies it again: every write of a fold
 /// sets a key to a value or removes it, so applying it twice is applying it once).
-fn apply_fold(cat: &sled::Tree, ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+fn apply_fold(
+    notes: &sled::Tree,
+    cat: &sled::Tree,
+    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<()> {
     let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = ops.into_iter().collect();
-    let note = schema::meta_key(schema::META_FOLDING);
-    cat.insert(&note, encode(&ops))?;
+    notes.insert(schema::FOLD_NOTE, encode(&ops))?;
     apply_ops(cat, &ops)?;
-    cat.remove(note)?;
+    notes.remove(schema::FOLD_NOTE)?;
     Ok(())
 }
 
@@ -545,16 +554,24 @@ fn apply_ops(cat: &sled::Tree, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()>
 }
 
 /// Finishes a fold that a crash cut short (see [`apply_fold`]); says whether there was one.
-pub(crate) fn finish_fold(cat: &sled::Tree) -> Result<bool> {
-    let note = schema::meta_key(schema::META_FOLDING);
-    let Some(v) = cat.get(&note)? else {
-        return Ok(false);
-    };
-    let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = decode(&v, || "unfinished fold".into())?;
-    tracing::warn!(records = ops.len(), "finishing a prune that was cut short");
-    apply_ops(cat, &ops)?;
-    cat.remove(note)?;
-    Ok(true)
+/// `notes` is the [`schema::TREE_FOLDING`] tree; a note an older build left in the catalogue
+/// ([`schema::META_FOLDING`]) is finished too.
+pub(crate) fn finish_fold(notes: &sled::Tree, cat: &sled::Tree) -> Result<bool> {
+    let mut finished = false;
+    for (tree, key) in [
+        (notes, schema::FOLD_NOTE.to_vec()),
+        (cat, schema::meta_key(schema::META_FOLDING).to_vec()),
+    ] {
+        let Some(v) = tree.get(&key)? else {
+            continue;
+        };
+        let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = decode(&v, || "unfinished fold".into())?;
+        tracing::warn!(records = ops.len(), "finishing a prune that was cut short");
+        apply_ops(cat, &ops)?;
+        tree.remove(key)?;
+        finished = true;
+    }
+    Ok(finished)
 }
 
 /// The changes of folded epochs: the last change of each path, in the order of those last
@@ -1205,11 +1222,18 @@ pub(crate) mod tests {
             let plan = Plan::new(moments, kept.clone());
             let (ops, _) = store.fold_ops(&plan.folds[0]).unwrap();
             let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = ops.0.into_iter().collect();
-            // As if the process died after the note and `applied` of the fold's writes.
-            store
-                .cat
-                .insert(schema::meta_key(schema::META_FOLDING), encode(&ops))
-                .unwrap();
+            // As if the process died after the note and `applied` of the fold's writes; the
+            // last case with the note where builds before `TREE_FOLDING` kept it.
+            let notes = store.db.open_tree(schema::TREE_FOLDING).unwrap();
+            if applied == 40 {
+                store
+                    .cat
+                    .insert(schema::meta_key(schema::META_FOLDING), encode(&ops))
+                    .unwrap();
+            } else {
+                notes.insert(schema::FOLD_NOTE, encode(&ops)).unwrap();
+            }
+            drop(notes);
             apply_ops(&store.cat, &ops[..applied.min(ops.len())]).unwrap();
             store.flush().unwrap();
             drop(store);
@@ -1221,6 +1245,8 @@ pub(crate) mod tests {
                 .get(schema::meta_key(schema::META_FOLDING))
                 .unwrap()
                 .is_none());
+            let notes = store.db.open_tree(schema::TREE_FOLDING).unwrap();
+            assert!(notes.get(schema::FOLD_NOTE).unwrap().is_none());
             assert_eq!(tree(&store, Seq(10)), trees[10], "after {applied} writes");
             assert_eq!(tree(&store, Seq(30)), trees[30]);
             let left: Vec<Seq> = store.moments().unwrap().iter().map(|m| m.0).collect();

@@ -86,6 +86,16 @@ pub const UPGRADABLE_FORMATS: &[u32] = &[2, 3, 4];
 
 /// Sled tree holding every record an epoch commits.
 pub const TREE_CATALOG: &str = "catalog";
+/// Sled tree holding, under [`FOLD_NOTE`], a prune's fold being applied (bincode
+/// `Vec<(key, Option<value>)>`: the records it sets and removes). Present only while a fold is
+/// applied, or after a crash cut one short: opening the store applies it again (see
+/// `prune.rs`). Kept out of [`TREE_CATALOG`], whose pages would carry it: beside the node
+/// records the fold removes, its megabytes were written again with their pages, and a fold of
+/// 40,000 records grew the catalogue by 426 MB. sled writes every tree to one log, so the
+/// order of the note and the fold's writes holds across trees after a crash.
+pub const TREE_FOLDING: &str = "folding";
+/// The key of the note in [`TREE_FOLDING`].
+pub const FOLD_NOTE: &[u8] = b"note";
 /// Sled tree that mapped chunk id (32 bytes) to its location in a pack, up to format 4;
 /// dropped on upgrade.
 pub const TREE_CHUNKS_BEFORE_5: &str = "chunks";
@@ -133,9 +143,8 @@ pub fn head_value(seq: Seq, next_node: u64) -> [u8; 16] {
     v
 }
 
-/// `META` key: a prune's fold being applied (bincode `Vec<(key, Option<value>)>`: the records
-/// it sets and removes). Present only while a fold is applied, or after a crash cut one short:
-/// opening the store applies it again (see `prune.rs`).
+/// `META` key where builds before [`TREE_FOLDING`] kept a fold being applied (same value);
+/// still read when the store opens.
 pub const META_FOLDING: &[u8] = b"folding";
 
 /// `META` key: how many seqs up to the head name no epoch (u64 BE), because a prune folded
