@@ -476,7 +476,7 @@ impl Drop for Store {
 /// [`CLOSE_WAIT`]; if it does not return, that thread keeps its handle, so no drop flushes
 /// again, and what was not flushed is left to sled's recovery at the next open, as after a
 /// crash (every epoch is whole or absent there).
-fn close_catalog(db: sled::Db, dir: &Path) {
+pub(crate) fn close_catalog(db: sled::Db, dir: &Path) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let flusher = std::thread::Builder::new()
         .name("clawfs-close".into())
