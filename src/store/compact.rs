@@ -6,14 +6,14 @@
 //! catalogue held 5,031 records in 343 MiB, and opening it took 39 MiB of memory and 110 ms;
 //! copied into a fresh database, 4 MiB, 5.6 MiB and 20 ms.
 //!
-//! Prunes count the records they removed in [`DUE`]; once that reaches
-//! [`DUE_AFTER_RECORDS`], whoever next holds the store closed (an unmounted `clawfs prune` right
-//! after, or the next mount before it opens the store) compacts it ([`if_due`]). The copy is made beside the catalogue in [`COPY`], flushed, read
-//! back and compared record by record with the original, then swapped in with one
-//! `renameat2(RENAME_EXCHANGE)`: at every instant `catalog/` is a whole database, the old one
-//! or the new one, and sled's lock on it is held by the copier until the swap. What is left in
-//! [`COPY`] (a copy cut off, or the old catalogue after the swap) is removed by the next holder
-//! of the lock ([`remove_leftover`]).
+//! Prunes count the records they removed in [`DUE`]; once that reaches [`DUE_AFTER_RECORDS`],
+//! whoever next holds the store closed (an unmounted `clawfs prune` right after, or the next
+//! mount before it opens the store) compacts it ([`if_due`]). The copy is made beside the
+//! catalogue in [`COPY`], flushed, read back and compared record by record with the original,
+//! then swapped in with one `renameat2(RENAME_EXCHANGE)`: at every instant `catalog/` is a
+//! whole database, the old one or the new one, and sled's lock on it is held by the copier
+//! until the swap. What is left in [`COPY`] (a copy cut off, or the old catalogue after the
+//! swap) is removed by the next holder of the lock ([`remove_leftover`]).
 
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
@@ -38,7 +38,7 @@ const BATCH: usize = 10_000;
 pub const DUE_AFTER_RECORDS: u64 = 10_000;
 
 /// What a compaction did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compacted {
     /// Records copied (every tree's).
     pub records: u64,
