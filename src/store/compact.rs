@@ -18,7 +18,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::store::error::IoContext;
 use crate::store::room::Room;
@@ -30,6 +30,9 @@ use crate::sys;
 pub const DUE: &str = "compact-due";
 /// Where the copy is made, beside `catalog/`.
 pub const COPY: &str = "catalog.compact";
+/// How long reopening the copy to check it waits for sled's threads, which hold its lock a
+/// moment after it was closed.
+const COPY_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Records per sled batch while copying.
 const BATCH: usize = 10_000;
 /// Removed records that make a compaction due: a copy costs a few µs per live record (600,000
@@ -106,34 +109,15 @@ pub fn compact(dir: &Path, wait: Duration) -> Result<Compacted> {
     if !cat_dir.exists() {
         return Err(StoreError::NotAStore(dir.to_path_buf()));
     }
-    let deadline = Instant::now() + wait;
-    let old = loop {
-        match open(&cat_dir) {
-            Ok(db) => break db,
-            Err(e) if crate::store::is_lock_error(&e) => {
-                if Instant::now() >= deadline {
-                    return Err(StoreError::Busy(dir.to_path_buf()));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let old = crate::store::when_free(wait, || crate::store::open_catalog_db(dir))?;
     remove_leftover(dir);
     let bytes_before = old.size_on_disk()?;
     // The copy is at most what the catalogue takes now; the store's reserve stays free.
     if let Ok(room) = Room::at(dir) {
         room.check(bytes_before)?;
     }
-    let copy_dir = dir.join(COPY);
-    let copied = copy_into(&old, &copy_dir);
-    let records = match copied {
-        Ok(n) => n,
-        Err(e) => {
-            remove_leftover(dir);
-            return Err(e);
-        }
-    };
+    let (records, bytes_after) =
+        copy_into(&old, &dir.join(COPY)).inspect_err(|_| remove_leftover(dir))?;
     // The old catalogue is only read: flushing it now leaves nothing for its drop to write
     // after the swap, when its path names the copy.
     old.flush()?;
@@ -151,7 +135,6 @@ pub fn compact(dir: &Path, wait: Duration) -> Result<Compacted> {
         .ctx(|| format!("syncing {}", dir.display()))?;
     drop(old);
     remove_leftover(dir);
-    let bytes_after = open(&cat_dir)?.size_on_disk()?;
     tracing::info!(
         records,
         bytes_before,
@@ -166,15 +149,17 @@ pub fn compact(dir: &Path, wait: Duration) -> Result<Compacted> {
 }
 
 /// Copies every tree of `old` into a new database at `to`, makes it durable, and checks it
-/// against `old` record by record from a fresh open. Returns the records copied.
-fn copy_into(old: &sled::Db, to: &Path) -> Result<u64> {
+/// against `old` record by record from a fresh open (waiting, up to [`COPY_LOCK_WAIT`], for
+/// sled's threads to let go of the copy's lock). Returns the records copied and the copy's
+/// size on disk.
+fn copy_into(old: &sled::Db, to: &Path) -> Result<(u64, u64)> {
     let new = open(to)?;
     let copied = copy_trees(old, &new).and_then(|n| Ok(new.flush().map(|_| n)?));
     // Closed with a time limit: after a failed write (the disk filled meanwhile) sled's own
     // last flush can wait forever.
     crate::store::close_catalog(new, to);
     let records = copied?;
-    let new = open(to)?;
+    let new = crate::store::when_free(COPY_LOCK_WAIT, || crate::store::open_db_at(to, to))?;
     let (mut names, mut new_names) = (old.tree_names(), new.tree_names());
     names.sort();
     new_names.sort();
@@ -201,7 +186,7 @@ fn copy_into(old: &sled::Db, to: &Path) -> Result<u64> {
     }
     let f = std::fs::File::open(to).ctx(|| format!("opening {}", to.display()))?;
     f.sync_all().ctx(|| format!("syncing {}", to.display()))?;
-    Ok(records)
+    Ok((records, new.size_on_disk()?))
 }
 
 /// Copies every tree of `old` into `new`, in batches; returns the records copied.

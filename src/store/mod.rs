@@ -79,15 +79,7 @@ impl Store {
         create: bool,
         wait: std::time::Duration,
     ) -> Result<Arc<Store>> {
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            match Self::open_inner(dir, create) {
-                Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                r => return r,
-            }
-        }
+        when_free(wait, || Self::open_inner(dir, create))
     }
 
     fn open_inner(dir: &Path, create: bool) -> Result<Arc<Store>> {
@@ -97,13 +89,7 @@ impl Store {
             return Err(StoreError::NotAStore(dir.to_path_buf()));
         }
         private_dir(dir).ctx(|| format!("creating store {}", dir.display()))?;
-        let db = catalog_config(&cat_dir).open().map_err(|e| {
-            if is_lock_error(&e) {
-                StoreError::Busy(dir.to_path_buf())
-            } else {
-                StoreError::Catalog(e)
-            }
-        })?;
+        let db = open_catalog_db(dir)?;
         // Holding the catalogue's lock: nobody is compacting it.
         compact::remove_leftover(dir);
         Self::open_catalog(dir, db.clone()).inspect_err(|_| close_catalog(db, dir))
@@ -512,10 +498,42 @@ pub(crate) fn catalog_config(path: &Path) -> sled::Config {
         .cache_capacity(8 << 20)
 }
 
-/// Whether sled failed to open because another process holds the database.
-pub(crate) fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-        || io.to_string().contains("could not acquire lock"))
+/// Opens the catalogue's sled database in the store at `dir`; another process holding it is
+/// [`StoreError::Busy`].
+pub(crate) fn open_catalog_db(dir: &Path) -> Result<sled::Db> {
+    open_db_at(&dir.join("catalog"), dir)
+}
+
+/// Opens a sled database at `path` as the catalogue is opened; a lock held on it is
+/// [`StoreError::Busy`] naming `store`.
+pub(crate) fn open_db_at(path: &Path, store: &Path) -> Result<sled::Db> {
+    catalog_config(path).open().map_err(|e| match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::Busy(store.to_path_buf())
+        }
+        other => StoreError::Catalog(other),
+    })
+}
+
+/// Runs `open` again while it finds the store [`StoreError::Busy`], for up to `wait`: a
+/// process that is exiting (a daemon killed or unmounted a moment ago) holds the lock until
+/// the kernel has torn it down, and sled's threads hold it a moment after a handle closes.
+pub(crate) fn when_free<T>(
+    wait: std::time::Duration,
+    mut open: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match open() {
+            Err(StoreError::Busy(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
 }
 
 /// How epoch `seq` is stored, given its header, its encoded changes and the keys of its other
