@@ -76,6 +76,8 @@ pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
 pub use crate::session::BackgroundSession;
 use crate::session::MAX_WRITE_SIZE;
+pub use crate::session::RingState;
+pub use crate::session::Rings;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
@@ -101,6 +103,8 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]
@@ -383,6 +387,14 @@ impl KernelConfig {
             None => (u32::from(self.max_background) * 3 / 4) as u16,
             Some(value) => min(value, self.max_background),
         }
+    }
+
+    /// The payload buffer the kernel asks of each io_uring ring entry.
+    pub(crate) fn ring_payload(&self) -> usize {
+        let pages = usize::from(self.max_pages()) * page_size::get();
+        (self.max_write as usize)
+            .max(pages)
+            .max(consts::FUSE_MIN_READ_BUFFER)
     }
 
     fn max_pages(&self) -> u16 {

@@ -139,6 +139,45 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// The payload size of a ring entry, when FUSE-over-io_uring was agreed at INIT.
+    pub(crate) ring_payload: Option<usize>,
+    /// What became of FUSE-over-io_uring, for the filesystem to report.
+    pub(crate) rings: Rings,
+}
+
+/// What became of FUSE-over-io_uring in a session (see [`Session::rings`]).
+#[derive(Debug, Clone, Default)]
+pub struct Rings(Arc<Mutex<RingState>>);
+
+/// The state [`Rings`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RingState {
+    /// Not agreed at INIT: the filesystem did not ask for `FUSE_OVER_IO_URING`, or the kernel
+    /// does not offer it (before Linux 6.14, or the `fuse` module's `enable_uring` is off).
+    #[default]
+    NotAgreed,
+    /// Agreed; the session has not started serving yet.
+    Agreed,
+    /// Requests come through io_uring: one queue per possible CPU, `entries` ring entries in all.
+    Serving {
+        /// Queues (possible CPUs).
+        queues: usize,
+        /// Ring entries over all queues, one thread each.
+        entries: usize,
+    },
+    /// Agreed, but the rings could not be set up: every request comes through the device.
+    Failed(String),
+}
+
+impl Rings {
+    /// The current state.
+    pub fn state(&self) -> RingState {
+        self.0.lock().clone()
+    }
+
+    fn set(&self, state: RingState) {
+        *self.0.lock() = state;
+    }
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +225,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            ring_payload: None,
+            rings: Rings::default(),
         };
 
         session.handshake()?;
@@ -214,6 +255,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            ring_payload: None,
+            rings: Rings::default(),
         };
 
         session.handshake()?;
@@ -252,6 +295,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            ring_payload,
+            rings,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +331,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let device = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -305,6 +351,44 @@ impl<FS: Filesystem> Session<FS> {
                     .spawn(move || event_loop.event_loop())?,
             );
         }
+
+        #[cfg(target_os = "linux")]
+        if let Some(payload) = ring_payload {
+            use std::os::fd::AsRawFd;
+            let make_loop = |thread_name: String| SessionEventLoop {
+                thread_name,
+                filesystem: filesystem.clone(),
+                ch: device.clone(),
+                allowed,
+                session_owner,
+            };
+            match crate::uring::start(
+                make_loop,
+                device.sender(),
+                device.as_fd().as_raw_fd(),
+                payload,
+                config.ring_threads.max(1),
+            ) {
+                Ok(started) => {
+                    info!(
+                        "FUSE requests come through io_uring: {} queues, {} entries",
+                        started.queues,
+                        started.threads.len()
+                    );
+                    rings.set(RingState::Serving {
+                        queues: started.queues,
+                        entries: started.threads.len(),
+                    });
+                    threads.extend(started.threads);
+                }
+                Err(e) => {
+                    warn!("FUSE over io_uring not used: {e}");
+                    rings.set(RingState::Failed(e.to_string()));
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (ring_payload, &device, &rings);
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
@@ -469,12 +553,22 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                self.ring_payload = Some(config.ring_payload());
+                self.rings.set(RingState::Agreed);
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
 
             return Ok(());
         }
+    }
+
+    /// What became of FUSE-over-io_uring: agreed at INIT or not, and once [`Session::run`]
+    /// started, whether the rings serve.
+    pub fn rings(&self) -> Rings {
+        self.rings.clone()
     }
 
     /// Unmount the filesystem

@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Ring entries (one thread each) per online CPU serving FUSE-over-io_uring, when the
+    /// filesystem asked for `FUSE_OVER_IO_URING` in `init` and the kernel agreed. At least one.
+    pub ring_threads: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type

@@ -1,0 +1,465 @@
+//! FUSE over io_uring (Linux 6.14+, with the `fuse` module's `enable_uring` parameter on).
+//!
+//! The kernel keeps one request queue per possible CPU and puts each request on the queue of
+//! the CPU its caller runs on. Ring entries registered on that queue receive requests as the
+//! completions of io_uring commands; a reply goes back through the same entry, in the command
+//! that also fetches the entry's next request. The threads serving a queue are bound to its CPU,
+//! so a request and its reply never wake a thread on another CPU: on a virtual machine whose
+//! idle CPUs halt, that wake-up costs more than the request itself.
+//!
+//! Requests only start coming through the rings once every queue has an entry; until then, and
+//! always for FORGET, INTERRUPT and notifications, the device is used as before. Each thread
+//! owns one ring with one entry and serves it synchronously: a reply made from another thread
+//! is waited for before the entry is committed.
+
+use std::io;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::thread;
+use std::thread::JoinHandle;
+
+use io_uring::IoUring;
+use io_uring::cqueue;
+use io_uring::opcode;
+use io_uring::squeue;
+use io_uring::types;
+use log::debug;
+use log::error;
+use log::warn;
+use parking_lot::Condvar;
+use parking_lot::Mutex;
+
+use crate::Filesystem;
+use crate::channel::ChannelSender;
+use crate::reply::ReplySender;
+use crate::request::RequestWithSender;
+use crate::session::SessionEventLoop;
+
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+/// `struct fuse_in_header`.
+const IN_HEADER: usize = 40;
+/// `struct fuse_out_header`.
+const OUT_HEADER: usize = 16;
+/// `FUSE_URING_OP_IN_OUT_SZ`: room for the per-opcode header of a request.
+const OP_IN: usize = 128;
+
+/// `struct fuse_uring_ent_in_out`.
+#[repr(C)]
+#[derive(Default)]
+struct EntInOut {
+    flags: u64,
+    commit_id: u64,
+    payload_sz: u32,
+    padding: u32,
+    reserved: u64,
+}
+
+/// `struct fuse_uring_req_header`: the in/out header, the per-opcode header, and the entry's
+/// own fields.
+#[repr(C)]
+struct ReqHeader {
+    in_out: [u8; 128],
+    op_in: [u8; OP_IN],
+    ent: EntInOut,
+}
+
+/// `struct fuse_uring_cmd_req`, in the command area of a 128-byte SQE.
+#[repr(C)]
+struct CmdReq {
+    flags: u64,
+    commit_id: u64,
+    qid: u16,
+    padding: [u8; 6],
+}
+
+/// The highest CPU number in a list such as `/sys/devices/system/cpu/possible` ("0-3,5"), and
+/// whether `cpu` is in it.
+fn cpu_list(text: &str) -> io::Result<Vec<(usize, usize)>> {
+    text.trim()
+        .split(',')
+        .map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) if a <= b => Ok((a, b)),
+                _ => Err(io::Error::other(format!("unreadable CPU list {text:?}"))),
+            }
+        })
+        .collect()
+}
+
+fn read_cpus(what: &str) -> io::Result<Vec<(usize, usize)>> {
+    cpu_list(&std::fs::read_to_string(format!(
+        "/sys/devices/system/cpu/{what}"
+    ))?)
+}
+
+/// The reply of the request an entry holds, written straight into the entry's buffers.
+#[derive(Debug)]
+struct Slot {
+    /// The entry's header and payload buffers, valid while `open`.
+    header: *mut ReqHeader,
+    payload: *mut u8,
+    payload_len: usize,
+    /// A reply was written for the current request.
+    replied: bool,
+    /// The entry's thread waits for this request's reply; after it gives up a late reply is
+    /// dropped.
+    open: bool,
+}
+
+// SAFETY: the pointers are only dereferenced under the mutex, while the thread owning the
+// buffers holds the slot open.
+unsafe impl Send for Slot {}
+
+/// Sends replies into a ring entry; handed to the filesystem inside each reply object.
+#[derive(Debug, Clone)]
+pub(crate) struct UringReply {
+    shared: Arc<(Mutex<Slot>, Condvar)>,
+    device: ChannelSender,
+}
+
+impl UringReply {
+    pub(crate) fn device(&self) -> &ChannelSender {
+        &self.device
+    }
+
+    pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
+        let (lock, cond) = &*self.shared;
+        let mut slot = lock.lock();
+        if !slot.open || slot.replied {
+            error!("a reply came after its ring entry moved on; dropped");
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        if total < OUT_HEADER || total - OUT_HEADER > slot.payload_len {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: the slot is open, so the buffers are alive and the entry's thread does not
+        // touch them until `replied` is set.
+        unsafe {
+            let header = &mut *slot.header;
+            let mut at = 0usize;
+            let mut out = 0usize;
+            for d in data {
+                let mut rest: &[u8] = d;
+                if at < OUT_HEADER {
+                    let n = rest.len().min(OUT_HEADER - at);
+                    header.in_out[at..at + n].copy_from_slice(&rest[..n]);
+                    at += n;
+                    rest = &rest[n..];
+                }
+                if !rest.is_empty() {
+                    std::ptr::copy_nonoverlapping(rest.as_ptr(), slot.payload.add(out), rest.len());
+                    out += rest.len();
+                    at += rest.len();
+                }
+            }
+            header.ent.payload_sz = out as u32;
+        }
+        slot.replied = true;
+        cond.notify_all();
+        Ok(())
+    }
+}
+
+/// The threads serving the rings, started.
+pub(crate) struct Started {
+    /// Queues: one per possible CPU.
+    pub(crate) queues: usize,
+    /// One per ring entry.
+    pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+/// Starts the threads serving the rings: `per_cpu` entries for each online CPU, bound to it, and
+/// one for each possible CPU that is offline (the kernel starts using the rings only once every
+/// queue has an entry). Returns once every entry is registered, or with the first error: the
+/// entries registered so far then never receive a request (the rings are only used once all
+/// queues have one), and the device goes on serving everything.
+pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
+    make_loop: impl Fn(String) -> SessionEventLoop<FS>,
+    device: ChannelSender,
+    fd: i32,
+    payload_len: usize,
+    per_cpu: usize,
+) -> io::Result<Started> {
+    let possible = read_cpus("possible")?;
+    let online = read_cpus("online").unwrap_or_else(|_| possible.clone());
+    let queues = possible.iter().map(|&(_, b)| b + 1).max().unwrap_or(0);
+    if queues > u16::MAX as usize {
+        return Err(io::Error::other(format!("{queues} CPUs")));
+    }
+    let mut threads = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    for qid in 0..queues {
+        let is_online = online.iter().any(|&(a, b)| (a..=b).contains(&qid));
+        let entries = if is_online { per_cpu } else { 1 };
+        for i in 0..entries {
+            let name = format!("fuser-ring-{qid}-{i}");
+            let se = make_loop(name.clone());
+            let device = device.clone();
+            let tx = tx.clone();
+            let spawned = thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(&se, device, fd, qid as u16, is_online, payload_len, &tx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    drop(tx);
+    for _ in 0..threads.len() {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a ring thread ended before registering")),
+        }
+    }
+    Ok(Started { queues, threads })
+}
+
+fn bind_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only write it/read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            debug!(
+                "ring thread not bound to CPU {cpu}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn command(
+    fd: i32,
+    op: u32,
+    qid: u16,
+    commit_id: u64,
+    iov: Option<&[libc::iovec; 2]>,
+) -> squeue::Entry128 {
+    let req = CmdReq {
+        flags: 0,
+        commit_id,
+        qid,
+        padding: [0; 6],
+    };
+    let mut cmd = [0u8; 80];
+    // SAFETY: CmdReq is plain data of 24 bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&req as *const CmdReq).cast::<u8>(), size_of::<CmdReq>())
+    };
+    cmd[..bytes.len()].copy_from_slice(bytes);
+    let mut b = opcode::UringCmd80::new(types::Fd(fd), op).cmd(cmd);
+    if let Some(iov) = iov {
+        b = b.addr(Some(iov.as_ptr() as u64));
+    }
+    let entry = b.build();
+    match iov {
+        // The register command names its two buffers in `len`, which `UringCmd80` leaves 0.
+        Some(_) => with_len(entry, 2),
+        None => entry,
+    }
+}
+
+/// Sets the `len` field (bytes 24..28 of the SQE).
+fn with_len(entry: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    const _: () = assert!(size_of::<squeue::Entry128>() == 128);
+    // SAFETY: `Entry128` is `repr(C)` over two `io_uring_sqe` halves; `len` is the u32 at
+    // offset 24 of the first.
+    unsafe {
+        let mut raw: [u8; 128] = std::mem::transmute(entry);
+        raw[24..28].copy_from_slice(&len.to_ne_bytes());
+        std::mem::transmute(raw)
+    }
+}
+
+fn serve<FS: Filesystem>(
+    se: &SessionEventLoop<FS>,
+    device: ChannelSender,
+    fd: i32,
+    qid: u16,
+    bind: bool,
+    payload_len: usize,
+    registered: &std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<()> {
+    if bind {
+        bind_to_cpu(qid as usize);
+    }
+    let mut header = Box::new(ReqHeader {
+        in_out: [0; 128],
+        op_in: [0; OP_IN],
+        ent: EntInOut::default(),
+    });
+    let mut payload = vec![0u8; payload_len];
+    // The request as the device would deliver it, aligned for its header.
+    let mut request: Vec<u64> = Vec::new();
+    let iov = [
+        libc::iovec {
+            iov_base: (&mut *header as *mut ReqHeader).cast(),
+            iov_len: size_of::<ReqHeader>(),
+        },
+        libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        },
+    ];
+    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .build(2)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = registered.send(Err(e));
+            return Ok(());
+        }
+    };
+    let shared = Arc::new((
+        Mutex::new(Slot {
+            header: &mut *header,
+            payload: payload.as_mut_ptr(),
+            payload_len,
+            replied: false,
+            open: false,
+        }),
+        Condvar::new(),
+    ));
+    // A failed registration completes at once; a good one completes with the first request.
+    let register = command(fd, CMD_REGISTER, qid, 0, Some(&iov));
+    push(&mut ring, &register)?;
+    if let Err(e) = ring.submit() {
+        let _ = registered.send(Err(e));
+        return Ok(());
+    }
+    let mut ready = ring.completion().next();
+    if let Some(c) = &ready {
+        if c.result() < 0 {
+            let _ = registered.send(Err(io::Error::from_raw_os_error(-c.result())));
+            return Ok(());
+        }
+    }
+    let _ = registered.send(Ok(()));
+    loop {
+        let cqe = match ready.take() {
+            Some(c) => c,
+            None => wait_one(&mut ring)?,
+        };
+        let res = cqe.result();
+        if res < 0 {
+            match -res {
+                libc::ENOTCONN | libc::ECANCELED | libc::ENODEV | libc::ECONNABORTED => {
+                    return Ok(());
+                }
+                e => {
+                    warn!(
+                        "ring entry on CPU {qid} failed ({}); registering it again",
+                        io::Error::from_raw_os_error(e)
+                    );
+                    push(&mut ring, &register)?;
+                    continue;
+                }
+            }
+        }
+        let commit_id = header.ent.commit_id;
+        let payload_sz = header.ent.payload_sz as usize;
+        let len = u32::from_ne_bytes(header.in_out[0..4].try_into().unwrap()) as usize;
+        let op_len = len.wrapping_sub(IN_HEADER + payload_sz);
+        if len < IN_HEADER + payload_sz || op_len > OP_IN || payload_sz > payload_len {
+            error!("malformed request on ring {qid}: length {len}, payload {payload_sz}");
+            let next = commit_error(&mut header, fd, qid, commit_id, libc::EIO);
+            push(&mut ring, &next)?;
+            continue;
+        }
+        request.clear();
+        request.resize(len.div_ceil(8), 0);
+        // SAFETY: `request` holds at least `len` initialised bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(request.as_mut_ptr().cast::<u8>(), len) };
+        bytes[..IN_HEADER].copy_from_slice(&header.in_out[..IN_HEADER]);
+        bytes[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&header.op_in[..op_len]);
+        bytes[IN_HEADER + op_len..].copy_from_slice(&payload[..payload_sz]);
+        {
+            let mut slot = shared.0.lock();
+            slot.replied = false;
+            slot.open = true;
+        }
+        let reply = ReplySender::Uring(UringReply {
+            shared: shared.clone(),
+            device: device.clone(),
+        });
+        let Some(req) = RequestWithSender::with_sender(reply, bytes) else {
+            shared.0.lock().open = false;
+            let next = commit_error(&mut header, fd, qid, commit_id, libc::EIO);
+            push(&mut ring, &next)?;
+            continue;
+        };
+        // A panic must not take the entry with it: its queue would lose a server. A reply the
+        // filesystem made on another thread, or will make, is waited for.
+        let dispatched =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| req.dispatch(se)));
+        let replied = {
+            let (lock, cond) = &*shared;
+            let mut slot = lock.lock();
+            if dispatched.is_ok() {
+                while !slot.replied {
+                    cond.wait(&mut slot);
+                }
+            }
+            slot.open = false;
+            slot.replied
+        };
+        let next = if replied {
+            command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None)
+        } else {
+            error!("a request panicked on ring {qid} before replying; answering EIO");
+            commit_error(&mut header, fd, qid, commit_id, libc::EIO)
+        };
+        push(&mut ring, &next)?;
+    }
+}
+
+fn push(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    e: &squeue::Entry128,
+) -> io::Result<()> {
+    // SAFETY: the buffers a command names outlive the ring: they belong to `serve`, which drops
+    // the ring (tearing down the kernel's use of them) before them.
+    unsafe { ring.submission().push(e) }.map_err(|_| io::Error::other("ring full"))
+}
+
+/// Submits what is queued and waits for one completion.
+fn wait_one(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> io::Result<cqueue::Entry> {
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(c) = ring.completion().next() {
+            return Ok(c);
+        }
+    }
+}
+
+/// Commits an error reply for the request with `commit_id`.
+fn commit_error(
+    header: &mut ReqHeader,
+    fd: i32,
+    qid: u16,
+    commit_id: u64,
+    errno: i32,
+) -> squeue::Entry128 {
+    let unique = u64::from_ne_bytes(header.in_out[8..16].try_into().unwrap());
+    header.in_out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
+    header.in_out[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+    header.in_out[8..16].copy_from_slice(&unique.to_ne_bytes());
+    header.ent.payload_sz = 0;
+    command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None)
+}
+
+const _: () = assert!(size_of::<EntInOut>() == 32);
+const _: () = assert!(size_of::<ReqHeader>() == 288);
+const _: () = assert!(size_of::<CmdReq>() == 24);
