@@ -32,4 +32,16 @@ if [ -d "$HOME/.config" ] || [ "$(id -u)" != 0 ]; then
     install -m 0644 "mount-helper/$unit" "$HOME/.config/systemd/user/$unit"
   done
 fi
+# FUSE over io_uring (Linux 6.14+): each request is taken on the caller's CPU instead of waking
+# a daemon thread on another (a 3-4x speed-up for small files and SQLite on virtual machines).
+# The fuse module keeps it off until asked: on now, and at every boot (modprobe.d when fuse is
+# a module, tmpfiles.d when it is built in). `clawfs mount -o io_uring=off` does without it.
+uring=/sys/module/fuse/parameters/enable_uring
+[ -e /sys/module/fuse ] || $SUDO modprobe fuse 2>/dev/null || true
+if [ -e "$uring" ]; then
+  echo Y | $SUDO tee "$uring" >/dev/null
+  echo "options fuse enable_uring=1" | $SUDO tee /etc/modprobe.d/clawfs.conf >/dev/null
+  echo "w $uring - - - - Y" | $SUDO tee /etc/tmpfiles.d/clawfs.conf >/dev/null
+  echo "turned on FUSE over io_uring (/etc/modprobe.d/clawfs.conf, /etc/tmpfiles.d/clawfs.conf)"
+fi
 echo "installed $bin/clawfs, /sbin/mount.clawfs and /sbin/mount.fuse.clawfs"

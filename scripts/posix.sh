@@ -52,6 +52,14 @@ grep '^Summary' "$work/plain.log"
 
 echo "-- pjdfstest through the clawfs mount"
 "$bin" mount "$work/mnt"
+# The rings are set up just after the mount is ready; where the kernel offers io_uring, that is
+# the path these suites test (the overlay tests cover /dev/fuse too).
+requests() { "$bin" status "$work/mnt" | grep '^requests'; }
+for _ in $(seq 50); do requests | grep -q starting || break; sleep 0.1; done
+requests
+if [ "$(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null)" = Y ]; then
+  requests | grep -q '^requests    io_uring' || { echo "io_uring is offered but not used"; exit 1; }
+fi
 (cd "$work/mnt" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/mnt" > "$work/mnt.log" 2>&1) || true
 grep '^Summary' "$work/mnt.log"
 grep -q '^Summary' "$work/mnt.log" || { tail -50 "$work/mnt.log"; echo "pjdfstest did not finish"; exit 1; }

@@ -36,6 +36,15 @@ export PATH="$PWD/$venv/bin:$PATH"
 
 ./scripts/openclaw-tools.sh
 
+# FUSE over io_uring (Linux 6.14+) is the daemon's request path wherever the kernel offers it;
+# the fuse module keeps it off until asked (scripts/install.sh turns it on for good).
+uring=/sys/module/fuse/parameters/enable_uring
+[ -e /sys/module/fuse ] || $SUDO modprobe fuse 2>/dev/null || true
+if [ -e "$uring" ] && [ "$(cat "$uring")" != Y ]; then
+  echo "== turning on FUSE over io_uring ($uring)"
+  echo Y | $SUDO tee "$uring" >/dev/null
+fi
+
 echo "== build (once)"
 cargo build --locked --all-targets
 

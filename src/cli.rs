@@ -44,6 +44,14 @@ pub enum Cmd {
         #[arg(long)]
         restore_if_empty: bool,
     },
+    /// (Internal) started by the mount daemon PID: detaches its mount at DIR if it dies.
+    #[command(hide = true)]
+    DetachWhenGone {
+        /// The daemon.
+        pid: u32,
+        /// Its mount.
+        dir: PathBuf,
+    },
     /// Mount a read-only view of the past at MOUNTPOINT: the tree at --at WHEN, or at/,
     /// marks/ and history/ to wander in.
     Browse {

@@ -10,7 +10,7 @@ use clap::Parser;
 use clawfs::cli::{Cli, Cmd};
 use clawfs::commands::{self, Ctx};
 use clawfs::config::{absolute, default_dir, default_store, socket_path};
-use clawfs::daemon::{browse, control, mount};
+use clawfs::daemon::{browse, control, mount, sentinel};
 use clawfs::replicate::passphrase;
 use clawfs::replicate::settings::Remotes;
 use clawfs::store::{Store, StoreError};
@@ -95,6 +95,10 @@ fn unnamed_dir(cmd: &Cmd, cwd: &Path) -> PathBuf {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::DetachWhenGone { pid, dir } = &cli.cmd {
+        sentinel::run(*pid, dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cwd = std::env::current_dir().context("no current directory")?;
     let dir = absolute(
         &cli.cmd
@@ -116,6 +120,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .find_map(|o| o.strip_prefix("store="))
                 .map(|s| absolute(Path::new(s), &cwd));
             let store = from_opts.unwrap_or_else(|| store_for(&cli, &dir, &cwd));
+            let io_uring = match options.iter().find_map(|o| o.strip_prefix("io_uring=")) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(v) => bail!("-o io_uring={v}: expected on or off"),
+            };
             let remotes = Remotes::load(&store)?;
             // The daemon needs the passphrase to replicate; ask now, while we have a terminal.
             let pass = if remotes.remotes.is_empty() {
@@ -136,13 +145,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(p) = &pass {
                     std::env::set_var("CLAWFS_PASSPHRASE", p);
                 }
-                if let Err(e) = mount::serve(&dir, &store) {
+                if let Err(e) = mount::serve(&dir, &store, io_uring) {
                     // The background parent reads the first line of our output.
                     println!("error: {e:#}");
                     return Err(e);
                 }
             } else {
-                mount::spawn_background(&dir, &store, pass.as_deref())?;
+                mount::spawn_background(&dir, &store, pass.as_deref(), io_uring)?;
                 if !cli.json {
                     println!("mounted {} (store {})", dir.display(), store.display());
                 }

@@ -230,6 +230,34 @@ pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     stat_path(path, libc::statvfs)
 }
 
+/// Waits until process `pid` has ended (at once if there is no such process).
+pub fn wait_for_exit(pid: u32) -> io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(()),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the descriptor was just opened and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut p, 1, -1) } {
+            -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            -1 => return Err(io::Error::last_os_error()),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// `statfs` of a path. On a FUSE mount it always reaches the daemon (nothing caches it), so it
 /// tells a live mount from one whose daemon died.
 pub fn statfs_path(path: &std::path::Path) -> io::Result<libc::statfs> {

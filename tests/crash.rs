@@ -1,4 +1,5 @@
-//! Crashes: the daemon killed mid write-storm, and every past moment of a live SQLite database.
+//! Crashes: the daemon killed mid write-storm, the directory a killed daemon leaves, and every
+//! past moment of a live SQLite database.
 
 mod common;
 
@@ -226,4 +227,50 @@ fn every_past_moment_of_a_live_sqlite_database_opens_cleanly() {
     assert!(checked >= 200);
     assert_eq!(last_rows, 3000);
     std::thread::sleep(Duration::from_millis(10));
+}
+
+/// The mount sentinels (`clawfs detach-when-gone`) watching the mount at `dir`.
+fn sentinels(s: &Sandbox) -> usize {
+    let dir = s.dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" detach-when-gone ") && c.trim_end().ends_with(dir))
+        .count()
+}
+
+/// A daemon killed with `kill -9` leaves the directory to its real files at once, not a dead
+/// mount that fails every call ("Transport endpoint is not connected"): its sentinel detaches
+/// the mount. The agent's next write lands in the real file, and the next mount versions it. A
+/// clean unmount leaves no sentinel behind.
+#[test]
+fn a_killed_daemon_leaves_the_directory_to_its_real_files() {
+    let s = Sandbox::new();
+    s.mount();
+    assert_eq!(sentinels(&s), 1);
+    s.write("before.txt", b"versioned\n");
+    s.settle();
+    Command::new("kill")
+        .args(["-9", &daemon_pid(&s).to_string()])
+        .status()
+        .unwrap();
+    eventually("the dead mount to be detached", || !s.is_mounted());
+    std::fs::write(s.path("after.txt"), "written while the daemon was dead\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(s.path("before.txt")).unwrap(),
+        "versioned\n"
+    );
+    eventually("the sentinel to end", || sentinels(&s) == 0);
+    s.mount();
+    let hist = s.json(&["history", "after.txt"]);
+    assert_eq!(hist.len(), 1, "{hist:?}");
+    assert_eq!(
+        s.ok(&["cat", "after.txt", "--at", "now"]),
+        "written while the daemon was dead\n"
+    );
+    assert_eq!(sentinels(&s), 1);
+    s.unmount();
+    eventually("no sentinel after a clean unmount", || sentinels(&s) == 0);
 }

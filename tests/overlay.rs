@@ -1047,3 +1047,98 @@ fn a_running_program_opened_to_truncate_is_refused_and_left_whole() {
     s.unmount();
     assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
 }
+
+/// SQLite in WAL mode, 300 small files written and removed, a rename: the same through either
+/// request path. Returns how many moments it made (each small file makes two: its close and its
+/// unlink).
+fn work_through_the_mount(s: &Sandbox) -> u64 {
+    let before = s.head();
+    let out = s.sh(
+        r#"python3 - <<'PY'
+import os, sqlite3
+os.makedirs("state", exist_ok=True)
+con = sqlite3.connect("state/paths.sqlite")
+con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
+con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(300):
+    con.execute("INSERT INTO t(v) VALUES (?)", ("row %d" % i,)); con.commit()
+print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select count(*) from t").fetchone()[0])
+con.close()
+os.makedirs("small", exist_ok=True)
+for i in range(300):
+    with open("small/f%d" % i, "wb") as f: f.write(os.urandom(4096))
+for i in range(300):
+    os.unlink("small/f%d" % i)
+with open("memory.tmp", "w") as f: f.write("remember this\n")
+os.rename("memory.tmp", "MEMORY.md")
+PY"#,
+    );
+    assert!(out.trim().starts_with("ok "), "{out}");
+    assert_eq!(s.sh("cat MEMORY.md"), "remember this\n");
+    assert_eq!(
+        s.ok(&["cat", "MEMORY.md", "--at", "now"]),
+        "remember this\n"
+    );
+    s.head() - before
+}
+
+/// The daemon takes requests through io_uring rings, one queue per CPU, when the kernel offers
+/// it (`scripts/test.sh` turns on the fuse module's `enable_uring`), and through /dev/fuse when
+/// the mount says `-o io_uring=off`; `status` says which, and why not io_uring.
+#[test]
+fn requests_come_through_io_uring_when_offered_and_through_dev_fuse_when_turned_off() {
+    let s = Sandbox::new();
+    let d = s.dir.to_str().unwrap().to_string();
+    s.mount();
+    // The rings are set up just after the mount is ready (requests come through /dev/fuse
+    // meanwhile).
+    let mut status = String::new();
+    common::eventually("the request path to settle", || {
+        status = s.ok(&["status", &d]);
+        !status.contains("io_uring starting")
+    });
+    let json = &s.json(&["status", &d])[0]["requests"];
+    match std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring") {
+        Ok(v) if v.trim() == "Y" => {
+            assert!(
+                status.contains("requests    io_uring, one queue per CPU"),
+                "{status}"
+            );
+            assert_eq!(json["io_uring"], true, "{json}");
+        }
+        Ok(_) => {
+            assert!(status.contains("io_uring is off in the kernel"), "{status}");
+            assert_eq!(json["io_uring"], false, "{json}");
+        }
+        Err(_) => assert!(status.contains("no FUSE over io_uring"), "{status}"),
+    }
+    let moments = work_through_the_mount(&s);
+    assert!(moments >= 600, "{moments} moments");
+    s.unmount();
+
+    s.ok(&["mount", "-o", "io_uring=off", &d]);
+    let status = s.ok(&["status", &d]);
+    assert!(
+        status.contains("requests    /dev/fuse (io_uring turned off with -o io_uring=off)"),
+        "{status}"
+    );
+    assert_eq!(s.json(&["status", &d])[0]["requests"]["io_uring"], false);
+    let moments = work_through_the_mount(&s);
+    assert!(moments >= 600, "{moments} moments");
+    s.unmount();
+    assert_eq!(
+        sh_in(
+            &s.dir,
+            "sqlite3 state/paths.sqlite 'select count(*) from t;'"
+        )
+        .trim(),
+        "600"
+    );
+
+    let err = s.fails(&["mount", "-o", "io_uring=sometimes", &d]);
+    assert!(
+        err.contains("-o io_uring=sometimes: expected on or off"),
+        "{err}"
+    );
+    assert!(!s.is_mounted());
+}

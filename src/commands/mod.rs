@@ -168,6 +168,7 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
             cmd: crate::cli::RemoteCmd::Reload,
         } => remote::reload(ctx),
         Cmd::Mount { .. }
+        | Cmd::DetachWhenGone { .. }
         | Cmd::Unmount { .. }
         | Cmd::Browse { .. }
         | Cmd::Clone { .. }

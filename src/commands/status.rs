@@ -28,6 +28,8 @@ struct Status {
     open_writers: Vec<crate::fs::overlay::OpenWriter>,
     /// Mounted with kernel passthrough: how many unversioned files are open passed through.
     passthrough: Option<usize>,
+    /// Mounted: how requests reach the daemon.
+    requests: Option<crate::fs::requests::Described>,
     /// Processes that reach the real files past the mount (what they change is not versioned).
     underneath: Vec<crate::procs::Holder>,
     /// Paths changed but not versioned yet (no room on the store's disk), captured by the next
@@ -126,6 +128,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .map(|l| l.overlay.open_writers())
             .unwrap_or_default(),
         passthrough: ctx.live.and_then(|l| l.overlay.passed_through()),
+        requests: ctx.live.map(|l| l.overlay.requests().describe()),
         underneath: ctx
             .live
             .map(|l| l.overlay.underneath(&ctx.dir))
@@ -176,6 +179,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         writeln!(o, "oldest      #1 at {} ({})", show_time(old), ago(old))?;
     }
     writeln!(o, "marks       {}", s.marks)?;
+    if let Some(r) = &s.requests {
+        writeln!(o, "requests    {}", r.how)?;
+    }
     if s.mounted {
         match s.passthrough {
             Some(n) => writeln!(

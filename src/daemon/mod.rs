@@ -4,3 +4,4 @@ pub mod browse;
 pub mod control;
 pub mod mount;
 pub mod recorder_thread;
+pub mod sentinel;

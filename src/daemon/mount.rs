@@ -45,6 +45,8 @@ fn is_clawfs(fstype: &str) -> bool {
 
 /// One line of `/proc/self/mountinfo`.
 pub struct MountEntry {
+    /// The kernel's id of the mount (ids of unmounted mounts are reused).
+    pub id: u64,
     /// Where it is mounted.
     pub point: PathBuf,
     /// Its filesystem type (`fuse.clawfs` for ours).
@@ -62,6 +64,7 @@ pub fn mounts() -> Vec<MountEntry> {
             let mp = fields.get(4)?;
             let dash = fields.iter().position(|f| *f == "-")?;
             Some(MountEntry {
+                id: fields.first()?.parse().ok()?,
                 point: PathBuf::from(unescape(mp)),
                 fstype: fields.get(dash + 1)?.to_string(),
                 source: unescape(fields.get(dash + 2)?),
@@ -117,9 +120,14 @@ pub fn mount_holding(path: &Path) -> Option<PathBuf> {
         .max_by_key(|mp| mp.components().count())
 }
 
-/// Whether an error from `dir` says its FUSE daemon is gone.
+/// Whether an error from `dir` says its FUSE daemon is gone. While the kernel tears down the
+/// io_uring rings of a daemon that died, calls fail with ECANCELED, then ECONNABORTED, before
+/// ENOTCONN.
 fn is_dead_mount(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+    )
 }
 
 /// A daemon that died leaves its mount behind: clears it so the mount can go on.
@@ -250,7 +258,12 @@ pub fn lazy_unmount(dir: &Path) -> Result<()> {
 }
 
 /// Starts the daemon in the background and waits until it serves the mount (or failed).
-pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> Result<()> {
+pub fn spawn_background(
+    dir: &Path,
+    store: &Path,
+    passphrase: Option<&str>,
+    io_uring: bool,
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     crate::store::private_dir(store)?;
     let log = store.join("daemon.log");
@@ -261,6 +274,7 @@ pub fn spawn_background(dir: &Path, store: &Path, passphrase: Option<&str>) -> R
         .arg("mount")
         .arg("--foreground")
         .arg(dir)
+        .args((!io_uring).then_some("-oio_uring=off"))
         .env("CLAWFS_DAEMON_LOG", &log)
         .envs(passphrase.map(|p| ("CLAWFS_PASSPHRASE", p)))
         .stdin(Stdio::null())
@@ -365,7 +379,7 @@ const STORE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// Serves the mount in this process until it is unmounted. Prints `ready` on stdout once
 /// mounted (the background parent waits for it), then sends its logs to `$CLAWFS_DAEMON_LOG`.
-pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
+pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
     sys::limit_malloc_arenas();
     crate::fs::guard::quiet_panic_hook();
     // Before the store opens: a copy of the catalogue's live records replaces it once prunes
@@ -405,7 +419,13 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     recording.commit(true);
     let rec = Arc::new(RecorderHandle::spawn(recording));
     let notifier = Arc::new(OnceLock::new());
-    let overlay = Overlay::new(root.clone(), rec.clone(), filter, notifier.clone())?;
+    let overlay = Overlay::new(
+        root.clone(),
+        rec.clone(),
+        filter,
+        notifier.clone(),
+        io_uring,
+    )?;
     // Replication must never stand in the way of the mount: if it cannot start, say so loudly
     // and serve anyway (the cursor in the store resumes it next time).
     let pass = crate::replicate::passphrase::given(
@@ -467,6 +487,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
+    config.ring_threads = crate::fs::requests::RING_THREADS;
     // One descriptor per file open through the mount (and per removed inode the kernel still
     // caches): allow as many as the system does.
     // SAFETY: getrlimit/setrlimit write and read the struct we pass.
@@ -488,6 +509,7 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     let mut session_fuse =
         fuser::Session::new(guarded, dir, &config).map_err(|e| mount_error(e, dir))?;
     let _ = notifier.set(session_fuse.notifier());
+    let _ = live.overlay.requests().rings.set(session_fuse.rings());
     let unmounter = Arc::new(Mutex::new(session_fuse.unmount_callable()));
     let unmounter_dir = dir.to_path_buf();
 
@@ -540,6 +562,10 @@ pub fn serve(dir: &Path, store_dir: &Path) -> Result<()> {
     let _ = std::io::stdout().flush();
     notify_ready();
     redirect_output();
+    // After the redirection: its messages go to the daemon's log.
+    if let Err(e) = crate::daemon::sentinel::spawn(dir) {
+        tracing::error!(error = %e, "no sentinel: if this daemon dies, `clawfs mount` clears its mount");
+    }
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
     for line in &warning {
         tracing::warn!("{line}");

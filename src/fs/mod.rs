@@ -7,6 +7,7 @@
 //! - [`guard`]: a panic in a request handler fails that request, not the mount.
 //! - [`iomode`]: which open files the kernel serves without the daemon (passthrough).
 //! - [`inodes`]: the inode table.
+//! - [`requests`]: how requests reach the daemon (io_uring or `/dev/fuse`).
 //!
 //! The `*at()` calls they serve requests with are in [`crate::sys`].
 
@@ -16,3 +17,4 @@ pub mod guard;
 pub mod inodes;
 pub mod iomode;
 pub mod overlay;
+pub mod requests;

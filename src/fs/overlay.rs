@@ -31,6 +31,7 @@ use crate::daemon::recorder_thread::{meta_of, FsEvent, RecorderHandle};
 use crate::fs::filter::Filter;
 use crate::fs::inodes::Inodes;
 use crate::fs::iomode::{IoModes, Mode};
+use crate::fs::requests::RequestPath;
 use crate::relpath::RelPath;
 use crate::store::catalog::NodeKind;
 use crate::store::recorder::{MetaUpdate, RenameMode};
@@ -103,6 +104,8 @@ pub struct Live {
     modes: IoModes,
     /// Which paths are versioned.
     filter: Filter,
+    /// How requests come in.
+    requests: RequestPath,
 }
 
 /// The overlay filesystem.
@@ -219,6 +222,7 @@ impl Overlay {
         rec: Arc<RecorderHandle>,
         filter: Filter,
         notifier: Arc<OnceLock<Notifier>>,
+        io_uring: bool,
     ) -> io::Result<Overlay> {
         let st = sys::fstat(root.as_raw_fd())?;
         Ok(Overlay {
@@ -229,6 +233,10 @@ impl Overlay {
                 notifier,
                 modes: IoModes::default(),
                 filter,
+                requests: RequestPath {
+                    wanted: io_uring,
+                    ..Default::default()
+                },
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -503,6 +511,11 @@ impl Live {
         self.modes.passed_files()
     }
 
+    /// How requests come in.
+    pub fn requests(&self) -> &RequestPath {
+        &self.requests
+    }
+
     /// Every process that reaches the real files under `dir` past the mount, through what it
     /// took before the mount covered them: what it changes that way is not versioned.
     pub fn underneath(&self, dir: &Path) -> Vec<crate::procs::Holder> {
@@ -615,6 +628,11 @@ impl Filesystem for Overlay {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(cap);
+        }
+        // Requests through io_uring rings, one queue per CPU (see `requests`), when the kernel
+        // offers it.
+        if self.live.requests.wanted {
+            let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
         }
         let _ = config.set_max_background(64);
         // Registering a backing file takes CAP_SYS_ADMIN. The mount's stack depth must exceed
