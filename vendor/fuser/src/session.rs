@@ -370,16 +370,25 @@ impl<FS: Filesystem> Session<FS> {
                 config.ring_threads.max(1),
             ) {
                 Ok(started) => {
-                    info!(
-                        "FUSE requests come through io_uring: {} queues, {} entries",
-                        started.queues,
-                        started.threads.len()
-                    );
-                    rings.set(RingState::Serving {
-                        queues: started.queues,
-                        entries: started.threads.len(),
-                    });
+                    let entries = started.threads.len();
+                    // Joined below in any case: they end with the connection.
                     threads.extend(started.threads);
+                    match started.error {
+                        None => {
+                            info!(
+                                "FUSE requests come through io_uring: {} queues, {entries} entries",
+                                started.queues,
+                            );
+                            rings.set(RingState::Serving {
+                                queues: started.queues,
+                                entries,
+                            });
+                        }
+                        Some(e) => {
+                            warn!("FUSE over io_uring not used: {e}");
+                            rings.set(RingState::Failed(e.to_string()));
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!("FUSE over io_uring not used: {e}");

@@ -103,6 +103,8 @@ struct Slot {
     payload_len: usize,
     /// A reply was written for the current request.
     replied: bool,
+    /// The reply could not be written (too large for the entry): the request is answered EIO.
+    failed: bool,
     /// The entry's thread waits for this request's reply; after it gives up a late reply is
     /// dropped.
     open: bool,
@@ -133,6 +135,10 @@ impl UringReply {
         }
         let total: usize = data.iter().map(|d| d.len()).sum();
         if total < OUT_HEADER || total - OUT_HEADER > slot.payload_len {
+            error!("a reply of {total} bytes does not fit its ring entry; answering EIO");
+            slot.failed = true;
+            slot.replied = true;
+            cond.notify_all();
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // SAFETY: the slot is open, so the buffers are alive and the entry's thread does not
@@ -167,15 +173,17 @@ impl UringReply {
 pub(crate) struct Started {
     /// Queues: one per possible CPU.
     pub(crate) queues: usize,
-    /// One per ring entry.
+    /// One per ring entry, to be joined: they end when the connection does.
     pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
+    /// Why not every entry could be registered: the kernel then keeps every request on the
+    /// device (it uses the rings only once every queue has an entry).
+    pub(crate) error: Option<io::Error>,
 }
 
 /// Starts the threads serving the rings: `per_cpu` entries for each online CPU, bound to it, and
 /// one for each possible CPU that is offline (the kernel starts using the rings only once every
-/// queue has an entry). Returns once every entry is registered, or with the first error: the
-/// entries registered so far then never receive a request (the rings are only used once all
-/// queues have one), and the device goes on serving everything.
+/// queue has an entry). Returns once every entry is registered or failed to, with the first
+/// failure.
 pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
     make_loop: impl Fn(String) -> SessionEventLoop<FS>,
     device: ChannelSender,
@@ -190,8 +198,9 @@ pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
         return Err(io::Error::other(format!("{queues} CPUs")));
     }
     let mut threads = Vec::new();
+    let mut error = None;
     let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
-    for qid in 0..queues {
+    'spawn: for qid in 0..queues {
         let is_online = online.iter().any(|&(a, b)| (a..=b).contains(&qid));
         let entries = if is_online { per_cpu } else { 1 };
         for i in 0..entries {
@@ -204,19 +213,29 @@ pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
                 .spawn(move || serve(&se, device, fd, qid as u16, is_online, payload_len, &tx));
             match spawned {
                 Ok(t) => threads.push(t),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    error = Some(e);
+                    break 'spawn;
+                }
             }
         }
     }
     drop(tx);
     for _ in 0..threads.len() {
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::Error::other("a ring thread ended before registering")),
+        let failed = match rx.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(io::Error::other("a ring thread ended before registering")),
+        };
+        if error.is_none() {
+            error = failed;
         }
     }
-    Ok(Started { queues, threads })
+    Ok(Started {
+        queues,
+        threads,
+        error,
+    })
 }
 
 fn bind_to_cpu(cpu: usize) {
@@ -323,6 +342,7 @@ fn serve<FS: Filesystem>(
             payload: payload.as_mut_ptr(),
             payload_len,
             replied: false,
+            failed: false,
             open: false,
         }),
         Condvar::new(),
@@ -384,6 +404,7 @@ fn serve<FS: Filesystem>(
         {
             let mut slot = shared.0.lock();
             slot.replied = false;
+            slot.failed = false;
             slot.open = true;
         }
         let reply = ReplySender::Uring(UringReply {
@@ -409,12 +430,14 @@ fn serve<FS: Filesystem>(
                 }
             }
             slot.open = false;
-            slot.replied
+            slot.replied && !slot.failed
         };
         let next = if replied {
             command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None)
         } else {
-            error!("a request panicked on ring {qid} before replying; answering EIO");
+            if dispatched.is_err() {
+                error!("a request panicked on ring {qid} before replying; answering EIO");
+            }
             commit_error(&mut header, fd, qid, commit_id, libc::EIO)
         };
         push(&mut ring, &next)?;
