@@ -9,6 +9,9 @@
 #   ROUNDS=3 (default): each workload runs ROUNDS times on each contestant, the contestants'
 #   order rotating every round.
 #   CPUS=0 pins the workloads and both daemons (every thread) to those CPUs (taskset list);
+#   IO_URING=off mounts clawfs with -o io_uring=off (requests through /dev/fuse, as bindfs's do);
+#   by default clawfs takes them through io_uring where the kernel offers it (the run turns on
+#   the fuse module's enable_uring for its duration, as scripts/install.sh does for good).
 #   HALT_POLL_NS=200000 sets a KVM guest's halt polling (/sys/module/haltpoll) for the run and
 #   puts it back after. Both measure what wake-ups across CPUs cost on a virtual machine. On a virtual machine's disk, whoever writes right after another
 #   contestant's 512 MiB is slowed (native's write + fsync measured 0.43 s first, 1.14 s right
@@ -24,8 +27,11 @@ work=$(mktemp -d /var/tmp/clawfs-bench.XXXXXX)
 chmod 0755 "$work"
 export HOME="$work/home"
 mkdir -p "$HOME" "$work/native" "$work/bindfs-src" "$work/bindfs" "$work/clawfs"
+uring=/sys/module/fuse/parameters/enable_uring
+old_uring=""
 cleanup() {
   cd /
+  [ -z "$old_uring" ] || echo "$old_uring" > "$uring"
   "$bin" unmount "$work/clawfs" >/dev/null 2>&1 || fusermount3 -u -z "$work/clawfs" 2>/dev/null || true
   fusermount3 -u -z "$work/bindfs" 2>/dev/null || umount -l "$work/bindfs" 2>/dev/null || true
   for d in native bindfs-src clawfs; do umount -l "$work/$d" 2>/dev/null || true; done
@@ -51,8 +57,14 @@ for d in native bindfs-src clawfs; do
   chmod 0755 "$work/$d"
 done
 bindfs "$work/bindfs-src" "$work/bindfs"
-"$bin" mount "$work/clawfs" >/dev/null
+if [ "${IO_URING:-on}" = on ] && [ -w "$uring" ] && [ "$(cat "$uring")" != Y ]; then
+  old_uring=$(cat "$uring")
+  echo Y > "$uring"
+fi
+"$bin" mount "$work/clawfs" -o "io_uring=${IO_URING:-on}" >/dev/null
 pid=$(pgrep -f "mount --foreground $work/clawfs" | head -1)
+for _ in $(seq 50); do "$bin" status "$work/clawfs" | grep -q 'io_uring starting' || break; sleep 0.1; done
+"$bin" status "$work/clawfs" | grep '^requests'
 run=()
 if [ -n "${CPUS:-}" ]; then
   for p in "$pid" $(pgrep -f "^bindfs $work/bindfs-src"); do taskset -a -p -c "$CPUS" "$p" >/dev/null; done
