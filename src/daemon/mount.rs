@@ -555,6 +555,12 @@ pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
                 }
             })?;
     }
+    // Running before the mount is reported ready.
+    if let Err(e) = crate::daemon::sentinel::spawn(dir) {
+        warning.push(format!(
+            "no sentinel ({e:#}): if the daemon dies, its mount stays until `clawfs mount`"
+        ));
+    }
     for line in &warning {
         println!("warning: {line}");
     }
@@ -562,10 +568,6 @@ pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
     let _ = std::io::stdout().flush();
     notify_ready();
     redirect_output();
-    // After the redirection: its messages go to the daemon's log.
-    if let Err(e) = crate::daemon::sentinel::spawn(dir) {
-        tracing::error!(error = %e, "no sentinel: if this daemon dies, `clawfs mount` clears its mount");
-    }
     tracing::info!(dir = %dir.display(), session = %session, "mounted");
     for line in &warning {
         tracing::warn!("{line}");

@@ -11,6 +11,7 @@
 //! is disconnected, then detaches it. A mount that is no longer there, or another one mounted
 //! since, is left alone.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,7 +26,8 @@ use crate::sys;
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// Starts the sentinel for the mount at `dir`, which this process serves. Its messages go where
-/// the daemon's do (its standard error).
+/// the daemon's will: to `$CLAWFS_DAEMON_LOG` for a background daemon, else to the same
+/// standard error (journald under systemd).
 pub fn spawn(dir: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -35,6 +37,14 @@ pub fn spawn(dir: &Path) -> Result<()> {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    if let Some(log) = std::env::var_os("CLAWFS_DAEMON_LOG") {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)?;
+        cmd.stderr(f);
+    }
     // SAFETY: setsid is async-signal-safe: the sentinel is not in the daemon's session, so a
     // signal to the daemon's process group does not reach it.
     unsafe {
