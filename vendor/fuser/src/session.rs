@@ -308,50 +308,17 @@ impl<FS: Filesystem> Session<FS> {
             ));
         }
 
-        let Some(n_threads_minus_one) = n_threads.checked_sub(1) else {
+        if n_threads == 0 {
             return Err(io::Error::other("n_threads"));
-        };
+        }
 
         let mut filesystem = Arc::new(filesystem);
-
-        let mut channels = Vec::with_capacity(n_threads);
-
-        for _ in 0..n_threads_minus_one {
-            if config.clone_fd {
-                #[cfg(target_os = "linux")]
-                {
-                    channels.push(ch.clone_fd()?);
-                    continue;
-                }
-                #[cfg(not(target_os = "linux"))]
-                {
-                    return Err(io::Error::other("clone_fd is only supported on Linux"));
-                }
-            } else {
-                channels.push(ch.clone());
-            }
-        }
         let device = ch.clone();
-        channels.push(ch);
-
         let mut threads = Vec::with_capacity(n_threads);
-
-        for (i, ch) in channels.into_iter().enumerate() {
-            let thread_name = format!("fuser-{i}");
-            let event_loop = SessionEventLoop {
-                thread_name: thread_name.clone(),
-                filesystem: filesystem.clone(),
-                ch,
-                allowed,
-                session_owner,
-            };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
-        }
-
+        // The rings first: once they serve, the device carries only FORGET, INTERRUPT and
+        // requests that came before the rings were up. One thread reads it then, and forgets
+        // queued meanwhile come in one batch instead of waking a thread each.
+        let mut serving = false;
         #[cfg(target_os = "linux")]
         if let Some(payload) = ring_payload {
             use std::os::fd::AsRawFd;
@@ -375,6 +342,7 @@ impl<FS: Filesystem> Session<FS> {
                     threads.extend(started.threads);
                     match started.error {
                         None => {
+                            serving = true;
                             info!(
                                 "FUSE requests come through io_uring: {} queues, {entries} entries",
                                 started.queues,
@@ -398,6 +366,44 @@ impl<FS: Filesystem> Session<FS> {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (ring_payload, &device, &rings);
+
+        let n_threads = if serving { 1 } else { n_threads };
+        let n_threads_minus_one = n_threads - 1;
+
+        let mut channels = Vec::with_capacity(n_threads);
+
+        for _ in 0..n_threads_minus_one {
+            if config.clone_fd {
+                #[cfg(target_os = "linux")]
+                {
+                    channels.push(ch.clone_fd()?);
+                    continue;
+                }
+                #[cfg(not(target_os = "linux"))]
+                {
+                    return Err(io::Error::other("clone_fd is only supported on Linux"));
+                }
+            } else {
+                channels.push(ch.clone());
+            }
+        }
+        channels.push(ch);
+
+        for (i, ch) in channels.into_iter().enumerate() {
+            let thread_name = format!("fuser-{i}");
+            let event_loop = SessionEventLoop {
+                thread_name: thread_name.clone(),
+                filesystem: filesystem.clone(),
+                ch,
+                allowed,
+                session_owner,
+            };
+            threads.push(
+                thread::Builder::new()
+                    .name(thread_name)
+                    .spawn(move || event_loop.event_loop())?,
+            );
+        }
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
