@@ -7,7 +7,7 @@
 //! requests coming through io_uring, the kernel lets go of the connection only once it has torn
 //! down the dead daemon's rings, a few milliseconds later, and the watcher, having seen another
 //! error, leaves the mount dead. So the daemon starts this sentinel, a small process of its own
-//! that outlives it: when the daemon is gone it waits (up to [`SETTLE`]) for its mount to say it
+//! that outlives it: when the daemon is gone it waits (up to 10 s) for its mount to say it
 //! is disconnected, then detaches it. A mount that is no longer there, or another one mounted
 //! since, is left alone.
 
