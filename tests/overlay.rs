@@ -1048,22 +1048,24 @@ fn a_running_program_opened_to_truncate_is_refused_and_left_whole() {
     assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
 }
 
-/// SQLite in WAL mode, 300 small files written and removed, a rename: the same through either
-/// request path. Returns how many moments it made (each small file makes two: its close and its
-/// unlink).
-fn work_through_the_mount(s: &Sandbox) -> u64 {
+/// SQLite in WAL mode (a new database `db`), 300 small files written and removed, a rename:
+/// the same through either request path. Returns how many moments it made (each small file
+/// makes two: its close and its unlink).
+fn work_through_the_mount(s: &Sandbox, db: &str) -> u64 {
     let before = s.head();
-    let out = s.sh(
-        r#"python3 - <<'PY'
-import os, sqlite3
-os.makedirs("state", exist_ok=True)
-con = sqlite3.connect("state/paths.sqlite")
-con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
-con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
-for i in range(300):
-    con.execute("INSERT INTO t(v) VALUES (?)", ("row %d" % i,)); con.commit()
-print(con.execute("PRAGMA integrity_check").fetchone()[0], con.execute("select count(*) from t").fetchone()[0])
-con.close()
+    s.sh("mkdir -p state");
+    s.sh(&format!(
+        "python3 - <<'PY'\n{}\nPY",
+        common::wal_writer(db, 300, 5, 100)
+    ));
+    assert_eq!(
+        s.sh(&format!(
+            "sqlite3 {db} 'PRAGMA integrity_check; select count(*) from t;'"
+        )),
+        "ok\n300\n"
+    );
+    s.sh(r#"python3 - <<'PY'
+import os
 os.makedirs("small", exist_ok=True)
 for i in range(300):
     with open("small/f%d" % i, "wb") as f: f.write(os.urandom(4096))
@@ -1071,9 +1073,7 @@ for i in range(300):
     os.unlink("small/f%d" % i)
 with open("memory.tmp", "w") as f: f.write("remember this\n")
 os.rename("memory.tmp", "MEMORY.md")
-PY"#,
-    );
-    assert!(out.trim().starts_with("ok "), "{out}");
+PY"#);
     assert_eq!(s.sh("cat MEMORY.md"), "remember this\n");
     assert_eq!(
         s.ok(&["cat", "MEMORY.md", "--at", "now"]),
@@ -1112,7 +1112,7 @@ fn requests_come_through_io_uring_when_offered_and_through_dev_fuse_when_turned_
         }
         Err(_) => assert!(status.contains("no FUSE over io_uring"), "{status}"),
     }
-    let moments = work_through_the_mount(&s);
+    let moments = work_through_the_mount(&s, "state/rings.sqlite");
     assert!(moments >= 600, "{moments} moments");
     s.unmount();
 
@@ -1123,17 +1123,15 @@ fn requests_come_through_io_uring_when_offered_and_through_dev_fuse_when_turned_
         "{status}"
     );
     assert_eq!(s.json(&["status", &d])[0]["requests"]["io_uring"], false);
-    let moments = work_through_the_mount(&s);
+    let moments = work_through_the_mount(&s, "state/device.sqlite");
     assert!(moments >= 600, "{moments} moments");
     s.unmount();
-    assert_eq!(
-        sh_in(
-            &s.dir,
-            "sqlite3 state/paths.sqlite 'select count(*) from t;'"
-        )
-        .trim(),
-        "600"
-    );
+    for db in ["state/rings.sqlite", "state/device.sqlite"] {
+        assert_eq!(
+            sh_in(&s.dir, &format!("sqlite3 {db} 'select count(*) from t;'")).trim(),
+            "300"
+        );
+    }
 
     let err = s.fails(&["mount", "-o", "io_uring=sometimes", &d]);
     assert!(
