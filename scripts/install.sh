@@ -40,6 +40,7 @@ uring=/sys/module/fuse/parameters/enable_uring
 [ -e /sys/module/fuse ] || $SUDO modprobe fuse 2>/dev/null || true
 if [ -e "$uring" ]; then
   echo Y | $SUDO tee "$uring" >/dev/null
+  $SUDO mkdir -p /etc/modprobe.d /etc/tmpfiles.d
   echo "options fuse enable_uring=1" | $SUDO tee /etc/modprobe.d/clawfs.conf >/dev/null
   echo "w $uring - - - - Y" | $SUDO tee /etc/tmpfiles.d/clawfs.conf >/dev/null
   echo "turned on FUSE over io_uring (/etc/modprobe.d/clawfs.conf, /etc/tmpfiles.d/clawfs.conf)"
