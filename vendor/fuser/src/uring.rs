@@ -307,22 +307,19 @@ fn serve<FS: Filesystem>(
     if bind {
         bind_to_cpu(qid as usize);
     }
-    let mut header = Box::new(ReqHeader {
-        in_out: [0; 128],
-        op_in: [0; OP_IN],
-        ent: EntInOut::default(),
-    });
-    let mut payload = vec![0u8; payload_len];
+    // Dropped after the ring (declared before it): the kernel is done with them by then.
+    let bufs = Buffers::new(payload_len);
+    let header = bufs.header;
     // The request as the device would deliver it, aligned for its header.
     let mut request: Vec<u64> = Vec::new();
     let iov = [
         libc::iovec {
-            iov_base: (&mut *header as *mut ReqHeader).cast(),
+            iov_base: header.cast(),
             iov_len: size_of::<ReqHeader>(),
         },
         libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: payload.len(),
+            iov_base: bufs.payload.cast(),
+            iov_len: payload_len,
         },
     ];
     let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
@@ -338,8 +335,8 @@ fn serve<FS: Filesystem>(
     };
     let shared = Arc::new((
         Mutex::new(Slot {
-            header: &mut *header,
-            payload: payload.as_mut_ptr(),
+            header,
+            payload: bufs.payload,
             payload_len,
             replied: false,
             failed: false,
@@ -383,13 +380,16 @@ fn serve<FS: Filesystem>(
                 }
             }
         }
-        let commit_id = header.ent.commit_id;
-        let payload_sz = header.ent.payload_sz as usize;
-        let len = u32::from_ne_bytes(header.in_out[0..4].try_into().unwrap()) as usize;
+        // SAFETY: between a completion and the next command, the kernel leaves the buffers
+        // alone, and no reply is being written (the slot is closed).
+        let h = unsafe { &*header };
+        let commit_id = h.ent.commit_id;
+        let payload_sz = h.ent.payload_sz as usize;
+        let len = u32::from_ne_bytes(h.in_out[0..4].try_into().unwrap()) as usize;
         let op_len = len.wrapping_sub(IN_HEADER + payload_sz);
         if len < IN_HEADER + payload_sz || op_len > OP_IN || payload_sz > payload_len {
             error!("malformed request on ring {qid}: length {len}, payload {payload_sz}");
-            let next = commit_error(&mut header, fd, qid, commit_id, libc::EIO);
+            let next = commit_error(header, fd, qid, commit_id, libc::EIO);
             push(&mut ring, &next)?;
             continue;
         }
@@ -398,9 +398,11 @@ fn serve<FS: Filesystem>(
         // SAFETY: `request` holds at least `len` initialised bytes.
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(request.as_mut_ptr().cast::<u8>(), len) };
-        bytes[..IN_HEADER].copy_from_slice(&header.in_out[..IN_HEADER]);
-        bytes[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&header.op_in[..op_len]);
-        bytes[IN_HEADER + op_len..].copy_from_slice(&payload[..payload_sz]);
+        bytes[..IN_HEADER].copy_from_slice(&h.in_out[..IN_HEADER]);
+        bytes[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&h.op_in[..op_len]);
+        // SAFETY: as for `h`; `payload_sz` was checked against the buffer's length.
+        bytes[IN_HEADER + op_len..]
+            .copy_from_slice(unsafe { std::slice::from_raw_parts(bufs.payload, payload_sz) });
         {
             let mut slot = shared.0.lock();
             slot.replied = false;
@@ -413,7 +415,7 @@ fn serve<FS: Filesystem>(
         });
         let Some(req) = RequestWithSender::with_sender(reply, bytes) else {
             shared.0.lock().open = false;
-            let next = commit_error(&mut header, fd, qid, commit_id, libc::EIO);
+            let next = commit_error(header, fd, qid, commit_id, libc::EIO);
             push(&mut ring, &next)?;
             continue;
         };
@@ -438,7 +440,7 @@ fn serve<FS: Filesystem>(
             if dispatched.is_err() {
                 error!("a request panicked on ring {qid} before replying; answering EIO");
             }
-            commit_error(&mut header, fd, qid, commit_id, libc::EIO)
+            commit_error(header, fd, qid, commit_id, libc::EIO)
         };
         push(&mut ring, &next)?;
     }
@@ -467,20 +469,61 @@ fn wait_one(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> io::Result<c
     }
 }
 
-/// Commits an error reply for the request with `commit_id`.
+/// Commits an error reply for the request with `commit_id`, writing its header into
+/// `header` (which no reply may be writing: the slot is closed).
 fn commit_error(
-    header: &mut ReqHeader,
+    header: *mut ReqHeader,
     fd: i32,
     qid: u16,
     commit_id: u64,
     errno: i32,
 ) -> squeue::Entry128 {
+    // SAFETY: the caller's slot is closed and the kernel is between commands.
+    let header = unsafe { &mut *header };
     let unique = u64::from_ne_bytes(header.in_out[8..16].try_into().unwrap());
     header.in_out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
     header.in_out[4..8].copy_from_slice(&(-errno).to_ne_bytes());
     header.in_out[8..16].copy_from_slice(&unique.to_ne_bytes());
     header.ent.payload_sz = 0;
     command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None)
+}
+
+/// An entry's buffers, which the kernel reads and writes through the ring and the entry's
+/// [`UringReply`] writes replies into: reached through raw pointers only, never a reference
+/// that outlives a step of the entry's thread.
+struct Buffers {
+    header: *mut ReqHeader,
+    payload: *mut u8,
+    len: usize,
+}
+
+impl Buffers {
+    fn new(len: usize) -> Buffers {
+        let header = Box::into_raw(Box::new(ReqHeader {
+            in_out: [0; 128],
+            op_in: [0; OP_IN],
+            ent: EntInOut::default(),
+        }));
+        let payload = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+        Buffers {
+            header,
+            payload,
+            len,
+        }
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` in `new`, freed once, here.
+        unsafe {
+            drop(Box::from_raw(self.header));
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.payload,
+                self.len,
+            )));
+        }
+    }
 }
 
 const _: () = assert!(size_of::<EntInOut>() == 32);
