@@ -230,6 +230,19 @@ pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     stat_path(path, libc::statvfs)
 }
 
+/// Makes `cmd` start its process in a session of its own, so that a signal to this process's
+/// group (a terminal's Ctrl-C, a killed shell) does not reach it.
+pub fn new_session(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    }
+}
+
 /// Waits until process `pid` has ended (at once if there is no such process).
 pub fn wait_for_exit(pid: u32) -> io::Result<()> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.

@@ -232,12 +232,12 @@ fn every_past_moment_of_a_live_sqlite_database_opens_cleanly() {
 /// The mount sentinels (`clawfs detach-when-gone`) watching the mount at `dir`.
 fn sentinels(s: &Sandbox) -> usize {
     let dir = s.dir.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(" detach-when-gone ") && c.trim_end().ends_with(dir))
+    common::processes()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.iter().any(|a| a == "detach-when-gone")
+                && args.last().map(String::as_str) == Some(dir)
+        })
         .count()
 }
 

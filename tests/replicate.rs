@@ -346,21 +346,11 @@ fn clone_brings_history_so_log_rollback_and_push_work_on_the_new_machine() {
 }
 
 fn daemon_pid(dir: &Path) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"--foreground")
-            && args.contains(&dir.as_os_str().as_encoded_bytes())
-        {
-            return Some(pid);
-        }
-    }
-    None
+    let dir = dir.to_str().unwrap();
+    common::processes()
+        .into_iter()
+        .find(|(_, args)| args.iter().any(|a| a == "--foreground") && args.iter().any(|a| a == dir))
+        .map(|(pid, _)| pid)
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {

@@ -104,13 +104,7 @@ pub fn spawn_background(store: &Path, mountpoint: &Path, at: Option<&str>) -> Re
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    sys::new_session(&mut c);
     let mut child = c.spawn().context("starting the browse daemon")?;
     let mut line = String::new();
     std::io::BufRead::read_line(

@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -92,7 +91,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The topmost mount at `dir`, if any.
-fn mount_at(dir: &Path) -> Option<MountEntry> {
+pub(crate) fn mount_at(dir: &Path) -> Option<MountEntry> {
     mounts().into_iter().rfind(|m| m.point == dir)
 }
 
@@ -280,13 +279,7 @@ pub fn spawn_background(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        child.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    sys::new_session(&mut child);
     let mut child = child.spawn().context("starting the clawfs daemon")?;
     let stdout = child.stdout.take().expect("piped");
     let mut stdout = BufReader::new(stdout);
@@ -615,16 +608,21 @@ fn mount_error(e: std::io::Error, dir: &Path) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("mounting {}", dir.display()))
 }
 
+/// The background daemon's log file (`$CLAWFS_DAEMON_LOG`), opened to append; `None` for a
+/// daemon in the foreground, whose standard error is its log.
+pub(crate) fn daemon_log() -> Option<std::io::Result<std::fs::File>> {
+    let log = std::env::var_os("CLAWFS_DAEMON_LOG")?;
+    Some(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log),
+    )
+}
+
 fn redirect_output() {
-    let Some(log) = std::env::var_os("CLAWFS_DAEMON_LOG") else {
-        return;
-    };
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log)
-    {
+    if let Some(Ok(f)) = daemon_log() {
         // SAFETY: dup2 onto the standard descriptors of this process; `f` stays open meanwhile.
         unsafe {
             libc::dup2(f.as_raw_fd(), 1);

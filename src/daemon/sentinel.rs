@@ -11,15 +11,13 @@
 //! is disconnected, then detaches it. A mount that is no longer there, or another one mounted
 //! since, is left alone.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::daemon::mount::{lazy_unmount, mounts, tree_type};
+use crate::daemon::mount::{daemon_log, lazy_unmount, mount_at, tree_type};
 use crate::sys;
 
 /// How long a dead daemon's mount may take to say it is disconnected.
@@ -37,33 +35,19 @@ pub fn spawn(dir: &Path) -> Result<()> {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    if let Some(log) = std::env::var_os("CLAWFS_DAEMON_LOG") {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(log)?;
-        cmd.stderr(f);
+    if let Some(log) = daemon_log() {
+        cmd.stderr(log?);
     }
-    // SAFETY: setsid is async-signal-safe: the sentinel is not in the daemon's session, so a
-    // signal to the daemon's process group does not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    // Not in the daemon's session: a signal to the daemon's process group does not reach it.
+    sys::new_session(&mut cmd);
     cmd.spawn().context("starting the mount's sentinel")?;
     Ok(())
 }
 
 /// The mount id of the clawfs tree mounted at `dir` now, if any (the topmost mount there).
 fn mount_id(dir: &Path) -> Option<u64> {
-    let ty = tree_type();
-    mounts()
-        .into_iter()
-        .rfind(|m| m.point == dir)
-        .filter(|m| m.fstype == ty)
+    mount_at(dir)
+        .filter(|m| m.fstype == tree_type())
         .map(|m| m.id)
 }
 
