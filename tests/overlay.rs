@@ -325,6 +325,90 @@ PY"#);
     assert_eq!(s.ok(&["cat", "note39.md"]), "x");
 }
 
+/// Write-only opens and SQLite's logs send each write(2) to the daemon as issued, past the page
+/// cache (`direct_writes`). Other opens of the same file must still see every byte at once: a
+/// shared mapping and a cached reader, including a mapping's unsaved page that a direct write
+/// then overwrites in part (the kernel must save the page first, or the direct write is lost
+/// when the page is saved later); a log mapped shared; and SQLite reading its logs back, for a
+/// rollback spilled to the database file and for a second connection and a checkpoint. The
+/// history holds what the real file holds.
+#[test]
+fn direct_writes_stay_coherent_with_mappings_cached_readers_and_sqlite_reading_its_logs() {
+    let s = Sandbox::new();
+    s.mount();
+    let out = s.sh(r#"python3 - <<'PY'
+import mmap, os, sqlite3
+with open("m.bin", "wb") as f:          # write-only: direct
+    f.write(b"a" * 8192)
+fd = os.open("m.bin", os.O_RDWR)          # through the page cache
+m = mmap.mmap(fd, 8192)
+assert m[:4] == b"aaaa" and os.pread(fd, 4, 4096) == b"aaaa"
+w = os.open("m.bin", os.O_WRONLY)
+os.pwrite(w, b"BBBB", 100)
+assert m[100:104] == b"BBBB", m[100:104]
+assert os.pread(fd, 4, 100) == b"BBBB"
+m[5000:5004] = b"CCCC"                    # an unsaved page in the mapping...
+os.pwrite(w, b"DDDD", 5002)               # ...that a direct write overlaps
+assert m[5000:5006] == b"CCDDDD", m[5000:5006]
+assert os.pread(fd, 6, 5000) == b"CCDDDD"
+os.close(w); m.flush(); m.close(); os.close(fd)
+
+# A log opened read-write (direct) and mapped shared.
+fd = os.open("mapped.db-wal", os.O_RDWR | os.O_CREAT, 0o644)
+os.pwrite(fd, b"x" * 8192, 0)
+m = mmap.mmap(fd, 8192)
+m[10:14] = b"EEEE"
+assert os.pread(fd, 4, 10) == b"EEEE"
+os.pwrite(fd, b"FFFF", 12)
+assert m[10:16] == b"EEFFFF", m[10:16]
+m.close(); os.close(fd)
+
+# Rollback journal: a transaction larger than the cache spills into the database file, and
+# ROLLBACK reads the journal back to undo it.
+c = sqlite3.connect("rollback.sqlite", isolation_level=None)
+c.execute("PRAGMA journal_mode=DELETE"); c.execute("PRAGMA cache_size=2")
+c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(200):
+    c.execute("INSERT INTO t(v) VALUES (?)", ("kept %d" % i,))
+c.execute("BEGIN")
+for i in range(2000):
+    c.execute("INSERT INTO t(v) VALUES (?)", ("undone %d " % i * 20,))
+c.execute("ROLLBACK")
+assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 200
+assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+c.close()
+
+# WAL: a second connection reads the frames the first wrote; a checkpoint copies them.
+a = sqlite3.connect("wal.sqlite", isolation_level=None)
+a.execute("PRAGMA journal_mode=WAL"); a.execute("PRAGMA wal_autocheckpoint=0")
+a.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+for i in range(500):
+    a.execute("INSERT INTO t(v) VALUES (?)", ("row %d " % i * 10,))
+b = sqlite3.connect("wal.sqlite")
+assert b.execute("SELECT count(*), sum(length(v)) FROM t").fetchone()[0] == 500
+assert a.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+assert b.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+b.close(); a.close()
+print("ok")
+PY"#);
+    assert_eq!(out.trim(), "ok");
+    s.settle();
+    let real = s.read("m.bin");
+    assert_eq!(&real[100..104], b"BBBB");
+    assert_eq!(&real[5000..5006], b"CCDDDD");
+    assert_eq!(s.raw(&["cat", "m.bin"]).stdout, real);
+    assert_eq!(
+        s.raw(&["cat", "mapped.db-wal"]).stdout,
+        s.read("mapped.db-wal")
+    );
+    assert_eq!(
+        s.sh("sqlite3 rollback.sqlite 'select count(*) from t' && sqlite3 wal.sqlite 'select count(*) from t'"),
+        "200\n500\n"
+    );
+    s.unmount();
+    assert_eq!(std::fs::read(s.dir.join("m.bin")).unwrap(), real);
+}
+
 /// The kernel asks a FUSE filesystem for no O_TMPFILE operation (there is none in the protocol
 /// fuser speaks), so the open fails with EOPNOTSUPP before reaching the daemon. What matters is
 /// that the refusal is that clean error, which programs and libcs fall back from, and that the
@@ -802,7 +886,9 @@ fn unprivileged_writes_clear_set_id_bits_as_natively() {
     }
     s.mount();
     let cases = [
+        // Write-only: a direct write (`direct_writes`); read-write: through the page cache.
         ("write", "printf x >> f"),
+        ("write_read_write", "printf x 1<> f"),
         ("truncate", "truncate -s 1 f"),
         ("o_trunc", ": > f"),
         ("fallocate", "fallocate -l 8192 f"),
