@@ -409,6 +409,43 @@ PY"#);
     assert_eq!(std::fs::read(s.dir.join("m.bin")).unwrap(), real);
 }
 
+/// Programs that bypass the page cache (`O_DIRECT`: `dd oflag=direct`, databases, `fio
+/// --direct=1`) read and write through the mount as on the plain directory, versioned or not.
+/// The daemon once opened the real file with the caller's `O_DIRECT` and failed every such read
+/// and write with EINVAL: its buffers are not aligned as `O_DIRECT` needs.
+#[test]
+fn o_direct_reads_and_writes_work_and_are_versioned() {
+    let s = Sandbox::new();
+    s.mount();
+    s.sh(
+        "mkdir -p tmp && head -c 8388608 /dev/urandom > /tmp/clawfs-test-$$.bin && \
+         for f in direct.bin tmp/direct.bin; do \
+           dd if=/tmp/clawfs-test-$$.bin of=$f bs=1M oflag=direct status=none && \
+           dd if=$f of=$f.back bs=1M iflag=direct status=none && cmp $f.back /tmp/clawfs-test-$$.bin && \
+           cmp $f /tmp/clawfs-test-$$.bin || exit 1; \
+         done; rm /tmp/clawfs-test-$$.bin",
+    );
+    let out = s.sh(r#"python3 - <<'PY'
+import mmap, os
+buf = mmap.mmap(-1, 1 << 16)              # page-aligned, as O_DIRECT wants
+buf.write(b"d" * (1 << 16))
+fd = os.open("rw.bin", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+assert os.pwrite(fd, buf, 4096) == 1 << 16
+back = mmap.mmap(-1, 1 << 16)
+assert os.preadv(fd, [back], 4096) == 1 << 16 and back[:] == buf[:]
+os.close(fd)
+print("ok")
+PY"#);
+    assert_eq!(out.trim(), "ok");
+    s.settle();
+    assert_eq!(s.raw(&["cat", "direct.bin"]).stdout, s.read("direct.bin"));
+    let rw = s.raw(&["cat", "rw.bin"]).stdout;
+    assert_eq!(rw.len(), 4096 + (1 << 16));
+    assert!(rw[..4096].iter().all(|&b| b == 0) && rw[4096..].iter().all(|&b| b == b'd'));
+    s.unmount();
+    assert_eq!(std::fs::read(s.dir.join("rw.bin")).unwrap(), rw);
+}
+
 /// The kernel asks a FUSE filesystem for no O_TMPFILE operation (there is none in the protocol
 /// fuser speaks), so the open fails with EOPNOTSUPP before reaching the daemon. What matters is
 /// that the refusal is that clean error, which programs and libcs fall back from, and that the

@@ -62,6 +62,15 @@ const BACKING_FLAGS: i32 = libc::O_RDWR | libc::O_NOFOLLOW;
 /// file written under a versioned name is captured at RELEASE.
 const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
+/// Open flags a caller's open does not pass on to the daemon's open of the real file: `O_APPEND`
+/// is emulated (see `open`), `O_CREAT` and `O_EXCL` are `create`'s, `O_NOCTTY` means nothing
+/// here. `O_DIRECT` is between the caller and the kernel, which bypasses the mount's page cache
+/// for it either way: the daemon reads and writes the real file from buffers of its own, whose
+/// addresses and lengths `O_DIRECT` would need aligned to the disk's blocks. Passed on, it
+/// failed every read and write of a file opened with it with EINVAL (`dd oflag=direct`).
+const NOT_PASSED_ON: i32 =
+    libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT;
+
 /// Which opens of a versioned file send each write(2) to the daemon as it was issued
 /// (`FOPEN_DIRECT_IO`) instead of through the page cache: those opened write-only, and SQLite's
 /// logs (`-wal`, `-journal`).
@@ -1070,9 +1079,7 @@ impl Filesystem for Overlay {
         // O_APPEND is emulated (the offset is taken from the real size under the ordering lock)
         // so the recorder learns where appended bytes really landed. O_TRUNC does not come here
         // (no FUSE_ATOMIC_O_TRUNC): the kernel truncates with a SETATTR after its own checks.
-        let real_flags =
-            (f & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
-                | libc::O_NOFOLLOW;
+        let real_flags = (f & !(NOT_PASSED_ON | libc::O_TRUNC)) | libc::O_NOFOLLOW;
         let _order = writable.then(|| self.order.lock());
         let file = match sys::open_at(self.fd(), &path, real_flags, 0) {
             Ok(f) => f,
@@ -1547,8 +1554,7 @@ impl Filesystem for Overlay {
         };
         let fd = self.fd();
         let _order = self.order.lock();
-        let base = (flags & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
-            | libc::O_NOFOLLOW;
+        let base = (flags & !NOT_PASSED_ON) | libc::O_NOFOLLOW;
         let perm = mode & !umask & 0o7777;
         // Try to create; if it exists and the caller did not ask for O_EXCL, open what is there.
         let (file, created) =
