@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR=never
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=()
-for pkg in fuse3 sqlite3 git python3 python3-venv gcc pkg-config libacl1-dev bindfs; do
+for pkg in fuse3 sqlite3 git python3 python3-venv gcc pkg-config libacl1-dev bindfs fio; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
