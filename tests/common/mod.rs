@@ -140,6 +140,16 @@ impl Sandbox {
         std::fs::read(self.path(rel)).unwrap()
     }
 
+    /// Asserts that the history's newest version of `rel` is the file as it is now.
+    pub fn assert_newest_is_the_file(&self, rel: &str) {
+        let stored = self.raw(&["cat", rel]);
+        assert_ok(&stored);
+        assert!(
+            stored.stdout == self.read(rel),
+            "{rel}: the newest version is not the file"
+        );
+    }
+
     /// The newest moment, after the daemon closed the current epoch.
     pub fn settle(&self) -> u64 {
         // `mark`-free way to close the epoch: status commits nothing, so wait out the 1 s age.
