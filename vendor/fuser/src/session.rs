@@ -13,6 +13,8 @@ use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::thread::{self};
 
@@ -147,7 +149,12 @@ pub struct Session<FS: Filesystem> {
 
 /// What became of FUSE-over-io_uring in a session (see [`Session::rings`]).
 #[derive(Debug, Clone, Default)]
-pub struct Rings(Arc<Mutex<RingState>>);
+pub struct Rings {
+    state: Arc<Mutex<RingState>>,
+    /// Bytes of entry buffers a large request or reply filled, until the entry is idle and
+    /// gives them back (see `uring`).
+    held: Arc<AtomicUsize>,
+}
 
 /// The state [`Rings`] reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,11 +179,17 @@ pub enum RingState {
 impl Rings {
     /// The current state.
     pub fn state(&self) -> RingState {
-        self.0.lock().clone()
+        self.state.lock().clone()
+    }
+
+    /// Bytes of ring-entry buffers in use now: an entry that served a large request or reply
+    /// holds its buffers until it has been idle for a second.
+    pub fn buffers_held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     fn set(&self, state: RingState) {
-        *self.0.lock() = state;
+        *self.state.lock() = state;
     }
 }
 
@@ -335,6 +348,7 @@ impl<FS: Filesystem> Session<FS> {
                 device.as_fd().as_raw_fd(),
                 payload,
                 config.ring_threads.max(1),
+                rings.held.clone(),
             ) {
                 Ok(started) => {
                     let entries = started.threads.len();

@@ -11,10 +11,24 @@
 //! always for FORGET, INTERRUPT and notifications, the device is used as before. Each thread
 //! owns one ring with one entry and serves it synchronously: a reply made from another thread
 //! is waited for before the entry is committed.
+//!
+//! An entry's payload buffer must hold the largest request or reply (`max_write`, 1 MiB for
+//! clawfs), and each request is copied once more into a buffer shaped as the device delivers
+//! it. Two entries per CPU would otherwise keep 2 MiB each resident for good once a large write
+//! or read has filled them: 64 MiB on a 16-CPU machine. So an entry that served more than
+//! [`RELEASE_ABOVE`] bytes gives both buffers' memory back once it has waited [`IDLE`] without a
+//! request. The kernel writes into the buffers only from the entry's own thread: a request is
+//! copied in by the thread's task work, which `IORING_SETUP_DEFER_TASKRUN` runs only inside the
+//! thread's own waits in `io_uring_enter` (with `COOP_TASKRUN` it could run on the way out of
+//! any system call, such as the `madvise` that gives the memory back, and a request copied in
+//! just before it would be wiped). So while the thread runs in user space with no completion
+//! pending, nothing touches them.
 
 use std::io;
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::thread::JoinHandle;
 
@@ -43,6 +57,10 @@ const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
 /// `FUSE_URING_OP_IN_OUT_SZ`: room for the per-opcode header of a request.
 const OP_IN: usize = 128;
+/// A request or reply larger than this leaves an entry holding its buffers until it is idle.
+const RELEASE_ABOVE: usize = 64 << 10;
+/// How long an entry holding its buffers waits for a request before giving them back.
+const IDLE: types::Timespec = types::Timespec::new().sec(1);
 
 /// `struct fuse_uring_ent_in_out`.
 #[repr(C)]
@@ -190,6 +208,7 @@ pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
     fd: i32,
     payload_len: usize,
     per_cpu: usize,
+    held: Arc<AtomicUsize>,
 ) -> io::Result<Started> {
     let possible = read_cpus("possible")?;
     let online = read_cpus("online").unwrap_or_else(|_| possible.clone());
@@ -208,9 +227,13 @@ pub(crate) fn start<FS: Filesystem + Send + Sync + 'static>(
             let se = make_loop(name.clone());
             let device = device.clone();
             let tx = tx.clone();
-            let spawned = thread::Builder::new()
-                .name(name)
-                .spawn(move || serve(&se, device, fd, qid as u16, is_online, payload_len, &tx));
+            let held = Held {
+                total: held.clone(),
+                mine: 0,
+            };
+            let spawned = thread::Builder::new().name(name).spawn(move || {
+                serve(&se, device, fd, qid as u16, is_online, payload_len, held, &tx)
+            });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -302,16 +325,21 @@ fn serve<FS: Filesystem>(
     qid: u16,
     bind: bool,
     payload_len: usize,
+    mut held: Held,
     registered: &std::sync::mpsc::Sender<io::Result<()>>,
 ) -> io::Result<()> {
     if bind {
         bind_to_cpu(qid as usize);
     }
     // Dropped after the ring (declared before it): the kernel is done with them by then.
-    let bufs = Buffers::new(payload_len);
+    let bufs = match Buffers::new(payload_len) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = registered.send(Err(e));
+            return Ok(());
+        }
+    };
     let header = bufs.header;
-    // The request as the device would deliver it, aligned for its header.
-    let mut request: Vec<u64> = Vec::new();
     let iov = [
         libc::iovec {
             iov_base: header.cast(),
@@ -322,9 +350,12 @@ fn serve<FS: Filesystem>(
             iov_len: payload_len,
         },
     ];
+    // Task work (where the kernel copies a request into the buffers) runs only inside this
+    // thread's `io_uring_enter` waits, never on the way out of another system call: giving the
+    // buffers back (see the module doc) relies on it.
     let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
         .setup_single_issuer()
-        .setup_coop_taskrun()
+        .setup_defer_taskrun()
         .build(2)
     {
         Ok(r) => r,
@@ -362,7 +393,19 @@ fn serve<FS: Filesystem>(
     loop {
         let cqe = match ready.take() {
             Some(c) => c,
-            None => wait_one(&mut ring)?,
+            None if held.mine > 0 => match wait_one(&mut ring, Some(&IDLE))? {
+                Some(c) => c,
+                None => {
+                    // Idle, and no request was copied in (its completion would be pending).
+                    bufs.release();
+                    held.set(0);
+                    continue;
+                }
+            },
+            None => match wait_one(&mut ring, None)? {
+                Some(c) => c,
+                None => continue,
+            },
         };
         let res = cqe.result();
         if res < 0 {
@@ -393,11 +436,9 @@ fn serve<FS: Filesystem>(
             push(&mut ring, &next)?;
             continue;
         }
-        request.clear();
-        request.resize(len.div_ceil(8), 0);
-        // SAFETY: `request` holds at least `len` initialised bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(request.as_mut_ptr().cast::<u8>(), len) };
+        // SAFETY: the request buffer holds the longest request (checked above), and only this
+        // thread uses it, for this request.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(bufs.request, len) };
         bytes[..IN_HEADER].copy_from_slice(&h.in_out[..IN_HEADER]);
         bytes[IN_HEADER..IN_HEADER + op_len].copy_from_slice(&h.op_in[..op_len]);
         // SAFETY: as for `h`; `payload_sz` was checked against the buffer's length.
@@ -434,6 +475,11 @@ fn serve<FS: Filesystem>(
             slot.open = false;
             slot.replied && !slot.failed
         };
+        // SAFETY: the slot is closed: no reply is being written.
+        let reply_sz = unsafe { (*header).ent.payload_sz } as usize;
+        if len.max(reply_sz) > RELEASE_ABOVE {
+            held.set(bufs.len + bufs.request_len);
+        }
         let next = if replied {
             command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None)
         } else {
@@ -455,17 +501,55 @@ fn push(
     unsafe { ring.submission().push(e) }.map_err(|_| io::Error::other("ring full"))
 }
 
-/// Submits what is queued and waits for one completion.
-fn wait_one(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> io::Result<cqueue::Entry> {
+/// Submits what is queued and waits for one completion; with `idle`, for at most that long,
+/// and then None if none came.
+fn wait_one(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    idle: Option<&types::Timespec>,
+) -> io::Result<Option<cqueue::Entry>> {
     loop {
-        match ring.submit_and_wait(1) {
+        let waited = match idle {
+            Some(t) => ring
+                .submitter()
+                .submit_with_args(1, &types::SubmitArgs::new().timespec(t)),
+            None => ring.submit_and_wait(1),
+        };
+        match waited {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                // A completion that came as the wait ended is taken, not left behind.
+                return Ok(ring.completion().next());
+            }
             Err(e) => return Err(e),
         }
         if let Some(c) = ring.completion().next() {
-            return Ok(c);
+            return Ok(Some(c));
         }
+    }
+}
+
+/// This entry's share of [`Rings::buffers_held`](crate::Rings::buffers_held), taken back when
+/// the entry ends.
+struct Held {
+    total: Arc<AtomicUsize>,
+    mine: usize,
+}
+
+impl Held {
+    fn set(&mut self, bytes: usize) {
+        if bytes >= self.mine {
+            self.total.fetch_add(bytes - self.mine, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(self.mine - bytes, Ordering::Relaxed);
+        }
+        self.mine = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 
@@ -495,33 +579,79 @@ struct Buffers {
     header: *mut ReqHeader,
     payload: *mut u8,
     len: usize,
+    /// Each request as the device would deliver it (header, per-opcode header, payload),
+    /// page-aligned, so aligned for the header.
+    request: *mut u8,
+    request_len: usize,
+}
+
+/// An anonymous private mapping of `len` bytes.
+fn map(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a new mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
 }
 
 impl Buffers {
-    fn new(len: usize) -> Buffers {
+    /// The payload and the request are mappings of their own, so that their memory can be
+    /// given back whole.
+    fn new(len: usize) -> io::Result<Buffers> {
+        let request_len = IN_HEADER + OP_IN + len;
+        let payload = map(len)?;
+        let request = match map(request_len) {
+            Ok(r) => r,
+            Err(e) => {
+                // SAFETY: mapped just above, unmapped once.
+                unsafe { libc::munmap(payload.cast(), len) };
+                return Err(e);
+            }
+        };
         let header = Box::into_raw(Box::new(ReqHeader {
             in_out: [0; 128],
             op_in: [0; OP_IN],
             ent: EntInOut::default(),
         }));
-        let payload = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
-        Buffers {
+        Ok(Buffers {
             header,
             payload,
             len,
+            request,
+            request_len,
+        })
+    }
+
+    /// Gives the memory of the payload and the request back to the system; they read as zeros
+    /// after.
+    fn release(&self) {
+        for (p, len) in [(self.payload, self.len), (self.request, self.request_len)] {
+            // SAFETY: a whole mapping made in `new`; nothing reads or writes it meanwhile (the
+            // entry is idle, see the module doc).
+            if unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) } != 0 {
+                debug!("ring buffer not given back: {}", io::Error::last_os_error());
+            }
         }
     }
 }
 
 impl Drop for Buffers {
     fn drop(&mut self) {
-        // SAFETY: made by `Box::into_raw` in `new`, freed once, here.
+        // SAFETY: made by `Box::into_raw` and `mmap` in `new`, freed once, here.
         unsafe {
             drop(Box::from_raw(self.header));
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.payload,
-                self.len,
-            )));
+            libc::munmap(self.payload.cast(), self.len);
+            libc::munmap(self.request.cast(), self.request_len);
         }
     }
 }
