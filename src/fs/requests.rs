@@ -34,6 +34,9 @@ pub struct Described {
     pub io_uring: bool,
     /// One line: the path, and why not io_uring when not.
     pub how: String,
+    /// Bytes of ring-entry buffers in use: an entry that served a large request or reply (a
+    /// big write or read) holds its 1 MiB buffers until it has been idle for a second.
+    pub buffers_held: u64,
 }
 
 impl RequestPath {
@@ -47,12 +50,27 @@ impl RequestPath {
         let dev = |why: String| Described {
             io_uring: false,
             how: format!("/dev/fuse ({why})"),
+            buffers_held: 0,
         };
         match state {
-            fuser::RingState::Serving { queues, entries } => Described {
-                io_uring: true,
-                how: format!("io_uring, one queue per CPU ({queues} CPUs, {entries} ring entries)"),
-            },
+            fuser::RingState::Serving { queues, entries } => {
+                let held = self.rings.get().map_or(0, fuser::Rings::buffers_held) as u64;
+                let holding = if held > 0 {
+                    format!(
+                        "; {} of buffers held until idle",
+                        crate::commands::human(held)
+                    )
+                } else {
+                    String::new()
+                };
+                Described {
+                    io_uring: true,
+                    how: format!(
+                        "io_uring, one queue per CPU ({queues} CPUs, {entries} ring entries{holding})"
+                    ),
+                    buffers_held: held,
+                }
+            }
             _ if !self.wanted => dev("io_uring turned off with -o io_uring=off".into()),
             fuser::RingState::Failed(e) => dev(format!("io_uring could not be set up: {e}")),
             fuser::RingState::Agreed => dev("io_uring starting".into()),
