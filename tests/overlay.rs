@@ -513,6 +513,46 @@ fn concurrent_writers_and_appends_are_all_recorded() {
     }
 }
 
+/// Writers of one file by every path at once: write-only descriptors (direct writes),
+/// read-write ones (through the page cache) and a shared mapping, each at random offsets. The
+/// daemon writes the real file and records in one order, so the newest version is the file.
+#[test]
+fn direct_cached_and_mapped_writers_of_one_file_leave_the_history_equal_to_it() {
+    let s = Sandbox::new();
+    s.mount();
+    let out = s.sh(r#"python3 - <<'PY'
+import mmap, os, random
+from multiprocessing import Process
+N = 1 << 20
+with open("shared.bin", "wb") as f:
+    f.write(b"\0" * N)
+def writer(k):
+    rnd = random.Random(k)
+    fd = os.open("shared.bin", os.O_WRONLY if k % 2 else os.O_RDWR)
+    for _ in range(1500):
+        off, n = rnd.randrange(0, N - 9000), rnd.randrange(1, 9000)
+        os.pwrite(fd, bytes([65 + k]) * n, off)
+    os.close(fd)
+def mapper():
+    fd = os.open("shared.bin", os.O_RDWR)
+    m = mmap.mmap(fd, N)
+    rnd = random.Random(99)
+    for i in range(1500):
+        off = rnd.randrange(0, N - 100)
+        m[off:off + 50] = b"m" * 50
+        if i % 100 == 0:
+            m.flush()
+    m.flush(); m.close(); os.close(fd)
+ps = [Process(target=writer, args=(k,)) for k in range(4)] + [Process(target=mapper)]
+for p in ps: p.start()
+for p in ps: p.join()
+print(sum(p.exitcode for p in ps))
+PY"#);
+    assert_eq!(out.trim(), "0");
+    s.settle();
+    s.assert_newest_is_the_file("shared.bin");
+}
+
 /// The store holds every version of every file, secrets included, in plain form: it is its
 /// owner's alone, whatever the umask (the daemon runs with 0), and a store directory left open
 /// by an older build is closed at the next mount.
