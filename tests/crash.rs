@@ -190,8 +190,7 @@ while True:
         });
     }
     s.mount();
-    let stored = s.ok(&["cat", "storm-0.log"]);
-    assert_eq!(stored.as_bytes(), s.read("storm-0.log"));
+    s.assert_newest_is_the_file("storm-0.log");
 }
 
 #[test]
