@@ -42,11 +42,8 @@ pub struct Described {
 impl RequestPath {
     /// What to tell the user.
     pub fn describe(&self) -> Described {
-        let state = self
-            .rings
-            .get()
-            .map(fuser::Rings::state)
-            .unwrap_or_default();
+        let rings = self.rings.get();
+        let state = rings.map(fuser::Rings::state).unwrap_or_default();
         let dev = |why: String| Described {
             io_uring: false,
             how: format!("/dev/fuse ({why})"),
@@ -54,7 +51,7 @@ impl RequestPath {
         };
         match state {
             fuser::RingState::Serving { queues, entries } => {
-                let held = self.rings.get().map_or(0, fuser::Rings::buffers_held) as u64;
+                let held = rings.map_or(0, fuser::Rings::buffers_held) as u64;
                 let holding = if held > 0 {
                     format!(
                         "; {} of buffers held until idle",
