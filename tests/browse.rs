@@ -229,3 +229,83 @@ except OSError as e:
     s.ok(&["unmount", mp.to_str().unwrap()]);
     s.unmount();
 }
+
+/// A database of the past opens in the read-only view with the rows it had then: the view
+/// gives SQLite the empty `-shm` (never versioned) and, once a checkpoint removed the log, the
+/// empty `-wal` it needs beside a WAL database, which it cannot create there. The stand-ins
+/// exist only where SQLite needs them, and refuse writes like everything in the view.
+#[test]
+fn a_past_sqlite_database_opens_in_the_view_with_the_rows_it_had() {
+    let s = Sandbox::new();
+    s.mount();
+    let insert = |n: u32, close: bool| {
+        s.sh(&format!(
+            r#"python3 - <<'PY'
+import os, sqlite3
+c = sqlite3.connect("agent.sqlite")
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("CREATE TABLE IF NOT EXISTS t (v)")
+for i in range({n}):
+    c.execute("INSERT INTO t VALUES (?)", (i,)); c.commit()
+if {close}:
+    c.close()
+else:
+    os._exit(0)  # still open, as a running gateway holds it: the log stays
+PY"#,
+            close = if close { "True" } else { "False" }
+        ));
+    };
+    insert(10, false);
+    let with_log = s.settle();
+    assert!(s.path("agent.sqlite-wal").exists());
+    insert(15, true);
+    let checkpointed = s.settle();
+    assert!(!s.path("agent.sqlite-wal").exists());
+
+    let mp = s.home.path().join("view");
+    browse(&s, &mp, None);
+    let _view = common::LazyUnmount(&mp);
+    for (seq, rows) in [(with_log, "10"), (checkpointed, "25")] {
+        let dir = mp.join(format!("at/{seq}"));
+        let out = common::sh_in(
+            &dir,
+            "sqlite3 agent.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t'",
+        );
+        assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["ok", rows]);
+        let out = common::sh_in(
+            &dir,
+            r#"python3 -c "
+import sqlite3
+c = sqlite3.connect('file:agent.sqlite?mode=ro', uri=True)
+print(c.execute('SELECT count(*) FROM t').fetchone()[0])""#,
+        );
+        assert_eq!(out.trim(), rows);
+    }
+    // Listed beside a log; looked up beside a WAL database without one; nowhere else.
+    let names = |seq: u64| {
+        let mut v: Vec<String> = std::fs::read_dir(mp.join(format!("at/{seq}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(with_log),
+        ["agent.sqlite", "agent.sqlite-shm", "agent.sqlite-wal"]
+    );
+    assert_eq!(names(checkpointed), ["agent.sqlite"]);
+    let at = mp.join(format!("at/{checkpointed}"));
+    for stand_in in ["agent.sqlite-wal", "agent.sqlite-shm"] {
+        assert_eq!(std::fs::metadata(at.join(stand_in)).unwrap().len(), 0);
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(at.join(stand_in))
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{stand_in}");
+    }
+    assert!(!mp.join(format!("at/{with_log}/other.sqlite-shm")).exists());
+    assert!(!at.join("agent.sqlite-journal").exists());
+    s.ok(&["unmount", mp.to_str().unwrap()]);
+    s.unmount();
+}

@@ -48,6 +48,25 @@ enum Key {
     HistVersion(NodeId, Seq),
     /// A node of the tree as of a moment (the tree's root is `NodeId::ROOT`).
     Node(Seq, NodeId),
+    /// An empty `<db>-shm` or `<db>-wal` where a moment has none, beside the `<db>-wal` or
+    /// WAL-mode `<db>` node given (see [`stand_in_for`]).
+    StandIn(Seq, NodeId),
+}
+
+/// SQLite opens a database in WAL mode only with its `-wal` and `-shm` beside it: on a
+/// read-only file system it cannot create them, and fails ("unable to open database file").
+/// `-shm` files are not versioned (they hold nothing but an index SQLite rebuilds from the
+/// `-wal`), and a `-wal` is gone at moments after a checkpoint removed it. So a past moment has
+/// an empty read-only stand-in wherever SQLite needs one: a `<db>-shm` beside each `<db>-wal`
+/// (listed there), and a `<db>-wal` and `<db>-shm` beside a database in WAL mode that had none
+/// (found when SQLite looks them up). An empty log is no log, and with an empty `-shm` SQLite
+/// builds the index in its own memory: it reads the database as of that moment.
+///
+/// The database a stand-in's name goes with, and whether it is its `-wal`.
+fn stand_in_for(name: &str) -> Option<(&str, bool)> {
+    name.strip_suffix("-shm")
+        .map(|db| (db, false))
+        .or_else(|| name.strip_suffix("-wal").map(|db| (db, true)))
 }
 
 struct Inode {
@@ -172,6 +191,20 @@ impl Browse {
                 let (_, v) = self.version(*node, *seq)?;
                 Ok(self.node_attr(ino, &v))
             }
+            Key::StandIn(seq, wal) => {
+                let (_, v) = self.version(*wal, *seq)?;
+                let perm = v.meta.mode & 0o444;
+                Ok(attr_of(
+                    ino,
+                    FileType::RegularFile,
+                    perm,
+                    0,
+                    v.meta.mtime_ns,
+                    v.meta.uid,
+                    v.meta.gid,
+                    1,
+                ))
+            }
         }
     }
 
@@ -236,13 +269,49 @@ impl Browse {
                     return Err(Errno::ENOTDIR);
                 }
                 match self.store.dentry_at(*node, name, *seq) {
-                    Ok(Some((_, d))) => d.node.map(|n| Key::Node(*seq, n)).ok_or(Errno::ENOENT),
-                    Ok(None) => Err(Errno::ENOENT),
+                    Ok(Some((_, d))) if d.node.is_some() => {
+                        Ok(Key::Node(*seq, d.node.expect("checked")))
+                    }
+                    Ok(_) => self.stand_in(parent, *seq, name),
                     Err(_) => Err(Errno::EIO),
                 }
             }
-            Key::HistVersion(..) => Err(Errno::ENOTDIR),
+            Key::HistVersion(..) | Key::StandIn(..) => Err(Errno::ENOTDIR),
         }
+    }
+
+    /// The empty stand-in `name` is in the directory `dir` at `seq`, if SQLite needs one there
+    /// (see [`stand_in_for`]).
+    fn stand_in(&self, dir: &Key, seq: Seq, name: &str) -> Result<Key, Errno> {
+        let (db, is_wal) = stand_in_for(name).ok_or(Errno::ENOENT)?;
+        let file = |n: &str| match self.child(dir, n) {
+            Ok(Key::Node(seq, node)) => self
+                .version(node, seq)
+                .ok()
+                .filter(|(_, v)| v.kind == NodeKind::File)
+                .map(|(_, v)| (node, v)),
+            _ => None,
+        };
+        if !is_wal {
+            if let Some((wal, _)) = file(&format!("{db}-wal")) {
+                return Ok(Key::StandIn(seq, wal));
+            }
+        }
+        match file(db) {
+            Some((node, v)) if self.in_wal_mode(&v) => Ok(Key::StandIn(seq, node)),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Whether the file `v` is an SQLite database in WAL mode (its header says so).
+    fn in_wal_mode(&self, v: &NodeVersion) -> bool {
+        let mut head = [0u8; 20];
+        matches!(
+            self.store.reader(v.content.clone()).read_at(0, &mut head),
+            Ok(20)
+        ) && head.starts_with(b"SQLite format 3\0")
+            && head[18] == 2
+            && head[19] == 2
     }
 
     /// The versions of a file, named `YYYY-MM-DD HH:MM:SS #seq`.
@@ -305,14 +374,33 @@ impl Browse {
                 .into_iter()
                 .map(|(n, node, seq)| (n, Key::HistVersion(node, seq)))
                 .collect(),
-            Key::Node(seq, node) => self
-                .store
-                .list_node(*node, *seq)
-                .map_err(|_| Errno::EIO)?
-                .into_iter()
-                .map(|d| (d.name, Key::Node(*seq, d.node)))
-                .collect(),
-            Key::HistVersion(..) => return Err(Errno::ENOTDIR),
+            Key::Node(seq, node) => {
+                let mut kids: Vec<(String, Key)> = self
+                    .store
+                    .list_node(*node, *seq)
+                    .map_err(|_| Errno::EIO)?
+                    .into_iter()
+                    .map(|d| (d.name, Key::Node(*seq, d.node)))
+                    .collect();
+                let names: std::collections::HashSet<String> =
+                    kids.iter().map(|(n, _)| n.clone()).collect();
+                let mut shms = Vec::new();
+                for (name, key) in &kids {
+                    let Some(db) = name.strip_suffix("-wal") else {
+                        continue;
+                    };
+                    let shm = format!("{db}-shm");
+                    if let (false, Key::Node(seq, wal)) = (names.contains(&shm), key) {
+                        if self.version(*wal, *seq).map(|(_, v)| v.kind) == Ok(NodeKind::File) {
+                            shms.push((shm, Key::StandIn(*seq, *wal)));
+                        }
+                    }
+                }
+                kids.extend(shms);
+                kids.sort_by(|a, b| a.0.cmp(&b.0));
+                kids
+            }
+            Key::HistVersion(..) | Key::StandIn(..) => return Err(Errno::ENOTDIR),
         })
     }
 
@@ -464,6 +552,7 @@ impl Filesystem for Browse {
                 }
                 Ok(self.store.reader(v.content).streaming())
             }
+            Key::StandIn(..) => Ok(self.store.reader(Default::default())),
             _ => Err(Errno::EISDIR),
         });
         match r {
@@ -617,6 +706,7 @@ impl Filesystem for Browse {
                         _ => FileType::Directory,
                     }
                 }
+                Key::StandIn(..) => FileType::RegularFile,
                 _ => FileType::Directory,
             };
             // Numbers in readdir are hints; the kernel looks names up before using them.
