@@ -351,6 +351,17 @@ fn programs_watching_the_tree_see_what_a_rollback_changes() {
             .all(|op| ["restore", "delete", "create"].contains(op)),
         "{ops:?}"
     );
+    // A restored file is one change, naming the moment it came from (not a deletion too).
+    let config: Vec<&Value> = log[0]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "openclaw.json")
+        .collect();
+    assert_eq!(config.len(), 1, "{config:?}");
+    assert_eq!(config[0]["op"], "restore");
+    assert_eq!(config[0]["other"], format!("#{before}"));
+    assert_eq!(log[0]["changes"], log[0]["paths"].as_array().unwrap().len());
     for rel in [
         "openclaw.json",
         "workspace/MEMORY.md",

@@ -1,5 +1,6 @@
 //! `clawfs log`: moments, newest first, with what changed.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -7,6 +8,7 @@ use serde::Serialize;
 
 use crate::commands::Ctx;
 use crate::ids::{Seq, SessionId};
+use crate::store::catalog::{Change, Op};
 use crate::when::{ago, rfc3339, show_time};
 
 /// One moment in `log --json`.
@@ -81,7 +83,7 @@ pub fn run(
         if session.is_some_and(|s| s != epoch.session) {
             continue;
         }
-        let changes = ctx.store.changes(seq)?;
+        let changes = as_shown(ctx.store.changes(seq)?);
         if let Some(f) = &filter {
             let hit = changes
                 .iter()
@@ -96,7 +98,7 @@ pub fn run(
                 seq: seq.0,
                 time: rfc3339(epoch.time_ns),
                 session: epoch.session.to_string(),
-                changes: epoch.changes,
+                changes: changes.len() as u32,
                 stored_bytes: epoch.stored_bytes,
                 paths: changes
                     .iter()
@@ -136,4 +138,19 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The changes of a moment as `log` shows them. A restore replaces the path's node, and the
+/// store notes the old node's removal as well: shown, every rolled-back file would read as
+/// "delete" then "restore". The removal says nothing the restore does not, so it is left out.
+fn as_shown(changes: Vec<Change>) -> Vec<Change> {
+    let restored: HashSet<String> = changes
+        .iter()
+        .filter(|c| c.op == Op::Restore)
+        .map(|c| c.path.clone())
+        .collect();
+    changes
+        .into_iter()
+        .filter(|c| !(c.op == Op::Delete && restored.contains(&c.path)))
+        .collect()
 }

@@ -695,6 +695,13 @@ impl Recorder {
             },
         );
         self.note(path, Op::Restore, Some(node), None);
+        // The change names the moment it came from, as its entry does.
+        if let Some(&i) = self
+            .change_index
+            .get(&(path.as_str().to_string(), Op::Restore))
+        {
+            self.changes[i].other = Some(format!("#{from}"));
+        }
         Ok(())
     }
 
