@@ -107,6 +107,27 @@ fn openclaw_write_patterns_are_versioned_and_rolled_back() {
         !changed.iter().any(|(_, p)| p.ends_with(".lock")),
         "{changed:?}"
     );
+    // A path that names nothing then or now is an error, not "no differences"; a moment given
+    // where `--from` was meant is told so.
+    let err = s.fails(&["diff", &first.to_string()]);
+    assert!(
+        err.contains(&format!("{first} exists neither at #"))
+            && err.contains(&format!("use `--from {first}`")),
+        "{err}"
+    );
+    let err = s.fails(&["diff", "--from", &first.to_string(), "workspace/MEMROY.md"]);
+    assert!(
+        err.contains(&format!(
+            "workspace/MEMROY.md exists neither at #{first} nor at #"
+        )) && err.contains("clawfs history workspace/MEMROY.md"),
+        "{err}"
+    );
+    // A path that exists at only one of the two is a difference like any other.
+    let changed = paths(&s.json(&["diff", "--from", &first.to_string(), "openclaw.json.bak"]));
+    assert_eq!(
+        changed,
+        vec![("created".to_string(), "openclaw.json.bak".to_string())]
+    );
 
     // Preview shows exactly what would change, and changes nothing.
     let plan = s.json(&["rollback", "--to", &first.to_string(), "--preview"]);

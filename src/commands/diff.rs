@@ -27,6 +27,19 @@ pub fn run(
         None => Seq(to.0.saturating_sub(1)),
     };
     let scope: Vec<RelPath> = paths.iter().map(|p| ctx.rel(p)).collect::<Result<_>>()?;
+    // A path that names nothing at either moment is a mistake, not "no differences": often a
+    // moment given where `--from` was meant (`clawfs diff 10m`).
+    for (given, p) in paths.iter().zip(&scope) {
+        if ctx.store.stat(p, from)?.is_none() && ctx.store.stat(p, to)?.is_none() {
+            let given = given.to_string_lossy();
+            let hint = if ctx.when(&given).is_ok() {
+                format!("; to compare with the moment {given}, use `--from {given}`")
+            } else {
+                format!(" (check the path, or `clawfs history {p}`)")
+            };
+            anyhow::bail!("{p} exists neither at #{from} nor at #{to}{hint}");
+        }
+    }
     let entries = ctx.store.diff(from, to, &scope)?;
     if ctx.json {
         for e in &entries {
