@@ -444,6 +444,43 @@ c.close()\""
     assert_eq!(out.trim(), "ok\n300|299");
 }
 
+/// A rollback that cannot take a step stops there and says so: the steps before it are done
+/// and recorded as one moment, the error names the path and how to undo, and the files that
+/// stood in the way are untouched. Here a file comes back where a directory now holds a file
+/// that is not versioned, which a rollback never removes.
+#[test]
+fn a_rollback_stopped_half_way_says_what_it_did_and_how_to_undo_it() {
+    let s = Sandbox::new();
+    s.write("notes", b"a file, then\n");
+    s.write("AGENTS.md", b"calm\n");
+    s.mount();
+    let before = s.head().to_string();
+    std::fs::remove_file(s.path("notes")).unwrap();
+    s.write("notes/today.md", b"now a directory\n");
+    s.write("notes/editor.lock", b"not versioned\n");
+    s.write("AGENTS.md", b"reckless\n");
+    let changed = s.settle();
+
+    let err = s.fails(&["rollback", "--to", &before, "--yes"]);
+    assert!(err.contains("restoring notes"), "{err}");
+    assert!(err.contains("path(s) before it were rolled back"), "{err}");
+    let safety = format!("safety-{changed}");
+    assert!(
+        err.contains(&format!("undo with `clawfs rollback --to {safety}`")),
+        "{err}"
+    );
+    // What stood in the way is untouched; what came before it in the plan is done.
+    assert_eq!(s.read("notes/editor.lock"), b"not versioned\n");
+    assert!(!s.path("notes/today.md").exists());
+    assert_eq!(s.read("AGENTS.md"), b"calm\n");
+    assert_eq!(s.head(), changed + 1);
+    s.assert_newest_is_the_file("AGENTS.md");
+    // And the undo puts back everything it did.
+    s.ok(&["rollback", "--to", &safety, "--yes"]);
+    assert_eq!(s.read("notes/today.md"), b"now a directory\n");
+    assert_eq!(s.read("AGENTS.md"), b"reckless\n");
+}
+
 #[test]
 fn rollback_refuses_while_a_writer_holds_the_file() {
     let s = Sandbox::new();
