@@ -23,6 +23,9 @@ use crate::relpath::RelPath;
 use crate::store::catalog::Meta;
 use crate::store::content::ReadAt;
 
+/// The longest file name Linux file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
 /// A real directory tree that restores write into.
 #[derive(Clone, Debug)]
 pub struct RealTree {
@@ -98,13 +101,21 @@ impl RealTree {
         }
     }
 
-    /// A fresh temp name beside `path`, as a path in the tree.
+    /// A fresh temp name beside `path`, as a path in the tree. It carries as much of the
+    /// file's name as fits in a name's 255 bytes: a file with a name near that length is put
+    /// back like any other (whole, the temp name made `ENAMETOOLONG` of its rollback).
     fn temp_beside(path: &RelPath) -> io::Result<RelPath> {
-        let name = format!(
-            ".{}.clawfs-restore.{:08x}",
-            path.name(),
-            rand::random::<u32>()
-        );
+        const SUFFIX_LEN: usize = ".clawfs-restore.".len() + 8;
+        let mut stem = path.name();
+        let room = NAME_MAX - 1 - SUFFIX_LEN;
+        if stem.len() > room {
+            let mut end = room;
+            while !stem.is_char_boundary(end) {
+                end -= 1;
+            }
+            stem = &stem[..end];
+        }
+        let name = format!(".{stem}.clawfs-restore.{:08x}", rand::random::<u32>());
         let parent = path.split().map(|(p, _)| p).unwrap_or_else(RelPath::root);
         parent
             .join(&name)
