@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "clawfs: {e:#}");
+            let _ = writeln!(std::io::stderr(), "clawfs: {}", commands::error_text(&e));
             ExitCode::from(1)
         }
     }
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 if let Err(e) = mount::serve(&dir, &store, io_uring) {
                     // The background parent reads the first line of our output.
-                    println!("error: {e:#}");
+                    println!("error: {}", commands::error_text(&e));
                     return Err(e);
                 }
             } else {

@@ -199,6 +199,29 @@ fn delete_memory_md_and_get_it_back() {
     assert_eq!(s.read("workspace/MEMORY.md"), b"remember the milk\n");
 }
 
+/// A file whose name takes all of a name's 255 bytes (multi-byte characters, so the temp name
+/// beside it is cut at a character) rolls back like any other, mounted and unmounted: the
+/// rollback's temp file beside it must fit in a name too.
+#[test]
+fn a_file_with_the_longest_name_rolls_back() {
+    let s = Sandbox::new();
+    let name = format!("notes/{}x", "é".repeat(127));
+    assert_eq!(name.len() - "notes/".len(), 255);
+    s.write(&name, b"first\n");
+    s.mount();
+    let first = s.head().to_string();
+    s.write(&name, b"second\n");
+    let second = s.settle().to_string();
+    s.ok(&["rollback", "--to", &first, &name, "--yes"]);
+    assert_eq!(s.read(&name), b"first\n");
+    s.assert_newest_is_the_file(&name);
+    s.unmount();
+    s.ok(&["rollback", "--to", &second, &name, "--yes"]);
+    assert_eq!(s.read(&name), b"second\n");
+    let left = std::fs::read_dir(s.path("notes")).unwrap().count();
+    assert_eq!(left, 1, "only the file, no temp file beside it");
+}
+
 /// A rollback replaces a file by renaming the old content into place, as an editor would: a
 /// process holding the file open keeps the replaced inode and sees it unlinked at once (SQLite
 /// checks `st_nlink` to warn of a database replaced under it), even though the kernel caches
@@ -464,6 +487,11 @@ fn a_rollback_stopped_half_way_says_what_it_did_and_how_to_undo_it() {
     let err = s.fails(&["rollback", "--to", &before, "--yes"]);
     assert!(err.contains("restoring notes"), "{err}");
     assert!(err.contains("path(s) before it were rolled back"), "{err}");
+    assert_eq!(
+        err.matches("Directory not empty").count(),
+        1,
+        "the cause, said once: {err}"
+    );
     let safety = format!("safety-{changed}");
     assert!(
         err.contains(&format!("undo with `clawfs rollback --to {safety}`")),

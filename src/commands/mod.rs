@@ -180,6 +180,24 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
     }
 }
 
+/// An error as one line: each cause after the context it explains, as `{e:#}` does, but a
+/// cause the text already ends with is said once ("restoring P: File name too long", where
+/// `{e:#}` said the cause twice, since our errors name their cause and also chain it).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if out.ends_with(&said) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&said);
+    }
+    out
+}
+
 /// Human-friendly byte counts.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -193,5 +211,30 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause the context already ends with is said once; other causes follow their context.
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENAMETOOLONG);
+        let store = crate::store::StoreError::Io {
+            what: "restoring notes/x".into(),
+            source: io(),
+        };
+        let e = anyhow::Error::from(store).context("rollback to #3");
+        assert_eq!(
+            error_text(&e),
+            "rollback to #3: restoring notes/x: File name too long (os error 36)"
+        );
+        let plain = anyhow::Error::from(io()).context("opening notes/x");
+        assert_eq!(
+            error_text(&plain),
+            "opening notes/x: File name too long (os error 36)"
+        );
     }
 }

@@ -551,7 +551,8 @@ pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
     // Running before the mount is reported ready.
     if let Err(e) = crate::daemon::sentinel::spawn(dir) {
         warning.push(format!(
-            "no sentinel ({e:#}): if the daemon dies, its mount stays until `clawfs mount`"
+            "no sentinel ({}): if the daemon dies, its mount stays until `clawfs mount`",
+            commands::error_text(&e)
         ));
     }
     for line in &warning {
@@ -664,7 +665,7 @@ fn handle(
                 match r {
                     Ok(()) => 0,
                     Err(e) => {
-                        let _ = w.frame(b'e', format!("{e:#}").as_bytes());
+                        let _ = w.frame(b'e', commands::error_text(&e).as_bytes());
                         1
                     }
                 }
@@ -699,7 +700,7 @@ fn handle(
                 match commands::run(cmd, &mut ctx) {
                     Ok(()) => 0,
                     Err(e) => {
-                        let _ = w.frame(b'e', format!("{e:#}").as_bytes());
+                        let _ = w.frame(b'e', commands::error_text(&e).as_bytes());
                         1
                     }
                 }

@@ -443,12 +443,13 @@ pub fn record_rollback(
     let c = rec.commit(true)?;
     let seq = c.map(|c| c.seq).unwrap_or(rec.store().head());
     if let Some((path, source)) = put.failed {
-        return Err(StoreError::Io {
-            what: format!(
-                "restoring {path} (the {applied} path(s) before it were rolled back, recorded as #{seq}; undo with `clawfs rollback --to {safety}`)"
+        let what = match applied {
+            0 => format!("restoring {path} (nothing was rolled back)"),
+            n => format!(
+                "restoring {path} (the {n} path(s) before it were rolled back, recorded as #{seq}; undo with `clawfs rollback --to {safety}`)"
             ),
-            source,
-        });
+        };
+        return Err(StoreError::Io { what, source });
     }
     Ok(Applied {
         safety_mark: safety,
