@@ -496,6 +496,63 @@ PY"#);
     assert_eq!(s.ok(&["cat", "SOUL.md"]), "soul");
 }
 
+/// A name that is not UTF-8 cannot be kept in the catalogue: the file is passed through
+/// untouched, not versioned, and said so (logged, and listed by `status`). A file renamed from
+/// such a name to a versioned one is captured; one renamed to such a name is gone from the
+/// tree's history, its earlier versions kept.
+#[test]
+fn names_that_are_not_utf8_are_passed_through_and_listed() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Sandbox::new();
+    s.write("workspace/kept.md", b"kept");
+    s.mount();
+    let out = s.sh(r#"python3 - <<'PY'
+import os
+def put(p, b):
+    with open(p, "wb") as f:
+        f.write(b)
+put(b"workspace/caf\xe9.md", b"one")
+put(b"workspace/na\xefve.md", b"two")
+os.rename(b"workspace/na\xefve.md", b"workspace/naive.md")
+os.rename(b"workspace/kept.md", b"workspace/kept\xff.md")
+os.mkdir(b"tmp")
+put(b"tmp/\xfe", b"scratch")
+print(sorted(os.listdir(b"workspace")))
+PY"#);
+    assert_eq!(
+        out, "[b'caf\\xe9.md', b'kept\\xff.md', b'naive.md']\n",
+        "the names are the bytes written"
+    );
+    s.settle();
+    let real =
+        |name: &[u8]| std::fs::read(s.path("workspace").join(std::ffi::OsStr::from_bytes(name)));
+    assert_eq!(real(b"caf\xe9.md").unwrap(), b"one");
+    assert_eq!(real(b"kept\xff.md").unwrap(), b"kept");
+    assert_eq!(s.ok(&["cat", "workspace/naive.md"]), "two");
+    assert_eq!(s.json(&["history", "workspace/kept.md"])[0]["op"], "delete");
+    let st = &s.json(&["status"])[0];
+    assert_eq!(
+        st["not_utf8"],
+        serde_json::json!([
+            "workspace/caf\u{fffd}.md",
+            "workspace/kept\u{fffd}.md",
+            "workspace/na\u{fffd}ve.md"
+        ]),
+        "{st}"
+    );
+    let text = s.ok(&["status"]);
+    assert!(
+        text.contains("not UTF-8   workspace/caf\u{fffd}.md and 2 more"),
+        "{text}"
+    );
+    s.unmount();
+    assert_eq!(real(b"caf\xe9.md").unwrap(), b"one");
+    assert_eq!(
+        std::fs::read(s.path("tmp").join(std::ffi::OsStr::from_bytes(b"\xfe"))).unwrap(),
+        b"scratch"
+    );
+}
+
 #[test]
 fn concurrent_writers_and_appends_are_all_recorded() {
     let s = Sandbox::new();

@@ -37,6 +37,9 @@ struct Status {
     uncaptured: usize,
     /// Since when they wait.
     uncaptured_since: Option<String>,
+    /// Mounted: paths met this session that are passed through but not versioned because their
+    /// names are not UTF-8 (invalid bytes shown as U+FFFD; at most 100).
+    not_utf8: Vec<String>,
     last_error: Option<String>,
     remotes: Vec<RemoteStatus>,
 }
@@ -138,6 +141,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             .collect(),
         uncaptured,
         uncaptured_since: uncaptured_since.map(rfc3339),
+        not_utf8: ctx.live.map(|l| l.overlay.not_utf8()).unwrap_or_default(),
         last_error,
         remotes: remotes(ctx)?,
     };
@@ -211,6 +215,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             s.uncaptured,
             show_time(since),
             ago(since)
+        )?;
+    }
+    if let Some(first) = s.not_utf8.first() {
+        let more = match s.not_utf8.len() {
+            1 => String::new(),
+            n => format!(" and {} more (`--json` lists them)", n - 1),
+        };
+        writeln!(
+            o,
+            "not UTF-8   {first}{more}: passed through but not versioned, as names that are not UTF-8 are"
         )?;
     }
     if let Some(e) = &s.last_error {

@@ -7,7 +7,7 @@
 //! write-through (no writeback cache), so nothing is reordered on the way. Locks (POSIX and
 //! flock) are left to the kernel: they are not advertised, so the kernel keeps them locally.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -152,7 +152,14 @@ pub struct Live {
     /// The thread doing so (0: none): its requests make changes the rollback records itself,
     /// as one moment of `restore` versions, so they are not recorded again.
     publisher: AtomicU32,
+    /// Paths met this session that would be versioned but for their names, which are not
+    /// UTF-8 (the catalogue keeps names as UTF-8): passed through, not versioned. Each is
+    /// logged when first met and listed by `status`.
+    not_utf8: Mutex<BTreeSet<Vec<u8>>>,
 }
+
+/// How many paths with names that are not UTF-8 [`Live`] remembers, and logs one by one.
+const NOT_UTF8_KEPT: usize = 100;
 
 /// While a rollback puts files back through the mount (see [`Live::rollback_through_mount`]).
 pub struct Publishing<'a> {
@@ -297,6 +304,7 @@ impl Overlay {
                 },
                 rollback: Mutex::new(()),
                 publisher: AtomicU32::new(0),
+                not_utf8: Mutex::new(BTreeSet::new()),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -347,7 +355,10 @@ impl Overlay {
 
     /// The path as the store names it, when it is versioned.
     fn versioned(&self, path: &OsStr) -> Option<RelPath> {
-        let s = std::str::from_utf8(path.as_bytes()).ok()?;
+        let Ok(s) = std::str::from_utf8(path.as_bytes()) else {
+            self.live.met_not_utf8(path);
+            return None;
+        };
         if !self.live.filter.versioned(s) {
             return None;
         }
@@ -613,6 +624,36 @@ impl Live {
             return Vec::new();
         };
         crate::procs::underneath(dir, st.st_dev, |p| self.filter.versioned(p))
+    }
+
+    /// `path`, whose name is not UTF-8, is passed through without being versioned: said
+    /// loudly the first time (first law), unless its path is not versioned anyway.
+    fn met_not_utf8(&self, path: &OsStr) {
+        let shown = String::from_utf8_lossy(path.as_bytes());
+        if !self.filter.versioned(&shown) {
+            return;
+        }
+        let mut met = self.not_utf8.lock();
+        if met.len() >= NOT_UTF8_KEPT || !met.insert(path.as_bytes().to_vec()) {
+            return;
+        }
+        tracing::warn!(
+            path = %shown,
+            "a name that is not UTF-8: the file is passed through, and its changes are not versioned"
+        );
+        if met.len() == NOT_UTF8_KEPT {
+            tracing::warn!("{NOT_UTF8_KEPT} paths with names that are not UTF-8 met: further ones are not logged");
+        }
+    }
+
+    /// Paths met this session that are not versioned because their names are not UTF-8, as
+    /// text (invalid bytes shown as U+FFFD); at most [`NOT_UTF8_KEPT`].
+    pub fn not_utf8(&self) -> Vec<String> {
+        self.not_utf8
+            .lock()
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
     }
 
     /// Every file some process holds open for writing through the mount.
