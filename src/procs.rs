@@ -157,7 +157,11 @@ impl Holder {
         } else {
             &self.path
         };
-        format!("pid {} {}, {what} {path}", self.pid, self.command)
+        let (command, path) = (
+            crate::commands::shown(&self.command),
+            crate::commands::shown(path),
+        );
+        format!("pid {} {command}, {what} {path}", self.pid)
     }
 }
 

@@ -222,6 +222,51 @@ fn a_file_with_the_longest_name_rolls_back() {
     assert_eq!(left, 1, "only the file, no temp file beside it");
 }
 
+/// A name holding a newline or an escape sequence (a skill could write one) is quoted in text
+/// output, with those escaped, so it neither splits a listing into false lines nor drives the
+/// terminal; JSON carries it as it is, and commands take it as it is. A mark's name can hold
+/// no control character.
+#[test]
+fn names_with_control_characters_are_quoted_in_text_output() {
+    let s = Sandbox::new();
+    let odd = "skills/evil\nwrite       SOUL.md\u{1b}[2J";
+    s.write("SOUL.md", b"calm\n");
+    s.mount();
+    let before = s.head().to_string();
+    s.write(odd, b"payload\n");
+    s.settle();
+    let quoted = "\"skills/evil\\nwrite       SOUL.md\\u{1b}[2J\"";
+    for args in [
+        &["log"][..],
+        &["diff", "--from", &before],
+        &["rollback", "--to", &before, "--preview"],
+    ] {
+        let out = s.ok(args);
+        assert!(out.contains(quoted), "{args:?}: {out}");
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("write       SOUL.md")),
+            "{args:?}: {out}"
+        );
+    }
+    let log = s.json(&["log"]);
+    assert!(log.iter().any(|m| m["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["path"] == odd)));
+    assert_eq!(s.ok(&["cat", odd]), "payload\n");
+    s.ok(&["rollback", "--to", &before, odd, "--yes"]);
+    assert!(!s.path(odd).exists());
+    let err = s.fails(&["mark", "a\nb"]);
+    assert!(err.contains("not a valid mark name"), "{err}");
+    let marks = s.json(&["marks"]);
+    assert!(marks.iter().all(|m| m["name"] != "a\nb"), "{marks:?}");
+    assert!(marks
+        .iter()
+        .any(|m| m["name"].as_str().unwrap().starts_with("safety-")));
+}
+
 /// A rollback replaces a file by renaming the old content into place, as an editor would: a
 /// process holding the file open keeps the replaced inode and sees it unlinked at once (SQLite
 /// checks `st_nlink` to warn of a database replaced under it), even though the kernel caches

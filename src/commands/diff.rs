@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{human, Ctx};
+use crate::commands::{human, shown, Ctx};
 use crate::ids::Seq;
 use crate::relpath::RelPath;
 use crate::store::catalog::NodeKind;
@@ -65,7 +65,7 @@ pub fn run(
             ),
         };
         let slash = if e.kind == NodeKind::Dir { "/" } else { "" };
-        writeln!(ctx.out, "{mark} {}{slash}  ({sizes})", e.path)?;
+        writeln!(ctx.out, "{mark} {}{slash}  ({sizes})", shown(&e.path))?;
     }
     if patch {
         for e in entries.iter().filter(|e| e.kind == NodeKind::File) {
@@ -97,6 +97,7 @@ pub fn write_patch(
     old: Option<Option<String>>,
     new: Option<Option<String>>,
 ) -> Result<()> {
+    let path = shown(path);
     let (Some(old), Some(new)) = (old, new) else {
         writeln!(out, "Binary file {path} differs")?;
         return Ok(());

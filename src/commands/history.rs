@@ -50,7 +50,9 @@ pub fn run(ctx: &mut Ctx, file: &Path, limit: usize) -> Result<()> {
             ago(e.time_ns),
             e.op.as_str(),
             e.size.map(human).unwrap_or_default(),
-            e.other.map(|o| format!("  ({o})")).unwrap_or_default()
+            e.other
+                .map(|o| format!("  ({})", crate::commands::shown(&o)))
+                .unwrap_or_default()
         )?;
     }
     Ok(())

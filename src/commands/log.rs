@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::commands::Ctx;
+use crate::commands::{self, Ctx};
 use crate::ids::{Seq, SessionId};
 use crate::store::catalog::{Change, Op};
 use crate::when::{ago, rfc3339, show_time};
@@ -129,8 +129,18 @@ pub fn run(
         )?;
         for c in changes.iter().take(5) {
             match &c.other {
-                Some(o) => writeln!(ctx.out, "         {:<11} {} ({o})", c.op.as_str(), c.path)?,
-                None => writeln!(ctx.out, "         {:<11} {}", c.op.as_str(), c.path)?,
+                Some(o) => writeln!(
+                    ctx.out,
+                    "         {:<11} {} ({o})",
+                    c.op.as_str(),
+                    commands::shown(&c.path)
+                )?,
+                None => writeln!(
+                    ctx.out,
+                    "         {:<11} {}",
+                    c.op.as_str(),
+                    commands::shown(&c.path)
+                )?,
             }
         }
         if changes.len() > 5 {

@@ -198,6 +198,17 @@ pub fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
+/// A path (or name) as text output shows it: as it is, unless it holds a control character
+/// (a newline, an escape sequence), in which case it is quoted with those escaped, as git
+/// does: a file name cannot break a listing into false lines or drive the terminal.
+pub fn shown(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.chars().any(char::is_control) {
+        format!("{path:?}").into()
+    } else {
+        path.into()
+    }
+}
+
 /// Human-friendly byte counts.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::commands::diff::{read_text, write_patch};
-use crate::commands::{human, Ctx};
+use crate::commands::{human, shown, Ctx};
 use crate::config::StoreConfig;
 use crate::daemon::recorder_thread::Recording;
 use crate::fs::filter::Filter;
@@ -238,13 +238,17 @@ fn show_plan(ctx: &mut Ctx, plan: &Plan, patch: bool) -> Result<()> {
             ActionKind::Recreate => "recreate",
             ActionKind::Restore => "restore",
         };
-        writeln!(ctx.out, "  {verb:<9} {}{slash}  ({sizes})", a.path)?;
+        writeln!(ctx.out, "  {verb:<9} {}{slash}  ({sizes})", shown(&a.path))?;
     }
     if !plan.skipped_secrets.is_empty() {
         writeln!(
             ctx.out,
             "left alone (secrets; name them or pass --include-secrets): {}",
-            plan.skipped_secrets.join(", ")
+            plan.skipped_secrets
+                .iter()
+                .map(|p| shown(p))
+                .collect::<Vec<_>>()
+                .join(", ")
         )?;
     }
     if patch {

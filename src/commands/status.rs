@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::commands::{human, Ctx};
+use crate::commands::{human, shown, Ctx};
 use crate::ids::Seq;
 use crate::replicate::push;
 use crate::replicate::settings::Remotes;
@@ -199,7 +199,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         }
     }
     for w in &s.open_writers {
-        writeln!(o, "writing     {} (pid {} {})", w.path, w.pid, w.command)?;
+        writeln!(
+            o,
+            "writing     {} (pid {} {})",
+            shown(&w.path),
+            w.pid,
+            shown(&w.command)
+        )?;
     }
     for u in &s.underneath {
         writeln!(
@@ -217,7 +223,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             ago(since)
         )?;
     }
-    if let Some(first) = s.not_utf8.first() {
+    if let Some(first) = s.not_utf8.first().map(|p| shown(p)) {
         let more = match s.not_utf8.len() {
             1 => String::new(),
             n => format!(" and {} more (`--json` lists them)", n - 1),

@@ -320,9 +320,13 @@ impl Store {
 
     /// Records a named mark at `seq`. Names are unique; marks are kept until removed by name.
     pub fn add_mark(&self, mark: &Mark) -> Result<()> {
-        if mark.name.is_empty() || mark.name.contains('/') || mark.name.starts_with('.') {
+        if mark.name.is_empty()
+            || mark.name.contains('/')
+            || mark.name.starts_with('.')
+            || mark.name.chars().any(char::is_control)
+        {
             return Err(StoreError::Mark(format!(
-                "{:?} is not a valid mark name (no '/', not empty, not starting with '.')",
+                "{:?} is not a valid mark name (not empty, no '/', no control character, not starting with '.')",
                 mark.name
             )));
         }
