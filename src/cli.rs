@@ -5,9 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// How a moment may be named, under the `--help` of the commands that take one.
+const WHEN_HELP: &str = "WHEN, a moment: now; a sequence number (1042, #1042); a version id (from \
+                         `history`); an age (10m, 1h30m, 2d, \"10 minutes ago\"); a time (09:00, \
+                         \"yesterday 14:00\", \"2026-11-21 09:00\", RFC 3339); a mark name.";
+
 /// Version control for an AI agent's state directory.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "clawfs", version, about, long_about = None)]
+#[command(name = "clawfs", version, about, long_about = None, after_help = WHEN_HELP)]
 pub struct Cli {
     /// The state directory (default: the clawfs mount holding the current directory, else
     /// $OPENCLAW_STATE_DIR, else ~/.openclaw).
@@ -54,6 +59,7 @@ pub enum Cmd {
     },
     /// Mount a read-only view of the past at MOUNTPOINT: the tree at --at WHEN, or at/,
     /// marks/ and history/ to wander in.
+    #[command(after_help = WHEN_HELP)]
     Browse {
         /// Where to mount the view.
         mountpoint: PathBuf,
@@ -75,6 +81,7 @@ pub enum Cmd {
         dir: Option<PathBuf>,
     },
     /// Moments, newest first.
+    #[command(after_help = WHEN_HELP)]
     Log {
         /// The directory.
         dir: Option<PathBuf>,
@@ -103,6 +110,7 @@ pub enum Cmd {
         limit: usize,
     },
     /// A file's bytes as of a moment.
+    #[command(after_help = WHEN_HELP)]
     Cat {
         /// The file.
         file: PathBuf,
@@ -111,6 +119,7 @@ pub enum Cmd {
         at: String,
     },
     /// What changed between two moments.
+    #[command(after_help = WHEN_HELP)]
     Diff {
         /// From this moment (default: the one before --to).
         #[arg(long, value_name = "WHEN")]
@@ -125,6 +134,7 @@ pub enum Cmd {
         paths: Vec<PathBuf>,
     },
     /// Put files (or the whole tree) back as they were at a moment, as new versions.
+    #[command(after_help = WHEN_HELP)]
     Rollback {
         /// The moment.
         #[arg(long, value_name = "WHEN")]
@@ -148,6 +158,7 @@ pub enum Cmd {
         force: bool,
     },
     /// Name the current moment.
+    #[command(after_help = WHEN_HELP)]
     Mark {
         /// The name.
         name: String,
@@ -218,6 +229,7 @@ pub enum Cmd {
         wait: bool,
     },
     /// Write the tree (or PATHs) as of a moment into TARGET, from the local store or a remote.
+    #[command(after_help = WHEN_HELP)]
     Restore {
         /// From this remote (a name, or a URL); default: the local store.
         #[arg(long, value_name = "REMOTE")]

@@ -2,8 +2,9 @@
 //!
 //! Accepted, tried in this order: `now`/`latest`; a sequence number (`1042` or `#1042`); a
 //! version id (12 hex digits, from `history`); a relative age (`10m`, `8h`, `2d`, `1h30m`,
-//! `1w`, optionally followed by `ago`); an RFC 3339 time; a local time `YYYY-MM-DD HH:MM[:SS]`
-//! or a local date `YYYY-MM-DD`; a mark name.
+//! `1w`, `1.5h`, or in words: `10 minutes`, `an hour`; optionally followed by `ago`); an RFC
+//! 3339 time; a local time `YYYY-MM-DD HH:MM[:SS]` or a local date `YYYY-MM-DD`; a time of day
+//! (`09:00`: the last time the clock showed it), `today 09:00`, `yesterday 14:00`; a mark name.
 
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
@@ -59,7 +60,7 @@ pub fn resolve(store: &Store, s: &str) -> Result<Seq, StoreError> {
     }
     let marks: Vec<String> = store.marks()?.into_iter().map(|m| m.name).collect();
     Err(StoreError::NoSuchMoment(format!(
-        "{s:?} is not a moment: give an age (10m, 2h, 1d), a time (2026-11-21 09:00 or RFC 3339), a sequence number (1..{head}), a version id, or a mark{}",
+        "{s:?} is not a moment: give an age (10m, 2h, 1d, \"10 minutes ago\"), a time (09:00, yesterday 14:00, 2026-11-21 09:00 or RFC 3339), a sequence number (1..{head}), a version id, or a mark{}",
         if marks.is_empty() {
             String::new()
         } else {
@@ -104,38 +105,61 @@ fn pruned_moment(store: &Store, n: Seq) -> Result<StoreError, StoreError> {
     )))
 }
 
-/// `10m`, `1h30m`, `2d`, `45s`, `1w`, with an optional trailing ` ago`; nanoseconds.
+/// An age, as people and agents write one: `10m`, `1h30m`, `2d`, `45s`, `1w`, `1.5h`, or in
+/// words, `10 minutes`, `an hour`, `2 days, 3 hours`, `1 hr and 30 min`; each with an optional
+/// ` ago`. Nanoseconds.
 pub fn parse_age(s: &str) -> Option<i64> {
-    let s = s.strip_suffix("ago").unwrap_or(s).trim();
-    if s.is_empty() {
-        return None;
-    }
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix("ago").unwrap_or(&s).trim_end();
+    let mut rest = s;
     let mut total: i64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
+    let mut terms = 0;
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if let Some(r) = rest.strip_prefix("and ") {
+            rest = r;
             continue;
         }
-        let n: i64 = num.parse().ok()?;
-        num.clear();
-        let unit: i64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            'w' => 7 * 86400,
+        if rest.is_empty() {
+            break;
+        }
+        let (n, after) = if let Some(r) = rest.strip_prefix("an ") {
+            (1.0, r)
+        } else if let Some(r) = rest.strip_prefix("a ") {
+            (1.0, r)
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let n: f64 = rest[..end].parse().ok()?;
+            (n, &rest[end..])
+        };
+        let after = after.trim_start();
+        let end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let secs: i64 = match &after[..end] {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86400,
+            "w" | "wk" | "wks" | "week" | "weeks" => 7 * 86400,
             _ => return None,
         };
-        total = total.checked_add(n.checked_mul(unit)?.checked_mul(1_000_000_000)?)?;
+        let ns = n * secs as f64 * 1e9;
+        if !ns.is_finite() || ns >= i64::MAX as f64 {
+            return None;
+        }
+        total = total.checked_add(ns.round() as i64)?;
+        terms += 1;
+        rest = &after[end..];
     }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(total)
+    (terms > 0).then_some(total)
 }
 
-/// An RFC 3339 time, or a local `YYYY-MM-DD[ HH:MM[:SS]]`; nanoseconds since the epoch.
+/// A time, as people write one: RFC 3339; a local `YYYY-MM-DD[ HH:MM[:SS]]`; a local time of
+/// day `HH:MM[:SS]`, the last time the clock showed it (today, or yesterday if it is not that
+/// late yet); `today HH:MM` or `yesterday HH:MM`. Nanoseconds since the epoch.
 pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(ts) = s.parse::<Timestamp>() {
         return Some(ts.as_nanosecond() as i64);
@@ -153,7 +177,43 @@ pub fn parse_time(s: &str) -> Option<i64> {
             }
         }
     }
-    None
+    time_of_day(s.trim(), Timestamp::now())
+}
+
+/// `HH:MM[:SS]`, `today HH:MM[:SS]` or `yesterday HH:MM[:SS]`, local, as seen at `now`.
+fn time_of_day(s: &str, now: Timestamp) -> Option<i64> {
+    let lower = s.to_ascii_lowercase();
+    let (days_back, clock) = if let Some(r) = lower.strip_prefix("yesterday ") {
+        (Some(1), r.trim())
+    } else if let Some(r) = lower.strip_prefix("today ") {
+        (Some(0), r.trim())
+    } else {
+        (None, lower.as_str())
+    };
+    let time = clock
+        .parse::<jiff::civil::Time>()
+        .or_else(|_| format!("{clock}:00").parse::<jiff::civil::Time>())
+        .ok()?;
+    let today = now.to_zoned(TimeZone::system());
+    let on = |days: i64| -> Option<i64> {
+        let date = today
+            .date()
+            .checked_sub(jiff::Span::new().days(days))
+            .ok()?;
+        let z = date.to_datetime(time).to_zoned(TimeZone::system()).ok()?;
+        Some(z.timestamp().as_nanosecond() as i64)
+    };
+    match days_back {
+        Some(d) => on(d),
+        None => {
+            let t = on(0)?;
+            if t <= now.as_nanosecond() as i64 {
+                Some(t)
+            } else {
+                on(1)
+            }
+        }
+    }
 }
 
 /// Now, in nanoseconds since the epoch.
@@ -201,9 +261,23 @@ mod tests {
     #[case("2d", Some(172800))]
     #[case("1w", Some(604800))]
     #[case("45s ago", Some(45))]
+    #[case("10 minutes ago", Some(600))]
+    #[case("10 min ago", Some(600))]
+    #[case("10m ago", Some(600))]
+    #[case("an hour ago", Some(3600))]
+    #[case("a day", Some(86400))]
+    #[case("1 hr and 30 mins", Some(5400))]
+    #[case("2 days, 3 hours ago", Some(2 * 86400 + 3 * 3600))]
+    #[case("1.5h", Some(5400))]
+    #[case("1 Week Ago", Some(604800))]
     #[case("10", None)]
     #[case("10x", None)]
     #[case("", None)]
+    #[case("ago", None)]
+    #[case("yesterday", None)]
+    #[case("a", None)]
+    #[case("10 minutes from now", None)]
+    #[case("99999999999999w", None)]
     fn ages(#[case] s: &str, #[case] secs: Option<i64>) {
         assert_eq!(parse_age(s), secs.map(|x| x * 1_000_000_000));
     }
@@ -217,5 +291,32 @@ mod tests {
         assert!(parse_time("2026-11-21 09:00").is_some());
         assert!(parse_time("2026-11-21").is_some());
         assert!(parse_time("yesterday-ish").is_none());
+    }
+
+    /// A time of day is the last time the clock showed it; `today` and `yesterday` name the day.
+    #[test]
+    fn times_of_day() {
+        let tz = TimeZone::system();
+        let at = |s: &str| {
+            s.parse::<DateTime>()
+                .unwrap()
+                .to_zoned(tz.clone())
+                .unwrap()
+                .timestamp()
+        };
+        let ns = |s: &str| Some(at(s).as_nanosecond() as i64);
+        let now = at("2026-11-24 20:15:00");
+        assert_eq!(time_of_day("09:00", now), ns("2026-11-24 09:00:00"));
+        assert_eq!(time_of_day("20:15", now), ns("2026-11-24 20:15:00"));
+        assert_eq!(time_of_day("21:00", now), ns("2026-11-23 21:00:00"));
+        assert_eq!(time_of_day("08:30:15", now), ns("2026-11-24 08:30:15"));
+        assert_eq!(
+            time_of_day("yesterday 14:00", now),
+            ns("2026-11-23 14:00:00")
+        );
+        assert_eq!(time_of_day("Today 21:00", now), ns("2026-11-24 21:00:00"));
+        assert_eq!(time_of_day("25:00", now), None);
+        assert_eq!(time_of_day("yesterday", now), None);
+        assert_eq!(time_of_day("tomorrow 09:00", now), None);
     }
 }

@@ -665,13 +665,21 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
         .to_zoned(jiff::tz::TimeZone::system())
         .strftime("%Y-%m-%d %H:%M:%S")
         .to_string();
+    let clock = now
+        .to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%H:%M:%S")
+        .to_string();
+    let today = format!("today {clock}");
     for when in [
         "now",
         "latest",
         "0s",
         "1s ago",
+        "0 seconds ago",
         now.to_string().as_str(),
         local.as_str(),
+        clock.as_str(),
+        today.as_str(),
     ] {
         assert_eq!(s.ok(&["cat", "a.md", "--at", when]), "two\n", "{when}");
     }
@@ -692,6 +700,14 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
     assert!(s
         .fails(&["cat", "a.md", "--at", "99999"])
         .contains("there is no moment"));
+    assert!(s
+        .fails(&["cat", "a.md", "--at", "2 days ago"])
+        .contains("no version exists"));
+    let vague = s.fails(&["cat", "a.md", "--at", "yesterday"]);
+    assert!(
+        vague.contains("not a moment") && vague.contains("\"10 minutes ago\""),
+        "{vague}"
+    );
     assert!(s
         .fails(&["cat", "a.md", "--at", "soonish"])
         .contains("not a moment"));

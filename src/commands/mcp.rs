@@ -28,8 +28,9 @@ const MAX_TEXT: usize = 200_000;
 
 /// How a moment may be named, for the tools' argument descriptions.
 const WHEN: &str = "A moment: `now`, a sequence number (`1042` or `#1042`), a version id from \
-                    `history`, an age (`10m`, `8h`, `2d`, `1h30m`: that long ago), an RFC 3339 \
-                    time, a local `YYYY-MM-DD HH:MM`, or a mark name.";
+                    `history`, an age (`10m`, `8h`, `2d`, `1h30m`, `10 minutes ago`: that long \
+                    ago), an RFC 3339 time, a local `YYYY-MM-DD HH:MM`, a time of day (`09:00`, \
+                    `yesterday 14:00`), or a mark name.";
 
 /// What running a `clawfs` command gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
