@@ -108,6 +108,9 @@ pub enum Cmd {
         /// At most N versions.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Also follow renames back: what the file was under earlier names.
+        #[arg(long)]
+        follow: bool,
     },
     /// A file's bytes as of a moment.
     #[command(after_help = WHEN_HELP)]

@@ -267,6 +267,68 @@ fn names_with_control_characters_are_quoted_in_text_output() {
         .any(|m| m["name"].as_str().unwrap().starts_with("safety-")));
 }
 
+/// `history` is the history of a path; `--follow` also goes back through the renames that
+/// brought the file there, each version with the name it had, and stops on a file renamed back
+/// and forth. `log` shows a rename as one line.
+#[test]
+fn history_follows_renames_back_and_log_shows_one_line_per_rename() {
+    let s = Sandbox::new();
+    s.write("MEMORY.md", b"one\n");
+    s.mount();
+    let fs = |from: &str, to: &str| {
+        std::fs::rename(s.path(from), s.path(to)).unwrap();
+        s.settle();
+    };
+    fs("MEMORY.md", "notes.md");
+    std::fs::write(s.path("notes.md"), b"one\ntwo\n").unwrap();
+    s.settle();
+    std::fs::create_dir(s.path("memory")).unwrap();
+    fs("notes.md", "memory/2026-11.md");
+
+    let plain = s.json(&["history", "memory/2026-11.md"]);
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    let followed = s.json(&["history", "--follow", "memory/2026-11.md"]);
+    let seen: Vec<(&str, &str)> = followed
+        .iter()
+        .map(|v| (v["path"].as_str().unwrap(), v["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("memory/2026-11.md", "rename-from"),
+            ("notes.md", "write"),
+            ("notes.md", "rename-from"),
+            ("MEMORY.md", "create"),
+        ]
+    );
+    // The oldest version, found under its first name, reads back by its id.
+    let first = followed[3]["version"].as_str().unwrap();
+    assert_eq!(s.ok(&["cat", "MEMORY.md", "--at", first]), "one\n");
+    let text = s.ok(&["history", "--follow", "memory/2026-11.md"]);
+    assert!(
+        text.lines().nth(3).unwrap().ends_with("as MEMORY.md"),
+        "{text}"
+    );
+
+    let log = s.ok(&["log", "--limit", "3"]);
+    assert!(
+        log.contains("rename      notes.md -> memory/2026-11.md"),
+        "{log}"
+    );
+    assert!(log.contains("rename      MEMORY.md -> notes.md"), "{log}");
+    assert!(!log.contains("rename-to"), "{log}");
+
+    // Back and forth: each version once, and the command ends.
+    fs("memory/2026-11.md", "MEMORY.md");
+    fs("MEMORY.md", "memory/2026-11.md");
+    let twice = s.json(&["history", "--follow", "memory/2026-11.md"]);
+    let seqs: Vec<u64> = twice.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert_eq!(seqs, unique, "{twice:?}");
+    assert_eq!(twice.last().unwrap()["op"], "create", "{twice:?}");
+}
+
 /// A rollback replaces a file by renaming the old content into place, as an editor would: a
 /// process holding the file open keeps the replaced inode and sees it unlinked at once (SQLite
 /// checks `st_nlink` to warn of a database replaced under it), even though the kernel caches

@@ -113,9 +113,10 @@ pub fn run(
             ctx.emit_json(&entry)?;
             continue;
         }
+        let lines = text_lines(&changes);
         let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-        for c in &changes {
-            *counts.entry(c.op.as_str()).or_default() += 1;
+        for (op, _) in &lines {
+            *counts.entry(op).or_default() += 1;
         }
         let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         writeln!(
@@ -127,27 +128,48 @@ pub fn run(
             epoch.session,
             summary.join(", ")
         )?;
-        for c in changes.iter().take(5) {
-            match &c.other {
-                Some(o) => writeln!(
-                    ctx.out,
-                    "         {:<11} {} ({o})",
-                    c.op.as_str(),
-                    commands::shown(&c.path)
-                )?,
-                None => writeln!(
-                    ctx.out,
-                    "         {:<11} {}",
-                    c.op.as_str(),
-                    commands::shown(&c.path)
-                )?,
-            }
+        for (op, text) in lines.iter().take(5) {
+            writeln!(ctx.out, "         {op:<11} {text}")?;
         }
-        if changes.len() > 5 {
-            writeln!(ctx.out, "         … and {} more", changes.len() - 5)?;
+        if lines.len() > 5 {
+            writeln!(ctx.out, "         … and {} more", lines.len() - 5)?;
         }
     }
     Ok(())
+}
+
+/// The changes of a moment as text shows them, each an operation and what it touched. A rename
+/// within the tree is stored as two changes, `rename-to` on the old path and `rename-from` on
+/// the new, each naming the other: shown as one `rename OLD -> NEW`.
+fn text_lines(changes: &[Change]) -> Vec<(&'static str, String)> {
+    // (old, new) of each side of a rename.
+    let side = |op: Op| -> HashSet<(&str, &str)> {
+        changes
+            .iter()
+            .filter(|c| c.op == op)
+            .filter_map(|c| {
+                let other = c.other.as_deref()?;
+                Some(match op {
+                    Op::RenameTo => (c.path.as_str(), other),
+                    _ => (other, c.path.as_str()),
+                })
+            })
+            .collect()
+    };
+    let (tos, froms) = (side(Op::RenameTo), side(Op::RenameFrom));
+    let mut out = Vec::new();
+    for c in changes {
+        let path = commands::shown(&c.path);
+        match (c.op, c.other.as_deref()) {
+            (Op::RenameTo, Some(to)) if froms.contains(&(c.path.as_str(), to)) => {}
+            (Op::RenameFrom, Some(from)) if tos.contains(&(from, c.path.as_str())) => {
+                out.push(("rename", format!("{} -> {path}", commands::shown(from))));
+            }
+            (op, Some(o)) => out.push((op.as_str(), format!("{path} ({})", commands::shown(o)))),
+            (op, None) => out.push((op.as_str(), path.into_owned())),
+        }
+    }
+    out
 }
 
 /// The changes of a moment as `log` shows them. A restore replaces the path's node, and the

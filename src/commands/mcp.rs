@@ -105,19 +105,23 @@ const TOOLS: &[Tool] = &[
             object(
                 json!({
                     "path": {"type": "string", "description": "The file, relative to the state directory (e.g. `workspace/MEMORY.md`)."},
-                    "limit": {"type": "integer", "minimum": 1, "description": "At most this many versions (default 50)."}
+                    "limit": {"type": "integer", "minimum": 1, "description": "At most this many versions (default 50)."},
+                    "follow": {"type": "boolean", "description": "Also list what the file was under earlier names, back through renames (default false)."}
                 }),
                 &["path"],
             )
         },
         argv: |a| {
-            a.only(&["path", "limit"])?;
-            Ok(vec![
+            a.only(&["path", "limit", "follow"])?;
+            let mut argv = vec![
                 "history".into(),
                 format!("--limit={}", a.uint("limit")?.unwrap_or(50)),
-                "--".into(),
-                a.required("path")?.into(),
-            ])
+            ];
+            if a.bool("follow")?.unwrap_or(false) {
+                argv.push("--follow".into());
+            }
+            argv.extend(["--".into(), a.required("path")?.into()]);
+            Ok(argv)
         },
     },
     Tool {

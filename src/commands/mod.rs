@@ -123,7 +123,11 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx) -> Result<()> {
             session.as_deref(),
             *limit,
         ),
-        Cmd::History { file, limit } => history::run(ctx, file, *limit),
+        Cmd::History {
+            file,
+            limit,
+            follow,
+        } => history::run(ctx, file, *limit, *follow),
         Cmd::Cat { file, at } => cat::run(ctx, file, at),
         Cmd::Diff {
             from,

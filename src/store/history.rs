@@ -142,4 +142,51 @@ impl Store {
         }
         Ok(entries)
     }
+
+    /// [`Store::history`] of `path`, and through every rename that brought something to it:
+    /// for each `rename-from` version, the history of the path it came from, before the rename
+    /// (and so on back), each entry with the path it was at. Newest first; at most `limit`.
+    pub fn history_followed(
+        &self,
+        path: &RelPath,
+        limit: usize,
+    ) -> Result<Vec<(RelPath, HistoryEntry)>> {
+        /// Renames followed at most, so a history renamed back and forth stays bounded.
+        const MAX_FOLLOWED: usize = 1000;
+        let mut out: Vec<(RelPath, HistoryEntry)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![(path.clone(), Seq(u64::MAX))];
+        let mut followed = 0;
+        while let Some((p, before)) = todo.pop() {
+            for e in self.history(&p, usize::MAX)? {
+                if e.seq >= before || !seen.insert((p.clone(), e.seq)) {
+                    continue;
+                }
+                if e.op == Op::RenameFrom && followed < MAX_FOLLOWED {
+                    if let Some(from) = e.other.as_deref().and_then(|o| RelPath::new(o).ok()) {
+                        followed += 1;
+                        todo.push((from, e.seq));
+                    }
+                }
+                out.push((p.clone(), e));
+            }
+        }
+        // A file renamed away and back: its departure from a path (`rename-to`) says no more
+        // than its arrival at the other (`rename-from`), listed too.
+        let arrivals: std::collections::HashSet<(String, Seq)> = out
+            .iter()
+            .filter(|(_, e)| e.op == Op::RenameFrom)
+            .map(|(p, e)| (p.as_str().to_string(), e.seq))
+            .collect();
+        out.retain(|(_, e)| {
+            e.op != Op::RenameTo
+                || !e
+                    .other
+                    .as_ref()
+                    .is_some_and(|o| arrivals.contains(&(o.clone(), e.seq)))
+        });
+        out.sort_by_key(|(_, e)| std::cmp::Reverse(e.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
 }
