@@ -269,12 +269,14 @@ fn names_with_control_characters_are_quoted_in_text_output() {
 
 /// `history` is the history of a path; `--follow` also goes back through the renames that
 /// brought the file there, each version with the name it had, and stops on a file renamed back
-/// and forth. `log` shows a rename as one line.
+/// and forth. `log` shows a rename as one line, and `diff` as a rename (with its patch).
 #[test]
-fn history_follows_renames_back_and_log_shows_one_line_per_rename() {
+fn history_follows_renames_back_and_log_and_diff_show_them_as_renames() {
     let s = Sandbox::new();
     s.write("MEMORY.md", b"one\n");
+    s.write("SOUL.md", b"calm\n");
     s.mount();
+    let start = s.head().to_string();
     let fs = |from: &str, to: &str| {
         std::fs::rename(s.path(from), s.path(to)).unwrap();
         s.settle();
@@ -317,6 +319,35 @@ fn history_follows_renames_back_and_log_shows_one_line_per_rename() {
     );
     assert!(log.contains("rename      MEMORY.md -> notes.md"), "{log}");
     assert!(!log.contains("rename-to"), "{log}");
+
+    std::fs::rename(s.path("SOUL.md"), s.path("memory/SOUL.md")).unwrap();
+    s.settle();
+    let diff = s.json(&["diff", "--from", &start]);
+    let renamed: Vec<_> = diff.iter().filter(|e| e["change"] == "renamed").collect();
+    assert_eq!(renamed.len(), 2, "{diff:?}");
+    assert_eq!(renamed[0]["path"], "memory/2026-11.md");
+    assert_eq!(renamed[0]["from"], "MEMORY.md");
+    assert_eq!(renamed[0]["same"], false);
+    assert_eq!(renamed[1]["path"], "memory/SOUL.md");
+    assert_eq!(renamed[1]["same"], true);
+    assert!(!diff.iter().any(|e| e["change"] == "deleted"), "{diff:?}");
+    let text = s.ok(&["diff", "--from", &start, "--patch"]);
+    assert!(
+        text.contains("R MEMORY.md -> memory/2026-11.md  (4 B -> 8 B)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("R SOUL.md -> memory/SOUL.md  (5 B -> 5 B)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--- a/MEMORY.md\n+++ b/memory/2026-11.md\n@@ -1 +1,2 @@\n one\n+two\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("a/SOUL.md"),
+        "an unchanged rename has no patch: {text}"
+    );
 
     // Back and forth: each version once, and the command ends.
     fs("memory/2026-11.md", "MEMORY.md");

@@ -55,8 +55,12 @@ pub fn run(
         let (mark, sizes) = match e.change {
             DiffKind::Created => ("+", human(e.new_size.unwrap_or(0))),
             DiffKind::Deleted => ("-", human(e.old_size.unwrap_or(0))),
-            DiffKind::Modified => (
-                "M",
+            DiffKind::Modified | DiffKind::Renamed => (
+                if e.change == DiffKind::Modified {
+                    "M"
+                } else {
+                    "R"
+                },
                 format!(
                     "{} -> {}",
                     human(e.old_size.unwrap_or(0)),
@@ -65,14 +69,29 @@ pub fn run(
             ),
         };
         let slash = if e.kind == NodeKind::Dir { "/" } else { "" };
-        writeln!(ctx.out, "{mark} {}{slash}  ({sizes})", shown(&e.path))?;
+        let was = match &e.from {
+            Some(f) => format!("{}{slash} -> ", shown(f)),
+            None => String::new(),
+        };
+        let path = shown(&e.path);
+        writeln!(ctx.out, "{mark} {was}{path}{slash}  ({sizes})")?;
     }
     if patch {
         for e in entries.iter().filter(|e| e.kind == NodeKind::File) {
+            if e.same == Some(true) {
+                continue;
+            }
             let p = RelPath::new(&e.path)?;
-            let old = read_text(ctx, &p, from, e.change != DiffKind::Created);
+            let was = e.from.as_deref().map(RelPath::new).transpose()?;
+            let old = read_text(
+                ctx,
+                was.as_ref().unwrap_or(&p),
+                from,
+                e.change != DiffKind::Created,
+            );
             let new = read_text(ctx, &p, to, e.change != DiffKind::Deleted);
-            write_patch(ctx.out, &e.path, old, new)?;
+            let old_path = e.from.as_deref().unwrap_or(&e.path);
+            write_patch(ctx.out, old_path, &e.path, old, new)?;
         }
     }
     Ok(())
@@ -90,14 +109,16 @@ pub fn read_text(ctx: &Ctx, p: &RelPath, seq: Seq, exists: bool) -> Option<Optio
     String::from_utf8(bytes).ok().map(Some)
 }
 
-/// Writes a unified diff of one file (or a note that it is binary).
+/// Writes a unified diff of one file, `old_path` at the earlier moment and `new_path` at the
+/// later (the same path unless it was renamed), or a note that it is binary.
 pub fn write_patch(
     out: &mut dyn std::io::Write,
-    path: &str,
+    old_path: &str,
+    new_path: &str,
     old: Option<Option<String>>,
     new: Option<Option<String>>,
 ) -> Result<()> {
-    let path = shown(path);
+    let (old_path, path) = (shown(old_path), shown(new_path));
     let (Some(old), Some(new)) = (old, new) else {
         writeln!(out, "Binary file {path} differs")?;
         return Ok(());
@@ -110,7 +131,7 @@ pub fn write_patch(
         "{}",
         d.unified_diff()
             .context_radius(3)
-            .header(&format!("a/{path}"), &format!("b/{path}"))
+            .header(&format!("a/{old_path}"), &format!("b/{path}"))
     )?;
     Ok(())
 }

@@ -256,7 +256,7 @@ fn show_plan(ctx: &mut Ctx, plan: &Plan, patch: bool) -> Result<()> {
             let p = RelPath::new(&a.path)?;
             let now = read_text(ctx, &p, plan.head, a.action != ActionKind::Recreate);
             let then = read_text(ctx, &p, plan.target, a.action != ActionKind::Remove);
-            write_patch(ctx.out, &a.path, now, then)?;
+            write_patch(ctx.out, &a.path, &a.path, now, then)?;
         }
     }
     Ok(())

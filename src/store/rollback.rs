@@ -5,11 +5,11 @@
 //! rename, like the writers themselves) and records each as a new `restore` version whose
 //! content is shared with the old one. `clawfs rollback --to <safety mark>` undoes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::ids::Seq;
+use crate::ids::{NodeId, Seq};
 use crate::realfs::RealTree;
 use crate::relpath::RelPath;
 use crate::store::catalog::{now_ns, Mark, NodeKind, NodeVersion};
@@ -28,6 +28,9 @@ pub enum DiffKind {
     Modified,
     /// Exists at the earlier moment only.
     Deleted,
+    /// The same file, directory or symlink under another path (`from`) at the earlier moment;
+    /// its content may differ too (`same` says).
+    Renamed,
 }
 
 /// One path that differs.
@@ -43,6 +46,10 @@ pub struct DiffEntry {
     pub old_size: Option<u64>,
     /// Size at the later moment.
     pub new_size: Option<u64>,
+    /// Renamed: the path it had at the earlier moment.
+    pub from: Option<String>,
+    /// Renamed: whether its content (or target, or a directory's mode) is unchanged.
+    pub same: Option<bool>,
 }
 
 /// What a rollback does to one path.
@@ -126,35 +133,68 @@ impl Store {
             scope.to_vec()
         };
         let (a, b) = (self.tree(&scope, from)?, self.tree(&scope, to)?);
+        // Nodes keep their id through renames: one gone from a path and found at a new one
+        // (once each: not a hard link) was renamed.
+        let mut gone: HashMap<NodeId, Vec<&RelPath>> = HashMap::new();
+        for (p, old) in a.iter().filter(|(p, _)| !b.contains_key(*p)) {
+            gone.entry(old.node).or_default().push(p);
+        }
+        let mut arrived: HashMap<NodeId, Vec<&RelPath>> = HashMap::new();
+        for (p, new) in b.iter().filter(|(p, _)| !a.contains_key(*p)) {
+            arrived.entry(new.node).or_default().push(p);
+        }
+        let renamed_from = |node: NodeId| match (gone.get(&node), arrived.get(&node)) {
+            (Some(g), Some(n)) if g.len() == 1 && n.len() == 1 => Some(g[0]),
+            _ => None,
+        };
+        let entry =
+            |path: &RelPath, change, kind, old: Option<&Entry>, new: Option<&Entry>| DiffEntry {
+                path: path.as_str().into(),
+                change,
+                kind,
+                old_size: old.map(|e| e.version.size()),
+                new_size: new.map(|e| e.version.size()),
+                from: None,
+                same: None,
+            };
         let mut out = Vec::new();
         for (p, old) in &a {
             match b.get(p) {
-                None => out.push(DiffEntry {
-                    path: p.as_str().into(),
-                    change: DiffKind::Deleted,
-                    kind: old.version.kind,
-                    old_size: Some(old.version.size()),
-                    new_size: None,
-                }),
-                Some(new) if !p.is_root() && differs(old, new) => out.push(DiffEntry {
-                    path: p.as_str().into(),
-                    change: DiffKind::Modified,
-                    kind: new.version.kind,
-                    old_size: Some(old.version.size()),
-                    new_size: Some(new.version.size()),
-                }),
+                None if renamed_from(old.node).is_some() => {}
+                None => out.push(entry(
+                    p,
+                    DiffKind::Deleted,
+                    old.version.kind,
+                    Some(old),
+                    None,
+                )),
+                Some(new) if !p.is_root() && differs(old, new) => out.push(entry(
+                    p,
+                    DiffKind::Modified,
+                    new.version.kind,
+                    Some(old),
+                    Some(new),
+                )),
                 _ => {}
             }
         }
-        for (p, new) in &b {
-            if !a.contains_key(p) {
-                out.push(DiffEntry {
-                    path: p.as_str().into(),
-                    change: DiffKind::Created,
-                    kind: new.version.kind,
-                    old_size: None,
-                    new_size: Some(new.version.size()),
-                });
+        for (p, new) in b.iter().filter(|(p, _)| !a.contains_key(*p)) {
+            match renamed_from(new.node) {
+                Some(was) => {
+                    let old = &a[was];
+                    out.push(DiffEntry {
+                        from: Some(was.as_str().into()),
+                        same: Some(!differs(old, new)),
+                        ..entry(p, DiffKind::Renamed, new.version.kind, Some(old), Some(new))
+                    });
+                }
+                None => out.push(entry(
+                    p,
+                    DiffKind::Created,
+                    new.version.kind,
+                    None,
+                    Some(new),
+                )),
             }
         }
         out.sort_by(|x, y| x.path.cmp(&y.path));
