@@ -804,6 +804,11 @@ fn every_moment_form_resolves_and_bad_ones_are_clear() {
     assert!(s
         .fails(&["cat", "a.md", "--at", "soonish"])
         .contains("not a moment"));
+    let backwards = s.fails(&["log", "--since", "now", "--until", "1"]);
+    assert!(
+        backwards.contains("comes after --until's #1"),
+        "{backwards}"
+    );
     assert!(s.fails(&["cat", "/etc/passwd"]).contains("outside"));
     assert!(s.fails(&["cat", "../x"]).contains("outside"));
     assert!(s.fails(&["cat", "nope.md"]).contains("did not exist"));

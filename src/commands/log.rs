@@ -66,6 +66,12 @@ pub fn run(
         Some(w) => ctx.when(w)?,
         None => head,
     };
+    if from > to {
+        anyhow::bail!(
+            "--since names #{from}, which comes after --until's #{to}: nothing is between them \
+             (swap them?)"
+        );
+    }
     let filter = path.map(|p| ctx.rel(p)).transpose()?;
     let session: Option<SessionId> = session
         .map(|s| {
