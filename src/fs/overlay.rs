@@ -647,7 +647,7 @@ impl Live {
     }
 
     /// Paths met this session that are not versioned because their names are not UTF-8, as
-    /// text (invalid bytes shown as U+FFFD); at most [`NOT_UTF8_KEPT`].
+    /// text (invalid bytes shown as U+FFFD); at most 100 (`NOT_UTF8_KEPT`).
     pub fn not_utf8(&self) -> Vec<String> {
         self.not_utf8
             .lock()
