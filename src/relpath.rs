@@ -90,6 +90,14 @@ impl RelPath {
         })
     }
 
+    /// The path beside this one named as this one with `suffix` appended (SQLite's `-wal`,
+    /// `-shm` and `-journal` beside a database); `None` for the root or a suffix no name can
+    /// end with.
+    pub fn with_suffix(&self, suffix: &str) -> Option<RelPath> {
+        let (parent, name) = self.split()?;
+        parent.join(&format!("{name}{suffix}")).ok()
+    }
+
     /// The last component (`""` for the root).
     pub fn name(&self) -> &str {
         self.split().map(|(_, n)| n).unwrap_or("")

@@ -104,10 +104,8 @@ pub fn run(
                 for a in &plan.actions {
                     if let Ok(p) = RelPath::new(&a.path) {
                         l.overlay.invalidate(&p);
-                        if let Some((parent, name)) = p.split() {
-                            if let Ok(shm) = parent.join(&format!("{name}-shm")) {
-                                l.overlay.invalidate(&shm);
-                            }
+                        if let Some(shm) = p.with_suffix("-shm") {
+                            l.overlay.invalidate(&shm);
                         }
                     }
                 }

@@ -221,12 +221,8 @@ impl Store {
         } else {
             scope.to_vec()
         };
-        for p in named.iter().filter(|p| !p.is_root()) {
-            for suffix in ["-wal", "-journal"] {
-                if let Some((parent, name)) = p.split() {
-                    scope.push(parent.join(&format!("{name}{suffix}"))?);
-                }
-            }
+        for p in &named {
+            scope.extend(["-wal", "-journal"].iter().filter_map(|s| p.with_suffix(s)));
         }
         let (then, now) = (self.tree(&scope, target)?, self.tree(&scope, head)?);
         // A path that is in neither tree is a typo, not a file already as it was.
@@ -414,10 +410,7 @@ pub fn put_back(store: &Store, plan: &Plan, tree: &RealTree) -> PutBack {
                 NodeKind::File => {
                     let reader = store.reader(v.content.clone());
                     tree.put_file(&path, &reader, &v.meta, &v.xattrs).map(|()| {
-                        if let Some(shm) = path
-                            .split()
-                            .and_then(|(parent, name)| parent.join(&format!("{name}-shm")).ok())
-                        {
+                        if let Some(shm) = path.with_suffix("-shm") {
                             tree.remove(&shm).ok();
                         }
                         Done::Put
