@@ -8,7 +8,7 @@ use crate::commands::{human, shown, Ctx};
 use crate::ids::Seq;
 use crate::relpath::RelPath;
 use crate::store::catalog::NodeKind;
-use crate::store::rollback::DiffKind;
+use crate::store::rollback::{DiffEntry, DiffKind};
 
 /// Runs `diff`.
 pub fn run(
@@ -55,18 +55,8 @@ pub fn run(
         let (mark, sizes) = match e.change {
             DiffKind::Created => ("+", human(e.new_size.unwrap_or(0))),
             DiffKind::Deleted => ("-", human(e.old_size.unwrap_or(0))),
-            DiffKind::Modified | DiffKind::Renamed => (
-                if e.change == DiffKind::Modified {
-                    "M"
-                } else {
-                    "R"
-                },
-                format!(
-                    "{} -> {}",
-                    human(e.old_size.unwrap_or(0)),
-                    human(e.new_size.unwrap_or(0))
-                ),
-            ),
+            DiffKind::Modified => ("M", sizes_both(e)),
+            DiffKind::Renamed => ("R", sizes_both(e)),
         };
         let slash = if e.kind == NodeKind::Dir { "/" } else { "" };
         let was = match &e.from {
@@ -82,19 +72,22 @@ pub fn run(
                 continue;
             }
             let p = RelPath::new(&e.path)?;
-            let was = e.from.as_deref().map(RelPath::new).transpose()?;
-            let old = read_text(
-                ctx,
-                was.as_ref().unwrap_or(&p),
-                from,
-                e.change != DiffKind::Created,
-            );
+            let was = RelPath::new(e.from.as_deref().unwrap_or(&e.path))?;
+            let old = read_text(ctx, &was, from, e.change != DiffKind::Created);
             let new = read_text(ctx, &p, to, e.change != DiffKind::Deleted);
-            let old_path = e.from.as_deref().unwrap_or(&e.path);
-            write_patch(ctx.out, old_path, &e.path, old, new)?;
+            write_patch(ctx.out, was.as_str(), &e.path, old, new)?;
         }
     }
     Ok(())
+}
+
+/// The sizes of an entry at both moments, `old -> new`.
+fn sizes_both(e: &DiffEntry) -> String {
+    format!(
+        "{} -> {}",
+        human(e.old_size.unwrap_or(0)),
+        human(e.new_size.unwrap_or(0))
+    )
 }
 
 /// A file's text at a moment; `None` when absent or binary.

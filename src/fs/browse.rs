@@ -269,10 +269,10 @@ impl Browse {
                     return Err(Errno::ENOTDIR);
                 }
                 match self.store.dentry_at(*node, name, *seq) {
-                    Ok(Some((_, d))) if d.node.is_some() => {
-                        Ok(Key::Node(*seq, d.node.expect("checked")))
-                    }
-                    Ok(_) => self.stand_in(parent, *seq, name),
+                    Ok(found) => match found.and_then(|(_, d)| d.node) {
+                        Some(n) => Ok(Key::Node(*seq, n)),
+                        None => self.stand_in(parent, *seq, name),
+                    },
                     Err(_) => Err(Errno::EIO),
                 }
             }

@@ -157,8 +157,13 @@ impl Store {
         let mut seen = std::collections::HashSet::new();
         let mut todo = vec![(path.clone(), Seq(u64::MAX))];
         let mut followed = 0;
+        // A path visited again (a file renamed back and forth) is read once.
+        let mut read: std::collections::HashMap<RelPath, Vec<HistoryEntry>> = Default::default();
         while let Some((p, before)) = todo.pop() {
-            for e in self.history(&p, usize::MAX)? {
+            if !read.contains_key(&p) {
+                read.insert(p.clone(), self.history(&p, usize::MAX)?);
+            }
+            for e in read[&p].iter().cloned() {
                 if e.seq >= before || !seen.insert((p.clone(), e.seq)) {
                     continue;
                 }
