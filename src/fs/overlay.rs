@@ -629,14 +629,16 @@ impl Live {
     /// `path`, whose name is not UTF-8, is passed through without being versioned: said
     /// loudly the first time (first law), unless its path is not versioned anyway.
     fn met_not_utf8(&self, path: &OsStr) {
+        // Every request on such a file comes here: one already listed costs a lookup only.
+        let mut met = self.not_utf8.lock();
+        if met.len() >= NOT_UTF8_KEPT || met.contains(path.as_bytes()) {
+            return;
+        }
         let shown = String::from_utf8_lossy(path.as_bytes());
         if !self.filter.versioned(&shown) {
             return;
         }
-        let mut met = self.not_utf8.lock();
-        if met.len() >= NOT_UTF8_KEPT || !met.insert(path.as_bytes().to_vec()) {
-            return;
-        }
+        met.insert(path.as_bytes().to_vec());
         tracing::warn!(
             path = %shown,
             "a name that is not UTF-8: the file is passed through, and its changes are not versioned"
