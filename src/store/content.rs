@@ -696,8 +696,10 @@ fn rewrite_regions(
                 end = end.max(regions[ri].1);
                 ri += 1;
             }
-            if pos >= end && !cur.at_end() && cur.offset() == pos {
-                break; // resynchronised with the old cuts
+            // Resynchronised with the old cuts, unless this is the new end: the old chunks
+            // past a file cut back there must not be kept.
+            if pos >= end && pos < new_size && !cur.at_end() && cur.offset() == pos {
+                break;
             }
         }
     }
@@ -713,7 +715,12 @@ fn rewrite_regions(
     sink.next_window(buf, all)?;
     let (segments, mut stats) = out.finish()?;
     stats.stored += sink.stored;
-    debug_assert_eq!(segments.iter().map(|s| s.bytes).sum::<u64>(), new_size);
+    let listed: u64 = segments.iter().map(|s| s.bytes).sum();
+    if listed != new_size {
+        return Err(StoreError::Defect(format!(
+            "a rewritten content lists {listed} bytes for a file of {new_size}"
+        )));
+    }
     Ok((
         Content {
             size: new_size,
@@ -1557,6 +1564,28 @@ mod tests {
         assert_eq!(read_all(&c, &content), data);
     }
 
+    /// A file cut back to where one of its old chunks ended, with the bytes just before the
+    /// cut rewritten (as `open(O_TRUNC)` and a shorter write, or `ftruncate` and a write up to
+    /// the new end, do): the re-cut reaches the new end on an old cut, and the old chunks past
+    /// it must not be carried over. They were: the version listed more bytes than its size.
+    #[test]
+    fn a_file_cut_back_to_an_old_chunk_end_and_rewritten_up_to_it_keeps_nothing_past_it() {
+        let c = cache();
+        for dirty_from in [0, 140_000] {
+            let mut data = random(300_000, 11);
+            let (content, _) = write_new(&c, &data);
+            let cut = chunks_touched(&c, &content, 150_000, 150_001)[0].1;
+            data.truncate(cut as usize);
+            let from = dirty_from.min(cut as usize);
+            data[from..].copy_from_slice(&random(cut as usize - from, 12));
+            let (next, _) =
+                rewrite(&c, &content, &data, cut, &[(from as u64, cut)], Policy::Cdc).unwrap();
+            assert_eq!(next.size, cut);
+            assert_eq!(next.segments.iter().map(|s| s.bytes).sum::<u64>(), cut);
+            assert_eq!(read_all(&c, &next), data);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Any sequence of writes, truncations and extensions, applied incrementally, reads back
@@ -1564,7 +1593,7 @@ mod tests {
         #[test]
         fn incremental_rewrites_equal_the_reference(
             seed in any::<u64>(),
-            ops in proptest::collection::vec((0u8..3, 0usize..600_000, 1usize..70_000), 1..12),
+            ops in proptest::collection::vec((0u8..4, 0usize..600_000, 1usize..70_000), 1..12),
         ) {
             let c = cache();
             let mut data = random(300_000, seed);
@@ -1580,7 +1609,17 @@ mod tests {
                         dirty.push((off as u64, end as u64));
                     }
                     1 => data.truncate(off.min(data.len())),
-                    _ => data.resize(off, 0),
+                    2 => data.resize(off, 0),
+                    _ => { // cut back to where an old chunk ends, rewriting up to it
+                        let at = (off % data.len().max(1)) as u64;
+                        let Some(&(_, cut)) = chunks_touched(&c, &content, at, at + 1).first()
+                        else { continue };
+                        let cut = cut as usize;
+                        data.truncate(cut);
+                        let from = cut - len.min(cut);
+                        data[from..].copy_from_slice(&random(cut - from, seed ^ i as u64));
+                        dirty.push((from as u64, cut as u64));
+                    }
                 }
                 let (next, _) = rewrite(&c, &content, &data, data.len() as u64, &dirty, Policy::Cdc).unwrap();
                 prop_assert_eq!(next.size, data.len() as u64);

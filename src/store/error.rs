@@ -90,6 +90,10 @@ pub enum StoreError {
     /// A mark with that name exists already, or none exists.
     #[error("{0}")]
     Mark(String),
+    /// The store's own bookkeeping disagrees with itself, a defect of clawfs: what would have
+    /// been recorded wrong is refused instead (the recorder then captures the real file again).
+    #[error("{0} (a defect of clawfs: refused rather than recorded wrong)")]
+    Defect(String),
     /// Writing would reach into the room kept free for the catalogue (see [`super::room`]).
     #[error("the store's disk is full: {} free, and {} is kept free for the catalogue", mib(*.free), mib(*.reserve))]
     Full {
