@@ -147,6 +147,29 @@ pub fn readlink_at(dir: RawFd, path: &OsStr) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The target of the symlink `fd` is an `O_PATH | O_NOFOLLOW` descriptor of.
+pub fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the empty path is NUL-terminated; the kernel writes at most `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Opens the file an `O_PATH` descriptor holds, with `flags` (and `O_CLOEXEC`), through
+/// `/proc/self/fd`: the very inode, wherever its names have gone since.
+pub fn reopen(fd: RawFd, flags: i32) -> io::Result<File> {
+    open_at(
+        libc::AT_FDCWD,
+        OsStr::new(&format!("/proc/self/fd/{fd}")),
+        flags,
+        0,
+    )
+}
+
 /// `unlinkat` (with `AT_REMOVEDIR` for directories).
 pub fn unlink_at(dir: RawFd, path: &OsStr, is_dir: bool) -> io::Result<()> {
     let c = cstr(path)?;

@@ -132,7 +132,15 @@ pub enum FsEvent {
         to: RelPath,
     },
     /// Capture a path (and everything below it) from the real tree.
-    Import(RelPath),
+    Import {
+        /// Where it is in the tree when the change is made.
+        path: RelPath,
+        /// The real file, directory or symlink, held (`O_PATH`) when the change was made. The
+        /// recorder reads it through this, not through `path`: a rename or removal made before
+        /// the recorder gets to the event must not change what is captured at `path` (a rename
+        /// of a parent directory took the file out of the history). `None`: read `path`.
+        held: Option<OwnedFd>,
+    },
     /// A versioned path left versioning (renamed to an ignored path).
     Remove(RelPath),
 }
@@ -147,7 +155,7 @@ impl FsEvent {
             | FsEvent::Xattr { path, .. }
             | FsEvent::Unlink(path)
             | FsEvent::Rmdir(path)
-            | FsEvent::Import(path)
+            | FsEvent::Import { path, .. }
             | FsEvent::Remove(path) => path,
             FsEvent::Rename { to, .. } | FsEvent::Link { to, .. } => to,
         }
@@ -208,12 +216,20 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` under `root` for reading.
     pub fn open(root: &OwnedFd, path: &RelPath) -> std::io::Result<(FileSource, libc::stat)> {
-        let file = sys::open_at(
+        Self::of(sys::open_at(
             root.as_raw_fd(),
             OsStr::new(path.as_str()),
             libc::O_RDONLY | libc::O_NOFOLLOW,
             0,
-        )?;
+        )?)
+    }
+
+    /// Opens the file `held` (an `O_PATH` descriptor) for reading.
+    pub fn reopen(held: &OwnedFd) -> std::io::Result<(FileSource, libc::stat)> {
+        Self::of(sys::reopen(held.as_raw_fd(), libc::O_RDONLY)?)
+    }
+
+    fn of(file: File) -> std::io::Result<(FileSource, libc::stat)> {
         let st = sys::fstat(file.as_raw_fd())?;
         Ok((
             FileSource {
@@ -330,8 +346,8 @@ impl Recording {
                 ok => ok,
             },
             FsEvent::Link { from, to } => self.rec.link(&from, &to),
-            FsEvent::Import(path) => {
-                self.import_real(&path);
+            FsEvent::Import { path, held } => {
+                self.import(&path, held.as_ref());
                 Ok(())
             }
             FsEvent::Remove(path) => match self.rec.remove_any(&path) {
@@ -360,18 +376,27 @@ impl Recording {
     /// Makes the recorded `path` (and everything below it) match the real tree, creating
     /// missing parent directories. Unchanged files (same size, mtime and mode) are not read.
     pub fn import_real(&mut self, path: &RelPath) {
-        if let Err(e) = self.try_import(path) {
+        self.import(path, None);
+    }
+
+    /// Makes the recorded `path` match the real file, directory or symlink `held` (see
+    /// [`FsEvent::Import`]), or what the real tree has at `path` when `held` is `None`.
+    fn import(&mut self, path: &RelPath, held: Option<&OwnedFd>) {
+        if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
         }
     }
 
-    fn try_import(&mut self, path: &RelPath) -> crate::store::Result<()> {
+    fn try_import(&mut self, path: &RelPath, held: Option<&OwnedFd>) -> crate::store::Result<()> {
         if !self.filter.versioned(path.as_str()) {
             return Ok(());
         }
         let fd = self.root.as_raw_fd();
-        let st = match sys::lstat_at(fd, OsStr::new(path.as_str())) {
+        let st = match held.map_or_else(
+            || sys::lstat_at(fd, OsStr::new(path.as_str())),
+            |h| sys::fstat(h.as_raw_fd()),
+        ) {
             Ok(st) => st,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !path.is_root() && self.rec.resolve_now(path)?.is_some() {
@@ -407,20 +432,25 @@ impl Recording {
                             && v.meta.mode == meta.mode
                     });
                 if !unchanged {
-                    let (src, st2) =
-                        FileSource::open(&self.root, path).map_err(|e| StoreError::Io {
-                            what: format!("opening {path}"),
-                            source: e,
-                        })?;
+                    let opened = match held {
+                        Some(h) => FileSource::reopen(h),
+                        None => FileSource::open(&self.root, path),
+                    };
+                    let (src, st2) = opened.map_err(|e| StoreError::Io {
+                        what: format!("opening {path}"),
+                        source: e,
+                    })?;
                     self.rec.import(path, meta_of(&st2), Arc::new(src))?;
                 }
             }
             NodeKind::Symlink => {
-                let target = sys::readlink_at(fd, OsStr::new(path.as_str())).map_err(|e| {
-                    StoreError::Io {
-                        what: format!("readlink {path}"),
-                        source: e,
-                    }
+                let target = match held {
+                    Some(h) => sys::readlink_fd(h.as_raw_fd()),
+                    None => sys::readlink_at(fd, OsStr::new(path.as_str())),
+                }
+                .map_err(|e| StoreError::Io {
+                    what: format!("readlink {path}"),
+                    source: e,
                 })?;
                 let target = String::from_utf8_lossy(&target).into_owned();
                 if now.as_ref().is_some_and(|(_, v)| v.target != target) {
@@ -444,8 +474,11 @@ impl Recording {
                         },
                     )?;
                 }
-                let real_dir = std::fs::read_dir(format!("/proc/self/fd/{fd}/{}", path.as_str()))
-                    .map_err(|e| StoreError::Io {
+                let listed = match held {
+                    Some(h) => format!("/proc/self/fd/{}", h.as_raw_fd()),
+                    None => format!("/proc/self/fd/{fd}/{}", path.as_str()),
+                };
+                let real_dir = std::fs::read_dir(listed).map_err(|e| StoreError::Io {
                     what: format!("listing {path}"),
                     source: e,
                 })?;
@@ -459,7 +492,29 @@ impl Recording {
                     let child = path.join(name)?;
                     if self.filter.versioned(child.as_str()) {
                         real_names.insert(name.to_string());
-                        self.try_import(&child)?;
+                        // Below a held directory, its entries as they are in it now.
+                        let child_held = match held {
+                            Some(h) => match sys::open_at(
+                                h.as_raw_fd(),
+                                OsStr::new(name),
+                                libc::O_PATH | libc::O_NOFOLLOW,
+                                0,
+                            ) {
+                                Ok(f) => Some(OwnedFd::from(f)),
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                    real_names.remove(name);
+                                    continue;
+                                }
+                                Err(e) => {
+                                    return Err(StoreError::Io {
+                                        what: format!("opening {child}"),
+                                        source: e,
+                                    })
+                                }
+                            },
+                            None => None,
+                        };
+                        self.try_import(&child, child_held.as_ref())?;
                     }
                 }
                 let (node, _) = self.rec.resolve_now(path)?.expect("ensured above");

@@ -322,6 +322,21 @@ impl Overlay {
         self.live.root.as_raw_fd()
     }
 
+    /// Capture `path` whole, as the real tree holds it now: called under the order lock, it
+    /// holds the real file (or directory) for the recorder to read, so that a rename or removal
+    /// made before the recorder gets to it does not change what is captured there.
+    fn import(&self, path: RelPath) -> FsEvent {
+        let held = sys::open_at(
+            self.fd(),
+            OsStr::new(path.as_str()),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()
+        .map(OwnedFd::from);
+        FsEvent::Import { path, held }
+    }
+
     fn attr(&self, st: &libc::stat) -> FileAttr {
         FileAttr {
             ino: INodeNo(st.st_ino),
@@ -1115,11 +1130,11 @@ impl Filesystem for Overlay {
                 }),
                 (None, Some(t)) => {
                     // Renamed in from a path that is not versioned: capture what arrived.
-                    self.rec.send(FsEvent::Import(t));
+                    self.rec.send(self.import(t));
                 }
                 (Some(f), None) => {
                     if exchange {
-                        self.rec.send(FsEvent::Import(f));
+                        self.rec.send(self.import(f));
                     } else {
                         self.rec.send(FsEvent::Remove(f));
                     }
@@ -1155,7 +1170,7 @@ impl Filesystem for Overlay {
         };
         match (self.versioned(&from), self.versioned(&to)) {
             (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
-            (None, Some(t)) => self.rec.send(FsEvent::Import(t)),
+            (None, Some(t)) => self.rec.send(self.import(t)),
             _ => {}
         }
         self.rec.commit(false, false);
@@ -1336,7 +1351,7 @@ impl Filesystem for Overlay {
             if h.passed && h.writer.is_some() {
                 if let Some(p) = self.versioned_ino(h.ino) {
                     let _order = self.order.lock();
-                    self.rec.send(FsEvent::Import(p));
+                    self.rec.send(self.import(p));
                     self.rec.commit(false, false);
                 }
             }
@@ -1374,7 +1389,7 @@ impl Filesystem for Overlay {
             let _order = self.order.lock();
             if h.passed {
                 // Written without us (see `IoModes`): capture it whole.
-                self.rec.send(FsEvent::Import(path));
+                self.rec.send(self.import(path));
             }
             self.record_mtime(&h);
         }
@@ -1755,7 +1770,7 @@ impl Filesystem for Overlay {
             } else {
                 // Punching, zeroing, collapsing or inserting ranges moves bytes around: capture
                 // the file as it now is.
-                self.rec.send(FsEvent::Import(p.clone()));
+                self.rec.send(self.import(p.clone()));
             }
             self.record_mode(p, dropped);
         }
