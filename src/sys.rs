@@ -351,6 +351,62 @@ pub fn listxattr(p: &CStr, size: usize) -> io::Result<Vec<u8>> {
     sized(r, buf, size)
 }
 
+/// The `user.` extended attributes of the file or directory `p` names (following a last
+/// symlink), by name; none where the file system has no extended attributes.
+pub fn user_xattrs(p: &CStr) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    // SAFETY (both calls): the kernel writes at most the given size into the buffer.
+    let listed = loop {
+        let size = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOTSUP) => Ok(out),
+                _ => Err(e),
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break buf;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            return Err(io::Error::last_os_error());
+        }
+        // The list grew between the two calls: ask again.
+    };
+    for name in listed
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(b"user."))
+    {
+        let n = CString::new(name).expect("split at NUL");
+        let value = loop {
+            // SAFETY: as above.
+            let size = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+            if size < 0 {
+                break None; // removed meanwhile
+            }
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: as above.
+            let got = unsafe {
+                libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if got >= 0 {
+                buf.truncate(got as usize);
+                break Some(buf);
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+                break None;
+            }
+        };
+        if let Some(v) = value {
+            out.insert(name.to_vec(), v);
+        }
+    }
+    Ok(out)
+}
+
 /// `lsetxattr`.
 pub fn setxattr(p: &CStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
     let n = cstr(name)?;

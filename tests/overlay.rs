@@ -170,6 +170,77 @@ PY"#);
     s.unmount();
 }
 
+/// What comes into the tree from names that are not versioned is recorded as it is: a file's
+/// `user.` attributes with it, a file exchanged with one of the same size written in the same
+/// clock tick, the files of a directory renamed in as they were named then (two of them
+/// exchanged right after), and a file written and labelled through a second name that is not
+/// versioned. Before, the attributes were dropped, the directory's two files were recorded
+/// exchanged twice, and the linked file's changes were not recorded.
+#[test]
+fn files_arriving_from_names_that_are_not_versioned_are_recorded_as_they_are() {
+    let s = Sandbox::new();
+    s.mount();
+    s.sh(r#"python3 - <<'PY'
+import os, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+def exchange(a, b):
+    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0, ctypes.get_errno()
+for i in range(10):
+    os.makedirs("x%d.lock" % i)
+    with open("x%d.lock/f" % i, "w") as f: f.write("f")
+    os.setxattr("x%d.lock/f" % i, "user.origin", b"downloaded %d" % i)
+    os.rename("x%d.lock" % i, "skill%d" % i)
+    with open("same%d" % i, "w") as f: f.write("A" * 3000)
+    with open("same%d.lock" % i, "w") as f: f.write("B" * 3000)
+    exchange("same%d" % i, "same%d.lock" % i)
+    with open("linked%d" % i, "w") as f: f.write("old")
+    os.link("linked%d" % i, "linked%d.lock" % i)
+    with open("linked%d.lock" % i, "r+") as f: f.truncate(0); f.write("new text")
+    os.setxattr("linked%d.lock" % i, "user.tag", b"t")
+    os.makedirs("y%d.lock" % i)
+    with open("y%d.lock/a" % i, "w") as f: f.write("a" * 10)
+    with open("y%d.lock/b" % i, "w") as f: f.write("b" * 20)
+    os.rename("y%d.lock" % i, "dir%d" % i)
+    exchange("dir%d/a" % i, "dir%d/b" % i)
+PY"#);
+    s.ok(&["mark", "after"]);
+    let restored = s.home.path().join("restored");
+    s.ok(&["restore", "--at", "after", restored.to_str().unwrap()]);
+    let mut wrong = Vec::new();
+    for i in 0..10 {
+        for f in [
+            format!("skill{i}/f"),
+            format!("same{i}"),
+            format!("linked{i}"),
+            format!("dir{i}/a"),
+            format!("dir{i}/b"),
+        ] {
+            if std::fs::read(restored.join(&f)).ok() != Some(s.read(&f)) {
+                wrong.push(f);
+            }
+        }
+        for (f, attr, value) in [
+            (
+                format!("skill{i}/f"),
+                "user.origin",
+                format!("downloaded {i}"),
+            ),
+            (format!("linked{i}"), "user.tag", "t".to_string()),
+        ] {
+            let got = common::sh_in(
+                &restored,
+                &format!("python3 -c 'import os; print(os.getxattr(\"{f}\", \"{attr}\").decode())' || true"),
+            );
+            if got.trim() != value {
+                wrong.push(format!("{f} {attr}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
+    s.unmount();
+}
+
 #[test]
 fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     use std::io::{BufRead, Write};

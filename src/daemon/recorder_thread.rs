@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -135,11 +135,11 @@ pub enum FsEvent {
     Import {
         /// Where it is in the tree when the change is made.
         path: RelPath,
-        /// The real file, directory or symlink, held (`O_PATH`) when the change was made. The
-        /// recorder reads it through this, not through `path`: a rename or removal made before
-        /// the recorder gets to the event must not change what is captured at `path` (a rename
-        /// of a parent directory took the file out of the history). `None`: read `path`.
-        held: Option<OwnedFd>,
+        /// The real file, directory or symlink as it was when the change was made. The recorder
+        /// reads it through this, not through `path`: a rename or removal made before the
+        /// recorder gets to the event must not change what is captured at `path` (a rename of
+        /// a parent directory took the file out of the history). `None`: read `path`.
+        held: Option<Held>,
     },
     /// A versioned path left versioning (renamed to an ignored path).
     Remove(RelPath),
@@ -205,6 +205,75 @@ pub struct Recording {
     /// Catching up: files are read again even when their size, mtime and mode match what the
     /// recorder holds, which may lack the writes it dropped.
     reread: bool,
+}
+
+/// Most descriptors one capture holds (see [`Held`]); a directory with more below it is
+/// listed when the recorder captures it.
+const HELD_MAX: usize = 4096;
+
+/// A real file, directory or symlink held (`O_PATH`) when a change was made, with, for a
+/// directory, the versioned entries it had then, each held too. Its contents are read when the
+/// recorder gets to the change (later writes then come again as changes of their own, to the
+/// same effect), but its names are those of the moment: a directory renamed in and then
+/// renamed inside (an exchange of two of its files) was captured with the names already
+/// exchanged, and exchanged again.
+#[derive(Debug)]
+pub struct Held {
+    fd: OwnedFd,
+    /// A directory's entries when it was held; `None` for other kinds, and for a directory
+    /// past [`HELD_MAX`] (listed when captured).
+    entries: Option<Vec<(String, Held)>>,
+}
+
+impl Held {
+    /// Holds `name` in the real directory `dir`, known in the tree as `path`, and every entry
+    /// below it whose path `versioned` takes.
+    pub fn take(
+        dir: RawFd,
+        name: &OsStr,
+        path: &RelPath,
+        versioned: &dyn Fn(&str) -> bool,
+    ) -> std::io::Result<Held> {
+        let mut budget = HELD_MAX;
+        Self::take_within(dir, name, path, versioned, &mut budget)
+    }
+
+    fn take_within(
+        dir: RawFd,
+        name: &OsStr,
+        path: &RelPath,
+        versioned: &dyn Fn(&str) -> bool,
+        budget: &mut usize,
+    ) -> std::io::Result<Held> {
+        let fd = OwnedFd::from(sys::open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?);
+        *budget = budget.saturating_sub(1);
+        if sys::fstat(fd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(Held { fd, entries: None });
+        }
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.flatten() {
+            let name = entry.file_name();
+            let Some(child) = std::str::from_utf8(name.as_bytes())
+                .ok()
+                .and_then(|n| path.join(n).ok())
+                .filter(|c| versioned(c.as_str()))
+            else {
+                continue;
+            };
+            if *budget == 0 {
+                return Ok(Held { fd, entries: None });
+            }
+            match Self::take_within(fd.as_raw_fd(), &name, &child, versioned, budget) {
+                Ok(h) => entries.push((name.to_string_lossy().into_owned(), h)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Held {
+            fd,
+            entries: Some(entries),
+        })
+    }
 }
 
 /// A real file as a [`ReadAt`], for imports.
@@ -381,21 +450,21 @@ impl Recording {
 
     /// Makes the recorded `path` match the real file, directory or symlink `held` (see
     /// [`FsEvent::Import`]), or what the real tree has at `path` when `held` is `None`.
-    fn import(&mut self, path: &RelPath, held: Option<&OwnedFd>) {
+    fn import(&mut self, path: &RelPath, held: Option<&Held>) {
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
         }
     }
 
-    fn try_import(&mut self, path: &RelPath, held: Option<&OwnedFd>) -> crate::store::Result<()> {
+    fn try_import(&mut self, path: &RelPath, held: Option<&Held>) -> crate::store::Result<()> {
         if !self.filter.versioned(path.as_str()) {
             return Ok(());
         }
         let fd = self.root.as_raw_fd();
         let st = match held.map_or_else(
             || sys::lstat_at(fd, OsStr::new(path.as_str())),
-            |h| sys::fstat(h.as_raw_fd()),
+            |h| sys::fstat(h.fd.as_raw_fd()),
         ) {
             Ok(st) => st,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -425,7 +494,11 @@ impl Recording {
         }
         match kind {
             NodeKind::File => {
+                // Size, mtime and mode alike say "the same file" to a scan of the tree, not to a
+                // capture the overlay asked for: a file exchanged with another of the same size
+                // written in the same clock tick has all three alike.
                 let unchanged = !self.reread
+                    && held.is_none()
                     && now.as_ref().is_some_and(|(_, v)| {
                         v.content.size == st.st_size as u64
                             && v.meta.mtime_ns == meta.mtime_ns
@@ -433,7 +506,7 @@ impl Recording {
                     });
                 if !unchanged {
                     let opened = match held {
-                        Some(h) => FileSource::reopen(h),
+                        Some(h) => FileSource::reopen(&h.fd),
                         None => FileSource::open(&self.root, path),
                     };
                     let (src, st2) = opened.map_err(|e| StoreError::Io {
@@ -445,7 +518,7 @@ impl Recording {
             }
             NodeKind::Symlink => {
                 let target = match held {
-                    Some(h) => sys::readlink_fd(h.as_raw_fd()),
+                    Some(h) => sys::readlink_fd(h.fd.as_raw_fd()),
                     None => sys::readlink_at(fd, OsStr::new(path.as_str())),
                 }
                 .map_err(|e| StoreError::Io {
@@ -474,48 +547,14 @@ impl Recording {
                         },
                     )?;
                 }
-                let listed = match held {
-                    Some(h) => format!("/proc/self/fd/{}", h.as_raw_fd()),
-                    None => format!("/proc/self/fd/{fd}/{}", path.as_str()),
-                };
-                let real_dir = std::fs::read_dir(listed).map_err(|e| StoreError::Io {
-                    what: format!("listing {path}"),
-                    source: e,
-                })?;
                 let mut real_names = std::collections::BTreeSet::new();
-                for entry in real_dir.flatten() {
-                    let name = entry.file_name();
-                    let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-                        tracing::warn!(dir = %path, "a name that is not UTF-8 is passed through but not versioned");
-                        continue;
-                    };
-                    let child = path.join(name)?;
-                    if self.filter.versioned(child.as_str()) {
-                        real_names.insert(name.to_string());
-                        // Below a held directory, its entries as they are in it now.
-                        let child_held = match held {
-                            Some(h) => match sys::open_at(
-                                h.as_raw_fd(),
-                                OsStr::new(name),
-                                libc::O_PATH | libc::O_NOFOLLOW,
-                                0,
-                            ) {
-                                Ok(f) => Some(OwnedFd::from(f)),
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                                    real_names.remove(name);
-                                    continue;
-                                }
-                                Err(e) => {
-                                    return Err(StoreError::Io {
-                                        what: format!("opening {child}"),
-                                        source: e,
-                                    })
-                                }
-                            },
-                            None => None,
-                        };
-                        self.try_import(&child, child_held.as_ref())?;
+                if let Some(entries) = held.and_then(|h| h.entries.as_ref()) {
+                    for (name, child_held) in entries {
+                        real_names.insert(name.clone());
+                        self.try_import(&path.join(name)?, Some(child_held))?;
                     }
+                } else {
+                    self.import_listed(path, held, &mut real_names)?;
                 }
                 let (node, _) = self.rec.resolve_now(path)?.expect("ensured above");
                 for d in self.rec.store().list_node(node, self.rec.store().head())? {
@@ -527,6 +566,81 @@ impl Recording {
                     }
                 }
             }
+        }
+        if kind != NodeKind::Symlink {
+            self.import_xattrs(path, held)?;
+        }
+        Ok(())
+    }
+
+    /// Captures the entries of the real directory at `path` (or held by `held`, past
+    /// [`HELD_MAX`]) as they are now, naming each in `real_names`.
+    fn import_listed(
+        &mut self,
+        path: &RelPath,
+        held: Option<&Held>,
+        real_names: &mut std::collections::BTreeSet<String>,
+    ) -> crate::store::Result<()> {
+        let listed = match held {
+            Some(h) => format!("/proc/self/fd/{}", h.fd.as_raw_fd()),
+            None => format!("/proc/self/fd/{}/{}", self.root.as_raw_fd(), path.as_str()),
+        };
+        let real_dir = std::fs::read_dir(listed).map_err(|e| StoreError::Io {
+            what: format!("listing {path}"),
+            source: e,
+        })?;
+        for entry in real_dir.flatten() {
+            let name = entry.file_name();
+            let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+                tracing::warn!(dir = %path, "a name that is not UTF-8 is passed through but not versioned");
+                continue;
+            };
+            let child = path.join(name)?;
+            if !self.filter.versioned(child.as_str()) {
+                continue;
+            }
+            // Below a held directory, its entries as they are in it now.
+            let child_held = match held {
+                Some(h) => match sys::open_at(
+                    h.fd.as_raw_fd(),
+                    OsStr::new(name),
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                ) {
+                    Ok(f) => Some(Held {
+                        fd: f.into(),
+                        entries: None,
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            what: format!("opening {child}"),
+                            source: e,
+                        })
+                    }
+                },
+                None => None,
+            };
+            real_names.insert(name.to_string());
+            self.try_import(&child, child_held.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Records the `user.` attributes (the ones the overlay versions) of the real file or
+    /// directory when they differ from the recorded ones.
+    fn import_xattrs(&mut self, path: &RelPath, held: Option<&Held>) -> crate::store::Result<()> {
+        let real = match held {
+            Some(h) => sys::proc_path(h.fd.as_raw_fd(), OsStr::new("")),
+            None => sys::proc_path(self.root.as_raw_fd(), OsStr::new(path.as_str())),
+        };
+        let real = sys::user_xattrs(&real).map_err(|e| StoreError::Io {
+            what: format!("reading the attributes of {path}"),
+            source: e,
+        })?;
+        let recorded = self.rec.stat_now(path)?.map(|(_, v)| v.xattrs);
+        if recorded.is_some_and(|r| r != real) {
+            self.rec.import_xattrs(path, real)?;
         }
         Ok(())
     }

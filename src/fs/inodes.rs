@@ -226,7 +226,27 @@ impl Inodes {
 
     /// The path of `ino` relative to the root (`""` for the root), if it is still linked.
     pub fn path(&self, ino: u64) -> Option<OsString> {
+        Self::path_in(&self.map.read(), ino)
+    }
+
+    /// The first of `ino`'s paths for which `f` gives something, trying each of its links in
+    /// turn (a file linked under several names; each parent by its own first link).
+    pub fn find_path<T>(&self, ino: u64, f: impl Fn(&OsStr) -> Option<T>) -> Option<T> {
+        if ino == ROOT {
+            return f(OsStr::new(""));
+        }
         let t = self.map.read();
+        t.inodes.get(&ino)?.links.iter().find_map(|(parent, name)| {
+            let mut p = Self::path_in(&t, *parent)?;
+            if !p.is_empty() {
+                p.push("/");
+            }
+            p.push(name);
+            f(&p)
+        })
+    }
+
+    fn path_in(t: &Table, ino: u64) -> Option<OsString> {
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != ROOT {

@@ -27,7 +27,7 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::daemon::recorder_thread::{meta_of, FsEvent, RecorderHandle};
+use crate::daemon::recorder_thread::{meta_of, FsEvent, Held, RecorderHandle};
 use crate::fs::filter::Filter;
 use crate::fs::inodes::Inodes;
 use crate::fs::iomode::{IoModes, Mode};
@@ -323,18 +323,19 @@ impl Overlay {
     }
 
     /// Capture `path` whole, as the real tree holds it now: called under the order lock, it
-    /// holds the real file (or directory) for the recorder to read, so that a rename or removal
-    /// made before the recorder gets to it does not change what is captured there.
+    /// holds the real file (or directory, and what is below it) for the recorder to read, so
+    /// that renames and removals made before the recorder gets to it do not change what is
+    /// captured there (see [`Held`]).
     fn import(&self, path: RelPath) -> FsEvent {
-        let held = sys::open_at(
-            self.fd(),
-            OsStr::new(path.as_str()),
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok()
-        .map(OwnedFd::from);
-        FsEvent::Import { path, held }
+        let versioned = |p: &str| self.live.filter.versioned(p);
+        let held = Held::take(self.fd(), OsStr::new(path.as_str()), &path, &versioned);
+        if let Err(e) = &held {
+            tracing::debug!(%path, error = %e, "cannot hold it: the recorder reads it by path");
+        }
+        FsEvent::Import {
+            path,
+            held: held.ok(),
+        }
     }
 
     fn attr(&self, st: &libc::stat) -> FileAttr {
@@ -380,9 +381,11 @@ impl Overlay {
         RelPath::new(s).ok()
     }
 
-    /// The path of inode `ino` as the store names it, when it has one and it is versioned.
+    /// The path of inode `ino` as the store names it, when it has one and it is versioned: of a
+    /// file linked under several names, the first that is versioned (a write through a name
+    /// that is not still changes the file under the other).
     fn versioned_ino(&self, ino: u64) -> Option<RelPath> {
-        self.versioned(&self.live.inodes.path(ino)?)
+        self.live.inodes.find_path(ino, |p| self.versioned(p))
     }
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
@@ -953,11 +956,7 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         let records = self.live.records(req);
-        if let Some(p) = path
-            .as_deref()
-            .and_then(|p| self.versioned(p))
-            .filter(|_| records)
-        {
+        if let Some(p) = self.versioned_ino(ino.0).filter(|_| records) {
             if let Some(s) = size {
                 self.rec.send(FsEvent::Truncate {
                     path: p.clone(),
@@ -1168,7 +1167,8 @@ impl Filesystem for Overlay {
             Ok(st) => st,
             Err(e) => return reply.error(errno(e)),
         };
-        match (self.versioned(&from), self.versioned(&to)) {
+        // From a name of the file that is versioned, if it has one.
+        match (self.versioned_ino(ino.0), self.versioned(&to)) {
             (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
             (None, Some(t)) => self.rec.send(self.import(t)),
             _ => {}
@@ -1582,7 +1582,7 @@ impl Filesystem for Overlay {
             self.live.attrs_changed(ino.0);
         }
         if name.as_bytes().starts_with(b"user.") {
-            if let Some(p) = self.versioned(&path) {
+            if let Some(p) = self.versioned_ino(ino.0) {
                 self.rec.send(FsEvent::Xattr {
                     path: p,
                     name: name.as_bytes().to_vec(),
@@ -1627,7 +1627,7 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         if name.as_bytes().starts_with(b"user.") {
-            if let Some(p) = self.versioned(&path) {
+            if let Some(p) = self.versioned_ino(ino.0) {
                 self.rec.send(FsEvent::Xattr {
                     path: p,
                     name: name.as_bytes().to_vec(),
@@ -1691,13 +1691,14 @@ impl Filesystem for Overlay {
         };
         if created {
             self.creation_event(&path, &st);
-        } else if flags & libc::O_TRUNC != 0 {
-            if let Some(p) = self.versioned(&path) {
-                self.rec.send(FsEvent::Truncate { path: p, size: 0 });
-            }
         }
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let attr = self.entry(parent, name, &st);
+        if !created && flags & libc::O_TRUNC != 0 {
+            if let Some(p) = self.versioned_ino(attr.ino.0) {
+                self.rec.send(FsEvent::Truncate { path: p, size: 0 });
+            }
+        }
         let mode = self.io_mode(attr.ino.0, &path, || st.st_mode, |f| reply.open_backing(f));
         let passed = matches!(mode, Mode::Passthrough(_));
         let fh = self.add_handle(Handle {

@@ -764,6 +764,26 @@ impl Recorder {
         Ok(())
     }
 
+    /// The extended attributes of `path` as a capture found them on the real file or directory,
+    /// in place of the recorded ones. Part of a capture that creates or imports it; a change of
+    /// its own otherwise.
+    pub fn import_xattrs(
+        &mut self,
+        path: &RelPath,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<()> {
+        let (node, _) = self
+            .resolve_now(path)?
+            .ok_or_else(|| StoreError::NotFound(path.to_string()))?;
+        let pn = self.node_now(node)?;
+        pn.version.xattrs = xattrs;
+        if !matches!(pn.version.op, Op::Create | Op::Import) {
+            pn.version.op = Op::Xattr;
+            self.note(path, Op::Xattr, Some(node), None);
+        }
+        Ok(())
+    }
+
     /// The non-directory at `path` unlinked.
     pub fn unlink(&mut self, path: &RelPath) -> Result<()> {
         let (parent, name) = self.parent_of(path)?;
