@@ -205,6 +205,9 @@ pub struct Recording {
     /// Catching up: files are read again even when their size, mtime and mode match what the
     /// recorder holds, which may lack the writes it dropped.
     reread: bool,
+    /// The files with several names a capture has recorded so far, by (device, inode): another
+    /// of their names found by the same capture is recorded as a link, not as a second file.
+    captured_links: std::collections::HashMap<(u64, u64), RelPath>,
 }
 
 /// Most descriptors one capture holds (see [`Held`]); a directory with more below it is
@@ -223,32 +226,52 @@ pub struct Held {
     /// A directory's entries when it was held; `None` for other kinds, and for a directory
     /// past [`HELD_MAX`] (listed when captured).
     entries: Option<Vec<(String, Held)>>,
+    /// For a file arriving from a name that is not versioned: another, versioned name it has
+    /// (a hard link), which it is recorded as a link to.
+    linked: Option<RelPath>,
+}
+
+/// How [`Held::take`] tells which paths are versioned, and which other versioned name (if
+/// any) a file arriving at a path already has.
+pub struct Naming<'a> {
+    /// Whether the path is versioned.
+    pub versioned: &'a dyn Fn(&str) -> bool,
+    /// Another versioned name of the file `st` arriving at the path, outside what arrives.
+    pub linked: &'a dyn Fn(&libc::stat, &RelPath) -> Option<RelPath>,
 }
 
 impl Held {
     /// Holds `name` in the real directory `dir`, known in the tree as `path`, and every entry
-    /// below it whose path `versioned` takes.
+    /// below it that `naming` versions.
     pub fn take(
         dir: RawFd,
         name: &OsStr,
         path: &RelPath,
-        versioned: &dyn Fn(&str) -> bool,
+        naming: &Naming,
     ) -> std::io::Result<Held> {
         let mut budget = HELD_MAX;
-        Self::take_within(dir, name, path, versioned, &mut budget)
+        Self::take_within(dir, name, path, naming, &mut budget)
     }
 
     fn take_within(
         dir: RawFd,
         name: &OsStr,
         path: &RelPath,
-        versioned: &dyn Fn(&str) -> bool,
+        naming: &Naming,
         budget: &mut usize,
     ) -> std::io::Result<Held> {
         let fd = OwnedFd::from(sys::open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?);
         *budget = budget.saturating_sub(1);
-        if sys::fstat(fd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Ok(Held { fd, entries: None });
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            let linked = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
+                .then(|| (naming.linked)(&st, path))
+                .flatten();
+            return Ok(Held {
+                fd,
+                entries: None,
+                linked,
+            });
         }
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.flatten() {
@@ -256,14 +279,18 @@ impl Held {
             let Some(child) = std::str::from_utf8(name.as_bytes())
                 .ok()
                 .and_then(|n| path.join(n).ok())
-                .filter(|c| versioned(c.as_str()))
+                .filter(|c| (naming.versioned)(c.as_str()))
             else {
                 continue;
             };
             if *budget == 0 {
-                return Ok(Held { fd, entries: None });
+                return Ok(Held {
+                    fd,
+                    entries: None,
+                    linked: None,
+                });
             }
-            match Self::take_within(fd.as_raw_fd(), &name, &child, versioned, budget) {
+            match Self::take_within(fd.as_raw_fd(), &name, &child, naming, budget) {
                 Ok(h) => entries.push((name.to_string_lossy().into_owned(), h)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -272,6 +299,7 @@ impl Held {
         Ok(Held {
             fd,
             entries: Some(entries),
+            linked: None,
         })
     }
 }
@@ -378,6 +406,7 @@ impl Recording {
             uncaptured: BTreeSet::new(),
             uncaptured_since: None,
             reread: false,
+            captured_links: Default::default(),
         }
     }
 
@@ -451,6 +480,7 @@ impl Recording {
     /// Makes the recorded `path` match the real file, directory or symlink `held` (see
     /// [`FsEvent::Import`]), or what the real tree has at `path` when `held` is `None`.
     fn import(&mut self, path: &RelPath, held: Option<&Held>) {
+        self.captured_links.clear();
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
@@ -492,7 +522,14 @@ impl Recording {
             self.rec.remove_any(path)?;
             now = None;
         }
+        let linked = kind == NodeKind::File
+            && st.st_nlink > 1
+            && match held.and_then(|h| h.linked.as_ref()) {
+                Some(other) => self.record_as_link(other, path, now.is_some())?,
+                None => self.link_captured(path, &st, now.is_some())?,
+            };
         match kind {
+            NodeKind::File if linked => {}
             NodeKind::File => {
                 // Size, mtime and mode alike say "the same file" to a scan of the tree, not to a
                 // capture the overlay asked for: a file exchanged with another of the same size
@@ -573,6 +610,44 @@ impl Recording {
         Ok(())
     }
 
+    /// Whether the file `st` at `path` has another name this capture has recorded already: then
+    /// `path` is recorded as a link to it (unless it is one already), sharing its history as
+    /// it shares the file. Otherwise `path` is noted as the file's first name.
+    fn link_captured(
+        &mut self,
+        path: &RelPath,
+        st: &libc::stat,
+        recorded: bool,
+    ) -> crate::store::Result<bool> {
+        let key = (st.st_dev, st.st_ino);
+        let Some(first) = self.captured_links.get(&key).cloned() else {
+            self.captured_links.insert(key, path.clone());
+            return Ok(false);
+        };
+        self.record_as_link(&first, path, recorded)
+    }
+
+    /// Records `path` as a link to the recorded file `first` (unless it is one already);
+    /// `false` when `first` is not recorded, or not a file.
+    fn record_as_link(
+        &mut self,
+        first: &RelPath,
+        path: &RelPath,
+        recorded: bool,
+    ) -> crate::store::Result<bool> {
+        let Some((node, NodeKind::File)) = self.rec.resolve_now(first)? else {
+            return Ok(false);
+        };
+        if self.rec.resolve_now(path)?.is_some_and(|(n, _)| n == node) {
+            return Ok(true);
+        }
+        if recorded {
+            self.rec.remove_any(path)?;
+        }
+        self.rec.link(first, path)?;
+        Ok(true)
+    }
+
     /// Captures the entries of the real directory at `path` (or held by `held`, past
     /// [`HELD_MAX`]) as they are now, naming each in `real_names`.
     fn import_listed(
@@ -610,6 +685,7 @@ impl Recording {
                     Ok(f) => Some(Held {
                         fd: f.into(),
                         entries: None,
+                        linked: None,
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {

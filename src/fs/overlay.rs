@@ -20,14 +20,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::daemon::recorder_thread::{meta_of, FsEvent, Held, RecorderHandle};
+use crate::daemon::recorder_thread::{meta_of, FsEvent, Held, Naming, RecorderHandle};
 use crate::fs::filter::Filter;
 use crate::fs::inodes::Inodes;
 use crate::fs::iomode::{IoModes, Mode};
@@ -327,8 +328,25 @@ impl Overlay {
     /// that renames and removals made before the recorder gets to it do not change what is
     /// captured there (see [`Held`]).
     fn import(&self, path: RelPath) -> FsEvent {
+        self.capture(path, false)
+    }
+
+    fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
         let versioned = |p: &str| self.live.filter.versioned(p);
-        let held = Held::take(self.fd(), OsStr::new(path.as_str()), &path, &versioned);
+        // Another versioned name the kernel knows, outside what arrives.
+        let linked = |st: &libc::stat, at: &RelPath| {
+            let ino = self.live.inodes.fuse_ino(st.st_ino);
+            self.live.inodes.find_path(ino, |p| {
+                self.versioned(p)
+                    .filter(|o| o.as_str() != at.as_str() && !o.starts_with(&path))
+            })
+        };
+        let none = |_: &libc::stat, _: &RelPath| None;
+        let naming = Naming {
+            versioned: &versioned,
+            linked: if arriving { &linked } else { &none },
+        };
+        let held = Held::take(self.fd(), OsStr::new(path.as_str()), &path, &naming);
         if let Err(e) = &held {
             tracing::debug!(%path, error = %e, "cannot hold it: the recorder reads it by path");
         }
@@ -336,6 +354,17 @@ impl Overlay {
             path,
             held: held.ok(),
         }
+    }
+
+    /// A file (or directory) arrived at the versioned `path` from a name that is not versioned
+    /// (renamed, exchanged or linked in), in place of what was there: captured whole, each file
+    /// that has another versioned name the kernel knows recorded as a link to it, so that both
+    /// names keep sharing one history as they share one file. What was there is unlinked
+    /// first: captured over it, a file linked under other names too would have changed under
+    /// those.
+    fn arrive(&self, path: RelPath) {
+        self.rec.send(FsEvent::Remove(path.clone()));
+        self.rec.send(self.capture(path, true));
     }
 
     fn attr(&self, st: &libc::stat) -> FileAttr {
@@ -569,7 +598,9 @@ impl Overlay {
         st_mode: impl FnOnce() -> u32,
         register: impl FnOnce(File) -> io::Result<BackingId>,
     ) -> Mode {
-        let versioned = self.versioned(path).is_some();
+        // Versioned under any of its names: opened as `q.lock/b`, a file also linked as `d/a`
+        // must have its writes recorded.
+        let versioned = self.versioned(path).is_some() || self.versioned_ino(ino).is_some();
         let wanted = !versioned && st_mode() & (libc::S_ISUID | libc::S_ISGID) == 0;
         let mode = self.live.modes.open(ino, wanted, || {
             register(sys::open_at(self.fd(), path, BACKING_FLAGS, 0)?)
@@ -1127,13 +1158,11 @@ impl Filesystem for Overlay {
                     to: t,
                     mode,
                 }),
-                (None, Some(t)) => {
-                    // Renamed in from a path that is not versioned: capture what arrived.
-                    self.rec.send(self.import(t));
-                }
+                // Renamed in from a path that is not versioned: capture what arrived.
+                (None, Some(t)) => self.arrive(t),
                 (Some(f), None) => {
                     if exchange {
-                        self.rec.send(self.import(f));
+                        self.arrive(f);
                     } else {
                         self.rec.send(FsEvent::Remove(f));
                     }
@@ -1170,7 +1199,7 @@ impl Filesystem for Overlay {
         // From a name of the file that is versioned, if it has one.
         match (self.versioned_ino(ino.0), self.versioned(&to)) {
             (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
-            (None, Some(t)) => self.rec.send(self.import(t)),
+            (None, Some(t)) => self.arrive(t),
             _ => {}
         }
         self.rec.commit(false, false);
@@ -1817,5 +1846,25 @@ impl Filesystem for Overlay {
         } else {
             reply.offset(r)
         }
+    }
+
+    /// Not offered: the kernel then copies by reading and writing, and the recorder sees the
+    /// writes as any others (a copy made by the real file system would have to be read back
+    /// to be versioned). The kernel asks once per mount; this answer, unlike fuser's default,
+    /// logs no warning.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 }
