@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Random file operations through a clawfs mount, checked against the history.
+
+    random_ops.py ROOT SEED[,SEED...] OPS EVERY -- CLAWFS...
+
+For each seed, makes ROOT/sSEED and applies OPS operations chosen from the seed (writes at
+offsets, appends, truncations, fallocate modes, mmap writes, copy_file_range, two descriptors
+on one file, temp-and-rename saves, writes to an unlinked open file, renames of files and
+directories (plain, RENAME_EXCHANGE, RENAME_NOREPLACE), hard links, symlinks, chmod, utimes,
+user. attributes, descriptors kept open across other operations), many of which fail, as
+they would for an agent. Every EVERY operations it notes the tree (type, mode, content hash,
+size, user. attributes) and names the moment with `clawfs mark`. Then it restores each mark
+with `clawfs restore --at` and compares: prints every difference, exits 1 if there is one.
+
+Odd seeds use no names that are not versioned (`*.lock`), even seeds do."""
+import ctypes
+import hashlib
+import json
+import mmap
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+AT_FDCWD = -100
+DIRS = ["", "d", "d/e", "g", "q.lock"]
+NAMES = ["a", "b", "c.md", "x.json", "z.lock"]
+
+
+def unversioned(rel):
+    return any(part.endswith(".lock") for part in rel.split("/"))
+
+
+def gen(seed, n):
+    rng = random.Random(seed)
+    unv = seed % 2 == 0  # names that are not versioned, and files crossing from and to them
+    dirs = [d for d in DIRS if unv or not unversioned(d)]
+    names = [m for m in NAMES if unv or not unversioned(m)]
+
+    def p():
+        return os.path.join(rng.choice(dirs), rng.choice(names))
+
+    def vp():  # a versioned name: a descriptor kept open on it is not passed through
+        return os.path.join(rng.choice([d for d in dirs if not unversioned(d)]),
+                            rng.choice([m for m in names if not unversioned(m)]))
+
+    def dr():
+        return rng.choice(dirs[1:])
+
+    def sz():
+        return rng.choice([0, 1, 100, 4095, 4096, 4097, 20000, 70000, 200000])
+
+    def dat():
+        return [rng.randrange(1 << 30), rng.random() < 0.3]
+
+    ops = []
+    for _ in range(n):
+        k = rng.randrange(26)
+        if k == 0: o = ["pwrite", p(), sz() or 10, rng.choice([0, 10, 4096, 5000, 65536, 100000]), dat()]
+        elif k == 1: o = ["append", p(), rng.choice([1, 50, 5000]), dat()]
+        elif k == 2: o = ["truncate", p(), sz()]
+        elif k == 3: o = ["rewrite", p(), sz(), dat()]
+        elif k == 4: o = ["fallocate", p(), rng.choice([3, 0x10, 0, 1]), rng.choice([0, 100, 4096, 8192]),
+                          rng.choice([1, 4096, 10000, 300000])]
+        elif k == 5: o = ["rename", p(), p()]
+        elif k == 6: o = ["exchange", p(), p()]
+        elif k == 7: o = ["noreplace", p(), p()]
+        elif k == 8: o = ["link", p(), p()]
+        elif k == 9: o = ["unlink", p()]
+        elif k == 10: o = ["mkdir", dr(), rng.choice([0o755, 0o700])] if rng.random() < 0.5 else ["rmdir", dr()]
+        elif k == 11: o = ["symlink", rng.choice(["a", "../b", "/nowhere", "d/c.md"]), p()]
+        elif k == 12: o = ["chmod", p(), rng.choice([0o600, 0o644, 0o755, 0o400])]
+        elif k == 13: o = ["mmap", p(), rng.random(), rng.choice([1, 100, 5000]), dat(), rng.random() < 0.7]
+        elif k == 14: o = ["copy", p(), p(), rng.choice([10, 5000, 100000]), rng.choice([0, 3]), rng.choice([0, 4096])]
+        elif k == 15: o = ["twofds", p(), dat(), rng.random() < 0.5]
+        elif k == 16: o = ["tmprename", p(), sz(), dat()]
+        elif k == 17: o = ["unlinkopen", p(), dat()]
+        elif k == 18: o = ["renamedir", dr(), (dr() + "2") if rng.random() < 0.3 else dr()]
+        elif k == 19: o = ["ftrunc_write", p(), sz(), rng.choice([0, 50000]), dat(), rng.random() < 0.5]
+        elif k == 20: o = ["keep", rng.randrange(3), vp()]
+        elif k in (21, 22): o = ["write_kept", rng.randrange(3), rng.choice([0, 100, 4096, 70000]),
+                                 rng.choice([1, 100, 5000]), dat()]
+        elif k == 23: o = ["close_kept", rng.randrange(3), rng.random() < 0.3]
+        elif k == 24: o = ["xattr", p(), rng.choice(["user.a", "user.b"]), dat(), rng.random() < 0.2]
+        else: o = ["utime", p(), rng.randrange(1 << 31)]
+        ops.append(o)
+    return ops
+
+
+def data(d, n):
+    r = random.Random(d[0])
+    if d[1]:
+        return r.randbytes(n)
+    return (("line %d " % r.randint(0, 99)) * (n // 6 + 1)).encode()[:n]
+
+
+def run(root, o, kept):
+    f = lambda q: os.path.join(root, q)
+    k = o[0]
+    if k == "pwrite":
+        fd = os.open(f(o[1]), os.O_WRONLY | os.O_CREAT, 0o644)
+        try: os.pwrite(fd, data(o[4], o[2]), o[3])
+        finally: os.close(fd)
+    elif k == "append":
+        fd = os.open(f(o[1]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try: os.write(fd, data(o[3], o[2]))
+        finally: os.close(fd)
+    elif k == "truncate":
+        os.truncate(f(o[1]), o[2])
+    elif k == "rewrite":
+        with open(f(o[1]), "wb") as h: h.write(data(o[3], o[2]))
+    elif k == "fallocate":
+        fd = os.open(f(o[1]), os.O_RDWR)
+        try:
+            if libc.fallocate(fd, o[2], o[3], o[4]) != 0:
+                raise OSError(ctypes.get_errno(), "fallocate")
+        finally: os.close(fd)
+    elif k in ("rename", "renamedir"):
+        os.rename(f(o[1]), f(o[2]))
+    elif k in ("exchange", "noreplace"):
+        if libc.renameat2(AT_FDCWD, f(o[1]).encode(), AT_FDCWD, f(o[2]).encode(), 2 if k == "exchange" else 1):
+            raise OSError(ctypes.get_errno(), k)
+    elif k == "link": os.link(f(o[1]), f(o[2]))
+    elif k == "unlink": os.unlink(f(o[1]))
+    elif k == "mkdir": os.mkdir(f(o[1]), o[2])
+    elif k == "rmdir": os.rmdir(f(o[1]))
+    elif k == "symlink": os.symlink(o[1], f(o[2]))
+    elif k == "chmod": os.chmod(f(o[1]), o[2])
+    elif k == "mmap":
+        fd = os.open(f(o[1]), os.O_RDWR)
+        try:
+            n = os.fstat(fd).st_size
+            if n:
+                m = mmap.mmap(fd, n)
+                at = int(o[2] * n)
+                b = data(o[4], min(n - at, o[3]))
+                m[at:at + len(b)] = b
+                if o[5]: m.flush()
+                m.close()
+        finally: os.close(fd)
+    elif k == "copy":
+        src = os.open(f(o[1]), os.O_RDONLY)
+        try:
+            dst = os.open(f(o[2]), os.O_WRONLY | os.O_CREAT, 0o644)
+            try: os.copy_file_range(src, dst, o[3], o[4], o[5])
+            finally: os.close(dst)
+        finally: os.close(src)
+    elif k == "twofds":
+        a = os.open(f(o[1]), os.O_WRONLY | os.O_CREAT, 0o644)
+        b = os.open(f(o[1]), os.O_WRONLY)
+        try:
+            os.pwrite(a, data(o[2], 3000), 0)
+            os.pwrite(b, data([o[2][0] + 1, o[2][1]], 2000), 1000)
+            os.pwrite(a, data([o[2][0] + 2, o[2][1]], 10), 2500)
+            if o[3]: os.fsync(b)
+        finally:
+            os.close(a); os.close(b)
+    elif k == "tmprename":
+        t = f(o[1]) + ".tmp"
+        with open(t, "wb") as h:
+            h.write(data(o[3], o[2])); h.flush(); os.fsync(h.fileno())
+        os.rename(t, f(o[1]))
+    elif k == "unlinkopen":
+        fd = os.open(f(o[1]), os.O_RDWR)
+        os.unlink(f(o[1]))
+        try: os.write(fd, data(o[2], 100))
+        finally: os.close(fd)
+    elif k == "ftrunc_write":
+        fd = os.open(f(o[1]), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, o[2]); os.pwrite(fd, data(o[4], 100), o[3])
+            if o[5]: os.fdatasync(fd)
+        finally: os.close(fd)
+    elif k == "keep":
+        if o[1] in kept: os.close(kept.pop(o[1]))
+        kept[o[1]] = os.open(f(o[2]), os.O_RDWR | os.O_CREAT, 0o644)
+    elif k == "write_kept":
+        if o[1] in kept: os.pwrite(kept[o[1]], data(o[4], o[3]), o[2])
+    elif k == "close_kept":
+        if o[1] in kept:
+            fd = kept.pop(o[1])
+            if o[2]: os.fsync(fd)
+            os.close(fd)
+    elif k == "xattr":
+        if o[4]: os.removexattr(f(o[1]), o[2], follow_symlinks=False)
+        else: os.setxattr(f(o[1]), o[2], data(o[3], 20), follow_symlinks=False)
+    elif k == "utime":
+        os.utime(f(o[1]), (o[2], o[2]), follow_symlinks=False)
+
+
+def manifest(root):
+    m = {}
+    for dp, dns, fns in os.walk(root):
+        dns[:] = [d for d in dns if not unversioned(d)]
+        for n in dns + fns:
+            if unversioned(n):
+                continue
+            p = os.path.join(dp, n)
+            r = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                m[r] = ["symlink", os.readlink(p)]
+            elif os.path.isdir(p):
+                m[r] = ["dir", oct(st.st_mode & 0o7777)]
+            else:
+                with open(p, "rb") as h:
+                    digest = hashlib.sha256(h.read()).hexdigest()[:16]
+                attrs = sorted([a, os.getxattr(p, a).hex()] for a in os.listxattr(p) if a.startswith("user."))
+                m[r] = ["file", oct(st.st_mode & 0o7777), st.st_size, digest, attrs]
+    return m
+
+
+def main():
+    root, seeds, nops, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    clawfs = sys.argv[sys.argv.index("--") + 1:]
+    wrong = 0
+    for seed in map(int, seeds.split(",")):
+        tree = os.path.join(root, "s%d" % seed)
+        os.mkdir(tree)
+        kept, marks, failed = {}, [], 0
+        for i, o in enumerate(gen(seed, nops)):
+            try:
+                run(tree, o, kept)
+            except OSError:
+                failed += 1
+            if (i + 1) % every == 0 or i + 1 == nops:
+                name = "s%d-%d" % (seed, i + 1)
+                marks.append((name, manifest(tree)))
+                subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
+        for fd in kept.values():
+            os.close(fd)
+        for name, want in marks:
+            out = tempfile.mkdtemp(prefix="clawfs-random-")
+            shutil.rmtree(out)
+            r = subprocess.run(clawfs + ["restore", "--at", name, out, os.path.relpath(tree, root)],
+                               capture_output=True, text=True)
+            got = manifest(os.path.join(out, os.path.relpath(tree, root))) if r.returncode == 0 else None
+            shutil.rmtree(out, ignore_errors=True)
+            if got != want:
+                wrong += 1
+                print("seed %d, mark %s: the history differs from the tree%s" % (seed, name, ": " + r.stderr if got is None else ""))
+                for k in sorted(set(got or {}) | set(want)):
+                    if (got or {}).get(k) != want.get(k):
+                        print("   %s: tree %s, history %s" % (k, want.get(k), (got or {}).get(k)))
+        print("seed %d: %d operations (%d failed as they would natively), %d marks checked" % (seed, nops, failed, len(marks)))
+    sys.exit(1 if wrong else 0)
+
+
+main()
