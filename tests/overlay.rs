@@ -170,6 +170,34 @@ PY"#);
     s.unmount();
 }
 
+/// Runs the python `body` in the tree, with `exchange(a, b)` (`RENAME_EXCHANGE`) defined.
+fn with_exchange(s: &Sandbox, body: &str) {
+    s.sh(&format!(
+        "python3 - <<'PY'
+import os, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+def exchange(a, b):
+    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0, ctypes.get_errno()
+{body}
+PY"
+    ));
+}
+
+/// Marks the moment, restores it, and names the `files` the restored tree holds other than
+/// the mount does; with where it restored them.
+fn restored_wrong(s: &Sandbox, files: &[String]) -> (std::path::PathBuf, Vec<String>) {
+    s.ok(&["mark", "after"]);
+    let restored = s.home.path().join("restored");
+    s.ok(&["restore", "--at", "after", restored.to_str().unwrap()]);
+    let wrong = files
+        .iter()
+        .filter(|f| std::fs::read(restored.join(f)).ok() != Some(s.read(f)))
+        .cloned()
+        .collect();
+    (restored, wrong)
+}
+
 /// What comes into the tree from names that are not versioned is recorded as it is: a file's
 /// `user.` attributes with it, a file exchanged with one of the same size written in the same
 /// clock tick, the files of a directory renamed in as they were named then (two of them
@@ -180,12 +208,9 @@ PY"#);
 fn files_arriving_from_names_that_are_not_versioned_are_recorded_as_they_are() {
     let s = Sandbox::new();
     s.mount();
-    s.sh(r#"python3 - <<'PY'
-import os, ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-def exchange(a, b):
-    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0, ctypes.get_errno()
+    with_exchange(
+        &s,
+        r#"
 for i in range(10):
     os.makedirs("x%d.lock" % i)
     with open("x%d.lock/f" % i, "w") as f: f.write("f")
@@ -203,23 +228,21 @@ for i in range(10):
     with open("y%d.lock/b" % i, "w") as f: f.write("b" * 20)
     os.rename("y%d.lock" % i, "dir%d" % i)
     exchange("dir%d/a" % i, "dir%d/b" % i)
-PY"#);
-    s.ok(&["mark", "after"]);
-    let restored = s.home.path().join("restored");
-    s.ok(&["restore", "--at", "after", restored.to_str().unwrap()]);
-    let mut wrong = Vec::new();
+"#,
+    );
+    let files: Vec<String> = (0..10)
+        .flat_map(|i| {
+            [
+                format!("skill{i}/f"),
+                format!("same{i}"),
+                format!("linked{i}"),
+                format!("dir{i}/a"),
+                format!("dir{i}/b"),
+            ]
+        })
+        .collect();
+    let (restored, mut wrong) = restored_wrong(&s, &files);
     for i in 0..10 {
-        for f in [
-            format!("skill{i}/f"),
-            format!("same{i}"),
-            format!("linked{i}"),
-            format!("dir{i}/a"),
-            format!("dir{i}/b"),
-        ] {
-            if std::fs::read(restored.join(&f)).ok() != Some(s.read(&f)) {
-                wrong.push(f);
-            }
-        }
         for (f, attr, value) in [
             (
                 format!("skill{i}/f"),
@@ -250,12 +273,9 @@ PY"#);
 fn a_file_with_several_names_keeps_one_history_under_its_versioned_names() {
     let s = Sandbox::new();
     s.mount();
-    s.sh(r#"python3 - <<'PY'
-import os, ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-def exchange(a, b):
-    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0, ctypes.get_errno()
+    with_exchange(
+        &s,
+        r#"
 def put(p, data, at=0):
     fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
     os.pwrite(fd, data, at)
@@ -282,16 +302,10 @@ put("c", b"c" * 10)
 os.link("c", "d/c")
 put("z.lock", b"z" * 50)
 exchange("c", "z.lock")
-PY"#);
-    s.ok(&["mark", "after"]);
-    let restored = s.home.path().join("restored");
-    s.ok(&["restore", "--at", "after", restored.to_str().unwrap()]);
-    let mut wrong = Vec::new();
-    for f in ["d/a", "d/b", "d/in1/b", "d/in2/x", "d/in2/y", "c", "d/c"] {
-        if std::fs::read(restored.join(f)).ok() != Some(s.read(f)) {
-            wrong.push(f);
-        }
-    }
+"#,
+    );
+    let files = ["d/a", "d/b", "d/in1/b", "d/in2/x", "d/in2/y", "c", "d/c"].map(String::from);
+    let (_, wrong) = restored_wrong(&s, &files);
     assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
     // Still one file under its two names in the history: a rollback of one restores both.
     let newest = |f: &str| s.json(&["history", f])[0]["version"].clone();
