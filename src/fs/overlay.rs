@@ -331,6 +331,8 @@ impl Overlay {
         self.capture(path, false)
     }
 
+    /// [`Self::import`], or, `arriving` from a name that is not versioned, with each file's
+    /// other versioned name the kernel knows, to be recorded as a link (see [`Self::arrive`]).
     fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
         let versioned = |p: &str| self.live.filter.versioned(p);
         // Another versioned name the kernel knows, outside what arrives.
