@@ -1583,3 +1583,31 @@ fn requests_come_through_io_uring_when_offered_and_through_dev_fuse_when_turned_
     );
     assert!(!s.is_mounted());
 }
+
+/// While unmounted, one of a file's two names is given a new file. A mark made offline names
+/// the tree as it is then (it named the moment of the last unmount), and its capture records
+/// each name's own file (it captured both real files into the one file the history had for
+/// the two names, the last one read winning). Found by `random_ops --offline`.
+#[test]
+fn a_name_given_a_new_file_while_unmounted_is_captured_apart_by_an_offline_mark() {
+    let s = Sandbox::new();
+    s.mount();
+    s.write("d/e/a", &[b'x'; 70000]);
+    std::fs::hard_link(s.path("d/e/a"), s.path("a")).unwrap();
+    s.ok(&["mark", "linked"]);
+    s.unmount();
+    std::fs::remove_file(s.path("a")).unwrap();
+    s.write("a", &[b'y'; 3000]);
+    s.write("new.md", b"written while unmounted");
+    s.ok(&["mark", "apart"]);
+    for f in ["a", "d/e/a", "new.md"] {
+        assert!(
+            s.raw(&["cat", f, "--at", "apart"]).stdout == s.read(f),
+            "{f} as marked is not the file"
+        );
+    }
+    assert_eq!(
+        s.raw(&["cat", "a", "--at", "linked"]).stdout,
+        vec![b'x'; 70000]
+    );
+}

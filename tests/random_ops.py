@@ -217,6 +217,7 @@ def manifest(root):
 
 def main():
     root, seeds, nops, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    offline = "--offline" in sys.argv[:sys.argv.index("--")]
     clawfs = sys.argv[sys.argv.index("--") + 1:]
     wrong = 0
     for seed in map(int, seeds.split(",")):
@@ -224,6 +225,13 @@ def main():
         os.mkdir(tree)
         kept, marks, failed = {}, [], 0
         for i, o in enumerate(gen(seed, nops)):
+            if offline and i == nops // 2:
+                # The second half on the plain directory: each mark, made offline, captures
+                # what changed since the last, and the next mount captures the rest.
+                for fd in kept.values():
+                    os.close(fd)
+                kept.clear()
+                subprocess.run(clawfs + ["unmount", root], check=True, stdout=subprocess.DEVNULL)
             try:
                 run(tree, o, kept)
             except OSError:
@@ -234,6 +242,8 @@ def main():
                 subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
         for fd in kept.values():
             os.close(fd)
+        if offline:
+            subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
         for name, want in marks:
             out = tempfile.mkdtemp(prefix="clawfs-random-")
             shutil.rmtree(out)

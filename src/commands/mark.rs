@@ -3,6 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::commands::rollback::offline_recording;
 use crate::commands::Ctx;
 use crate::store::catalog::{now_ns, Mark};
 use crate::when::{ago, rfc3339, show_time};
@@ -28,8 +29,12 @@ fn out(m: &Mark) -> MarkOut<'_> {
 
 /// `mark NAME`.
 pub fn mark(ctx: &mut Ctx, name: &str, message: &str, at: Option<&str>) -> Result<()> {
-    if let Some(l) = ctx.live {
-        l.rec.commit(true, true);
+    match ctx.live {
+        Some(l) => l.rec.commit(true, true),
+        // Offline, the moment is the tree as it is now: what changed in it since the last
+        // mount is captured first (a mark named the moment of the last unmount instead).
+        None if at.is_none() => drop(offline_recording(ctx, "mark")?),
+        None => {}
     }
     let seq = ctx.when(at.unwrap_or("now"))?;
     let m = Mark {

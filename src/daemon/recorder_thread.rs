@@ -208,6 +208,11 @@ pub struct Recording {
     /// The files with several names a capture has recorded so far, by (device, inode): another
     /// of their names found by the same capture is recorded as a link, not as a second file.
     captured_links: std::collections::HashMap<(u64, u64), RelPath>,
+    /// The recorded files a capture has captured so far, with the real file (device, inode)
+    /// each was found to be: a recorded file that two names share, found to be two real files
+    /// (one replaced while unmounted), gives the second name a file of its own instead of
+    /// capturing it over the first.
+    captured_nodes: std::collections::HashMap<crate::ids::NodeId, (u64, u64)>,
 }
 
 /// Most descriptors one capture holds (see [`Held`]); a directory with more below it is
@@ -407,6 +412,7 @@ impl Recording {
             uncaptured_since: None,
             reread: false,
             captured_links: Default::default(),
+            captured_nodes: Default::default(),
         }
     }
 
@@ -481,6 +487,7 @@ impl Recording {
     /// [`FsEvent::Import`]), or what the real tree has at `path` when `held` is `None`.
     fn import(&mut self, path: &RelPath, held: Option<&Held>) {
         self.captured_links.clear();
+        self.captured_nodes.clear();
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
@@ -518,7 +525,14 @@ impl Recording {
         }
         let meta = meta_of(&st);
         let mut now = self.rec.stat_now(path)?;
-        if now.as_ref().is_some_and(|(_, v)| v.kind != kind) && !path.is_root() {
+        let real = (st.st_dev, st.st_ino);
+        let shared_apart = kind == NodeKind::File
+            && now.as_ref().is_some_and(|(node, _)| {
+                self.captured_nodes
+                    .get(node)
+                    .is_some_and(|other| *other != real)
+            });
+        if now.as_ref().is_some_and(|(_, v)| v.kind != kind) && !path.is_root() || shared_apart {
             self.rec.remove_any(path)?;
             now = None;
         }
@@ -602,6 +616,11 @@ impl Recording {
                         }
                     }
                 }
+            }
+        }
+        if kind == NodeKind::File {
+            if let Some((node, _)) = self.rec.resolve_now(path)? {
+                self.captured_nodes.insert(node, real);
             }
         }
         if kind != NodeKind::Symlink {
