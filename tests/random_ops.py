@@ -12,7 +12,14 @@ they would for an agent. Every EVERY operations it notes the tree (type, mode, c
 size, user. attributes) and names the moment with `clawfs mark`. Then it restores each mark
 with `clawfs restore --at` and compares: prints every difference, exits 1 if there is one.
 
-Odd seeds use no names that are not versioned (`*.lock`), even seeds do."""
+Odd seeds use no names that are not versioned (`*.lock`), even seeds do.
+
+    --offline    the second half of each seed runs unmounted: marks made then capture what
+                 changed, and the next mount the rest.
+    --rollbacks  after four marks in ten, the seed's tree is rolled back, live, to an earlier
+                 mark (over the descriptors it keeps open: --force), and must then equal it
+                 (but for directories kept because they hold files that are not versioned);
+                 the rollback's moment is marked too."""
 import ctypes
 import hashlib
 import json
@@ -218,6 +225,7 @@ def manifest(root):
 def main():
     root, seeds, nops, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     offline = "--offline" in sys.argv[:sys.argv.index("--")]
+    rollbacks = "--rollbacks" in sys.argv[:sys.argv.index("--")]
     clawfs = sys.argv[sys.argv.index("--") + 1:]
     wrong = 0
     for seed in map(int, seeds.split(",")):
@@ -240,6 +248,25 @@ def main():
                 name = "s%d-%d" % (seed, i + 1)
                 marks.append((name, manifest(tree)))
                 subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
+                if rollbacks and len(marks) > 1 and random.Random(seed * 1000 + i).random() < 0.4:
+                    # The seed's tree back to an earlier mark, live, over open descriptors.
+                    back, want = random.Random(seed + i).choice(marks[:-1])
+                    r = subprocess.run(clawfs + ["rollback", "--to", back, "--yes", "--force",
+                                                 os.path.relpath(tree, root)],
+                                       capture_output=True, text=True)
+                    now = got = manifest(tree)
+                    # A directory holding files that are not versioned is left, with them.
+                    holds_unversioned = lambda d: any(unversioned(n) for _, ds, fs in os.walk(os.path.join(tree, d)) for n in ds + fs)
+                    got = {k: v for k, v in got.items() if k in want or v[0] != "dir" or not holds_unversioned(k)}
+                    if r.returncode or got != want:
+                        wrong += 1
+                        print("seed %d: rollback to %s left the tree unlike it: %s" % (seed, back, r.stderr))
+                        for k in sorted(set(got) | set(want)):
+                            if got.get(k) != want.get(k):
+                                print("   %s: then %s, now %s" % (k, want.get(k), got.get(k)))
+                    name = "s%d-%d-back" % (seed, i + 1)
+                    marks.append((name, now))
+                    subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
         for fd in kept.values():
             os.close(fd)
         if offline:

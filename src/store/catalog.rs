@@ -118,12 +118,14 @@ impl NodeVersion {
         }
     }
 
-    /// True when two versions would read back the same (content, kind, target, mode).
+    /// True when two versions would read back the same (content, kind, target, mode, extended
+    /// attributes).
     pub fn same_data(&self, other: &NodeVersion) -> bool {
         self.kind == other.kind
             && self.content == other.content
             && self.target == other.target
             && self.meta.mode == other.meta.mode
+            && self.xattrs == other.xattrs
     }
 }
 
