@@ -136,22 +136,18 @@ pub fn symlink_at(target: &OsStr, dir: RawFd, path: &OsStr) -> io::Result<()> {
 
 /// `readlinkat`.
 pub fn readlink_at(dir: RawFd, path: &OsStr) -> io::Result<Vec<u8>> {
-    let c = cstr(path)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    readlink_c(dir, &cstr(path)?)
 }
 
 /// The target of the symlink `fd` is an `O_PATH | O_NOFOLLOW` descriptor of.
 pub fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
+    readlink_c(fd, c"")
+}
+
+fn readlink_c(dir: RawFd, c: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: the empty path is NUL-terminated; the kernel writes at most `buf.len()` bytes.
-    let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `c` is NUL-terminated; the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

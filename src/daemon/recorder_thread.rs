@@ -258,6 +258,15 @@ impl Held {
         Self::take_within(dir, name, path, naming, &mut budget)
     }
 
+    /// Holds `name` in the real directory `dir` alone, noting nothing below or beside it.
+    fn open(dir: RawFd, name: &OsStr) -> std::io::Result<Held> {
+        Ok(Held {
+            fd: sys::open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?.into(),
+            entries: None,
+            linked: None,
+        })
+    }
+
     fn take_within(
         dir: RawFd,
         name: &OsStr,
@@ -265,21 +274,18 @@ impl Held {
         naming: &Naming,
         budget: &mut usize,
     ) -> std::io::Result<Held> {
-        let fd = OwnedFd::from(sys::open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?);
+        let mut held = Self::open(dir, name)?;
         *budget = budget.saturating_sub(1);
-        let st = sys::fstat(fd.as_raw_fd())?;
+        let st = sys::fstat(held.fd.as_raw_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            let linked = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
+            held.linked = (st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1)
                 .then(|| (naming.linked)(&st, path))
                 .flatten();
-            return Ok(Held {
-                fd,
-                entries: None,
-                linked,
-            });
+            return Ok(held);
         }
         let mut entries = Vec::new();
-        for entry in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.flatten() {
+        let listed = format!("/proc/self/fd/{}", held.fd.as_raw_fd());
+        for entry in std::fs::read_dir(listed)?.flatten() {
             let name = entry.file_name();
             let Some(child) = std::str::from_utf8(name.as_bytes())
                 .ok()
@@ -289,23 +295,16 @@ impl Held {
                 continue;
             };
             if *budget == 0 {
-                return Ok(Held {
-                    fd,
-                    entries: None,
-                    linked: None,
-                });
+                return Ok(held); // listed when captured
             }
-            match Self::take_within(fd.as_raw_fd(), &name, &child, naming, budget) {
+            match Self::take_within(held.fd.as_raw_fd(), &name, &child, naming, budget) {
                 Ok(h) => entries.push((name.to_string_lossy().into_owned(), h)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(Held {
-            fd,
-            entries: Some(entries),
-            linked: None,
-        })
+        held.entries = Some(entries);
+        Ok(held)
     }
 }
 
@@ -695,17 +694,8 @@ impl Recording {
             }
             // Below a held directory, its entries as they are in it now.
             let child_held = match held {
-                Some(h) => match sys::open_at(
-                    h.fd.as_raw_fd(),
-                    OsStr::new(name),
-                    libc::O_PATH | libc::O_NOFOLLOW,
-                    0,
-                ) {
-                    Ok(f) => Some(Held {
-                        fd: f.into(),
-                        entries: None,
-                        linked: None,
-                    }),
+                Some(h) => match Held::open(h.fd.as_raw_fd(), OsStr::new(name)) {
+                    Ok(h) => Some(h),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {
                         return Err(StoreError::Io {
