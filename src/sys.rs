@@ -361,6 +361,9 @@ pub fn user_xattrs(p: &CStr) -> io::Result<std::collections::BTreeMap<Vec<u8>, V
                 _ => Err(e),
             };
         }
+        if size == 0 {
+            return Ok(out); // most files: no attributes, one call
+        }
         let mut buf = vec![0u8; size as usize];
         let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {

@@ -541,6 +541,13 @@ impl Recording {
                 Some(other) => self.record_as_link(other, path, now.is_some())?,
                 None => self.link_captured(path, &st, now.is_some())?,
             };
+        // The recorded attributes once what follows has run: those of the file found (it keeps
+        // them), none for a new one; a link shares another name's, read from this same file.
+        let recorded_xattrs = (!linked).then(|| {
+            now.as_ref()
+                .map(|(_, v)| v.xattrs.clone())
+                .unwrap_or_default()
+        });
         match kind {
             NodeKind::File if linked => {}
             NodeKind::File => {
@@ -622,10 +629,12 @@ impl Recording {
                 self.captured_nodes.insert(node, real);
             }
         }
-        if kind != NodeKind::Symlink {
-            self.import_xattrs(path, held)?;
+        match recorded_xattrs {
+            Some(recorded) if kind != NodeKind::Symlink => {
+                self.import_xattrs(path, held, &recorded)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether the file `st` at `path` has another name this capture has recorded already: then
@@ -713,8 +722,13 @@ impl Recording {
     }
 
     /// Records the `user.` attributes (the ones the overlay versions) of the real file or
-    /// directory when they differ from the recorded ones.
-    fn import_xattrs(&mut self, path: &RelPath, held: Option<&Held>) -> crate::store::Result<()> {
+    /// directory when they differ from the `recorded` ones.
+    fn import_xattrs(
+        &mut self,
+        path: &RelPath,
+        held: Option<&Held>,
+        recorded: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> crate::store::Result<()> {
         let real = match held {
             Some(h) => sys::proc_path(h.fd.as_raw_fd(), OsStr::new("")),
             None => sys::proc_path(self.root.as_raw_fd(), OsStr::new(path.as_str())),
@@ -723,8 +737,7 @@ impl Recording {
             what: format!("reading the attributes of {path}"),
             source: e,
         })?;
-        let recorded = self.rec.stat_now(path)?.map(|(_, v)| v.xattrs);
-        if recorded.is_some_and(|r| r != real) {
+        if *recorded != real {
             self.rec.import_xattrs(path, real)?;
         }
         Ok(())
