@@ -31,10 +31,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
                     ),
                 );
             } else if m.is_dir() {
-                out.insert(rel, (mode & 0o555, b"<dir>".to_vec()));
+                out.insert(rel, (mode, b"<dir>".to_vec()));
                 stack.push(p);
             } else {
-                out.insert(rel, (mode & 0o7555, std::fs::read(&p).unwrap()));
+                out.insert(rel, (mode, std::fs::read(&p).unwrap()));
             }
         }
     }
@@ -70,6 +70,11 @@ fn past_moments_read_back_exactly_beside_the_live_mount_and_without_it() {
             std::fs::Permissions::from_mode(0o600 + round as u32 * 0o10),
         )
         .unwrap();
+        // A `user.` attribute longer than Python's first guess at its size (128 bytes).
+        common::sh_in(
+            &s.dir,
+            &format!("python3 -c 'import os; os.setxattr(\"openclaw.json\", \"user.round\", b\"{round}\" * 300)'"),
+        );
         if round == 1 {
             std::os::unix::fs::symlink("workspace/note-0.md", s.path("latest")).unwrap();
         }
@@ -93,6 +98,13 @@ fn past_moments_read_back_exactly_beside_the_live_mount_and_without_it() {
         let mp = s.home.path().join(format!("view-{seq}"));
         browse(&s, &mp, Some(&seq.to_string()));
         assert_eq!(snapshot(&mp), snapshot(copy), "moment {seq}");
+        // Its `user.` attributes as they were, for `cp -a` to copy out.
+        let attrs = |dir: &Path| {
+            common::sh_in(dir, "python3 -c 'import os; print(os.listxattr(\"openclaw.json\"), os.getxattr(\"openclaw.json\", \"user.round\"))'")
+        };
+        assert_eq!(attrs(&mp), attrs(copy), "moment {seq}");
+        let shown = attrs(&mp);
+        assert!(shown.starts_with("['user.round'] b'"), "{shown}");
         // Writes fail with EROFS.
         let err = std::fs::write(mp.join("openclaw.json"), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));

@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 use parking_lot::Mutex;
 
@@ -160,8 +160,9 @@ impl Browse {
             NodeKind::Symlink => FileType::Symlink,
             NodeKind::File => FileType::RegularFile,
         };
-        // Read-only: no write bits, whatever they were.
-        let perm = v.meta.mode & 0o7555;
+        // The mode it had, write bits included: the mount is read-only (every write fails with
+        // EROFS), and a file copied out with `cp -a` gets its own mode back, not a read-only one.
+        let perm = v.meta.mode & 0o7777;
         let mut a = attr_of(
             ino,
             kind,
@@ -221,6 +222,17 @@ impl Browse {
             .node_at(node, seq)
             .map_err(|_| Errno::EIO)?
             .ok_or(Errno::ENOENT)
+    }
+
+    /// The `user.` attributes the history keeps for inode `ino` (none for the view's own
+    /// directories and the stand-ins).
+    fn xattrs(&self, ino: INodeNo) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, Errno> {
+        match self.key(ino)? {
+            Key::Node(seq, node) | Key::HistVersion(node, seq) => {
+                Ok(self.version(node, seq)?.1.xattrs)
+            }
+            _ => Ok(Default::default()),
+        }
     }
 
     /// A moment typed as a directory name under `at/`.
@@ -482,6 +494,18 @@ fn attr_of(
     }
 }
 
+/// Answers a getxattr or listxattr of `value`: its size when asked with `size` 0, `ERANGE` when
+/// it does not fit in `size`.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
+}
+
 impl Filesystem for Browse {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // Sequential reads of past files in 1 MiB requests, not the kernel's default 128 KiB.
@@ -675,6 +699,31 @@ impl Filesystem for Browse {
     ) {
         self.files.lock().remove(&fh.0);
         reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        use std::os::unix::ffi::OsStrExt;
+        match self.xattrs(ino) {
+            Ok(x) => match x.get(name.as_bytes()) {
+                Some(v) => reply_xattr(reply, size, v),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.xattrs(ino) {
+            Ok(x) => {
+                let mut names = Vec::new();
+                for n in x.keys() {
+                    names.extend_from_slice(n);
+                    names.push(0);
+                }
+                reply_xattr(reply, size, &names)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(
