@@ -181,6 +181,21 @@ impl RealTree {
         })
     }
 
+    /// Gives the file at `from` the further name `to` (a hard link), which must not exist.
+    pub fn link(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        fs::hard_link(self.seen(from), self.seen(to))
+    }
+
+    /// Gives the file at `from` the further name `path` (a hard link) in place of what is
+    /// there, atomically: a link beside it, renamed over.
+    pub fn link_in_place(&self, from: &RelPath, path: &RelPath) -> io::Result<()> {
+        let tmp = Self::temp_beside(path)?;
+        fs::hard_link(self.seen(from), self.seen(&tmp))?;
+        self.put_in_place(&tmp, path).inspect_err(|_| {
+            let _ = fs::remove_file(self.seen(&tmp));
+        })
+    }
+
     /// Makes `path` a directory with `mode` (an existing one just gets the mode).
     pub fn mkdir(&self, path: &RelPath, mode: u32) -> io::Result<()> {
         let p = self.seen(path);

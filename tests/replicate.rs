@@ -791,3 +791,106 @@ fn stored_access_keys_passwd_restore_if_empty_and_two_devices_in_one_bucket() {
         .unwrap();
     assert!(!other.is_empty());
 }
+
+/// `(device, inode)` of each path, relative to `root`.
+fn inodes(root: &Path, paths: &[&str]) -> Vec<(u64, u64)> {
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+            (m.dev(), m.ino())
+        })
+        .collect()
+}
+
+/// A file with several names (hard links) comes back as one file under them all: from a
+/// restore, on a new machine's checkout, and from a rollback, which also makes names that were
+/// one file then and are not now one again (and the other way round). A write through one name
+/// after the rollback is then the others' too, in the files and in the history.
+#[test]
+fn hard_links_come_back_as_links_from_restore_clone_and_rollback() {
+    let remote_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote_dir.path().display());
+    let sb = Sandbox::new();
+    sb.set_env("CLAWFS_PASSPHRASE", PASS);
+    sb.ok(&["remote", "add", "nas", &url]);
+    sb.mount();
+    sb.write("notes/a.md", b"one file, three names\n");
+    sb.write("apart.md", b"one file, three names\n");
+    sb.write("pair.md", b"two files, then one\n");
+    sb.write("pair2.md", b"two files, then one\n");
+    sb.sh("ln notes/a.md b.md && mkdir -p deep && ln notes/a.md deep/c.md");
+    sb.ok(&["mark", "linked"]);
+    let names = ["notes/a.md", "b.md", "deep/c.md"];
+
+    // Restore: the three names are one file, and a file with the same bytes stays apart.
+    let out = sb.home.path().join("restored");
+    let said = sb.ok(&["restore", "--at", "linked", out.to_str().unwrap()]);
+    assert!(said.contains("2 further hard link(s)"), "{said}");
+    let ino = inodes(&out, &["notes/a.md", "b.md", "deep/c.md", "apart.md"]);
+    assert!(ino[0] == ino[1] && ino[1] == ino[2], "{ino:?}");
+    assert_ne!(ino[0], ino[3]);
+
+    // A new machine's checkout.
+    sb.ok(&["push", "--wait"]);
+    let nm = Sandbox::new();
+    nm.set_env("CLAWFS_PASSPHRASE", PASS);
+    std::fs::remove_dir(&nm.dir).unwrap();
+    nm.ok(&["clone", "--from", &url]);
+    let ino = inodes(&nm.dir, &names);
+    assert!(ino[0] == ino[1] && ino[1] == ino[2], "{ino:?}");
+
+    // Break the links every way, and link two files that were apart.
+    sb.sh("rm notes/a.md && cp b.md b.tmp && mv b.tmp b.md && rm pair2.md && ln pair.md pair2.md");
+    sb.ok(&["mark", "broken"]);
+    let ino = inodes(&sb.dir, &["b.md", "deep/c.md"]);
+    assert_ne!(ino[0], ino[1]);
+    sb.ok(&["rollback", "--to", "linked", "--yes"]);
+    let ino = inodes(&sb.dir, &names);
+    assert!(ino[0] == ino[1] && ino[1] == ino[2], "{ino:?}");
+    let pair = inodes(&sb.dir, &["pair.md", "pair2.md"]);
+    assert_ne!(pair[0], pair[1], "pair.md and pair2.md were two files then");
+    std::fs::write(sb.path("b.md"), "written through one name\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sb.path("notes/a.md")).unwrap(),
+        "written through one name\n"
+    );
+    sb.ok(&["mark", "after"]);
+    for n in names {
+        assert_eq!(
+            sb.ok(&["cat", n, "--at", "after"]),
+            "written through one name\n",
+            "{n}"
+        );
+    }
+    assert_eq!(
+        sb.ok(&["cat", "pair.md", "--at", "after"]),
+        "two files, then one\n"
+    );
+    // The moment holds the tree's names, and nothing of how the rollback put them in place.
+    let at_after = sb.home.path().join("after");
+    sb.ok(&["restore", "--at", "after", at_after.to_str().unwrap()]);
+    let mut listed: Vec<String> = snapshot(&at_after).into_keys().collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "apart.md",
+            "b.md",
+            "deep",
+            "deep/c.md",
+            "notes",
+            "notes/a.md",
+            "pair.md",
+            "pair2.md"
+        ]
+    );
+
+    // And back to the broken links, which come back broken.
+    sb.ok(&["rollback", "--to", "broken", "--yes"]);
+    let ino = inodes(&sb.dir, &["b.md", "deep/c.md", "pair.md", "pair2.md"]);
+    assert_ne!(ino[0], ino[1]);
+    assert_eq!(ino[2], ino[3]);
+    assert!(!sb.path("notes/a.md").exists());
+    sb.unmount();
+}

@@ -40,9 +40,13 @@ fn say(json: bool, out: &mut dyn std::io::Write, r: &RestoreReport) -> Result<()
         serde_json::to_writer(&mut *out, r)?;
         writeln!(out)?;
     } else {
+        let links = match r.links {
+            0 => String::new(),
+            n => format!(", {n} further hard link(s)"),
+        };
         writeln!(
             out,
-            "restored moment {} into {}: {} files ({}), {} directories, {} symlinks",
+            "restored moment {} into {}: {} files ({}), {} directories, {} symlinks{links}",
             r.seq,
             r.target.display(),
             r.files,

@@ -236,7 +236,15 @@ fn show_plan(ctx: &mut Ctx, plan: &Plan, patch: bool) -> Result<()> {
             ActionKind::Recreate => "recreate",
             ActionKind::Restore => "restore",
         };
-        writeln!(ctx.out, "  {verb:<9} {}{slash}  ({sizes})", shown(&a.path))?;
+        let link = match &a.link_to {
+            Some(first) => format!(", a hard link to {}", shown(first)),
+            None => String::new(),
+        };
+        writeln!(
+            ctx.out,
+            "  {verb:<9} {}{slash}  ({sizes}{link})",
+            shown(&a.path)
+        )?;
     }
     if !plan.skipped_secrets.is_empty() {
         writeln!(

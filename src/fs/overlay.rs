@@ -1178,7 +1178,7 @@ impl Filesystem for Overlay {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -1198,13 +1198,16 @@ impl Filesystem for Overlay {
             Ok(st) => st,
             Err(e) => return reply.error(errno(e)),
         };
-        // From a name of the file that is versioned, if it has one.
-        match (self.versioned_ino(ino.0), self.versioned(&to)) {
-            (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
-            (None, Some(t)) => self.arrive(t),
-            _ => {}
+        // From a name of the file that is versioned, if it has one. (A rollback's link, which
+        // puts a file back under a further name, records itself.)
+        if self.live.records(req) {
+            match (self.versioned_ino(ino.0), self.versioned(&to)) {
+                (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
+                (None, Some(t)) => self.arrive(t),
+                _ => {}
+            }
+            self.rec.commit(false, false);
         }
-        self.rec.commit(false, false);
         reply.entry(
             &ENTRY_TTL,
             &self.entry(newparent, newname, &st),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::ids::{ChunkId, Seq};
+use crate::ids::{ChunkId, NodeId, Seq};
 use crate::realfs::RealTree;
 use crate::relpath::RelPath;
 use crate::replicate::layout::{self, DeviceState};
@@ -414,6 +414,8 @@ pub struct RestoreReport {
     pub dirs: u64,
     /// Symlinks made.
     pub symlinks: u64,
+    /// Further names (hard links) given to files written under another.
+    pub links: u64,
     /// File bytes written.
     pub bytes: u64,
 }
@@ -714,6 +716,10 @@ fn write_entries(
     let mut report = RestoreReport::default();
     let mut dirs = Vec::new();
     let mut files = Vec::new();
+    // A file with several names (hard links) is written once, under the first, and linked
+    // under the others.
+    let mut first_name: HashMap<NodeId, &RelPath> = HashMap::new();
+    let mut links = Vec::new();
     for (p, e) in entries {
         // Parents of a restored path that are not themselves restored.
         if let Some((parent, _)) = p.split() {
@@ -735,7 +741,13 @@ fn write_entries(
                     .map_err(io(format!("writing {p}")))?;
                 report.symlinks += 1;
             }
-            NodeKind::File => files.push((p, v)),
+            NodeKind::File => match first_name.entry(e.node) {
+                std::collections::hash_map::Entry::Occupied(first) => links.push((*first.get(), p)),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(p);
+                    files.push((p, v));
+                }
+            },
         }
     }
     // Largest first: a big file started last would leave one worker writing it alone.
@@ -756,6 +768,11 @@ fn write_entries(
             progress(report.bytes, total);
         },
     )?;
+    for (first, p) in links {
+        tree.link(first, p)
+            .map_err(io(format!("linking {p} to {first}")))?;
+        report.links += 1;
+    }
     Ok((report, dirs))
 }
 

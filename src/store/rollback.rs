@@ -77,6 +77,10 @@ pub struct Action {
     pub size_now: Option<u64>,
     /// Size it gets back.
     pub size_then: Option<u64>,
+    /// A file put back as a further name (hard link) of this path, one it had then and has
+    /// again once the steps before this one are taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_to: Option<String>,
     #[serde(skip)]
     then: Option<NodeVersion>,
 }
@@ -264,10 +268,16 @@ impl Store {
                     kind: cur.version.kind,
                     size_now: Some(cur.version.size()),
                     size_then: None,
+                    link_to: None,
                     then: None,
                 });
             }
         }
+        // Which names are one file's (hard links), among the files at both moments: a file
+        // whose names were one file's then and are not now (or the other way round) is put
+        // back, so that they are again.
+        let (links_then, links_now) = (Links::of(&then, &now), Links::of(&now, &then));
+        let mut unchanged = std::collections::HashSet::new();
         for (p, old) in &then {
             if p.is_root() {
                 continue;
@@ -276,7 +286,13 @@ impl Store {
             let action = match cur {
                 None => ActionKind::Recreate,
                 Some(c) if differs(old, c) => ActionKind::Restore,
-                Some(_) => continue,
+                Some(c) if !links_then.names(old.node).eq(links_now.names(c.node)) => {
+                    ActionKind::Restore
+                }
+                Some(_) => {
+                    unchanged.insert(p);
+                    continue;
+                }
             };
             if !secret_ok(p) {
                 skipped.push(p.as_str().to_string());
@@ -288,8 +304,23 @@ impl Store {
                 kind: old.version.kind,
                 size_now: cur.map(|c| c.version.size()),
                 size_then: Some(old.version.size()),
+                link_to: None,
                 then: Some(old.version.clone()),
             });
+        }
+        // A file with several names then is put back once and linked under its other names,
+        // or linked to a name of it that is unchanged.
+        let mut put_as: HashMap<NodeId, String> = HashMap::new();
+        for a in puts.iter_mut().filter(|a| a.kind == NodeKind::File) {
+            let node = then[&RelPath::new(&a.path)?].node;
+            if let Some(first) = put_as.get(&node) {
+                a.link_to = Some(first.clone());
+            } else if let Some(q) = links_then.names(node).find(|q| unchanged.contains(q)) {
+                a.link_to = Some(q.as_str().to_string());
+                put_as.insert(node, q.as_str().to_string());
+            } else {
+                put_as.insert(node, a.path.clone());
+            }
         }
         // Deepest first for removals; parents first (BTreeMap order) for the rest. A path whose
         // kind changed is removed and then recreated.
@@ -311,6 +342,27 @@ impl Store {
             actions,
             skipped_secrets: skipped,
         })
+    }
+}
+
+/// The files of a tree by node, among the paths that are files in another tree too.
+struct Links<'a>(HashMap<NodeId, Vec<&'a RelPath>>);
+
+impl<'a> Links<'a> {
+    fn of(tree: &'a BTreeMap<RelPath, Entry>, other: &BTreeMap<RelPath, Entry>) -> Links<'a> {
+        let file = |e: &Entry| e.version.kind == NodeKind::File;
+        let mut by_node: HashMap<NodeId, Vec<&RelPath>> = HashMap::new();
+        for (p, e) in tree {
+            if file(e) && other.get(p).is_some_and(file) {
+                by_node.entry(e.node).or_default().push(p);
+            }
+        }
+        Links(by_node)
+    }
+
+    /// The names `node` has (in path order).
+    fn names(&self, node: NodeId) -> impl Iterator<Item = &'a RelPath> + '_ {
+        self.0.get(&node).into_iter().flatten().copied()
     }
 }
 
@@ -374,6 +426,8 @@ enum Done {
     Kept,
     /// The old directory, symlink or file is back.
     Put,
+    /// The file is back as a further name of the one at the action's `link_to`.
+    Linked,
 }
 
 /// The second step: writes the plan into the real tree, file by file (temp file, synced,
@@ -407,6 +461,16 @@ pub fn put_back(store: &Store, plan: &Plan, tree: &RealTree) -> PutBack {
             (_, Some(v)) => match v.kind {
                 NodeKind::Dir => tree.mkdir(&path, v.meta.mode).map(|()| Done::Put),
                 NodeKind::Symlink => tree.put_symlink(&path, &v.target).map(|()| Done::Put),
+                NodeKind::File if a.link_to.is_some() => {
+                    let first = a.link_to.as_deref().map(RelPath::new);
+                    match first.expect("checked") {
+                        Ok(first) => tree.link_in_place(&first, &path).map(|()| Done::Linked),
+                        Err(e) => Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            e.to_string(),
+                        )),
+                    }
+                }
                 NodeKind::File => {
                     let reader = store.reader(v.content.clone());
                     tree.put_file(&path, &reader, &v.meta, &v.xattrs).map(|()| {
@@ -468,6 +532,14 @@ pub fn record_rollback(
                     },
                     NodeKind::Symlink | NodeKind::File => rec.restore(&path, v, plan.target)?,
                 }
+                applied += 1;
+            }
+            (Done::Linked, _) => {
+                let first = RelPath::new(a.link_to.as_deref().unwrap_or_default())?;
+                if rec.resolve_now(&path)?.is_some() {
+                    rec.remove_any(&path)?;
+                }
+                rec.link(&first, &path)?;
                 applied += 1;
             }
             (Done::Put, None) => {}
