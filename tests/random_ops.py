@@ -19,7 +19,16 @@ Odd seeds use no names that are not versioned (`*.lock`), even seeds do.
     --rollbacks  after four marks in ten, the seed's tree is rolled back, live, to an earlier
                  mark (over the descriptors it keeps open: --force), and must then equal it
                  (but for directories kept because they hold files that are not versioned);
-                 the rollback's moment is marked too."""
+                 the rollback's moment is marked too.
+    --crash      the daemon is killed (`kill -9`) after a third and two thirds of the
+                 operations, and mounted again at once: every mark restores all the same.
+    --prune      at the end, every moment but the marks is pruned (from the remote too, with
+                 --clone), and every mark must restore as before.
+    --browse     at the end, every mark is checked again through `clawfs browse`'s view.
+    --clone      at the end, everything is pushed (`clawfs push --wait`) to the remote
+                 $CLAWFS_RANDOM_REMOTE names (a URL and its options, e.g. `--endpoint`), and
+                 cloned onto a new machine: its tree must be the tree now, and every mark must
+                 restore from its store as it did from this one's."""
 import ctypes
 import hashlib
 import json
@@ -30,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -200,8 +210,10 @@ def run(root, o, kept):
         os.utime(f(o[1]), (o[2], o[2]), follow_symlinks=False)
 
 
-def manifest(root):
-    m = {}
+def manifest(root, links):
+    """Every versioned name below `root`: its kind and mode, a file's size, content hash and
+    `user.` attributes, and with `links`, the names of a file with several (hard links)."""
+    m, names = {}, {}
     for dp, dns, fns in os.walk(root):
         dns[:] = [d for d in dns if not unversioned(d)]
         for n in dns + fns:
@@ -219,18 +231,67 @@ def manifest(root):
                     digest = hashlib.sha256(h.read()).hexdigest()[:16]
                 attrs = sorted([a, os.getxattr(p, a).hex()] for a in os.listxattr(p) if a.startswith("user."))
                 m[r] = ["file", oct(st.st_mode & 0o7777), st.st_size, digest, attrs]
+                names.setdefault((st.st_dev, st.st_ino), []).append(r)
+    for group in names.values():
+        if links and len(group) > 1:
+            for r in group:
+                m[r].append(sorted(group))
     return m
+
+
+def compare(seed, what, want, got, err=""):
+    """Prints how `got` (None: it could not be read) differs from `want`; True if it does."""
+    if got == want:
+        return False
+    print("seed %d, %s: the history differs from the tree%s" % (seed, what, ": " + err if got is None else ""))
+    for k in sorted(set(got or {}) | set(want)):
+        if (got or {}).get(k) != want.get(k):
+            print("   %s: tree %s, history %s" % (k, want.get(k), (got or {}).get(k)))
+    return True
+
+
+def restored(clawfs, name, rel, links):
+    """The manifest of `rel` as `clawfs restore --at name` writes it, or (None, its error)."""
+    out = tempfile.mkdtemp(prefix="clawfs-random-")
+    shutil.rmtree(out)
+    r = subprocess.run(clawfs + ["restore", "--at", name, out, rel], capture_output=True, text=True)
+    got = manifest(os.path.join(out, rel), links) if r.returncode == 0 else None
+    shutil.rmtree(out, ignore_errors=True)
+    return got, r.stderr
+
+
+def mounted(root):
+    with open("/proc/self/mountinfo") as h:
+        return any(line.split()[4] == os.path.realpath(root) for line in h)
+
+
+def kill_daemon(root):
+    """`kill -9` of the daemon mounted at `root`, and waits for its sentinel to detach the mount."""
+    pids = subprocess.run(["pgrep", "-f", "mount --foreground %s" % os.path.realpath(root)],
+                          capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), 9)
+    for _ in range(1000):
+        if not mounted(root):
+            return
+        time.sleep(0.01)
+    raise SystemExit("the killed daemon's mount was not detached")
 
 
 def main():
     root, seeds, nops, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    offline = "--offline" in sys.argv[:sys.argv.index("--")]
-    rollbacks = "--rollbacks" in sys.argv[:sys.argv.index("--")]
+    flags = sys.argv[:sys.argv.index("--")]
+    offline, rollbacks, crash = "--offline" in flags, "--rollbacks" in flags, "--crash" in flags
     clawfs = sys.argv[sys.argv.index("--") + 1:]
     wrong = 0
+    checked = []  # (seed, its tree relative to root, links checked, its marks, its tree at the end)
     for seed in map(int, seeds.split(",")):
         tree = os.path.join(root, "s%d" % seed)
+        rel = os.path.relpath(tree, root)
         os.mkdir(tree)
+        # Which names are one file's is checked where the history must know: without names
+        # that are not versioned (see the README's limitations).
+        links = seed % 2 == 1
         kept, marks, failed = {}, [], 0
         for i, o in enumerate(gen(seed, nops)):
             if offline and i == nops // 2:
@@ -240,21 +301,31 @@ def main():
                     os.close(fd)
                 kept.clear()
                 subprocess.run(clawfs + ["unmount", root], check=True, stdout=subprocess.DEVNULL)
+            if crash and i in (nops // 3, 2 * nops // 3) and not (offline and i >= nops // 2):
+                # The daemon killed between two operations, its last changes perhaps not yet
+                # committed: its sentinel detaches the mount, the next mount captures them.
+                kill_daemon(root)
+                for fd in kept.values():
+                    try:
+                        os.close(fd)  # closed all the same, but its file system is gone
+                    except OSError:
+                        pass
+                kept.clear()
+                subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
             try:
                 run(tree, o, kept)
             except OSError:
                 failed += 1
             if (i + 1) % every == 0 or i + 1 == nops:
                 name = "s%d-%d" % (seed, i + 1)
-                marks.append((name, manifest(tree)))
+                marks.append((name, manifest(tree, links)))
                 subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
                 if rollbacks and len(marks) > 1 and random.Random(seed * 1000 + i).random() < 0.4:
                     # The seed's tree back to an earlier mark, live, over open descriptors.
                     back, want = random.Random(seed + i).choice(marks[:-1])
-                    r = subprocess.run(clawfs + ["rollback", "--to", back, "--yes", "--force",
-                                                 os.path.relpath(tree, root)],
+                    r = subprocess.run(clawfs + ["rollback", "--to", back, "--yes", "--force", rel],
                                        capture_output=True, text=True)
-                    now = got = manifest(tree)
+                    now = got = manifest(tree, links)
                     # A directory holding files that are not versioned is left, with them.
                     holds_unversioned = lambda d: any(unversioned(n) for _, ds, fs in os.walk(os.path.join(tree, d)) for n in ds + fs)
                     got = {k: v for k, v in got.items() if k in want or v[0] != "dir" or not holds_unversioned(k)}
@@ -272,19 +343,57 @@ def main():
         if offline:
             subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
         for name, want in marks:
-            out = tempfile.mkdtemp(prefix="clawfs-random-")
-            shutil.rmtree(out)
-            r = subprocess.run(clawfs + ["restore", "--at", name, out, os.path.relpath(tree, root)],
-                               capture_output=True, text=True)
-            got = manifest(os.path.join(out, os.path.relpath(tree, root))) if r.returncode == 0 else None
-            shutil.rmtree(out, ignore_errors=True)
-            if got != want:
-                wrong += 1
-                print("seed %d, mark %s: the history differs from the tree%s" % (seed, name, ": " + r.stderr if got is None else ""))
-                for k in sorted(set(got or {}) | set(want)):
-                    if (got or {}).get(k) != want.get(k):
-                        print("   %s: tree %s, history %s" % (k, want.get(k), (got or {}).get(k)))
+            got, err = restored(clawfs, name, rel, links)
+            wrong += compare(seed, "mark %s" % name, want, got, err)
+        checked.append((seed, rel, links, marks, manifest(tree, links)))
         print("seed %d: %d operations (%d failed as they would natively), %d marks checked" % (seed, nops, failed, len(marks)))
+    if "--prune" in flags:
+        # Every moment but the marks thinned away (and from the remote too, with --clone,
+        # after bringing it up to date), the space reclaimed: every mark restores as before.
+        thin = ["prune", "--keep-within", "0s", "--hourly", "0s", "--daily", "0s"]
+        if "--clone" in flags:
+            subprocess.run(clawfs + ["push", "--wait"], check=True, stdout=subprocess.DEVNULL)
+            thin += ["--remote", "origin"]
+        subprocess.run(clawfs + thin, check=True, stdout=subprocess.DEVNULL)
+        for seed, rel, links, marks, _ in checked:
+            for name, want in marks:
+                got, err = restored(clawfs, name, rel, links)
+                wrong += compare(seed, "mark %s after pruning" % name, want, got, err)
+        print("prune: %d marks checked" % sum(len(c[3]) for c in checked))
+    if "--browse" in flags:
+        # Every mark again, through the read-only view of the past.
+        view = tempfile.mkdtemp(prefix="clawfs-random-view-")
+        subprocess.run(clawfs + ["browse", view], check=True, stdout=subprocess.DEVNULL)
+        try:
+            for seed, rel, links, marks, _ in checked:
+                for name, want in marks:
+                    wrong += compare(seed, "mark %s in the view" % name, want,
+                                     manifest(os.path.join(view, "marks", name, rel), links))
+        finally:
+            subprocess.run(clawfs + ["unmount", view], check=True, stdout=subprocess.DEVNULL)
+            os.rmdir(view)
+        print("browse: %d marks checked" % sum(len(c[3]) for c in checked))
+    if "--clone" in flags:
+        # Everything pushed to the remote the environment names, cloned onto a new machine
+        # (its own directory and store): the checked-out tree is the tree now, and every mark
+        # restores from the new machine's store as it did from this one's.
+        remote = os.environ["CLAWFS_RANDOM_REMOTE"].split()
+        subprocess.run(clawfs + ["push", "--wait"], check=True, stdout=subprocess.DEVNULL)
+        machine = tempfile.mkdtemp(prefix="clawfs-random-clone-")
+        there = [clawfs[0], "-C", os.path.join(machine, "dir"), "--store", os.path.join(machine, "store")]
+        subprocess.run([clawfs[0], "clone", "--from"] + remote + there[3:] + [there[2]],
+                       check=True, stdout=subprocess.DEVNULL)
+        for seed, rel, links, marks, final in checked:
+            wrong += compare(seed, "the clone's tree", final, manifest(os.path.join(machine, "dir", rel), links))
+            for name, want in marks:
+                got, err = restored(there, name, rel, links)
+                wrong += compare(seed, "mark %s in the clone" % name, want, got, err)
+        shutil.rmtree(machine)
+        print("clone: %d marks checked" % sum(len(c[3]) for c in checked))
+    r = subprocess.run(clawfs + ["verify"], capture_output=True, text=True)
+    if r.returncode:
+        wrong += 1
+        print("verify failed: %s%s" % (r.stdout, r.stderr))
     sys.exit(1 if wrong else 0)
 
 

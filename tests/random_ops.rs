@@ -5,19 +5,25 @@ mod common;
 
 use std::process::Command;
 
+use common::s3::{s3_remote, S3s};
 use common::Sandbox;
 
-/// Runs `tests/random_ops.py` over `seeds` in a fresh sandbox (with `extra` arguments), and
-/// checks that every mark restored to the tree it named and that the daemon logged no warning
-/// beyond the two meant ones (a descriptor opened under a name that is not versioned, then
-/// renamed in while open; a directory a rollback keeps for the unversioned files it holds). Any
-/// other is the recorder losing track of the tree, or failing a commit: either heals, loudly.
-fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str]) {
+/// Runs `tests/random_ops.py` over `seeds` in a fresh sandbox (with `extra` arguments, and
+/// remote `origin` on `s3` when given, added before the mount so that the daemon replicates
+/// all along), and checks that every mark restored to the tree it named and that the daemon
+/// logged no warning beyond the meant ones: a descriptor opened under a name that is not
+/// versioned, then renamed in while open; a directory a rollback keeps for the unversioned
+/// files it holds; with `--crash`, the sentinel saying the daemon died. Any other is the
+/// recorder losing track of the tree, or failing a commit: either heals, loudly.
+fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str], s3: Option<&S3s>) {
     let s = Sandbox::new();
+    if let Some(s3) = s3 {
+        s3_remote(&s, s3, "random operations", &[]);
+    }
     s.mount();
     let list: Vec<String> = seeds.clone().map(|i| i.to_string()).collect();
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/random_ops.py"))
+    let mut py = Command::new("python3");
+    py.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/random_ops.py"))
         .arg(&s.dir)
         .arg(list.join(","))
         .args(["300", "25"])
@@ -29,8 +35,15 @@ fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str]) {
         .env("HOME", s.home.path())
         .env("OPENCLAW_STATE_DIR", &s.dir)
         .env("CLAWFS_LOG", "warn")
-        .output()
-        .unwrap();
+        .env("CLAWFS_SCRYPT_LOG_N", "10")
+        .envs(s.env.borrow().iter().cloned());
+    if let Some(s3) = s3 {
+        py.env(
+            "CLAWFS_RANDOM_REMOTE",
+            format!("s3://bkt/agent --endpoint {} --path-style", s3.endpoint()),
+        );
+    }
+    let out = py.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -39,7 +52,11 @@ fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str]) {
     );
     assert_eq!(
         stdout.matches("marks checked").count(),
-        list.len(),
+        list.len()
+            + extra
+                .iter()
+                .filter(|a| ["--prune", "--browse", "--clone"].contains(a))
+                .count(),
         "{stdout}"
     );
     let log = std::fs::read_to_string(s.store.join("daemon.log")).unwrap();
@@ -47,8 +64,10 @@ fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str]) {
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
         .filter(|l| {
-            !l.contains("already open passed through")
-                && !l.contains("kept: the directory holds files that are not versioned")
+            let meant = l.contains("already open passed through")
+                || l.contains("kept: the directory holds files that are not versioned")
+                || (extra.contains(&"--crash") && l.contains("the clawfs daemon died"));
+            !meant
         })
         .collect();
     assert!(warned.is_empty(), "{warned:#?}");
@@ -60,7 +79,7 @@ fn random_operations(seeds: std::ops::RangeInclusive<u32>, extra: &[&str]) {
 /// right after, attributes and hard-linked writes that were not recorded.
 #[test]
 fn random_operations_leave_every_moment_equal_to_the_tree_it_named() {
-    random_operations(1..=16, &[]);
+    random_operations(1..=16, &[], None);
 }
 
 /// Eight seeds whose second half runs on the plain directory, unmounted: each mark made then
@@ -69,14 +88,36 @@ fn random_operations_leave_every_moment_equal_to_the_tree_it_named() {
 /// captured over when one of them was replaced while unmounted.
 #[test]
 fn random_operations_while_unmounted_are_captured_by_marks_and_the_next_mount() {
-    random_operations(17..=24, &["--offline"]);
+    random_operations(17..=24, &["--offline"], None);
 }
 
 /// Eight seeds with live rollbacks of the seed's tree to earlier marks along the way (about
 /// 150 rollbacks in all): each leaves the tree as the mark named it, and the moment it makes
 /// restores to the tree it left. It found a rollback leaving a file's `user.` attributes as
-/// they were when only those differed.
+/// they were when only those differed, and one putting a file's names back as separate files.
 #[test]
 fn random_operations_with_rollbacks_leave_the_tree_as_each_mark_named_it() {
-    random_operations(1..=8, &["--rollbacks"]);
+    random_operations(1..=8, &["--rollbacks"], None);
+}
+
+/// Eight seeds during which the daemon is killed twice (`kill -9`) and mounted again at once:
+/// what it had not committed yet is captured by the next mount, and every mark restores.
+#[test]
+fn random_operations_across_killed_daemons_leave_every_mark_restorable() {
+    random_operations(25..=32, &["--crash"], None);
+}
+
+/// Eight seeds with rollbacks, the daemon replicating to a real S3 server all along. Then
+/// every moment but the marks is pruned, here and on the remote, and every mark must restore
+/// as before, through the read-only view of the past, and on a new machine cloned from the
+/// remote. It found the view hiding modes' write bits and `user.` attributes, and restores
+/// writing a file's names as separate files.
+#[test]
+fn random_operations_survive_pruning_and_read_back_through_the_view_and_a_clone() {
+    let s3 = S3s::start();
+    random_operations(
+        33..=40,
+        &["--rollbacks", "--prune", "--browse", "--clone"],
+        Some(&s3),
+    );
 }
