@@ -314,6 +314,61 @@ exchange("c", "z.lock")
     s.unmount();
 }
 
+/// A file with several names, found so by the mount's scan, keeps one history under them even
+/// where the kernel has not looked up the others since the mount: written through a descriptor
+/// whose name was removed, and arriving under a versioned name from one that is not. Before,
+/// the write was lost to the history of the other name, and the arrival recorded a file of its
+/// own (found by `random_ops --crash`).
+#[test]
+fn names_the_kernel_has_not_looked_up_since_the_mount_keep_sharing_one_history() {
+    let s = Sandbox::new();
+    s.write("a", &[b'a'; 20_000]);
+    s.write("d/b", &[b'b'; 3000]);
+    s.write("z.lock", &[b'z'; 100]);
+    std::fs::hard_link(s.path("a"), s.path("x.json")).unwrap();
+    std::fs::hard_link(s.path("d/b"), s.path("d/c")).unwrap();
+    std::fs::hard_link(s.path("z.lock"), s.path("d/e")).unwrap();
+    s.mount();
+    // Only x.json, d/c and the unversioned names are looked up from here on.
+    s.sh(r#"python3 - <<'PY'
+import os
+fd = os.open("x.json", os.O_RDWR)
+os.unlink("x.json")
+os.pwrite(fd, b"written after its name was removed", 0)
+os.close(fd)
+# d/b's file arrives under a second versioned name from one that is not.
+os.link("d/c", "d/q.lock")
+os.unlink("d/c")
+os.rename("d/q.lock", "d/f")
+# And z.lock's, linked as d/e before the mount, arrives as g.
+os.rename("z.lock", "g")
+PY"#);
+    let files = ["a", "d/b", "d/f", "d/e", "g"].map(String::from);
+    let (_, wrong) = restored_wrong(&s, &files);
+    assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
+    let newest = |f: &str| s.json(&["history", f])[0]["version"].clone();
+    assert!(newest("d/b").is_string());
+    assert_eq!(
+        newest("d/b"),
+        newest("d/f"),
+        "d/f arrived as a second name of d/b's file"
+    );
+    assert_eq!(
+        newest("d/e"),
+        newest("g"),
+        "g arrived as a second name of d/e's file"
+    );
+    // A write through one name is the others' too, in the history.
+    std::fs::write(s.path("d/f"), "through d/f\n").unwrap();
+    std::fs::write(s.path("g"), "through g\n").unwrap();
+    s.ok(&["unmark", "after"]);
+    std::fs::remove_dir_all(s.home.path().join("restored")).unwrap();
+    let (_, wrong) = restored_wrong(&s, &files);
+    assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
+    assert_eq!(s.ok(&["cat", "d/b", "--at", "after"]), "through d/f\n");
+    s.unmount();
+}
+
 #[test]
 fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     use std::io::{BufRead, Write};

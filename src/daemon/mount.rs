@@ -410,6 +410,7 @@ pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
     // Whatever changed while nothing was mounted becomes a version first.
     recording.import_real(&RelPath::root());
     recording.commit(true);
+    let linked = recording.names_of_linked();
     let rec = Arc::new(RecorderHandle::spawn(recording));
     let notifier = Arc::new(OnceLock::new());
     let overlay = Overlay::new(
@@ -418,6 +419,7 @@ pub fn serve(dir: &Path, store_dir: &Path, io_uring: bool) -> Result<()> {
         filter,
         notifier.clone(),
         io_uring,
+        linked,
     )?;
     // Replication must never stand in the way of the mount: if it cannot start, say so loudly
     // and serve anyway (the cursor in the store resumes it next time).

@@ -213,6 +213,9 @@ pub struct Recording {
     /// (one replaced while unmounted), gives the second name a file of its own instead of
     /// capturing it over the first.
     captured_nodes: std::collections::HashMap<crate::ids::NodeId, (u64, u64)>,
+    /// Every name the last capture found for each file with several, by (device, inode): see
+    /// [`Recording::names_of_linked`].
+    linked_names: std::collections::HashMap<(u64, u64), Vec<RelPath>>,
 }
 
 /// Most descriptors one capture holds (see [`Held`]); a directory with more below it is
@@ -412,7 +415,15 @@ impl Recording {
             reread: false,
             captured_links: Default::default(),
             captured_nodes: Default::default(),
+            linked_names: Default::default(),
         }
+    }
+
+    /// The versioned names of each file with several that the last capture found, by (device,
+    /// inode). Taken after the mount's scan, they let the overlay find a file's other names
+    /// that the kernel has not looked up (see `Overlay::far_name`).
+    pub fn names_of_linked(&mut self) -> std::collections::HashMap<(u64, u64), Vec<RelPath>> {
+        std::mem::take(&mut self.linked_names)
     }
 
     /// Paths changed but not versioned yet, and since when (ns since the Unix epoch).
@@ -487,6 +498,7 @@ impl Recording {
     fn import(&mut self, path: &RelPath, held: Option<&Held>) {
         self.captured_links.clear();
         self.captured_nodes.clear();
+        self.linked_names.clear();
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
@@ -647,6 +659,7 @@ impl Recording {
         recorded: bool,
     ) -> crate::store::Result<bool> {
         let key = (st.st_dev, st.st_ino);
+        self.linked_names.entry(key).or_default().push(path.clone());
         let Some(first) = self.captured_links.get(&key).cloned() else {
             self.captured_links.insert(key, path.clone());
             return Ok(false);

@@ -157,6 +157,10 @@ pub struct Live {
     /// UTF-8 (the catalogue keeps names as UTF-8): passed through, not versioned. Each is
     /// logged when first met and listed by `status`.
     not_utf8: Mutex<BTreeSet<Vec<u8>>>,
+    /// The versioned names of each file with several that the mount's scan found, by real inode
+    /// number: where the kernel knows no versioned name of such a file (one removed since, the
+    /// others not looked up), [`Overlay::far_name`] finds one here.
+    far_names: HashMap<u64, Vec<RelPath>>,
 }
 
 /// How many paths with names that are not UTF-8 [`Live`] remembers, and logs one by one.
@@ -289,8 +293,14 @@ impl Overlay {
         filter: Filter,
         notifier: Arc<OnceLock<Notifier>>,
         io_uring: bool,
+        linked: HashMap<(u64, u64), Vec<RelPath>>,
     ) -> io::Result<Overlay> {
         let st = sys::fstat(root.as_raw_fd())?;
+        let far_names = linked
+            .into_iter()
+            .filter(|((dev, _), _)| *dev == st.st_dev)
+            .map(|((_, ino), names)| (ino, names))
+            .collect();
         Ok(Overlay {
             live: Arc::new(Live {
                 inodes: Inodes::new(st.st_ino),
@@ -306,6 +316,7 @@ impl Overlay {
                 rollback: Mutex::new(()),
                 publisher: AtomicU32::new(0),
                 not_utf8: Mutex::new(BTreeSet::new()),
+                far_names,
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -338,10 +349,11 @@ impl Overlay {
         // Another versioned name the kernel knows, outside what arrives.
         let linked = |st: &libc::stat, at: &RelPath| {
             let ino = self.live.inodes.fuse_ino(st.st_ino);
-            self.live.inodes.find_path(ino, |p| {
-                self.versioned(p)
-                    .filter(|o| o.as_str() != at.as_str() && !o.starts_with(&path))
-            })
+            let other = |o: &RelPath| o.as_str() != at.as_str() && !o.starts_with(&path);
+            self.live
+                .inodes
+                .find_path(ino, |p| self.versioned(p).filter(other))
+                .or_else(|| self.far_name(ino, other))
         };
         let none = |_: &libc::stat, _: &RelPath| None;
         let naming = Naming {
@@ -416,7 +428,41 @@ impl Overlay {
     /// file linked under several names, the first that is versioned (a write through a name
     /// that is not still changes the file under the other).
     fn versioned_ino(&self, ino: u64) -> Option<RelPath> {
-        self.live.inodes.find_path(ino, |p| self.versioned(p))
+        self.live
+            .inodes
+            .find_path(ino, |p| self.versioned(p))
+            .or_else(|| self.far_name(ino, |_| true))
+    }
+
+    /// A versioned name of the file `ino` (one of several) that the kernel does not know but
+    /// the mount's scan found, and that still names it, through directories only: chosen among
+    /// those `keep` takes. Without it, a write to a file whose name the kernel knew was
+    /// removed would be lost to the history of its other names.
+    fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
+        let real = self.live.inodes.real_ino(ino);
+        let names = self.live.far_names.get(&real)?;
+        let root_dev = sys::fstat(self.fd()).ok()?.st_dev;
+        let names_it = |p: &RelPath| {
+            let mut at = String::new();
+            for part in p.as_str().split('/') {
+                if !at.is_empty() {
+                    at.push('/');
+                }
+                at.push_str(part);
+                let st = sys::lstat_at(self.fd(), OsStr::new(&at)).ok()?;
+                if at.len() < p.as_str().len() && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    return None;
+                }
+                if at.len() == p.as_str().len() && (st.st_ino, st.st_dev) != (real, root_dev) {
+                    return None;
+                }
+            }
+            Some(())
+        };
+        names
+            .iter()
+            .find(|p| keep(p) && names_it(p).is_some())
+            .cloned()
     }
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
