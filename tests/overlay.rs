@@ -328,6 +328,9 @@ fn names_the_kernel_has_not_looked_up_since_the_mount_keep_sharing_one_history()
     std::fs::hard_link(s.path("a"), s.path("x.json")).unwrap();
     std::fs::hard_link(s.path("d/b"), s.path("d/c")).unwrap();
     std::fs::hard_link(s.path("z.lock"), s.path("d/e")).unwrap();
+    s.write("y", &[b'y'; 5000]);
+    s.write("q.lock/keep", b"");
+    std::fs::hard_link(s.path("y"), s.path("q.lock/y")).unwrap();
     s.mount();
     // Only x.json, d/c and the unversioned names are looked up from here on.
     s.sh(r#"python3 - <<'PY'
@@ -342,8 +345,20 @@ os.unlink("d/c")
 os.rename("d/q.lock", "d/f")
 # And z.lock's, linked as d/e before the mount, arrives as g.
 os.rename("z.lock", "g")
+# y's file arrives inside a directory renamed in.
+os.rename("q.lock", "in")
 PY"#);
-    let files = ["a", "d/b", "d/f", "d/e", "g"].map(String::from);
+    // Once the arrival is recorded (its capture reads the bytes late), y is removed while
+    // open, and written.
+    s.ok(&["mark", "arrived"]);
+    s.sh(r#"python3 - <<'PY'
+import os
+fd = os.open("y", os.O_RDWR)
+os.unlink("y")
+os.pwrite(fd, b"written after y was removed", 0)
+os.close(fd)
+PY"#);
+    let files = ["a", "d/b", "d/f", "d/e", "g", "in/y"].map(String::from);
     let (_, wrong) = restored_wrong(&s, &files);
     assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
     let newest = |f: &str| s.json(&["history", f])[0]["version"].clone();

@@ -157,11 +157,15 @@ pub struct Live {
     /// UTF-8 (the catalogue keeps names as UTF-8): passed through, not versioned. Each is
     /// logged when first met and listed by `status`.
     not_utf8: Mutex<BTreeSet<Vec<u8>>>,
-    /// The versioned names of each file with several that the mount's scan found, by real inode
-    /// number: where the kernel knows no versioned name of such a file (one removed since, the
-    /// others not looked up), [`Overlay::far_name`] finds one here.
-    far_names: HashMap<u64, Vec<RelPath>>,
+    /// Versioned names of files with several that the kernel may never look up, by real inode
+    /// number: every one the mount's scan found, and those such files arrive under inside a
+    /// directory renamed in. Where the kernel knows no versioned name of such a file (one
+    /// removed since, the others not looked up), [`Overlay::far_name`] finds one here.
+    far_names: RwLock<HashMap<u64, Vec<RelPath>>>,
 }
+
+/// How many names of one file [`Overlay::note_far_name`] keeps.
+const FAR_NAMES_KEPT: usize = 8;
 
 /// How many paths with names that are not UTF-8 [`Live`] remembers, and logs one by one.
 const NOT_UTF8_KEPT: usize = 100;
@@ -300,7 +304,7 @@ impl Overlay {
             .into_iter()
             .filter(|((dev, _), _)| *dev == st.st_dev)
             .map(|((_, ino), names)| (ino, names))
-            .collect();
+            .collect::<HashMap<_, _>>();
         Ok(Overlay {
             live: Arc::new(Live {
                 inodes: Inodes::new(st.st_ino),
@@ -316,7 +320,7 @@ impl Overlay {
                 rollback: Mutex::new(()),
                 publisher: AtomicU32::new(0),
                 not_utf8: Mutex::new(BTreeSet::new()),
-                far_names,
+                far_names: RwLock::new(far_names),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -346,8 +350,10 @@ impl Overlay {
     /// other versioned name the kernel knows, to be recorded as a link (see [`Self::arrive`]).
     fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
         let versioned = |p: &str| self.live.filter.versioned(p);
-        // Another versioned name the kernel knows, outside what arrives.
+        // Another versioned name the kernel knows, outside what arrives. (Asked of each file
+        // with several names that arrives, whose name here the kernel may never look up.)
         let linked = |st: &libc::stat, at: &RelPath| {
+            self.note_far_name(st.st_ino, at);
             let ino = self.live.inodes.fuse_ino(st.st_ino);
             let other = |o: &RelPath| o.as_str() != at.as_str() && !o.starts_with(&path);
             self.live
@@ -440,29 +446,42 @@ impl Overlay {
     /// removed would be lost to the history of its other names.
     fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
         let real = self.live.inodes.real_ino(ino);
-        let names = self.live.far_names.get(&real)?;
-        let root_dev = sys::fstat(self.fd()).ok()?.st_dev;
-        let names_it = |p: &RelPath| {
-            let mut at = String::new();
-            for part in p.as_str().split('/') {
-                if !at.is_empty() {
-                    at.push('/');
-                }
-                at.push_str(part);
-                let st = sys::lstat_at(self.fd(), OsStr::new(&at)).ok()?;
-                if at.len() < p.as_str().len() && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                    return None;
-                }
-                if at.len() == p.as_str().len() && (st.st_ino, st.st_dev) != (real, root_dev) {
-                    return None;
-                }
+        let names = self.live.far_names.read().get(&real)?.clone();
+        names.into_iter().find(|p| keep(p) && self.names(p, real))
+    }
+
+    /// Notes `path` as a name of the file with real inode number `real` for [`Self::far_name`],
+    /// dropping the names noted before that no longer name it (at most [`FAR_NAMES_KEPT`]).
+    fn note_far_name(&self, real: u64, path: &RelPath) {
+        let mut far = self.live.far_names.write();
+        let names = far.entry(real).or_default();
+        if !names.contains(path) {
+            names.retain(|p| self.names(p, real));
+            names.push(path.clone());
+            if names.len() > FAR_NAMES_KEPT {
+                names.remove(0);
             }
-            Some(())
+        }
+    }
+
+    /// Whether `p` names the file with real inode number `real`, through directories only.
+    fn names(&self, p: &RelPath, real: u64) -> bool {
+        let Ok(root_dev) = sys::fstat(self.fd()).map(|st| st.st_dev) else {
+            return false;
         };
-        names
-            .iter()
-            .find(|p| keep(p) && names_it(p).is_some())
-            .cloned()
+        let path = p.as_str();
+        let mut ends = path.match_indices('/').map(|(i, _)| i).collect::<Vec<_>>();
+        ends.push(path.len());
+        ends.iter().all(|&end| {
+            let Ok(st) = sys::lstat_at(self.fd(), OsStr::new(&path[..end])) else {
+                return false;
+            };
+            if end < path.len() {
+                st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            } else {
+                (st.st_ino, st.st_dev) == (real, root_dev)
+            }
+        })
     }
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
