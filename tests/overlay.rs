@@ -384,6 +384,51 @@ PY"#);
     s.unmount();
 }
 
+/// Two writers open files by name and write each at a place of its own while a third
+/// exchanges two of those names and renames the directory holding another, back and forth:
+/// every write is recorded under the name of the file it went to. Before, an open resolved
+/// the inode's path, then a rename in another directory (which the kernel does not lock
+/// against it) moved another file under that path, and the open got that file: its writes
+/// landed there but were recorded under the first file's name (found by `random_ops
+/// --threads`).
+#[test]
+fn opens_racing_renames_elsewhere_record_each_write_under_its_file() {
+    let s = Sandbox::new();
+    s.mount();
+    with_exchange(
+        &s,
+        r#"
+import threading
+os.makedirs("d")
+for n in ("a", "b", "d/c"):
+    with open(n, "wb") as f: f.write(n.encode() * 100)
+stop = False
+def exchanger():
+    while not stop:
+        exchange("a", "b")
+        os.rename("d", "e"); os.rename("e", "d")
+def writer(k):
+    for i in range(1500):
+        for n in ("a", "d/c"):
+            try:
+                fd = os.open(n, os.O_WRONLY)
+            except OSError:
+                continue
+            try: os.pwrite(fd, b"w%d-%05d" % (k, i), (i * 2 + k) * 16)
+            finally: os.close(fd)
+t = threading.Thread(target=exchanger); t.start()
+ws = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+for w in ws: w.start()
+for w in ws: w.join()
+stop = True; t.join()
+"#,
+    );
+    let files = ["a", "b", "d/c"].map(String::from);
+    let (_, wrong) = restored_wrong(&s, &files);
+    assert!(wrong.is_empty(), "recorded wrong: {wrong:?}");
+    s.unmount();
+}
+
 #[test]
 fn unversioned_files_are_passed_through_and_opens_across_renames_never_fail() {
     use std::io::{BufRead, Write};

@@ -22,6 +22,8 @@ Odd seeds use no names that are not versioned (`*.lock`), even seeds do.
                  the rollback's moment is marked too.
     --crash      the daemon is killed (`kill -9`) after a third and two thirds of the
                  operations, and mounted again at once: every mark restores all the same.
+    --threads N  N writers at once between two marks, each with operations of its own, on the
+                 same names.
     --prune      at the end, every moment but the marks is pruned (from the remote too, with
                  --clone), and every mark must restore as before.
     --browse     at the end, every mark is checked again through `clawfs browse`'s view.
@@ -39,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -169,14 +172,17 @@ def run(root, o, kept):
         finally: os.close(src)
     elif k == "twofds":
         a = os.open(f(o[1]), os.O_WRONLY | os.O_CREAT, 0o644)
-        b = os.open(f(o[1]), os.O_WRONLY)
         try:
-            os.pwrite(a, data(o[2], 3000), 0)
-            os.pwrite(b, data([o[2][0] + 1, o[2][1]], 2000), 1000)
-            os.pwrite(a, data([o[2][0] + 2, o[2][1]], 10), 2500)
-            if o[3]: os.fsync(b)
+            b = os.open(f(o[1]), os.O_WRONLY)  # fails if another writer moved the name
+            try:
+                os.pwrite(a, data(o[2], 3000), 0)
+                os.pwrite(b, data([o[2][0] + 1, o[2][1]], 2000), 1000)
+                os.pwrite(a, data([o[2][0] + 2, o[2][1]], 10), 2500)
+                if o[3]: os.fsync(b)
+            finally:
+                os.close(b)
         finally:
-            os.close(a); os.close(b)
+            os.close(a)
     elif k == "tmprename":
         t = f(o[1]) + ".tmp"
         with open(t, "wb") as h:
@@ -184,8 +190,9 @@ def run(root, o, kept):
         os.rename(t, f(o[1]))
     elif k == "unlinkopen":
         fd = os.open(f(o[1]), os.O_RDWR)
-        os.unlink(f(o[1]))
-        try: os.write(fd, data(o[2], 100))
+        try:
+            os.unlink(f(o[1]))
+            os.write(fd, data(o[2], 100))
         finally: os.close(fd)
     elif k == "ftrunc_write":
         fd = os.open(f(o[1]), os.O_RDWR | os.O_CREAT, 0o644)
@@ -282,6 +289,7 @@ def main():
     root, seeds, nops, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     flags = sys.argv[:sys.argv.index("--")]
     offline, rollbacks, crash = "--offline" in flags, "--rollbacks" in flags, "--crash" in flags
+    threads = int(flags[flags.index("--threads") + 1]) if "--threads" in flags else 1
     clawfs = sys.argv[sys.argv.index("--") + 1:]
     wrong = 0
     checked = []  # (seed, its tree relative to root, links checked, its marks, its tree at the end)
@@ -293,6 +301,11 @@ def main():
         # that are not versioned (see the README's limitations).
         links = seed % 2 == 1
         kept, marks, failed = {}, [], 0
+        # With --threads N, N - 1 more writers, each with operations of its own, run beside
+        # this one's between two marks (on the same names: they race).
+        # Their seeds have this one's parity, so they use names that are not versioned if it does.
+        others = [(gen(seed * 100 + 2 * t + seed % 2, nops), {}) for t in range(1, threads)]
+        running = []
         for i, o in enumerate(gen(seed, nops)):
             if offline and i == nops // 2:
                 # The second half on the plain directory: each mark, made offline, captures
@@ -300,23 +313,43 @@ def main():
                 for fd in kept.values():
                     os.close(fd)
                 kept.clear()
+                for _, their_kept in others:
+                    for fd in their_kept.values():
+                        os.close(fd)
+                    their_kept.clear()
                 subprocess.run(clawfs + ["unmount", root], check=True, stdout=subprocess.DEVNULL)
             if crash and i in (nops // 3, 2 * nops // 3) and not (offline and i >= nops // 2):
                 # The daemon killed between two operations, its last changes perhaps not yet
                 # committed: its sentinel detaches the mount, the next mount captures them.
                 kill_daemon(root)
-                for fd in kept.values():
-                    try:
-                        os.close(fd)  # closed all the same, but its file system is gone
-                    except OSError:
-                        pass
-                kept.clear()
+                for k in [kept] + [their_kept for _, their_kept in others]:
+                    for fd in k.values():
+                        try:
+                            os.close(fd)  # closed all the same, but its file system is gone
+                        except OSError:
+                            pass
+                    k.clear()
                 subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
+            if i % every == 0 and others:
+                def writer(ops, their_kept):
+                    for op in (op for op in ops if op[0] != "mmap"):
+                        try:
+                            run(tree, op, their_kept)
+                        except OSError:
+                            pass
+                running = [threading.Thread(target=writer, args=(ops[i:i + every], k)) for ops, k in others]
+                for t in running:
+                    t.start()
             try:
-                run(tree, o, kept)
+                # Not a mapping beside other writers: one truncating the file under it would
+                # be SIGBUS.
+                if not (others and o[0] == "mmap"):
+                    run(tree, o, kept)
             except OSError:
                 failed += 1
             if (i + 1) % every == 0 or i + 1 == nops:
+                for t in running:
+                    t.join()
                 name = "s%d-%d" % (seed, i + 1)
                 marks.append((name, manifest(tree, links)))
                 subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
@@ -338,8 +371,9 @@ def main():
                     name = "s%d-%d-back" % (seed, i + 1)
                     marks.append((name, now))
                     subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)
-        for fd in kept.values():
-            os.close(fd)
+        for k in [kept] + [their_kept for _, their_kept in others]:
+            for fd in k.values():
+                os.close(fd)
         if offline:
             subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
         for name, want in marks:

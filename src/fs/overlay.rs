@@ -191,6 +191,12 @@ pub struct Overlay {
     /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
     /// in the order they happened.
     order: Mutex<()>,
+    /// What paths name: held for writing by every request that adds, removes or moves a name
+    /// (taken before `order`), and for reading by every other that works by path, from the
+    /// moment it builds the path from the inode table until it is done with it. Otherwise a
+    /// rename in another directory (the kernel locks only the directories involved) could move
+    /// another file under the path in between, and an open for inode A would open file B.
+    ns: RwLock<()>,
 }
 
 /// Writes `data` at `offset`, retrying short writes; returns how much reached the file, which
@@ -326,6 +332,7 @@ impl Overlay {
             next_fh: AtomicU64::new(1),
             rec,
             order: Mutex::new(()),
+            ns: RwLock::new(()),
         })
     }
 
@@ -596,6 +603,7 @@ impl Overlay {
         reply: ReplyEmpty,
     ) {
         let _span = tracing::debug_span!("remove", parent = parent.0, ?name, is_dir).entered();
+        let _ns = self.ns.write();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -913,6 +921,7 @@ impl Filesystem for Overlay {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::trace_span!("lookup", parent = parent.0, ?name).entered();
+        let _ns = self.ns.read();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -935,6 +944,7 @@ impl Filesystem for Overlay {
                 Err(e) => reply.error(errno(e)),
             };
         }
+        let _ns = self.ns.read();
         match self
             .path(ino)
             .and_then(|p| sys::lstat_at(self.fd(), &p).map_err(errno))
@@ -970,6 +980,7 @@ impl Filesystem for Overlay {
     ) {
         let _span = tracing::debug_span!("setattr", ino = ino.0, fh = fh.map(|f| f.0)).entered();
         let fd = self.fd();
+        let _ns = self.ns.read();
         let path = self.path(ino).ok().filter(|p| sys::lstat_at(fd, p).is_ok());
         // Without a path (unlinked but open), work on an open descriptor of the inode.
         let handle = self
@@ -1075,6 +1086,7 @@ impl Filesystem for Overlay {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _ns = self.ns.read();
         match self
             .path(ino)
             .and_then(|p| sys::readlink_at(self.fd(), &p).map_err(errno))
@@ -1095,6 +1107,7 @@ impl Filesystem for Overlay {
         reply: ReplyEntry,
     ) {
         let _span = tracing::debug_span!("mknod", parent = parent.0, ?name).entered();
+        let _ns = self.ns.write();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1116,6 +1129,7 @@ impl Filesystem for Overlay {
         reply: ReplyEntry,
     ) {
         let _span = tracing::debug_span!("mkdir", parent = parent.0, ?name).entered();
+        let _ns = self.ns.write();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1144,6 +1158,7 @@ impl Filesystem for Overlay {
         reply: ReplyEntry,
     ) {
         let _span = tracing::debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let _ns = self.ns.write();
         let path = match self.child(parent, link_name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1173,6 +1188,7 @@ impl Filesystem for Overlay {
             ?newname
         )
         .entered();
+        let _ns = self.ns.write();
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::ENOENT),
@@ -1251,6 +1267,7 @@ impl Filesystem for Overlay {
     ) {
         let _span =
             tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let _ns = self.ns.write();
         let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::ENOENT),
@@ -1282,6 +1299,7 @@ impl Filesystem for Overlay {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1499,6 +1517,7 @@ impl Filesystem for Overlay {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1569,6 +1588,7 @@ impl Filesystem for Overlay {
         let Some(entries) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
+        let _ns = self.ns.read();
         let dir = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1627,6 +1647,7 @@ impl Filesystem for Overlay {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _ns = self.ns.read();
         let r = self.path(ino).and_then(|p| {
             sys::open_at(self.fd(), &p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 .and_then(|f| f.sync_all())
@@ -1667,6 +1688,7 @@ impl Filesystem for Overlay {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1693,6 +1715,7 @@ impl Filesystem for Overlay {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1705,6 +1728,7 @@ impl Filesystem for Overlay {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1717,6 +1741,7 @@ impl Filesystem for Overlay {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _ns = self.ns.read();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1741,6 +1766,7 @@ impl Filesystem for Overlay {
         // Asked only without default_permissions, that is in a user's own mount, where every
         // caller is that user: the real file system answers for the daemon, running as them.
         // (`access(2)` and `chdir(2)` come here; everything else the daemon's own calls check.)
+        let _ns = self.ns.read();
         match self
             .path(ino)
             .and_then(|p| sys::access_at(self.fd(), &p, mask.bits()).map_err(errno))
@@ -1761,6 +1787,7 @@ impl Filesystem for Overlay {
         reply: ReplyCreate,
     ) {
         let _span = tracing::debug_span!("create", parent = parent.0, ?name, flags).entered();
+        let _ns = self.ns.write();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
