@@ -462,14 +462,12 @@ pub fn put_back(store: &Store, plan: &Plan, tree: &RealTree) -> PutBack {
                 NodeKind::Dir => tree.mkdir(&path, v.meta.mode).map(|()| Done::Put),
                 NodeKind::Symlink => tree.put_symlink(&path, &v.target).map(|()| Done::Put),
                 NodeKind::File if a.link_to.is_some() => {
-                    let first = a.link_to.as_deref().map(RelPath::new);
-                    match first.expect("checked") {
-                        Ok(first) => tree.link_in_place(&first, &path).map(|()| Done::Linked),
-                        Err(e) => Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            e.to_string(),
-                        )),
-                    }
+                    RelPath::new(a.link_to.as_deref().unwrap_or_default())
+                        .map_err(|e| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                        })
+                        .and_then(|first| tree.link_in_place(&first, &path))
+                        .map(|()| Done::Linked)
                 }
                 NodeKind::File => {
                     let reader = store.reader(v.content.clone());
