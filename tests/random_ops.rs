@@ -124,15 +124,10 @@ fn random_operations_survive_pruning_and_read_back_through_the_view_and_a_clone(
 
 /// Eight seeds with three writers at once between two marks, on the same names, and
 /// rollbacks: every mark restores to the tree it named, whatever order the writers' requests
-/// met in. Odd seeds only: with names that are not versioned, a file renamed in while another
-/// writer holds it open passed through is written where the recorder cannot see until that
-/// descriptor's fsync or close (see the README). It found opens racing renames in other
-/// directories.
+/// met in. It found opens racing renames in other directories, and marks missing the writes
+/// of a descriptor opened under a versioned name while another writer held the file open
+/// passed through (under a name that is not versioned), which the daemon does not see.
 #[test]
 fn random_operations_by_three_writers_at_once_leave_every_mark_restorable() {
-    random_operations(
-        (41..=55).step_by(2),
-        &["--threads", "3", "--rollbacks"],
-        None,
-    );
+    random_operations(41..=48, &["--threads", "3", "--rollbacks"], None);
 }

@@ -30,7 +30,12 @@ fn out(m: &Mark) -> MarkOut<'_> {
 /// `mark NAME`.
 pub fn mark(ctx: &mut Ctx, name: &str, message: &str, at: Option<&str>) -> Result<()> {
     match ctx.live {
-        Some(l) => l.rec.commit(true, true),
+        // Files written passed through (renamed in while open) are captured as they are: the
+        // mark names the tree as it is.
+        Some(l) => {
+            l.overlay.capture_passed_through(&l.rec);
+            l.rec.commit(true, true)
+        }
         // Offline, the moment is the tree as it is now: what changed in it since the last
         // mount is captured first (a mark named the moment of the last unmount instead).
         None if at.is_none() => drop(offline_recording(ctx, "mark")?),

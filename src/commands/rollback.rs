@@ -31,12 +31,16 @@ pub fn run(
     force: bool,
 ) -> Result<()> {
     let scope: Vec<RelPath> = paths.iter().map(|p| ctx.rel(p)).collect::<Result<_>>()?;
-    // The plan must be made against the tree as it really is: live, commit what is pending;
-    // offline, capture first whatever changed while nothing was mounted, so that it too can be
-    // got back through the safety mark.
+    // The plan must be made against the tree as it really is: live, commit what is pending
+    // (and capture files written passed through, which the daemon does not see); offline,
+    // capture first whatever changed while nothing was mounted, so that it too can be got
+    // back through the safety mark.
     let mut offline = None;
     match ctx.live {
-        Some(l) => l.rec.commit(true, true),
+        Some(l) => {
+            l.overlay.capture_passed_through(&l.rec);
+            l.rec.commit(true, true)
+        }
         None if !preview => offline = Some(offline_recording(ctx, "rollback")?),
         None => {}
     }

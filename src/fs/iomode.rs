@@ -9,7 +9,8 @@
 //! A plain directory lets both opens proceed, so the choice is made per inode, here, not per
 //! path: an inode already open one way is opened that way again. An open passed through of a
 //! path that is versioned (a file renamed from `tmp/` while open) writes where the recorder
-//! cannot see; the overlay captures such a file whole at its fsync and when it is closed.
+//! cannot see; the overlay captures such a file whole at its fsync, when it is closed, and
+//! before every mark and rollback (`Live::capture_passed_through`).
 //!
 //! The daemon's counts are never below the kernel's: an open is counted before its answer goes
 //! out, and a release only after the kernel has let go of the file (it sends RELEASE after

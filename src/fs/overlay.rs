@@ -162,6 +162,9 @@ pub struct Live {
     /// directory renamed in. Where the kernel knows no versioned name of such a file (one
     /// removed since, the others not looked up), [`Overlay::far_name`] finds one here.
     far_names: RwLock<HashMap<u64, Vec<RelPath>>>,
+    /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
+    /// in the order they happened.
+    order: Mutex<()>,
 }
 
 /// How many names of one file [`Overlay::note_far_name`] keeps.
@@ -188,9 +191,6 @@ pub struct Overlay {
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     rec: Arc<RecorderHandle>,
-    /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
-    /// in the order they happened.
-    order: Mutex<()>,
     /// What paths name: held for writing by every request that adds, removes or moves a name
     /// (taken before `order`), and for reading by every other that works by path, from the
     /// moment it builds the path from the inode table until it is done with it. Otherwise a
@@ -327,11 +327,11 @@ impl Overlay {
                 publisher: AtomicU32::new(0),
                 not_utf8: Mutex::new(BTreeSet::new()),
                 far_names: RwLock::new(far_names),
+                order: Mutex::new(()),
             }),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             rec,
-            order: Mutex::new(()),
             ns: RwLock::new(()),
         })
     }
@@ -345,44 +345,6 @@ impl Overlay {
         self.live.root.as_raw_fd()
     }
 
-    /// Capture `path` whole, as the real tree holds it now: called under the order lock, it
-    /// holds the real file (or directory, and what is below it) for the recorder to read, so
-    /// that renames and removals made before the recorder gets to it do not change what is
-    /// captured there (see [`Held`]).
-    fn import(&self, path: RelPath) -> FsEvent {
-        self.capture(path, false)
-    }
-
-    /// [`Self::import`], or, `arriving` from a name that is not versioned, with each file's
-    /// other versioned name the kernel knows, to be recorded as a link (see [`Self::arrive`]).
-    fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
-        let versioned = |p: &str| self.live.filter.versioned(p);
-        // Another versioned name the kernel knows, outside what arrives. (Asked of each file
-        // with several names that arrives, whose name here the kernel may never look up.)
-        let linked = |st: &libc::stat, at: &RelPath| {
-            self.note_far_name(st.st_ino, at);
-            let ino = self.live.inodes.fuse_ino(st.st_ino);
-            let other = |o: &RelPath| o.as_str() != at.as_str() && !o.starts_with(&path);
-            self.live
-                .inodes
-                .find_path(ino, |p| self.versioned(p).filter(other))
-                .or_else(|| self.far_name(ino, other))
-        };
-        let none = |_: &libc::stat, _: &RelPath| None;
-        let naming = Naming {
-            versioned: &versioned,
-            linked: if arriving { &linked } else { &none },
-        };
-        let held = Held::take(self.fd(), OsStr::new(path.as_str()), &path, &naming);
-        if let Err(e) = &held {
-            tracing::debug!(%path, error = %e, "cannot hold it: the recorder reads it by path");
-        }
-        FsEvent::Import {
-            path,
-            held: held.ok(),
-        }
-    }
-
     /// A file (or directory) arrived at the versioned `path` from a name that is not versioned
     /// (renamed, exchanged or linked in), in place of what was there: captured whole, each file
     /// that has another versioned name the kernel knows recorded as a link to it, so that both
@@ -391,7 +353,7 @@ impl Overlay {
     /// those.
     fn arrive(&self, path: RelPath) {
         self.rec.send(FsEvent::Remove(path.clone()));
-        self.rec.send(self.capture(path, true));
+        self.rec.send(self.live.capture(path, true));
     }
 
     fn attr(&self, st: &libc::stat) -> FileAttr {
@@ -423,72 +385,6 @@ impl Overlay {
             .inodes
             .child_path(parent.0, name)
             .ok_or(Errno::ENOENT)
-    }
-
-    /// The path as the store names it, when it is versioned.
-    fn versioned(&self, path: &OsStr) -> Option<RelPath> {
-        let Ok(s) = std::str::from_utf8(path.as_bytes()) else {
-            self.live.met_not_utf8(path);
-            return None;
-        };
-        if !self.live.filter.versioned(s) {
-            return None;
-        }
-        RelPath::new(s).ok()
-    }
-
-    /// The path of inode `ino` as the store names it, when it has one and it is versioned: of a
-    /// file linked under several names, the first that is versioned (a write through a name
-    /// that is not still changes the file under the other).
-    fn versioned_ino(&self, ino: u64) -> Option<RelPath> {
-        self.live
-            .inodes
-            .find_path(ino, |p| self.versioned(p))
-            .or_else(|| self.far_name(ino, |_| true))
-    }
-
-    /// A versioned name of the file `ino` (one of several) that the kernel does not know but
-    /// the mount's scan found, and that still names it, through directories only: chosen among
-    /// those `keep` takes. Without it, a write to a file whose name the kernel knew was
-    /// removed would be lost to the history of its other names.
-    fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
-        let real = self.live.inodes.real_ino(ino);
-        let names = self.live.far_names.read().get(&real)?.clone();
-        names.into_iter().find(|p| keep(p) && self.names(p, real))
-    }
-
-    /// Notes `path` as a name of the file with real inode number `real` for [`Self::far_name`],
-    /// dropping the names noted before that no longer name it (at most [`FAR_NAMES_KEPT`]).
-    fn note_far_name(&self, real: u64, path: &RelPath) {
-        let mut far = self.live.far_names.write();
-        let names = far.entry(real).or_default();
-        if !names.contains(path) {
-            names.retain(|p| self.names(p, real));
-            names.push(path.clone());
-            if names.len() > FAR_NAMES_KEPT {
-                names.remove(0);
-            }
-        }
-    }
-
-    /// Whether `p` names the file with real inode number `real`, through directories only.
-    fn names(&self, p: &RelPath, real: u64) -> bool {
-        let Ok(root_dev) = sys::fstat(self.fd()).map(|st| st.st_dev) else {
-            return false;
-        };
-        let path = p.as_str();
-        let mut ends = path.match_indices('/').map(|(i, _)| i).collect::<Vec<_>>();
-        ends.push(path.len());
-        ends.iter().all(|&end| {
-            let Ok(st) = sys::lstat_at(self.fd(), OsStr::new(&path[..end])) else {
-                return false;
-            };
-            if end < path.len() {
-                st.st_mode & libc::S_IFMT == libc::S_IFDIR
-            } else {
-                (st.st_ino, st.st_dev) == (real, root_dev)
-            }
-        })
     }
 
     fn entry(&self, parent: INodeNo, name: &OsStr, st: &libc::stat) -> FileAttr {
@@ -554,7 +450,7 @@ impl Overlay {
     }
 
     fn record_mtime(&self, h: &Handle) {
-        let Some(p) = self.versioned_ino(h.ino) else {
+        let Some(p) = self.live.versioned_ino(h.ino) else {
             return;
         };
         if let Ok(st) = sys::fstat(h.file.as_raw_fd()) {
@@ -569,7 +465,7 @@ impl Overlay {
     }
 
     fn creation_event(&self, path: &OsStr, st: &libc::stat) {
-        let Some(p) = self.versioned(path) else {
+        let Some(p) = self.live.versioned(path) else {
             return;
         };
         let kind = match st.st_mode & libc::S_IFMT {
@@ -609,13 +505,17 @@ impl Overlay {
             Err(e) => return reply.error(e),
         };
         {
-            let _order = self.order.lock();
+            let _order = self.live.order.lock();
             self.pin_before_removing(parent, name, &path);
             if let Err(e) = sys::unlink_at(self.fd(), &path, is_dir) {
                 return reply.error(errno(e));
             }
             self.live.inodes.unlink(parent.0, name);
-            if let Some(p) = self.versioned(&path).filter(|_| self.live.records(req)) {
+            if let Some(p) = self
+                .live
+                .versioned(&path)
+                .filter(|_| self.live.records(req))
+            {
                 self.rec.send(if is_dir {
                     FsEvent::Rmdir(p)
                 } else {
@@ -675,7 +575,8 @@ impl Overlay {
     ) -> Mode {
         // Versioned under any of its names: opened as `q.lock/b`, a file also linked as `d/a`
         // must have its writes recorded.
-        let versioned = self.versioned(path).is_some() || self.versioned_ino(ino).is_some();
+        let versioned =
+            self.live.versioned(path).is_some() || self.live.versioned_ino(ino).is_some();
         let wanted = !versioned && st_mode() & (libc::S_ISUID | libc::S_ISGID) == 0;
         let mode = self.live.modes.open(ino, wanted, || {
             register(sys::open_at(self.fd(), path, BACKING_FLAGS, 0)?)
@@ -710,6 +611,136 @@ impl Overlay {
 }
 
 impl Live {
+    /// Captures every file open for writing passed through to the kernel under a name that
+    /// is versioned now (renamed in while open, or opened again under a versioned name while
+    /// open so): its writes go past the daemon, so the history has them only from such a
+    /// capture, made otherwise at that descriptor's fsync and close. Before a mark or a
+    /// rollback, which must see the tree as it is. Returns how many it captured.
+    pub fn capture_passed_through(&self, rec: &RecorderHandle) -> usize {
+        let mut inos: Vec<u64> = (self.handles.read().values())
+            .filter(|h| h.passed && h.writer.is_some())
+            .map(|h| h.ino)
+            .collect();
+        if inos.is_empty() {
+            return 0;
+        }
+        inos.sort_unstable();
+        inos.dedup();
+        let _order = self.order.lock();
+        let paths: Vec<RelPath> = inos.iter().filter_map(|&i| self.versioned_ino(i)).collect();
+        for p in &paths {
+            rec.send(self.import(p.clone()));
+        }
+        paths.len()
+    }
+
+    /// Capture `path` whole, as the real tree holds it now: called under the order lock, it
+    /// holds the real file (or directory, and what is below it) for the recorder to read, so
+    /// that renames and removals made before the recorder gets to it do not change what is
+    /// captured there (see [`Held`]).
+    pub fn import(&self, path: RelPath) -> FsEvent {
+        self.capture(path, false)
+    }
+
+    /// [`Self::import`], or, `arriving` from a name that is not versioned, with each file's
+    /// other versioned name the kernel knows, to be recorded as a link (see `Overlay::arrive`).
+    pub fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
+        let versioned = |p: &str| self.filter.versioned(p);
+        // Another versioned name the kernel knows, outside what arrives. (Asked of each file
+        // with several names that arrives, whose name here the kernel may never look up.)
+        let linked = |st: &libc::stat, at: &RelPath| {
+            self.note_far_name(st.st_ino, at);
+            let ino = self.inodes.fuse_ino(st.st_ino);
+            let other = |o: &RelPath| o.as_str() != at.as_str() && !o.starts_with(&path);
+            self.inodes
+                .find_path(ino, |p| self.versioned(p).filter(other))
+                .or_else(|| self.far_name(ino, other))
+        };
+        let none = |_: &libc::stat, _: &RelPath| None;
+        let naming = Naming {
+            versioned: &versioned,
+            linked: if arriving { &linked } else { &none },
+        };
+        let held = Held::take(
+            self.root.as_raw_fd(),
+            OsStr::new(path.as_str()),
+            &path,
+            &naming,
+        );
+        if let Err(e) = &held {
+            tracing::debug!(%path, error = %e, "cannot hold it: the recorder reads it by path");
+        }
+        FsEvent::Import {
+            path,
+            held: held.ok(),
+        }
+    }
+
+    /// The path as the store names it, when it is versioned.
+    pub fn versioned(&self, path: &OsStr) -> Option<RelPath> {
+        let Ok(s) = std::str::from_utf8(path.as_bytes()) else {
+            self.met_not_utf8(path);
+            return None;
+        };
+        if !self.filter.versioned(s) {
+            return None;
+        }
+        RelPath::new(s).ok()
+    }
+
+    /// The path of inode `ino` as the store names it, when it has one and it is versioned: of a
+    /// file linked under several names, the first that is versioned (a write through a name
+    /// that is not still changes the file under the other).
+    pub fn versioned_ino(&self, ino: u64) -> Option<RelPath> {
+        self.inodes
+            .find_path(ino, |p| self.versioned(p))
+            .or_else(|| self.far_name(ino, |_| true))
+    }
+
+    /// A versioned name of the file `ino` (one of several) that the kernel does not know but
+    /// the mount's scan found, and that still names it, through directories only: chosen among
+    /// those `keep` takes. Without it, a write to a file whose name the kernel knew was
+    /// removed would be lost to the history of its other names.
+    pub fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
+        let real = self.inodes.real_ino(ino);
+        let names = self.far_names.read().get(&real)?.clone();
+        names.into_iter().find(|p| keep(p) && self.names(p, real))
+    }
+
+    /// Notes `path` as a name of the file with real inode number `real` for [`Self::far_name`],
+    /// dropping the names noted before that no longer name it (at most [`FAR_NAMES_KEPT`]).
+    fn note_far_name(&self, real: u64, path: &RelPath) {
+        let mut far = self.far_names.write();
+        let names = far.entry(real).or_default();
+        if !names.contains(path) {
+            names.retain(|p| self.names(p, real));
+            names.push(path.clone());
+            if names.len() > FAR_NAMES_KEPT {
+                names.remove(0);
+            }
+        }
+    }
+
+    /// Whether `p` names the file with real inode number `real`, through directories only.
+    fn names(&self, p: &RelPath, real: u64) -> bool {
+        let Ok(root_dev) = sys::fstat(self.root.as_raw_fd()).map(|st| st.st_dev) else {
+            return false;
+        };
+        let path = p.as_str();
+        let mut ends = path.match_indices('/').map(|(i, _)| i).collect::<Vec<_>>();
+        ends.push(path.len());
+        ends.iter().all(|&end| {
+            let Ok(st) = sys::lstat_at(self.root.as_raw_fd(), OsStr::new(&path[..end])) else {
+                return false;
+            };
+            if end < path.len() {
+                st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            } else {
+                (st.st_ino, st.st_dev) == (real, root_dev)
+            }
+        })
+    }
+
     /// For the calling thread's rollback: until the guard is dropped, its requests through
     /// the mount are served but not recorded (the rollback records what they do), and no other
     /// rollback starts.
@@ -989,7 +1020,7 @@ impl Filesystem for Overlay {
         if path.is_none() && handle.is_none() {
             return reply.error(Errno::ENOENT);
         }
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         let mut suid_dropped = false;
         let result = (|| -> io::Result<()> {
             let by_fd = |f: &File| format!("/proc/self/fd/{}", f.as_raw_fd());
@@ -1065,7 +1096,7 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(errno(e)),
         };
         let records = self.live.records(req);
-        if let Some(p) = self.versioned_ino(ino.0).filter(|_| records) {
+        if let Some(p) = self.live.versioned_ino(ino.0).filter(|_| records) {
             if let Some(s) = size {
                 self.rec.send(FsEvent::Truncate {
                     path: p.clone(),
@@ -1112,7 +1143,7 @@ impl Filesystem for Overlay {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::mknod_at(self.fd(), &path, mode & !umask, rdev as u64) {
             return reply.error(errno(e));
         }
@@ -1134,7 +1165,7 @@ impl Filesystem for Overlay {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::mkdir_at(self.fd(), &path, mode & !umask & 0o7777) {
             return reply.error(errno(e));
         }
@@ -1163,7 +1194,7 @@ impl Filesystem for Overlay {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::symlink_at(target.as_os_str(), self.fd(), &path) {
             return reply.error(errno(e));
         }
@@ -1195,7 +1226,7 @@ impl Filesystem for Overlay {
         };
         let fd = self.fd();
         {
-            let _order = self.order.lock();
+            let _order = self.live.order.lock();
             let src = sys::lstat_at(fd, &from).ok();
             let dst = sys::lstat_at(fd, &to).ok();
             if let Some(d) = dst
@@ -1234,7 +1265,7 @@ impl Filesystem for Overlay {
                 RenameMode::Replace
             };
             let records = self.live.records(req);
-            let versioned = |p: &OsStr| self.versioned(p).filter(|_| records);
+            let versioned = |p: &OsStr| self.live.versioned(p).filter(|_| records);
             match (versioned(&from), versioned(&to)) {
                 (Some(f), Some(t)) => self.rec.send(FsEvent::Rename {
                     from: f,
@@ -1272,7 +1303,7 @@ impl Filesystem for Overlay {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::ENOENT),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::link_at(self.fd(), &from, &to) {
             return reply.error(errno(e));
         }
@@ -1283,7 +1314,7 @@ impl Filesystem for Overlay {
         // From a name of the file that is versioned, if it has one. (A rollback's link, which
         // puts a file back under a further name, records itself.)
         if self.live.records(req) {
-            match (self.versioned_ino(ino.0), self.versioned(&to)) {
+            match (self.live.versioned_ino(ino.0), self.live.versioned(&to)) {
                 (Some(f), Some(t)) => self.rec.send(FsEvent::Link { from: f, to: t }),
                 (None, Some(t)) => self.arrive(t),
                 _ => {}
@@ -1311,7 +1342,7 @@ impl Filesystem for Overlay {
         // so the recorder learns where appended bytes really landed. O_TRUNC does not come here
         // (no FUSE_ATOMIC_O_TRUNC): the kernel truncates with a SETATTR after its own checks.
         let real_flags = (f & !(NOT_PASSED_ON | libc::O_TRUNC)) | libc::O_NOFOLLOW;
-        let _order = writable.then(|| self.order.lock());
+        let _order = writable.then(|| self.live.order.lock());
         let file = match sys::open_at(self.fd(), &path, real_flags, 0) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
@@ -1389,7 +1420,7 @@ impl Filesystem for Overlay {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         let offset = if h.append {
             match sys::fstat(h.file.as_raw_fd()) {
                 Ok(st) => st.st_size as u64,
@@ -1410,7 +1441,7 @@ impl Filesystem for Overlay {
             Ok(m) => m,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = self.versioned_ino(h.ino) {
+        if let Some(p) = self.live.versioned_ino(h.ino) {
             self.rec.send(FsEvent::Write {
                 path: p.clone(),
                 offset,
@@ -1437,7 +1468,7 @@ impl Filesystem for Overlay {
             // close come as WRITEs on this handle and set it again.
             if h.wrote.swap(false, Ordering::Relaxed) {
                 h.truncated.store(false, Ordering::Relaxed);
-                let _order = self.order.lock();
+                let _order = self.live.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
             }
@@ -1459,16 +1490,16 @@ impl Filesystem for Overlay {
         if let Some(h) = removed {
             self.live.modes.release(h.ino, h.passed);
             if h.wrote.load(Ordering::Relaxed) || h.truncated.load(Ordering::Relaxed) {
-                let _order = self.order.lock();
+                let _order = self.live.order.lock();
                 self.record_mtime(&h);
                 self.rec.commit(false, false);
             }
             // Written without us, under a path that is versioned now (renamed in while open):
             // capture it whole.
             if h.passed && h.writer.is_some() {
-                if let Some(p) = self.versioned_ino(h.ino) {
-                    let _order = self.order.lock();
-                    self.rec.send(self.import(p));
+                if let Some(p) = self.live.versioned_ino(h.ino) {
+                    let _order = self.live.order.lock();
+                    self.rec.send(self.live.import(p));
                     self.rec.commit(false, false);
                 }
             }
@@ -1499,14 +1530,14 @@ impl Filesystem for Overlay {
             return reply.error(errno(e));
         }
         // A file that is not versioned has nothing to commit.
-        let Some(path) = self.versioned_ino(h.ino) else {
+        let Some(path) = self.live.versioned_ino(h.ino) else {
             return reply.ok();
         };
         {
-            let _order = self.order.lock();
+            let _order = self.live.order.lock();
             if h.passed {
                 // Written without us (see `IoModes`): capture it whole.
-                self.rec.send(self.import(path));
+                self.rec.send(self.live.import(path));
             }
             self.record_mtime(&h);
         }
@@ -1693,7 +1724,7 @@ impl Filesystem for Overlay {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::setxattr(&sys::proc_path(self.fd(), &path), name, value, flags) {
             return reply.error(errno(e));
         }
@@ -1703,7 +1734,7 @@ impl Filesystem for Overlay {
             self.live.attrs_changed(ino.0);
         }
         if name.as_bytes().starts_with(b"user.") {
-            if let Some(p) = self.versioned_ino(ino.0) {
+            if let Some(p) = self.live.versioned_ino(ino.0) {
                 self.rec.send(FsEvent::Xattr {
                     path: p,
                     name: name.as_bytes().to_vec(),
@@ -1746,12 +1777,12 @@ impl Filesystem for Overlay {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         if let Err(e) = sys::removexattr(&sys::proc_path(self.fd(), &path), name) {
             return reply.error(errno(e));
         }
         if name.as_bytes().starts_with(b"user.") {
-            if let Some(p) = self.versioned_ino(ino.0) {
+            if let Some(p) = self.live.versioned_ino(ino.0) {
                 self.rec.send(FsEvent::Xattr {
                     path: p,
                     name: name.as_bytes().to_vec(),
@@ -1793,7 +1824,7 @@ impl Filesystem for Overlay {
             Err(e) => return reply.error(e),
         };
         let fd = self.fd();
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         let base = (flags & !NOT_PASSED_ON) | libc::O_NOFOLLOW;
         let perm = mode & !umask & 0o7777;
         // Try to create; if it exists and the caller did not ask for O_EXCL, open what is there.
@@ -1821,7 +1852,7 @@ impl Filesystem for Overlay {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let attr = self.entry(parent, name, &st);
         if !created && flags & libc::O_TRUNC != 0 {
-            if let Some(p) = self.versioned_ino(attr.ino.0) {
+            if let Some(p) = self.live.versioned_ino(attr.ino.0) {
                 self.rec.send(FsEvent::Truncate { path: p, size: 0 });
             }
         }
@@ -1869,7 +1900,7 @@ impl Filesystem for Overlay {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let _order = self.order.lock();
+        let _order = self.live.order.lock();
         let before = sys::fstat(h.file.as_raw_fd())
             .map(|s| s.st_size as u64)
             .unwrap_or(0);
@@ -1883,7 +1914,7 @@ impl Filesystem for Overlay {
             Ok(m) => m,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(p) = self.versioned_ino(ino.0) {
+        if let Some(p) = self.live.versioned_ino(ino.0) {
             if mode == 0 || mode == libc::FALLOC_FL_KEEP_SIZE {
                 let after = sys::fstat(h.file.as_raw_fd())
                     .map(|s| s.st_size as u64)
@@ -1897,7 +1928,7 @@ impl Filesystem for Overlay {
             } else {
                 // Punching, zeroing, collapsing or inserting ranges moves bytes around: capture
                 // the file as it now is.
-                self.rec.send(self.import(p.clone()));
+                self.rec.send(self.live.import(p.clone()));
             }
             self.record_mode(p, dropped);
         }
