@@ -102,8 +102,7 @@ fn reads_back_at_ten(sb: &Sandbox, memory_at_ten: &[u8]) {
 
 #[test]
 fn prune_thins_a_live_mount_and_every_kept_moment_reads_back() {
-    let remote_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", remote_dir.path().display());
+    let (_remote_dir, url) = common::file_remote();
     let sb = Sandbox::new();
     sb.set_env("CLAWFS_PASSPHRASE", PASS);
     // Pushed only when asked: the remote takes part of the history before the prune and the

@@ -293,8 +293,7 @@ fn the_bucket_holds_no_plaintext_and_every_tampered_object_is_refused() {
 
 #[test]
 fn clone_brings_history_so_log_rollback_and_push_work_on_the_new_machine() {
-    let remote_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", remote_dir.path().display());
+    let (_remote_dir, url) = common::file_remote();
     let sb = Sandbox::new();
     sb.set_env("CLAWFS_PASSPHRASE", PASS);
     sb.ok(&["remote", "add", "nas", &url, "--include-secrets"]);
@@ -809,8 +808,7 @@ fn inodes(root: &Path, paths: &[&str]) -> Vec<(u64, u64)> {
 /// after the rollback is then the others' too, in the files and in the history.
 #[test]
 fn hard_links_come_back_as_links_from_restore_clone_and_rollback() {
-    let remote_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", remote_dir.path().display());
+    let (_remote_dir, url) = common::file_remote();
     let sb = Sandbox::new();
     sb.set_env("CLAWFS_PASSPHRASE", PASS);
     sb.ok(&["remote", "add", "nas", &url]);

@@ -18,6 +18,13 @@ pub struct Sandbox {
     pub store: PathBuf,
 }
 
+/// A `file://` remote in a temp dir: the dir (removed when dropped) and its URL.
+pub fn file_remote() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    (dir, url)
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_clawfs"))
 }
