@@ -24,6 +24,8 @@ Odd seeds use no names that are not versioned (`*.lock`), even seeds do.
                  operations, and mounted again at once: every mark restores all the same.
     --threads N  N writers at once between two marks, each with operations of its own, on the
                  same names.
+    --prune-live every moment but the marks is pruned during half the rounds, while their
+                 operations run.
     --prune      at the end, every moment but the marks is pruned (from the remote too, with
                  --clone), and every mark must restore as before.
     --browse     at the end, every mark is checked again through `clawfs browse`'s view.
@@ -290,6 +292,7 @@ def main():
     flags = sys.argv[:sys.argv.index("--")]
     offline, rollbacks, crash = "--offline" in flags, "--rollbacks" in flags, "--crash" in flags
     threads = int(flags[flags.index("--threads") + 1]) if "--threads" in flags else 1
+    prune_live = "--prune-live" in flags
     clawfs = sys.argv[sys.argv.index("--") + 1:]
     wrong = 0
     checked = []  # (seed, its tree relative to root, links checked, its marks, its tree at the end)
@@ -305,7 +308,7 @@ def main():
         # this one's between two marks (on the same names: they race).
         # Their seeds have this one's parity, so they use names that are not versioned if it does.
         others = [(gen(seed * 100 + 2 * t + seed % 2, nops), {}) for t in range(1, threads)]
-        running = []
+        running, pruning, prune_killed = [], None, False
         for i, o in enumerate(gen(seed, nops)):
             if offline and i == nops // 2:
                 # The second half on the plain directory: each mark, made offline, captures
@@ -321,6 +324,9 @@ def main():
             if crash and i in (nops // 3, 2 * nops // 3) and not (offline and i >= nops // 2):
                 # The daemon killed between two operations, its last changes perhaps not yet
                 # committed: its sentinel detaches the mount, the next mount captures them.
+                # A prune under way may be killed with it ("the daemon hung up"): that is fine
+                # if every mark still restores.
+                prune_killed = pruning is not None
                 kill_daemon(root)
                 for k in [kept] + [their_kept for _, their_kept in others]:
                     for fd in k.values():
@@ -330,6 +336,10 @@ def main():
                             pass
                     k.clear()
                 subprocess.run(clawfs + ["mount", root], check=True, stdout=subprocess.DEVNULL)
+            if i % every == 0 and prune_live and random.Random(seed * 7 + i).random() < 0.5:
+                # Every moment but the marks pruned while this round's writers run.
+                pruning = subprocess.Popen(clawfs + ["prune", "--keep-within", "0s", "--hourly", "0s",
+                                                     "--daily", "0s"], stdout=subprocess.DEVNULL)
             if i % every == 0 and others:
                 def writer(ops, their_kept):
                     for op in (op for op in ops if op[0] != "mmap"):
@@ -350,6 +360,11 @@ def main():
             if (i + 1) % every == 0 or i + 1 == nops:
                 for t in running:
                     t.join()
+                if pruning is not None:
+                    if pruning.wait() and not prune_killed:
+                        wrong += 1
+                        print("seed %d: a prune during operation %d failed" % (seed, i))
+                    pruning, prune_killed = None, False
                 name = "s%d-%d" % (seed, i + 1)
                 marks.append((name, manifest(tree, links)))
                 subprocess.run(clawfs + ["mark", name], check=True, stdout=subprocess.DEVNULL)

@@ -100,11 +100,13 @@ fn random_operations_with_rollbacks_leave_the_tree_as_each_mark_named_it() {
     random_operations(1..=8, &["--rollbacks"], None);
 }
 
-/// Eight seeds during which the daemon is killed twice (`kill -9`) and mounted again at once:
-/// what it had not committed yet is captured by the next mount, and every mark restores.
+/// Eight seeds during which the daemon is killed twice (`kill -9`) and mounted again at once,
+/// and every moment but the marks is pruned during half the rounds (a prune is killed with the
+/// daemon now and then): what the daemon had not committed yet is captured by the next mount,
+/// and every mark restores.
 #[test]
 fn random_operations_across_killed_daemons_leave_every_mark_restorable() {
-    random_operations(25..=32, &["--crash"], None);
+    random_operations(25..=32, &["--crash", "--prune-live"], None);
 }
 
 /// Eight seeds with rollbacks, the daemon replicating to a real S3 server all along. Then
@@ -122,12 +124,16 @@ fn random_operations_survive_pruning_and_read_back_through_the_view_and_a_clone(
     );
 }
 
-/// Eight seeds with three writers at once between two marks, on the same names, and
-/// rollbacks: every mark restores to the tree it named, whatever order the writers' requests
-/// met in. It found opens racing renames in other directories, and marks missing the writes
+/// Eight seeds with three writers at once between two marks, on the same names, rollbacks,
+/// and prunes during half the rounds, while the writers run: every mark restores to the tree
+/// it named, whatever order the writers' requests met in. It found opens racing renames in other directories, and marks missing the writes
 /// of a descriptor opened under a versioned name while another writer held the file open
 /// passed through (under a name that is not versioned), which the daemon does not see.
 #[test]
 fn random_operations_by_three_writers_at_once_leave_every_mark_restorable() {
-    random_operations(41..=48, &["--threads", "3", "--rollbacks"], None);
+    random_operations(
+        41..=48,
+        &["--threads", "3", "--rollbacks", "--prune-live"],
+        None,
+    );
 }
