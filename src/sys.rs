@@ -434,6 +434,12 @@ pub fn mtime_ns(st: &libc::stat) -> i64 {
     st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
 }
 
+/// Nanoseconds since the epoch of a stat's ctime (the inode's last change: content, mode,
+/// names, attributes).
+pub fn ctime_ns(st: &libc::stat) -> i64 {
+    st.st_ctime * 1_000_000_000 + st.st_ctime_nsec
+}
+
 /// Keeps a daemon's heap from growing with its thread count. glibc gives every thread that
 /// allocates under contention an arena of its own and rarely hands their freed memory back; a
 /// mount's FUSE threads each pass 1 MiB write buffers to the recorder, so memory freed in one

@@ -216,6 +216,10 @@ pub struct Recording {
     /// Every name the last capture found for each file with several, by (device, inode): see
     /// [`Recording::names_of_linked`].
     linked_names: std::collections::HashMap<(u64, u64), Vec<RelPath>>,
+    /// A file whose inode changed (ctime) at or after this time, in ns since the Unix epoch,
+    /// is read whole by a capture even when its size, mtime and mode match its newest version:
+    /// see [`Recording::import`].
+    changed_since_ns: i64,
 }
 
 /// Most descriptors one capture holds (see [`Held`]); a directory with more below it is
@@ -416,6 +420,7 @@ impl Recording {
             captured_links: Default::default(),
             captured_nodes: Default::default(),
             linked_names: Default::default(),
+            changed_since_ns: i64::MIN,
         }
     }
 
@@ -499,6 +504,17 @@ impl Recording {
         self.captured_links.clear();
         self.captured_nodes.clear();
         self.linked_names.clear();
+        // Size, mtime and mode alike are not enough when names moved: two files of one size
+        // written in one tick of the kernel's coarse clock, then exchanged while unmounted,
+        // match each other's versions. A rename changes the inode's ctime, so a file changed
+        // since the newest moment (less a second for that clock) is read whole, as git treats
+        // files changed since its index was written.
+        let store = self.rec.store();
+        self.changed_since_ns = store
+            .epoch(store.head())
+            .ok()
+            .flatten()
+            .map_or(i64::MIN, |e| e.time_ns - 1_000_000_000);
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));
@@ -563,15 +579,17 @@ impl Recording {
         match kind {
             NodeKind::File if linked => {}
             NodeKind::File => {
-                // Size, mtime and mode alike say "the same file" to a scan of the tree, not to a
-                // capture the overlay asked for: a file exchanged with another of the same size
-                // written in the same clock tick has all three alike.
+                // Size, mtime and mode alike, and an inode unchanged since the newest moment
+                // (ctime), say "the same file" to a scan of the tree; not to a capture the
+                // overlay asked for: a file exchanged with another of the same size written in
+                // the same clock tick has the first three alike, and a ctime of just now.
                 let unchanged = !self.reread
                     && held.is_none()
                     && now.as_ref().is_some_and(|(_, v)| {
                         v.content.size == st.st_size as u64
                             && v.meta.mtime_ns == meta.mtime_ns
                             && v.meta.mode == meta.mode
+                            && sys::ctime_ns(&st) < self.changed_since_ns
                     });
                 if !unchanged {
                     let opened = match held {
