@@ -579,17 +579,19 @@ impl Recording {
         match kind {
             NodeKind::File if linked => {}
             NodeKind::File => {
-                // Size, mtime and mode alike, and an inode unchanged since the newest moment
-                // (ctime), say "the same file" to a scan of the tree; not to a capture the
-                // overlay asked for: a file exchanged with another of the same size written in
-                // the same clock tick has the first three alike, and a ctime of just now.
+                // Size, mtime and mode alike say "the same file" to a scan of the tree, not to
+                // a capture the overlay asked for. And to a scan only if the inode has not
+                // changed (ctime) since the newest moment, or its bytes are the recorded ones:
+                // a file exchanged with another of the same size written in the same clock
+                // tick has the first three alike, and a ctime of just now.
                 let unchanged = !self.reread
                     && held.is_none()
                     && now.as_ref().is_some_and(|(_, v)| {
                         v.content.size == st.st_size as u64
                             && v.meta.mtime_ns == meta.mtime_ns
                             && v.meta.mode == meta.mode
-                            && sys::ctime_ns(&st) < self.changed_since_ns
+                            && (sys::ctime_ns(&st) < self.changed_since_ns
+                                || self.holds_recorded_bytes(path, v))
                     });
                 if !unchanged {
                     let opened = match held {
@@ -664,6 +666,24 @@ impl Recording {
                 self.import_xattrs(path, held, &recorded)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Whether the real file at `path` holds exactly the bytes of its recorded version `v` (read
+    /// and compared a block at a time); false if either cannot be read.
+    fn holds_recorded_bytes(&self, path: &RelPath, v: &crate::store::catalog::NodeVersion) -> bool {
+        let Ok((real, _)) = FileSource::open(&self.root, path) else {
+            return false;
+        };
+        let recorded = self.rec.store().reader(v.content.clone());
+        let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        let mut at = 0;
+        loop {
+            match (real.read_at(at, &mut a), recorded.read_at(at, &mut b)) {
+                (Ok(0), Ok(0)) => return true,
+                (Ok(n), Ok(m)) if n == m && a[..n] == b[..m] => at += n as u64,
+                _ => return false,
+            }
         }
     }
 
