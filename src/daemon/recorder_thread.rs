@@ -217,8 +217,8 @@ pub struct Recording {
     /// [`Recording::names_of_linked`].
     linked_names: std::collections::HashMap<(u64, u64), Vec<RelPath>>,
     /// A file whose inode changed (ctime) at or after this time, in ns since the Unix epoch,
-    /// is read whole by a capture even when its size, mtime and mode match its newest version:
-    /// see [`Recording::import`].
+    /// has its bytes compared with its newest version's by a scan even when its size, mtime
+    /// and mode match: see [`Recording::import`].
     changed_since_ns: i64,
 }
 
@@ -426,7 +426,7 @@ impl Recording {
 
     /// The versioned names of each file with several that the last capture found, by (device,
     /// inode). Taken after the mount's scan, they let the overlay find a file's other names
-    /// that the kernel has not looked up (see `Overlay::far_name`).
+    /// that the kernel has not looked up (see `Live::far_name`).
     pub fn names_of_linked(&mut self) -> std::collections::HashMap<(u64, u64), Vec<RelPath>> {
         std::mem::take(&mut self.linked_names)
     }
@@ -507,14 +507,17 @@ impl Recording {
         // Size, mtime and mode alike are not enough when names moved: two files of one size
         // written in one tick of the kernel's coarse clock, then exchanged while unmounted,
         // match each other's versions. A rename changes the inode's ctime, so a file changed
-        // since the newest moment (less a second for that clock) is read whole, as git treats
-        // files changed since its index was written.
-        let store = self.rec.store();
-        self.changed_since_ns = store
-            .epoch(store.head())
-            .ok()
-            .flatten()
-            .map_or(i64::MIN, |e| e.time_ns - 1_000_000_000);
+        // since the newest moment (less a second for that clock) has its bytes compared, as
+        // git treats files changed since its index was written. Only a scan, which is what
+        // `held` absent means, takes that shortcut at all.
+        if held.is_none() {
+            let store = self.rec.store();
+            self.changed_since_ns = store
+                .epoch(store.head())
+                .ok()
+                .flatten()
+                .map_or(i64::MIN, |e| e.time_ns - 1_000_000_000);
+        }
         if let Err(e) = self.try_import(path, held) {
             tracing::error!(%path, error = %e, "could not capture the path: this change is not versioned");
             self.last_error = Some(format!("{path}: {e}"));

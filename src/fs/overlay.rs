@@ -160,14 +160,16 @@ pub struct Live {
     /// Versioned names of files with several that the kernel may never look up, by real inode
     /// number: every one the mount's scan found, and those such files arrive under inside a
     /// directory renamed in. Where the kernel knows no versioned name of such a file (one
-    /// removed since, the others not looked up), [`Overlay::far_name`] finds one here.
+    /// removed since, the others not looked up), [`Live::far_name`] finds one here.
     far_names: RwLock<HashMap<u64, Vec<RelPath>>>,
+    /// The device the directory is on: a far name must name a file on it.
+    root_dev: u64,
     /// Held across "change the real tree, then tell the recorder", so the recorder sees changes
     /// in the order they happened.
     order: Mutex<()>,
 }
 
-/// How many names of one file [`Overlay::note_far_name`] keeps.
+/// How many names of one file [`Live::note_far_name`] keeps.
 const FAR_NAMES_KEPT: usize = 8;
 
 /// How many paths with names that are not UTF-8 [`Live`] remembers, and logs one by one.
@@ -327,6 +329,7 @@ impl Overlay {
                 publisher: AtomicU32::new(0),
                 not_utf8: Mutex::new(BTreeSet::new()),
                 far_names: RwLock::new(far_names),
+                root_dev: st.st_dev,
                 order: Mutex::new(()),
             }),
             dirs: Mutex::new(HashMap::new()),
@@ -615,36 +618,34 @@ impl Live {
     /// is versioned now (renamed in while open, or opened again under a versioned name while
     /// open so): its writes go past the daemon, so the history has them only from such a
     /// capture, made otherwise at that descriptor's fsync and close. Before a mark or a
-    /// rollback, which must see the tree as it is. Returns how many it captured.
-    pub fn capture_passed_through(&self, rec: &RecorderHandle) -> usize {
+    /// rollback, which must see the tree as it is.
+    pub fn capture_passed_through(&self, rec: &RecorderHandle) {
         let mut inos: Vec<u64> = (self.handles.read().values())
             .filter(|h| h.passed && h.writer.is_some())
             .map(|h| h.ino)
             .collect();
         if inos.is_empty() {
-            return 0;
+            return;
         }
         inos.sort_unstable();
         inos.dedup();
         let _order = self.order.lock();
-        let paths: Vec<RelPath> = inos.iter().filter_map(|&i| self.versioned_ino(i)).collect();
-        for p in &paths {
-            rec.send(self.import(p.clone()));
+        for p in inos.iter().filter_map(|&i| self.versioned_ino(i)) {
+            rec.send(self.import(p));
         }
-        paths.len()
     }
 
     /// Capture `path` whole, as the real tree holds it now: called under the order lock, it
     /// holds the real file (or directory, and what is below it) for the recorder to read, so
     /// that renames and removals made before the recorder gets to it do not change what is
     /// captured there (see [`Held`]).
-    pub fn import(&self, path: RelPath) -> FsEvent {
+    fn import(&self, path: RelPath) -> FsEvent {
         self.capture(path, false)
     }
 
     /// [`Self::import`], or, `arriving` from a name that is not versioned, with each file's
     /// other versioned name the kernel knows, to be recorded as a link (see `Overlay::arrive`).
-    pub fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
+    fn capture(&self, path: RelPath, arriving: bool) -> FsEvent {
         let versioned = |p: &str| self.filter.versioned(p);
         // Another versioned name the kernel knows, outside what arrives. (Asked of each file
         // with several names that arrives, whose name here the kernel may never look up.)
@@ -701,7 +702,7 @@ impl Live {
     /// the mount's scan found, and that still names it, through directories only: chosen among
     /// those `keep` takes. Without it, a write to a file whose name the kernel knew was
     /// removed would be lost to the history of its other names.
-    pub fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
+    fn far_name(&self, ino: u64, keep: impl Fn(&RelPath) -> bool) -> Option<RelPath> {
         let real = self.inodes.real_ino(ino);
         let names = self.far_names.read().get(&real)?.clone();
         names.into_iter().find(|p| keep(p) && self.names(p, real))
@@ -723,9 +724,6 @@ impl Live {
 
     /// Whether `p` names the file with real inode number `real`, through directories only.
     fn names(&self, p: &RelPath, real: u64) -> bool {
-        let Ok(root_dev) = sys::fstat(self.root.as_raw_fd()).map(|st| st.st_dev) else {
-            return false;
-        };
         let path = p.as_str();
         let mut ends = path.match_indices('/').map(|(i, _)| i).collect::<Vec<_>>();
         ends.push(path.len());
@@ -736,7 +734,7 @@ impl Live {
             if end < path.len() {
                 st.st_mode & libc::S_IFMT == libc::S_IFDIR
             } else {
-                (st.st_ino, st.st_dev) == (real, root_dev)
+                (st.st_ino, st.st_dev) == (real, self.root_dev)
             }
         })
     }
